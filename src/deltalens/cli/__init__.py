@@ -1,0 +1,58 @@
+"""The ``deltalens`` command line: one typer app, thin.
+
+Each area registers its commands from its own module (``cli/diff.py``, ``cli/behavior.py``,
+...). Those modules import only typer and the standard library at import time; torch,
+transformers and TRL are imported inside the command bodies so ``deltalens --help`` and
+argument errors answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from deltalens.errors import DeltalensError
+
+app = typer.Typer(
+    name="deltalens",
+    help="What did this fine-tune actually change? Weight-, kernel- and behaviour-level diffs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+# Areas whose modules define ``register(app)``; order is the order in --help.
+COMMAND_MODULES = ("lab", "diff", "spectral", "kernel", "behavior", "report")
+
+
+@app.command()
+def version() -> None:
+    """Print the deltalens version."""
+    from deltalens import __version__
+
+    print(f"deltalens {__version__}")
+
+
+for _name in COMMAND_MODULES:
+    _module = importlib.import_module(f"deltalens.cli.{_name}")
+    _module.register(app)
+
+
+def fail(message: str) -> None:
+    """Print one error line to stderr and exit non-zero (for use inside commands)."""
+    raise DeltalensError(message)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script; ``argv`` lets tests call it in-process."""
+    try:
+        app(args=argv, prog_name="deltalens")
+    except DeltalensError as exc:
+        print(f"deltalens: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("deltalens: interrupted; finished work is kept and a re-run resumes from it", file=sys.stderr)
+        raise SystemExit(130) from None
