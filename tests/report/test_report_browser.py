@@ -16,7 +16,7 @@ import pytest
 
 from deltalens.report import SECTION_IDS, build_report
 from tests.report.browser import Chromium, find_chromium
-from tests.report.fixtures import write_json, write_lab, passk_doc
+from tests.report.fixtures import passk_doc, write_json
 
 MEASURE = """(() => {
   const imgs = [...document.images].map(i => {
@@ -51,10 +51,8 @@ def chromium():
 
 
 @pytest.fixture(scope="module")
-def full_report(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("browser")
-    lab = write_lab(root / "lab")
-    return build_report([lab], root / "report.html")
+def full_report(lab_report) -> Path:
+    return lab_report[1]
 
 
 def _shot_dir(tmp: Path) -> Path:

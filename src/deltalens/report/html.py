@@ -180,7 +180,7 @@ figure.plot img { display: block; width: 100%; height: auto; border: 1px solid v
 figcaption { font-size: 0.88rem; color: var(--muted); margin-top: 6px; max-width: 1000px; }
 th[scope=row] { min-width: 7em; }
 .provenance { overflow-wrap: anywhere; }
-p.absent { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 8px 12px; color: #4d2d00; }
+p.absent, p.warning { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 8px 12px; color: #4d2d00; }
 .verdict { display: inline-block; padding: 1px 8px; border-radius: 12px; font-weight: 600; white-space: nowrap; }
 .v-holds { background: #dafbe1; color: #116329; }
 .v-fails { background: #ffebe9; color: #a40e26; }

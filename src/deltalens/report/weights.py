@@ -136,7 +136,7 @@ def _nonfinite(section: Section, have: list[tuple[int, Run]]) -> None:
     if not bad:
         return
     section.add(paragraph(f"<strong>{len(bad)} tensor(s) hold NaN or Inf</strong>; their non-finite metrics "
-                          "are shown as — and left out of every pooled number and plot.", "absent"))
+                          "are shown as — and left out of every pooled number and plot.", "warning"))
     section.add(table(["tensor", "run", "non-finite entries", "shape", "dtype"],
                       ([r.get("name"), label, fmt(r.get("nonfinite")), str(r.get("shape")), r.get("dtype")]
                        for label, r in bad), numeric_from=2))
