@@ -129,7 +129,7 @@ def test_figures_state_what_produced_them(lab_report):
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", page.read_text(), flags=re.S)
     joined = "\n".join(captions)
     assert all("Produced by:" in c for c in captions)
-    assert "by_k[&#x27;4&#x27;]" in joined and "randomized svd" in joined and "bfloat16" in joined
+    assert "by_k (k = 4)" in joined and "fast mode: top-k vectors from eigh" in joined and "bfloat16" in joined
     assert "n_min 64" in joined and "50 problems" in joined and "k=64" in joined
     assert "sketch mode, dim 4096, 16 probes" in joined and "estimated error 0.021" in joined
     assert "32 prompts × 4 samples" in joined and "tracking.jsonl" in joined
@@ -224,6 +224,20 @@ def test_contract_fields_missing_inside_a_file_do_not_fail(tmp_path):
     text = build_report([run], tmp_path / "r.html").read_text()
     assert "principal angles were not computed" in text
     assert "Update sparsity" in text
+
+
+def test_k_as_a_fraction_gives_per_tensor_k(tmp_path):
+    """k given as a fraction of min(m, n) resolves per shape: keys differ between tensors."""
+    run = tmp_path / "frac"
+    doc = diff_doc("sft", 6)
+    for row in doc["tensors"]:
+        if "by_k" in row:
+            k = str(max(1, min(row["shape"]) // 4))
+            row["by_k"] = {"1": row["by_k"]["1"], k: row["by_k"]["4"]}
+    write_json(run / "diff.json", doc)
+    text = build_report([run], tmp_path / "r.html").read_text()
+    assert "each tensor&#x27;s smallest k (k from 1 to 4 by tensor shape)" in text
+    assert "each tensor&#x27;s largest k" in text
 
 
 def test_side_by_side_runs_from_several_dirs(tmp_path):

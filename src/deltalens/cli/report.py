@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("report")
     def report(
-        run_dirs: Annotated[list[Path], typer.Argument(help="Run folders (each searched one level deep) to show side by side.")],
+        run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="Run folders (each searched one level deep) to show side by side.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
         title: Annotated[str | None, typer.Option(help="Page title (default: the run folder names).")] = None,
     ) -> None:

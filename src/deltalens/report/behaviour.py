@@ -85,8 +85,23 @@ def _passk_plot(have):
     return render(fig, title="pass@k with intervals",
                   alt="Line chart of pass@k against k on a log axis, one line per model with a shaded interval: "
                       + "; ".join(alt) + f". Crossover: {crossings}.",
-                  provenance=f"passk.json of {', '.join(r.label for _, r in have)}; unbiased estimator 1 − C(n−c,k)/C(n,k) "
-                             f"(SPEC §7), bootstrap intervals over problems; {'; '.join(counts)}; crossover {crossings}.")
+                  provenance=f"passk.json of {', '.join(r.label for _, r in have)}; {_passk_method(have)}; "
+                             f"{'; '.join(counts)}; crossover {crossings}.")
+
+
+def _passk_method(have) -> str:
+    """The estimator and interval as the files state them (SPEC §7's defaults when they do not)."""
+    texts = []
+    for _, run in have:
+        method = run.get("passk.json").get("method")
+        if isinstance(method, dict):
+            text = "; ".join(str(v) for v in (method.get("estimator"), method.get("ci")) if v)
+        else:
+            text = str(method) if method else ""
+        text = text or "unbiased estimator 1 − C(n−c,k)/C(n,k) (SPEC §7), bootstrap intervals over problems"
+        if text not in texts:
+            texts.append(text)
+    return " | ".join(texts)
 
 
 def _crossover_text(run: Run) -> str:
@@ -95,7 +110,8 @@ def _crossover_text(run: Run) -> str:
         return "not recorded"
     k = cross.get("k")
     where = f"at k = {k}" if k is not None else "none within the measured k"
-    return f"{cross.get('base', '?')} overtakes {cross.get('tuned', '?')} {where}"
+    rule = f" (rule: {cross['rule']})" if cross.get("rule") else ""
+    return f"{cross.get('base', '?')} overtakes {cross.get('tuned', '?')} {where}{rule}"
 
 
 def _passk_table(have) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from pathlib import Path
 
 from deltalens.report import behaviour, kernel, lab, weights
@@ -60,7 +61,9 @@ def build_report(run_dirs: list[str | Path] | str | Path, out: str | Path, *, ti
 def write_report(runs: list[Run], out: str | Path, *, title: str | None = None) -> Path:
     """Render ``runs`` (from :func:`discover_runs`) and write the page atomically to ``out``."""
     default = "deltalens report: " + ", ".join(dict.fromkeys(r.label.split("/")[0] for r in runs))
-    return write_text(out, render_html(runs, title=title or default))
+    path = write_text(out, render_html(runs, title=title or default))
+    os.chmod(path, 0o644)  # a page to send to colleagues: readable like any document, not 0600 like a temp file
+    return path
 
 
 def write_run_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

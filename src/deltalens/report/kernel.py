@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
-from deltalens.report.html import Section, absent, figure_or_note, fmt, heading, missing_notes, table
+from deltalens.report.html import Section, absent, esc, figure_or_note, fmt, heading, missing_notes, table
 from deltalens.report.inputs import Run, as_float
 from deltalens.report.plotting import describe_range, finite_xy, integer_ticks, new_figure, render, run_color
 
@@ -51,7 +52,9 @@ def _trait_doc(doc: dict) -> dict:
 def _trait_comparison(doc: dict) -> dict:
     """The trait kernel's comparison block: nested under 'comparison', or flat beside the trait list."""
     t = _trait_doc(doc)
-    return _comparison(t) or {k: v for k, v in t.items() if k != "traits"}
+    if "comparison" in t:  # None when the suite has a single trait: nothing to compare
+        return _comparison(t)
+    return {k: v for k, v in t.items() if k != "traits"}
 
 
 def _trajectory(run: Run) -> list[dict]:
@@ -62,7 +65,8 @@ def _trajectory(run: Run) -> list[dict]:
 def _comparison_cells(comp: dict) -> list[str]:
     share, base = as_float(comp.get("rescale_share")), as_float(comp.get("rescale_baseline"))
     angles = [as_float(a) for a in comp.get("angles_deg") or []]
-    return [fmt(comp.get("top_r")), fmt(comp.get("alignment")), fmt(share), fmt(base),
+    share_text = "undefined" if comp.get("rescale_undefined_reason") and not math.isfinite(share) else fmt(share)
+    return [fmt(comp.get("top_r")), fmt(comp.get("alignment")), share_text, fmt(base),
             fmt(share / base) if base > 0 and math.isfinite(share) else "—",
             fmt(max((a for a in angles if math.isfinite(a)), default=math.nan)),
             fmt(comp.get("gap")), fmt(comp.get("wedin_bound")), str(comp.get("gap_limited", "—"))]
@@ -77,11 +81,15 @@ def _summary_table(have) -> str:
         rows.append([f"{run.label}: eNTK", *setup, *_comparison_cells(_comparison(d))])
         if _trait_doc(d):
             rows.append([f"{run.label}: trait kernel", *setup, *_comparison_cells(_trait_comparison(d))])
+    notes = [f"{run.label}: rescale share undefined: {c['rescale_undefined_reason']}"
+             for _, run in have for c in (_comparison(run.get("kernel.json")), _trait_comparison(run.get("kernel.json")))
+             if c.get("rescale_undefined_reason") and c.get("rescale_share") is None]
     return table(["run: kernel", "mode", "sketch dim", "seed", "probes", "output", "est. error", "top r", "alignment",
                   "rescale share", "baseline 2/(n+1)", "share ÷ baseline", "max angle (°)", "gap", "Wedin bound", "gap-limited"],
                  rows, numeric_from=2,
                  caption="Kernel comparison (SPEC §6): alignment ⟨K0,K1⟩/(‖K0‖‖K1‖); rescale share ‖diag E‖²/‖E‖², "
-                         "E = U0ᵀ(K1 − K0)U0; angles between top-r eigenspaces; est. error of the sketch against exact mode.")
+                         "E = U0ᵀ(K1 − K0)U0; angles between top-r eigenspaces; est. error of the sketch against exact mode."
+                         + "".join(f" {esc(n)}." for n in notes))
 
 
 def _setup_text(have) -> str:
@@ -89,8 +97,10 @@ def _setup_text(have) -> str:
     for _, r in have:
         d = r.get("kernel.json")
         dim = f", dim {d.get('dim')}" if d.get("mode") != "exact" else ""
+        extra = "".join(f", {label} {d[key]}" for key, label in (("dtype", "dtype"), ("gradient_method", "gradients:"))
+                        if d.get(key))
         parts.append(f"{r.label}: {d.get('mode', '?')} mode{dim}, {d.get('n_probes', '?')} probes, output "
-                     f"{d.get('output', '?')}, seed {d.get('seed', '?')}, estimated error {fmt(d.get('error_estimate'))}")
+                     f"{d.get('output', '?')}, seed {d.get('seed', '?')}, estimated error {fmt(d.get('error_estimate'))}{extra}")
     return "; ".join(parts)
 
 
@@ -192,7 +202,7 @@ def _trajectory_plot(have):
     ticks: list[str] = []
     for i, run in have:
         traj = _trajectory(run)
-        names = [str(t.get("checkpoint", j)) for j, t in enumerate(traj)]
+        names = [Path(str(t.get("checkpoint", j))).name or str(j) for j, t in enumerate(traj)]
         if len(names) > len(ticks):
             ticks = names
         for key, style in (("vs_base", "-"), ("vs_previous", "--")):

@@ -23,11 +23,6 @@ def _dtypes(rows: list[dict]) -> str:
     return ", ".join(sorted({str(r.get("dtype")) for r in rows if r.get("dtype")})) or "unknown dtype"
 
 
-def _methods(rows: list[dict]) -> str:
-    methods = sorted({str(r.get("method")) for r in rows if r.get("method")})
-    return ", ".join(methods) if methods else "method not recorded"
-
-
 def _tolerances(runs: list[Run]) -> list[str]:
     tols: set[str] = set()
     for run in runs:
@@ -60,17 +55,18 @@ def build(runs: list[Run]) -> Section:
     _nonfinite(section, have)
     section.add(heading("Update sparsity by layer and module"))
     section.add(figure_or_note(_sparsity_plot, have))
-    keys = _common_k_keys(have)
-    if keys:
+    choices = agg.k_choices(_tensors(run) for _, run in have)
+    if choices:
         section.add(heading("Principal-subspace rotation (max principal angle by layer)"))
         section.add(paragraph(
             "Largest principal angle between the top-k left (and right) singular subspaces of W0 and W1, "
             "per layer and module kind. Points whose Wedin bound ‖Δ‖₂/gap_k reaches 1 are gap-limited: the "
             "subspace is not well defined at that k, so the angle there is not evidence of rotation."))
-        for key in keys[:MAX_K_FIGURES]:
-            section.add(figure_or_note(_angle_plot, have, key))
-        if len(keys) > MAX_K_FIGURES:
-            section.add(paragraph(f"Other k values recorded: {esc(', '.join(keys[MAX_K_FIGURES:]))} (see the block-share table)."))
+        for choice in choices[:MAX_K_FIGURES]:
+            section.add(figure_or_note(_angle_plot, have, choice))
+        if len(choices) > MAX_K_FIGURES:
+            others = ", ".join(c.label for c in choices[MAX_K_FIGURES:])
+            section.add(paragraph(f"Also recorded: {esc(others)} (see the block-share table)."))
     else:
         section.add(absent("no <code>by_k</code> entries in any diff.json: principal angles were not computed "
                            "(run <code>deltalens diff</code> with the spectral metrics)."))
@@ -80,8 +76,8 @@ def build(runs: list[Run]) -> Section:
     if any(not math.isnan(as_float(r.get("rescale_share"))) for _, run in have for r in _tensors(run)):
         section.add(heading("Rescale share against its random baseline"))
         section.add(figure_or_note(_rescale_plot, have))
-        if keys:
-            section.add(_block_share_table(have, keys))
+        if choices:
+            section.add(_block_share_table(have, choices))
     section.add(heading("Rank of the update"))
     section.add(_rank_table(have))
     return section
@@ -114,7 +110,10 @@ def _summary_table(have: list[tuple[int, Run]], tolerances: list[str]) -> str:
     unmatched = [d.get("unmatched") or {} for d in docs]
     row("unmatched (base only / tuned only)",
         [f"{len(u.get('base_only') or [])} / {len(u.get('tuned_only') or [])}" for u in unmatched])
-    row("spectral method", [_methods(agg.matrix_rows(t)) for t in tensors])
+    row("spectral method", [agg.method_text(agg.matrix_rows(t)) for t in tensors])
+    if any(r.get("rank_method") for t in tensors for r in t):
+        row("rank method", [", ".join(sorted({str(r["rank_method"]) for r in t if r.get("rank_method")})) or "—"
+                            for t in tensors])
     row("k values", [", ".join(agg.k_keys(t)) or "—" for t in tensors])
     pooled = [agg.pool(t, agg.field("rescale_share"), agg.energy_weight) for t in tensors]
     base = [agg.pool(t, agg.field("rescale_baseline"), agg.energy_weight) for t in tensors]
@@ -181,25 +180,14 @@ def _sparsity_plot(have: list[tuple[int, Run]]):
                    f"({_dtypes(rows_all)}); pooled weighted by parameter count; {len(rows_all)} tensors.")
 
 
-def _common_k_keys(have: list[tuple[int, Run]]) -> list[str]:
-    keys: list[str] = []
-    for _, run in have:
-        for key in agg.k_keys(_tensors(run)):
-            if key not in keys:
-                keys.append(key)
-    return sorted(keys, key=lambda k: as_float(float(k)) if _is_number(k) else math.inf)
-
-
-def _angle_plot(have: list[tuple[int, Run]], key: str):
+def _angle_plot(have: list[tuple[int, Run]], choice: agg.KChoice):
     ncols = len(have)
     fig, axes = new_figure(2, ncols, width=min(4.6 * ncols + 1.5, 14), height=6.2, sharey=True)
     gap_limited = total = 0
     alt = []
-    methods: set[str] = set()
     handles = {}
     for c, (i, run) in enumerate(have):
         rows = agg.matrix_rows(_tensors(run))
-        methods.update(str(r.get("method")) for r in rows if r.get("method"))
         for r_idx, side in enumerate(("left", "right")):
             ax = axes[r_idx][c]
             peak = []
@@ -207,7 +195,7 @@ def _angle_plot(have: list[tuple[int, Run]], key: str):
                 layers = agg.by_layer(rows, module)
                 xs, ys, gl = [], [], []
                 for layer, group in layers.items():
-                    entries = [agg.at_k(r, key) for r in group]
+                    entries = [choice.entry(r) for r in group]
                     entries = [e for e in entries if math.isfinite(as_float(e.get(f"angle_max_{side}_deg")))]
                     if not entries:
                         continue
@@ -232,12 +220,14 @@ def _angle_plot(have: list[tuple[int, Run]], key: str):
             ax.grid(alpha=0.3)
             alt.append(f"{run.label} {side}: max angles {describe_range(peak)} degrees")
     integer_ticks(*[ax for row in axes for ax in row])
-    figure_legend(fig, list(handles.values()), list(handles), title="module")
+    order = [m for m in handles if m != "gap-limited"] + (["gap-limited"] if "gap-limited" in handles else [])
+    figure_legend(fig, [handles[m] for m in order], order, title="module")
     return render(
-        fig, title=f"Max principal angle by layer, top-k with k = {key}",
+        fig, title=f"Max principal angle by layer, top-k subspaces, {choice.label}",
         alt=f"Grid of line charts, left singular vectors on top and right below, one column per run, of the largest "
-            f"principal angle at k = {key} per layer and module kind. " + "; ".join(alt) + ".",
-        provenance=f"diff.json by_k['{key}'] of {', '.join(r.label for _, r in have)}; method {', '.join(sorted(methods)) or 'not recorded'}; "
+            f"principal angle ({choice.label}) per layer and module kind. " + "; ".join(alt) + ".",
+        provenance=f"diff.json by_k ({choice.label}) of {', '.join(r.label for _, r in have)}; "
+                   f"method {agg.method_text((r for _, run in have for r in _tensors(run)), 'angles')}; "
                    f"angles from sines (SPEC §4); {total} layer×module points per side, {gap_limited} of the left ones "
                    f"gap-limited (Wedin bound ≥ 1, circled red); the max over a layer's tensors of one module kind.")
 
@@ -263,7 +253,7 @@ def _layer_line_plot(have, field_name: str, *, title: str, ylabel: str, pooled: 
     integer_ticks(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    methods = _methods([r for _, run in have for r in agg.matrix_rows(_tensors(run))])
+    methods = agg.method_text((r for _, run in have for r in agg.matrix_rows(_tensors(run))), field_name)
     return render(fig, title=title, alt=f"Line chart of {field_name} by layer, one line per run: " + "; ".join(alt) + ".",
                   provenance=f"diff.json field '{field_name}' of {', '.join(r.label for _, r in have)}; method {methods} "
                              f"(full spectrum, or top-k in fast mode); {n} 2-D tensors in numbered layers.")
@@ -288,7 +278,7 @@ def _rescale_plot(have):
     integer_ticks(ax)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    methods = _methods([r for _, run in have for r in agg.matrix_rows(_tensors(run))])
+    methods = agg.method_text((r for _, run in have for r in agg.matrix_rows(_tensors(run))), "frame")
     return render(fig, title="Rescale share by layer against its random baseline",
                   alt="Line chart by layer of the share of update energy on the base's own singular directions, with "
                       "dashed random baselines min(m,n)/(mn): " + "; ".join(alt) + ".",
@@ -296,16 +286,16 @@ def _rescale_plot(have):
                              f"method {methods}; SPEC §5; pooled per layer weighted by ‖Δ‖_F² (delta_fro²).")
 
 
-def _block_share_table(have, keys: list[str]) -> str:
+def _block_share_table(have, choices: list[agg.KChoice]) -> str:
     rows = []
     for _, run in have:
         mats = agg.matrix_rows(_tensors(run))
-        for key in keys:
-            cells = [f"{run.label}, k = {key}"]
+        for choice in choices:
+            cells = [f"{run.label}, {choice.label}"]
             found = False
             for block in ("PP", "PQ", "QP", "QQ"):
-                def value(r, b=block, part="share"):
-                    return as_float(((agg.at_k(r, key).get("block_shares") or {}).get(b) or {}).get(part))
+                def value(r, b=block, part="share", c=choice):
+                    return as_float(((c.entry(r).get("block_shares") or {}).get(b) or {}).get(part))
                 share = agg.pool(mats, value, agg.energy_weight)
                 base = agg.pool(mats, lambda r, b=block: value(r, b, "baseline"), agg.energy_weight)
                 found = found or share.used > 0
