@@ -18,25 +18,21 @@ def build(runs: list[Run]) -> Section:
         "What the models do (SPEC §7): pass@k with bootstrap intervals and the k where the base overtakes the "
         "tuned model, whether the tuned model stays inside the base's support, and how far its output "
         "distribution moved (KL, entropy, cross-perplexity).")
-    section.add(heading("pass@k"))
-    missing_notes(section, runs, "passk.json", "pass@k curves", "deltalens passk S_BASE.jsonl S_TUNED.jsonl --out DIR")
-    have = [(i, r) for i, r in enumerate(runs) if "passk.json" in r.data]
-    if have:
-        section.add(figure_or_note(_passk_plot, have))
-        section.add(_passk_table(have))
-    section.add(heading("Support: does the tuned model stay inside the base's reach?"))
-    missing_notes(section, runs, "support.json", "support counts", "deltalens support S_BASE.jsonl S_TUNED.jsonl --out DIR")
-    have = [(i, r) for i, r in enumerate(runs) if "support.json" in r.data]
-    if have:
-        section.add(figure_or_note(_support_plot, have))
-        section.add(_support_table(have))
-    section.add(heading("Output distribution: KL, entropy, cross-perplexity"))
-    missing_notes(section, runs, "divergence.json", "KL and entropy results",
-                  "deltalens divergence BASE TUNED --prompts P.jsonl --out DIR")
-    have = [(i, r) for i, r in enumerate(runs) if "divergence.json" in r.data]
-    if have:
-        section.add(figure_or_note(_divergence_plot, have))
-        section.add(_divergence_table(have))
+    parts = (
+        ("pass@k", "passk.json", "pass@k curves", "deltalens passk S_BASE.jsonl S_TUNED.jsonl --out DIR",
+         _passk_plot, _passk_table),
+        ("Support: does the tuned model stay inside the base's reach?", "support.json", "support counts",
+         "deltalens support S_BASE.jsonl S_TUNED.jsonl --out DIR", _support_plot, _support_table),
+        ("Output distribution: KL, entropy, cross-perplexity", "divergence.json", "KL and entropy results",
+         "deltalens divergence BASE TUNED --prompts P.jsonl --out DIR", _divergence_plot, _divergence_table),
+    )
+    for title, name, what, command, plot, summary in parts:
+        section.add(heading(title))
+        missing_notes(section, runs, name, what, command)
+        have = [(i, r) for i, r in enumerate(runs) if name in r.data]
+        if have:
+            section.add(figure_or_note(plot, have))
+            section.add(summary(have))
     section.add(paragraph("Forgetting (accuracy on held-out tasks against KL) is reported per arm in the lab's claims "
                           "table below, when a claims.json is present.", "intro"))
     return section
