@@ -17,14 +17,10 @@ SECTION_IDS = ("runs", "weights", "behaviour", "kernel", "training", "claims")
 
 def render_html(runs: list[Run], *, title: str = "deltalens report") -> str:
     """The whole page for ``runs`` as one self-contained HTML string."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from deltalens import __version__
 
     sections = [_runs_section(runs), weights.build(runs), behaviour.build(runs), kernel.build(runs),
                 lab.build_training(runs), lab.build_claims(runs)]
-    assert tuple(s.id for s in sections) == SECTION_IDS
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = (f"{len(runs)} run(s): {esc(', '.join(r.label for r in runs))}. Generated {stamp} by deltalens "
             f"{esc(__version__)}. Self-contained: nothing is loaded from the network.")

@@ -25,7 +25,7 @@ def build_training(runs: list[Run]) -> Section:
         "Per-step update statistics recorded during training by deltalens.tracking.UpdateStatsCallback: how much of "
         "each step survives a bf16 save, how large it is, and how far the top-k subspace has turned.")
     missing_notes(section, runs, "tracking.jsonl", "training trajectories",
-                  "deltalens lab, or UpdateStatsCallback in your own trainer")
+                  "deltalens lab --out DIR")
     for i, run in enumerate(runs):
         if run.get("tracking.jsonl"):
             section.add(figure_or_note(_tracking_plot, [(i, run)]))
