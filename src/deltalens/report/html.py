@@ -87,7 +87,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, caption: 
             text = cell.html if isinstance(cell, Raw) else esc(cell)
             tag = "th scope=\"row\"" if i == 0 else "td"
             # short numbers right-align on one line; long text (method names, lists) may wrap
-            short = isinstance(cell, Raw) or len(str(cell)) <= 24
+            short = isinstance(cell, Raw) or len(str(cell)) <= 14
             cls = ' class="num"' if i >= numeric_from and short else ("" if short else ' class="text"')
             cells.append(f"<{tag}{cls}>{text}</{tag.split()[0]}>")
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -180,7 +180,7 @@ figure.plot img { display: block; width: 100%; height: auto; border: 1px solid v
                   border-radius: 6px; background: #fff; }
 figcaption { font-size: 0.88rem; color: var(--muted); margin-top: 6px; max-width: 1000px; }
 th[scope=row] { min-width: 7em; }
-td.text { min-width: 11em; }
+td.text { min-width: 9em; overflow-wrap: anywhere; }
 .provenance { overflow-wrap: anywhere; }
 p.absent, p.warning { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 8px 12px; color: #4d2d00; }
 .verdict { display: inline-block; padding: 1px 8px; border-radius: 12px; font-weight: 600; white-space: nowrap; }
