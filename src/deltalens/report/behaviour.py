@@ -1,0 +1,230 @@
+"""The behaviour-level section: pass@k with intervals and crossover, support, entropy and KL."""
+
+from __future__ import annotations
+
+import math
+
+from deltalens.report.html import Section, figure_or_note, fmt, heading, missing_notes, paragraph, table
+from deltalens.report.inputs import Run, as_float
+from deltalens.report.plotting import describe_range, figure_legend, finite_xy, new_figure, render, run_color
+
+SUPPORT_CLASSES = (("P", "both solve", "#2ca02c"), ("E", "tuned only (expansion)", "#1f77b4"),
+                   ("S", "base only (shrinkage)", "#d62728"), ("O", "neither", "#c7c7c7"))
+
+
+def build(runs: list[Run]) -> Section:
+    section = Section(
+        "behaviour", "Behaviour level",
+        "What the models do (SPEC §7): pass@k with bootstrap intervals and the k where the base overtakes the "
+        "tuned model, whether the tuned model stays inside the base's support, and how far its output "
+        "distribution moved (KL, entropy, cross-perplexity).")
+    parts = (
+        ("pass@k", "passk.json", "pass@k curves", "deltalens passk S_BASE.jsonl S_TUNED.jsonl --out DIR",
+         _passk_plot, _passk_table),
+        ("Support: does the tuned model stay inside the base's reach?", "support.json", "support counts",
+         "deltalens support S_BASE.jsonl S_TUNED.jsonl --out DIR", _support_plot, _support_table),
+        ("Output distribution: KL, entropy, cross-perplexity", "divergence.json", "KL and entropy results",
+         "deltalens divergence BASE TUNED --prompts P.jsonl --out DIR", _divergence_plot, _divergence_table),
+    )
+    for title, name, what, command, plot, summary in parts:
+        section.add(heading(title))
+        missing_notes(section, runs, name, what, command)
+        have = [(i, r) for i, r in enumerate(runs) if name in r.data]
+        if have:
+            section.add(figure_or_note(plot, have))
+            section.add(summary(have))
+    section.add(paragraph("Forgetting (accuracy on held-out tasks against KL) is reported per arm in the lab's claims "
+                          "table below, when a claims.json is present.", "intro"))
+    return section
+
+
+def _models(run: Run) -> dict[str, dict]:
+    models = (run.get("passk.json") or {}).get("models")
+    return {str(k): v for k, v in models.items() if isinstance(v, dict)} if isinstance(models, dict) else {}
+
+
+def _passk_plot(have):
+    fig, axes = new_figure(1, 1, width=8, height=4.2)
+    ax = axes[0][0]
+    seen: dict[str, tuple] = {}
+    alt, counts = [], []
+    styles = ("-", "--", ":", "-.")
+    for i, run in have:
+        for j, (name, m) in enumerate(_models(run).items()):
+            ks = [as_float(k) for k in m.get("k") or []]
+            ys = [as_float(v) for v in m.get("pass_at_k") or []]
+            lo = [as_float(v) for v in m.get("ci_low") or []]
+            hi = [as_float(v) for v in m.get("ci_high") or []]
+            signature = (tuple(ks), tuple(ys))
+            if seen.get(name) == signature:
+                continue  # the same base model shared by several runs: draw it once
+            label = name if name not in seen else f"{name} ({run.label})"
+            seen[name] = signature
+            xs, yv = finite_xy(ks, ys)
+            color = "#444444" if j == 0 and name == (run.get("passk.json").get("crossover") or {}).get("base") else run_color(i)
+            ax.plot(xs, yv, marker="o", markersize=3, linestyle=styles[j % len(styles)], color=color, label=label)
+            if len(lo) == len(ks) == len(hi):
+                band = [(k, a, b) for k, a, b in zip(ks, lo, hi) if math.isfinite(a) and math.isfinite(b)]
+                ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=color, alpha=0.15)
+            alt.append(f"{label}: pass@k {describe_range(yv)} over k {describe_range(xs)}")
+            counts.append(f"{label}: {m.get('n_problems', '?')} problems, n_min {m.get('n_min', '?')}")
+        cross = (run.get("passk.json").get("crossover") or {})
+        if isinstance(cross.get("k"), (int, float)):
+            ax.axvline(cross["k"], color=run_color(i), linestyle=":", alpha=0.8,
+                       label=f"crossover k*={cross['k']} ({run.label})")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set(title="Mean over problems, shaded: bootstrap interval", xlabel="k (samples per problem, log scale)", ylabel="pass@k")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    crossings = "; ".join(f"{r.label}: " + _crossover_text(r) for _, r in have)
+    return render(fig, title="pass@k with intervals",
+                  alt="Line chart of pass@k against k on a log axis, one line per model with a shaded interval: "
+                      + "; ".join(alt) + f". Crossover: {crossings}.",
+                  provenance=f"passk.json of {', '.join(r.label for _, r in have)}; {_passk_method(have)}; "
+                             f"{'; '.join(counts)}; crossover {crossings}.")
+
+
+def _passk_method(have) -> str:
+    """The estimator and interval as the files state them (SPEC §7's defaults when they do not)."""
+    texts = []
+    for _, run in have:
+        method = run.get("passk.json").get("method")
+        if isinstance(method, dict):
+            text = "; ".join(str(v) for v in (method.get("estimator"), method.get("ci")) if v)
+        else:
+            text = str(method) if method else ""
+        text = text or "unbiased estimator 1 − C(n−c,k)/C(n,k) (SPEC §7), bootstrap intervals over problems"
+        if text not in texts:
+            texts.append(text)
+    return " | ".join(texts)
+
+
+def _crossover_text(run: Run) -> str:
+    cross = (run.get("passk.json") or {}).get("crossover") or {}
+    if not cross:
+        return "not recorded"
+    k = cross.get("k")
+    where = f"at k = {k}" if k is not None else "none within the measured k"
+    rule = f" (rule: {cross['rule']})" if cross.get("rule") else ""
+    return f"{cross.get('base', '?')} overtakes {cross.get('tuned', '?')} {where}{rule}"
+
+
+def _passk_table(have) -> str:
+    all_k: list[float] = sorted({as_float(k) for _, r in have for m in _models(r).values() for k in m.get("k") or []})
+    rows = []
+    for _, run in have:
+        for name, m in _models(run).items():
+            lookup = {as_float(k): (y, lo, hi) for k, y, lo, hi in
+                      zip(m.get("k") or [], m.get("pass_at_k") or [], m.get("ci_low") or [], m.get("ci_high") or [])}
+            cells = [f"{run.label}: {name}", fmt(m.get("n_problems")), fmt(m.get("n_min"))]
+            for k in all_k:
+                y = lookup.get(k)
+                cells.append(f"{fmt(as_float(y[0]))} [{fmt(as_float(y[1]))}, {fmt(as_float(y[2]))}]" if y else "—")
+            rows.append(cells)
+    return table(["run: model", "problems", "n_min", *[f"k={fmt(k) if not float(k).is_integer() else int(k)}" for k in all_k]],
+                 rows, caption="pass@k [bootstrap interval]; k only up to the smallest per-problem sample count n_min.")
+
+
+def _support_plot(have):
+    fig, axes = new_figure(1, 1, width=8, height=1.4 + 0.6 * len(have))
+    ax = axes[0][0]
+    labels, alt = [], []
+    for row, (_, run) in enumerate(have):
+        doc = run.get("support.json")
+        counts = doc.get("counts") or {}
+        total = sum(as_float(counts.get(c)) for c, _, _ in SUPPORT_CLASSES if math.isfinite(as_float(counts.get(c))))
+        left = 0.0
+        for cls, name, color in SUPPORT_CLASSES:
+            v = as_float(counts.get(cls))
+            v = v if math.isfinite(v) else 0.0
+            share = v / total if total else 0.0
+            ax.barh(row, share, left=left, color=color, label=f"{cls}: {name}" if row == 0 else None)
+            if share > 0.06:
+                ax.text(left + share / 2, row, f"{cls} {int(v)}", ha="center", va="center", fontsize=8)
+            left += share
+        labels.append(f"{run.label} (k={doc.get('k', '?')})")
+        alt.append(f"{run.label}: " + ", ".join(f"{c}={counts.get(c, '?')}" for c, _, _ in SUPPORT_CLASSES))
+    ax.set_yticks(range(len(have)), labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set(title="Share of problems per class at budget k", xlabel="fraction of problems", ylabel="run")
+    handles, names = ax.get_legend_handles_labels()
+    figure_legend(fig, handles, names, title="class")
+    return render(fig, title="Support classes P / E / S / O",
+                  alt="Stacked horizontal bars of the share of problems both models solve (P), only the tuned model "
+                      "solves (E), only the base solves (S), neither (O): " + "; ".join(alt) + ".",
+                  provenance=f"support.json of {', '.join(r.label for _, r in have)}; classes by verified final answer at budget k "
+                             f"(Invisible Leash, SPEC §7); "
+                             + "; ".join(f"{r.label}: {len(r.get('support.json').get('problems') or [])} problems, k={r.get('support.json').get('k', '?')}"
+                                         for _, r in have) + ".")
+
+
+def _support_table(have) -> str:
+    rows = []
+    for _, run in have:
+        d = run.get("support.json")
+        c = d.get("counts") or {}
+        rows.append([run.label, str(d.get("base", "—")), str(d.get("tuned", "—")), fmt(d.get("k")),
+                     *(fmt(c.get(x)) for x in "PESO"), fmt(d.get("SRR")), fmt(d.get("NDR")), fmt(d.get("SDS")),
+                     fmt(d.get("NSCR")), fmt(d.get("epsilon"))])
+    return table(["run", "base", "tuned", "k", "P", "E", "S", "O", "SRR", "NDR", "SDS", "NSCR", "ε"], rows, numeric_from=3,
+                 caption="SRR = P/(P+S), NDR = E/(P+E), SDS = their harmonic mean, NSCR = (E−S)/(P+E+S), "
+                         "ε = ln(1/0.05)/k (SPEC §7). Published RL values: SRR 0.93–0.99, NSCR −0.01 to −0.06.")
+
+
+def _get(doc: dict, *path: str) -> float:
+    for key in path:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return as_float(doc)
+
+
+def _divergence_plot(have):
+    fig, axes = new_figure(1, 2, width=10, height=3.8)
+    ax_kl, ax_h = axes[0]
+    width = 0.8 / max(1, len(have))
+    alt = []
+    for j, (i, run) in enumerate(have):
+        d = run.get("divergence.json")
+        off = (j - (len(have) - 1) / 2) * width
+        kl = [_get(d, "forward_kl", "token_mean"), _get(d, "reverse_kl", "token_mean"),
+              _get(d, "forward_kl", "sequence_mean"), _get(d, "reverse_kl", "sequence_mean")]
+        ax_kl.bar([x + off for x in range(4)], [v if math.isfinite(v) else 0 for v in kl], width=width,
+                  color=run_color(i), label=run.label)
+        ent = [_get(d, "entropy", "base", "token"), _get(d, "entropy", "tuned", "token"),
+               _get(d, "entropy", "base", "answer"), _get(d, "entropy", "tuned", "answer")]
+        ax_h.bar([x + off for x in range(4)], [v if math.isfinite(v) else 0 for v in ent], width=width,
+                 color=run_color(i), label=run.label)
+        alt.append(f"{run.label}: forward KL per token {fmt(kl[0])}, reverse {fmt(kl[1])}; token entropy base "
+                   f"{fmt(ent[0])}, tuned {fmt(ent[1])}")
+    ax_kl.set_xticks(range(4), ["fwd/token", "rev/token", "fwd/seq", "rev/seq"])
+    ax_kl.set(title="KL(π0‖π1) forward, KL(π1‖π0) reverse", xlabel="direction / averaging", ylabel="KL (nats)")
+    ax_h.set_xticks(range(4), ["base token", "tuned token", "base answer", "tuned answer"])
+    ax_h.set(title="Entropy of next token and of final answers", xlabel="model / level", ylabel="entropy (nats)")
+    for ax in (ax_kl, ax_h):
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    details = "; ".join(f"{r.label}: method {r.get('divergence.json').get('method', '?')}, "
+                        f"{r.get('divergence.json').get('n_prompts', '?')} prompts × {r.get('divergence.json').get('n_samples', '?')} samples"
+                        for _, r in have)
+    return render(fig, title="How far the output distribution moved",
+                  alt="Grouped bar charts of KL divergences and entropies per run: " + "; ".join(alt) + ".",
+                  provenance=f"divergence.json of {', '.join(r.label for _, r in have)}; {details}; KL exact over the vocabulary "
+                             "along sampled sequences unless the method says estimate (SPEC §7).")
+
+
+def _divergence_table(have) -> str:
+    rows = []
+    for _, run in have:
+        d = run.get("divergence.json")
+        rows.append([run.label, str(d.get("method", "—")), fmt(d.get("n_prompts")), fmt(d.get("n_samples")),
+                     fmt(_get(d, "forward_kl", "token_mean")), fmt(_get(d, "forward_kl", "sequence_mean")),
+                     fmt(_get(d, "reverse_kl", "token_mean")), fmt(_get(d, "reverse_kl", "sequence_mean")),
+                     fmt(_get(d, "entropy", "base", "token")), fmt(_get(d, "entropy", "tuned", "token")),
+                     fmt(_get(d, "entropy", "base", "answer")), fmt(_get(d, "entropy", "tuned", "answer")),
+                     fmt(_get(d, "cross_perplexity", "tuned_under_base")), fmt(_get(d, "cross_perplexity", "base_under_tuned"))])
+    return table(["run", "method", "prompts", "samples", "fwd KL token", "fwd KL seq", "rev KL token", "rev KL seq",
+                  "H base token", "H tuned token", "H base answer", "H tuned answer", "ppl tuned|base", "ppl base|tuned"],
+                 rows, numeric_from=2,
+                 caption="Forward KL = E[KL(π0‖π1)] along sequences sampled from the base; reverse likewise from the tuned "
+                         "model; ppl a|b = perplexity of a's samples under b.")

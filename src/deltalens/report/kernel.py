@@ -1,0 +1,229 @@
+"""The kernel-level section: eNTK eigen-spectra, angles by rank, rescale share, traits, trajectory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from deltalens.report.html import Section, absent, esc, figure_or_note, fmt, heading, missing_notes, table
+from deltalens.report.inputs import Run, as_float
+from deltalens.report.plotting import describe_range, finite_xy, integer_ticks, new_figure, render, run_color
+
+
+def build(runs: list[Run]) -> Section:
+    section = Section(
+        "kernel", "Kernel level",
+        "The function-space view (SPEC §6): the empirical NTK K = JJᵀ on probe examples before and after. Same "
+        "eigenvectors with new eigenvalues is rescaling (propensity); turning eigenvectors is rotation (lability).")
+    missing_notes(section, runs, "kernel.json", "kernel results", "deltalens kernel BASE TUNED --probes PROBES.jsonl --out DIR")
+    have = [(i, r) for i, r in enumerate(runs) if "kernel.json" in r.data]
+    if not have:
+        return section
+    section.add(_summary_table(have))
+    section.add(heading("Eigen-spectra before and after"))
+    section.add(figure_or_note(_spectra_plot, have))
+    section.add(heading("Angles and eigenvalue changes by rank"))
+    section.add(figure_or_note(_by_rank_plot, have))
+    traits = [(i, r) for i, r in have if isinstance(r.get("kernel.json").get("traits"), dict)]
+    if traits:
+        section.add(heading("Trait kernel: predicted against measured trait change"))
+        section.add(figure_or_note(_traits_plot, traits))
+        section.add(_traits_table(traits))
+    trajectory = [(i, r) for i, r in have if _trajectory(r)]
+    section.add(heading("Kernel trajectory over training"))
+    if trajectory:
+        section.add(figure_or_note(_trajectory_plot, trajectory))
+    else:
+        section.add(absent("no kernel.json carries a <code>trajectory</code> "
+                           "(<code>deltalens kernel --trajectory BASE CKPT_1 CKPT_2 ...</code>)."))
+    return section
+
+
+def _comparison(doc: dict) -> dict:
+    comp = doc.get("comparison")
+    return comp if isinstance(comp, dict) else {}
+
+
+def _trait_doc(doc: dict) -> dict:
+    traits = doc.get("traits")
+    return traits if isinstance(traits, dict) else {}
+
+
+def _trait_comparison(doc: dict) -> dict:
+    """The trait kernel's comparison block: nested under 'comparison', or flat beside the trait list."""
+    t = _trait_doc(doc)
+    if "comparison" in t:  # None when the suite has a single trait: nothing to compare
+        return _comparison(t)
+    return {k: v for k, v in t.items() if k != "traits"}
+
+
+def _trajectory(run: Run) -> list[dict]:
+    traj = run.get("kernel.json").get("trajectory")
+    return [t for t in traj if isinstance(t, dict)] if isinstance(traj, list) else []
+
+
+def _comparison_cells(comp: dict) -> list[str]:
+    share, base = as_float(comp.get("rescale_share")), as_float(comp.get("rescale_baseline"))
+    angles = [as_float(a) for a in comp.get("angles_deg") or []]
+    share_text = "undefined" if comp.get("rescale_undefined_reason") and not math.isfinite(share) else fmt(share)
+    return [fmt(comp.get("top_r")), fmt(comp.get("alignment")), share_text, fmt(base),
+            fmt(share / base) if base > 0 and math.isfinite(share) else "—",
+            fmt(max((a for a in angles if math.isfinite(a)), default=math.nan)),
+            fmt(comp.get("gap")), fmt(comp.get("wedin_bound")), str(comp.get("gap_limited", "—"))]
+
+
+def _summary_table(have) -> str:
+    rows = []
+    for _, run in have:
+        d = run.get("kernel.json")
+        setup = [d.get("mode", "—"), fmt(d.get("dim")), fmt(d.get("seed")), fmt(d.get("n_probes")),
+                 str(d.get("output", "—")), fmt(d.get("error_estimate"))]
+        rows.append([f"{run.label}: eNTK", *setup, *_comparison_cells(_comparison(d))])
+        if _trait_doc(d):
+            rows.append([f"{run.label}: trait kernel", *setup, *_comparison_cells(_trait_comparison(d))])
+    notes = [f"{run.label}: rescale share undefined: {c['rescale_undefined_reason']}"
+             for _, run in have for c in (_comparison(run.get("kernel.json")), _trait_comparison(run.get("kernel.json")))
+             if c.get("rescale_undefined_reason") and c.get("rescale_share") is None]
+    return table(["run: kernel", "mode", "sketch dim", "seed", "probes", "output", "est. error", "top r", "alignment",
+                  "rescale share", "baseline 2/(n+1)", "share ÷ baseline", "max angle (°)", "gap", "Wedin bound", "gap-limited"],
+                 rows, numeric_from=2,
+                 caption="Kernel comparison (SPEC §6): alignment ⟨K0,K1⟩/(‖K0‖‖K1‖); rescale share ‖diag E‖²/‖E‖², "
+                         "E = U0ᵀ(K1 − K0)U0; angles between top-r eigenspaces; est. error of the sketch against exact mode."
+                         + "".join(f" {esc(n)}." for n in notes))
+
+
+def _setup_text(have) -> str:
+    parts = []
+    for _, r in have:
+        d = r.get("kernel.json")
+        dim = f", dim {d.get('dim')}" if d.get("mode") != "exact" else ""
+        extra = "".join(f", {label} {d[key]}" for key, label in (("dtype", "dtype"), ("gradient_method", "gradients:"))
+                        if d.get(key))
+        parts.append(f"{r.label}: {d.get('mode', '?')} mode{dim}, {d.get('n_probes', '?')} probes, output "
+                     f"{d.get('output', '?')}, seed {d.get('seed', '?')}, estimated error {fmt(d.get('error_estimate'))}{extra}")
+    return "; ".join(parts)
+
+
+def _spectra_plot(have):
+    ncols = min(len(have), 3)
+    nrows = math.ceil(len(have) / ncols)
+    fig, axes = new_figure(nrows, ncols, width=min(4.2 * ncols + 1, 13), height=3.4 * nrows)
+    alt = []
+    for idx, (i, run) in enumerate(have):
+        ax = axes[idx // ncols][idx % ncols]
+        d = run.get("kernel.json")
+        for side, color, style in (("base", "#555555", "--"), ("tuned", run_color(i), "-")):
+            ev = [as_float(v) for v in ((d.get(side) or {}).get("eigenvalues") or [])]
+            xs, ys = finite_xy(range(1, len(ev) + 1), ev)
+            pos = [(x, y) for x, y in zip(xs, ys) if y > 0]
+            ax.plot([p[0] for p in pos], [p[1] for p in pos], linestyle=style, marker=".", color=color, label=side)
+            alt.append(f"{run.label} {side}: {len(ev)} eigenvalues {describe_range(ev)}")
+        ax.set_yscale("log")
+        integer_ticks(ax)
+        ax.set(title=run.label, xlabel="eigenvalue index (descending)", ylabel="eigenvalue of K (log)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    for idx in range(len(have), nrows * ncols):
+        axes[idx // ncols][idx % ncols].set_visible(False)
+    return render(fig, title="eNTK eigen-spectra, base (dashed) and tuned (solid)",
+                  alt="Log-scale line charts of the kernel eigenvalues in descending order, base and tuned, one panel "
+                      "per run: " + "; ".join(alt) + ". Non-positive eigenvalues are not drawn.",
+                  provenance=f"kernel.json base/tuned eigenvalues; {_setup_text(have)}.")
+
+
+def _by_rank_plot(have):
+    fig, axes = new_figure(1, 2, width=10, height=3.8)
+    ax_a, ax_r = axes[0]
+    alt, limited = [], []
+    for i, run in have:
+        comp = _comparison(run.get("kernel.json"))
+        angles = [as_float(a) for a in comp.get("angles_deg") or []]
+        ratios = [as_float(a) for a in comp.get("eigenvalue_log_ratios") or []]
+        xs, ys = finite_xy(range(1, len(angles) + 1), angles)
+        ax_a.plot(xs, ys, marker="o", color=run_color(i), label=run.label)
+        rx, ry = finite_xy(range(1, len(ratios) + 1), ratios)
+        ax_r.plot(rx, ry, marker="o", color=run_color(i), label=run.label)
+        alt.append(f"{run.label}: angles {describe_range(ys)} degrees, log-ratios {describe_range(ry)}")
+        limited.append(f"{run.label}: top_r {comp.get('top_r', '?')}, gap {fmt(comp.get('gap'))}, Wedin bound "
+                       f"{fmt(comp.get('wedin_bound'))}, gap-limited {comp.get('gap_limited', '?')}")
+    ax_a.set(title="Principal angles, top-r eigenspaces", xlabel="angle index i (ascending)", ylabel="angle θ_i (°)")
+    ax_r.axhline(0, color="#999999", linewidth=0.8)
+    integer_ticks(ax_a, ax_r)
+    ax_r.set(title="Eigenvalue change", xlabel="eigenvalue rank i", ylabel="log(λ_i tuned / λ_i base)")
+    for ax in (ax_a, ax_r):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return render(fig, title="Kernel rotation and rescaling by rank",
+                  alt="Two line charts: principal angles between base and tuned top-r kernel eigenspaces, and "
+                      "eigenvalue log-ratios, by rank: " + "; ".join(alt) + ".",
+                  provenance=f"kernel.json comparison; {_setup_text(have)}; {'; '.join(limited)}.")
+
+
+def _trait_rows(run: Run) -> list[dict]:
+    rows = _trait_doc(run.get("kernel.json")).get("traits")
+    return [t for t in rows if isinstance(t, dict)] if isinstance(rows, list) else []
+
+
+def _traits_plot(have):
+    fig, axes = new_figure(1, 1, width=6, height=4.4)
+    ax = axes[0][0]
+    alt, lo, hi = [], math.inf, -math.inf
+    for i, run in have:
+        pts = [(as_float(t.get("predicted")), as_float(t.get("measured")), str(t.get("name", "?"))) for t in _trait_rows(run)]
+        pts = [p for p in pts if math.isfinite(p[0]) and math.isfinite(p[1])]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=run_color(i), label=run.label)
+        for p in pts:
+            ax.annotate(p[2], (p[0], p[1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            lo, hi = min(lo, p[0], p[1]), max(hi, p[0], p[1])
+        alt.append(f"{run.label}: " + ", ".join(f"{p[2]} predicted {fmt(p[0])} measured {fmt(p[1])}" for p in pts))
+    if math.isfinite(lo):
+        ax.plot([lo, hi], [lo, hi], color="#999999", linestyle="--", linewidth=0.8, label="measured = predicted")
+    ax.set(title="Per trait: J·Δθ against the real change", xlabel="predicted trait change (J·Δθ)",
+           ylabel="measured trait change")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return render(fig, title="Trait kernel: linear prediction of trait change",
+                  alt="Scatter plot of predicted against measured change per trait, with the identity line: "
+                      + "; ".join(alt) + ".",
+                  provenance=f"kernel.json traits; {_setup_text(have)}; traits are mean losses per eval task (SPEC §6).")
+
+
+def _traits_table(have) -> str:
+    rows = [[f"{run.label}: {t.get('name', '?')}", fmt(as_float(t.get("predicted"))), fmt(as_float(t.get("measured")))]
+            for _, run in have for t in _trait_rows(run)]
+    return table(["run: trait", "predicted (J·Δθ)", "measured"], rows,
+                 caption="Lande-style check of the linear picture: trait change predicted from the kernel against measured.")
+
+
+def _trajectory_plot(have):
+    fig, axes = new_figure(1, 2, width=10, height=4.0)
+    ax_a, ax_s = axes[0]
+    alt = []
+    ticks: list[str] = []
+    for i, run in have:
+        traj = _trajectory(run)
+        names = [Path(str(t.get("checkpoint", j))).name or str(j) for j, t in enumerate(traj)]
+        if len(names) > len(ticks):
+            ticks = names
+        for key, style in (("vs_base", "-"), ("vs_previous", "--")):
+            comps = [t.get(key) if isinstance(t.get(key), dict) else {} for t in traj]
+            angle = [max((as_float(a) for a in c.get("angles_deg") or [] if math.isfinite(as_float(a))), default=math.nan)
+                     for c in comps]
+            share = [as_float(c.get("rescale_share")) for c in comps]
+            xs, ys = finite_xy(range(len(traj)), angle)
+            ax_a.plot(xs, ys, linestyle=style, marker="o", color=run_color(i), label=f"{run.label} {key.replace('_', ' ')}")
+            sx, sy = finite_xy(range(len(traj)), share)
+            ax_s.plot(sx, sy, linestyle=style, marker="o", color=run_color(i), label=f"{run.label} {key.replace('_', ' ')}")
+            alt.append(f"{run.label} {key}: max angle {describe_range(ys)}°, rescale share {describe_range(sy)}")
+    for ax in (ax_a, ax_s):
+        ax.set_xticks(range(len(ticks)), ticks, rotation=30, ha="right", fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax_a.set(title="Largest angle of the top-r eigenspace", xlabel="checkpoint", ylabel="max angle (°)")
+    ax_s.set(title="Rescale share of the kernel change", xlabel="checkpoint", ylabel="rescale share")
+    return render(fig, title="Kernel trajectory: each checkpoint against the base and against the previous one",
+                  alt="Two line charts over checkpoints of the largest kernel eigenspace angle and the rescale share, "
+                      "solid against the base, dashed against the previous checkpoint: " + "; ".join(alt) + ".",
+                  provenance=f"kernel.json trajectory; {_setup_text(have)}; "
+                             + "; ".join(f"{r.label}: {len(_trajectory(r))} checkpoints" for _, r in have) + ".")
+

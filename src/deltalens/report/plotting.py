@@ -1,0 +1,139 @@
+"""Matplotlib (Agg, no pyplot state) figures rendered to inline SVG for the report.
+
+Every plot goes through :func:`render`, which refuses a figure whose axes lack a title or axis
+labels and returns the SVG with the alt text and the provenance line the page shows under it.
+
+Each plot is drawn twice: a ``wide`` layout (panels side by side, for desktop) and a ``narrow``
+one (the same panels stacked in one column, for phones); the page picks one by screen width.
+Plot functions ask :func:`new_figure` for an ``nrows × ncols`` grid and index it ``axes[r][c]``
+either way; under the narrow layout that grid is laid out as one column.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import contextlib
+import contextvars
+import math
+from dataclasses import dataclass
+
+#: One colour per run, in run order, used by every figure so a run keeps its colour.
+RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
+MODULE_MARKERS = {"q": "o", "k": "s", "v": "^", "o": "v", "gate": "D", "up": "P", "down": "X",
+                  "embed": "*", "norm": ".", "lm_head": "h", "other": "d"}
+
+
+#: Width in inches of a narrow-layout (phone) figure.
+NARROW_WIDTH_IN = 4.6
+_LAYOUT: contextvars.ContextVar[str] = contextvars.ContextVar("deltalens_plot_layout", default="wide")
+
+
+@contextlib.contextmanager
+def layout(name: str):
+    """Draw figures made inside this block in the ``wide`` or ``narrow`` layout."""
+    token = _LAYOUT.set(name)
+    try:
+        yield
+    finally:
+        _LAYOUT.reset(token)
+
+
+def is_narrow() -> bool:
+    return _LAYOUT.get() == "narrow"
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A rendered figure: its title, alt text, provenance line, SVG bytes and CSS pixel width."""
+
+    title: str
+    alt: str
+    provenance: str
+    svg: bytes
+    width_px: int
+
+    def data_uri(self) -> str:
+        return "data:image/svg+xml;base64," + base64.b64encode(self.svg).decode("ascii")
+
+
+def draw_both(make, *args):
+    """``make(*args)`` under the wide and the narrow layout: (wide Plot, narrow Plot)."""
+    with layout("wide"):
+        wide = make(*args)
+    with layout("narrow"):
+        narrow = make(*args)
+    return wide, narrow
+
+
+def run_color(index: int) -> str:
+    return RUN_COLORS[index % len(RUN_COLORS)]
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 8.0, height: float = 3.6, **kw):
+    """A fresh Figure with an Agg canvas (no pyplot, no global state) and an ``axes[r][c]`` grid.
+
+    Under the narrow layout the nrows × ncols panels are stacked in one column of
+    :data:`NARROW_WIDTH_IN` inches, each panel keeping about its wide height.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if is_narrow():
+        panel_h = max(2.6, min(3.4, height / nrows))
+        fig = Figure(figsize=(NARROW_WIDTH_IN, panel_h * nrows * ncols + 0.5), layout="constrained")
+        flat = fig.subplots(nrows * ncols, 1, squeeze=False, **kw)
+        axes = [[flat[r * ncols + c][0] for c in range(ncols)] for r in range(nrows)]
+    else:
+        fig = Figure(figsize=(width, height), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    FigureCanvasAgg(fig)
+    return fig, axes
+
+
+def figure_legend(fig, handles, labels, *, title: str | None = None) -> None:
+    """A legend for the whole figure: at the right when wide, below the panels when narrow."""
+    if is_narrow():
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, max(1, len(labels))), fontsize=7, title=title)
+    else:
+        fig.legend(handles, labels, loc="outside right center", fontsize=8, title=title)
+
+
+def integer_ticks(*axes) -> None:
+    """Only whole numbers on the x axis (layers, ranks)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def render(fig, *, title: str, alt: str, provenance: str) -> Plot:
+    """Check every visible axes has a title and both axis labels, then save the figure as SVG."""
+    import matplotlib
+
+    fig.suptitle(title, fontsize=11 if is_narrow() else 12, fontweight="bold", wrap=True)
+    for ax in fig.axes:
+        if not ax.get_visible() or not ax.has_data():
+            continue
+        if not (ax.get_title() and ax.get_xlabel() and ax.get_ylabel()):
+            raise ValueError(f"figure '{title}': every panel needs a title and axis labels")
+    buf = io.BytesIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "deltalens",
+                                "font.family": ["DejaVu Sans", "sans-serif"]}):
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "deltalens"})
+    width_px = round(fig.get_figwidth() * 96)
+    return Plot(title=title, alt=alt, provenance=provenance, svg=buf.getvalue(), width_px=width_px)
+
+
+def finite_xy(xs, ys):
+    """Pairs with a finite y (NaN/None points are dropped, not drawn as zero)."""
+    pairs = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def describe_range(values) -> str:
+    """'from a to b' over the finite values, for alt text."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return "no finite values"
+    return f"from {min(finite):.3g} to {max(finite):.3g}"

@@ -1,0 +1,330 @@
+"""The weight-level section: sparsity, principal angles, spectrum drift, rescale share, ranks (diff.json)."""
+
+from __future__ import annotations
+
+import math
+
+from deltalens.report import aggregate as agg
+from deltalens.report.html import Section, absent, esc, figure_or_note, fmt, heading, missing_notes, paragraph, pct, table
+from deltalens.report.inputs import Run, as_float
+from deltalens.report.plotting import (MODULE_MARKERS, describe_range, figure_legend, finite_xy, integer_ticks,
+                                       new_figure, render, run_color)
+
+#: At most this many k values get their own angle figure (the rest are in the tables).
+MAX_K_FIGURES = 3
+
+
+def _tensors(run: Run) -> list[dict]:
+    rows = (run.get("diff.json") or {}).get("tensors")
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def _dtypes(rows: list[dict]) -> str:
+    return ", ".join(sorted({str(r.get("dtype")) for r in rows if r.get("dtype")})) or "unknown dtype"
+
+
+def _tolerances(runs: list[Run]) -> list[str]:
+    tols: set[str] = set()
+    for run in runs:
+        ua = ((run.get("diff.json") or {}).get("summary") or {}).get("unchanged_absolute")
+        if isinstance(ua, dict):
+            tols.update(ua)
+    return sorted(tols, key=lambda t: as_float(float(t)) if _is_number(t) else math.inf)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def build(runs: list[Run]) -> Section:
+    section = Section(
+        "weights", "Weight level",
+        "What changed in the stored weights (SPEC §2–5): which entries moved at all, whether the "
+        "principal subspaces rotated, how the spectrum drifted, and how much of the update re-weights "
+        "existing directions (rescale) rather than mixing them.")
+    have = [(i, r) for i, r in enumerate(runs) if "diff.json" in r.data]
+    missing_notes(section, runs, "diff.json", "weight-level results",
+                   "deltalens diff BASE TUNED --out DIR")
+    if not have:
+        return section
+    section.add(_summary_table(have, _tolerances([r for _, r in have])))
+    _nonfinite(section, have)
+    section.add(heading("Update sparsity by layer and module"))
+    section.add(figure_or_note(_sparsity_plot, have))
+    choices = agg.k_choices(_tensors(run) for _, run in have)
+    if choices:
+        section.add(heading("Principal-subspace rotation (max principal angle by layer)"))
+        section.add(paragraph(
+            "Largest principal angle between the top-k left (and right) singular subspaces of W0 and W1, "
+            "per layer and module kind. Points whose Wedin bound ‖Δ‖₂/gap_k reaches 1 are gap-limited: the "
+            "subspace is not well defined at that k, so the angle there is not evidence of rotation."))
+        for choice in choices[:MAX_K_FIGURES]:
+            section.add(figure_or_note(_angle_plot, have, choice))
+        if len(choices) > MAX_K_FIGURES:
+            others = ", ".join(c.label for c in choices[MAX_K_FIGURES:])
+            section.add(paragraph(f"Also recorded: {esc(others)} (see the block-share table)."))
+    else:
+        section.add(absent("no <code>by_k</code> entries in any diff.json: principal angles were not computed "
+                           "(run <code>deltalens diff</code> with the spectral metrics)."))
+    if any(not math.isnan(as_float(r.get("nss"))) for _, run in have for r in _tensors(run)):
+        section.add(heading("Spectrum drift"))
+        section.add(figure_or_note(_nss_plot, have))
+    if any(not math.isnan(as_float(r.get("rescale_share"))) for _, run in have for r in _tensors(run)):
+        section.add(heading("Rescale share against its random baseline"))
+        section.add(figure_or_note(_rescale_plot, have))
+        if choices:
+            section.add(_block_share_table(have, choices))
+    section.add(heading("Rank of the update"))
+    section.add(_rank_table(have))
+    return section
+
+
+def _summary_table(have: list[tuple[int, Run]], tolerances: list[str]) -> str:
+    cols = [run.label for _, run in have]
+    metrics: list[tuple[str, list[object]]] = []
+
+    def row(name: str, values: list[object]) -> None:
+        metrics.append((name, values))
+
+    docs = [run.get("diff.json") for _, run in have]
+    sums = [d.get("summary") or {} for d in docs]
+    tensors = [_tensors(run) for _, run in have]
+    row("base", [d.get("base", "—") for d in docs])
+    row("tuned", [d.get("tuned", "—") for d in docs])
+    row("parameters compared", [fmt(s.get("numel")) for s in sums])
+    row("stored dtypes", [_dtypes(t) for t in tensors])
+    row("unchanged, bitwise", [pct(s.get("unchanged_bitwise")) for s in sums])
+    row("unchanged, relative (η = 1e-3)", [pct(s.get("unchanged_relative")) for s in sums])
+    for tol in tolerances:
+        row(f"unchanged, |Δ| ≤ {tol}", [pct((s.get("unchanged_absolute") or {}).get(tol)) for s in sums])
+    if any("visible_fraction" in r for t in tensors for r in t):
+        row("bf16-visible update (params-weighted)",
+            [pct(agg.pool(t, agg.field("visible_fraction"), agg.numel_weight).value) for t in tensors])
+    row("tensors / 2-D tensors", [f"{len(t)} / {len(agg.matrix_rows(t))}" for t in tensors])
+    row("tensors with NaN/Inf", [str(sum(1 for r in t if as_float(r.get("nonfinite")) > 0)) for t in tensors])
+    row("skipped (non-float)", [str(len(d.get("skipped") or [])) for d in docs])
+    unmatched = [d.get("unmatched") or {} for d in docs]
+    row("unmatched (base only / tuned only)",
+        [f"{len(u.get('base_only') or [])} / {len(u.get('tuned_only') or [])}" for u in unmatched])
+    row("spectral method", [agg.method_text(agg.matrix_rows(t)) for t in tensors])
+    if any(r.get("rank_method") for t in tensors for r in t):
+        row("rank method", [", ".join(sorted({str(r["rank_method"]) for r in t if r.get("rank_method")})) or "—"
+                            for t in tensors])
+    row("k values", [", ".join(agg.k_keys(t)) or "—" for t in tensors])
+    pooled = [agg.pool(t, agg.field("rescale_share"), agg.energy_weight) for t in tensors]
+    base = [agg.pool(t, agg.field("rescale_baseline"), agg.energy_weight) for t in tensors]
+    row("rescale share (‖Δ‖²-weighted)", [fmt(p.value) for p in pooled])
+    row("random baseline (‖Δ‖²-weighted)", [fmt(b.value) for b in base])
+    row("rescale share ÷ baseline", [fmt(p.value / b.value) if b.value > 0 else "—" for p, b in zip(pooled, base)])
+    row("mean NSS over 2-D tensors", [fmt(agg.mean(as_float(r.get("nss")) for r in agg.matrix_rows(t))) for t in tensors])
+    for name, label in (("principal_overlap", "principal-weight overlap"), ("low_overlap", "low-magnitude overlap"),
+                        ("overlap_baseline", "overlap random baseline")):
+        if any(name in r for t in tensors for r in t):
+            row(f"{label} (mean over 2-D tensors)", [fmt(agg.mean(as_float(r.get(name)) for r in agg.matrix_rows(t))) for t in tensors])
+    return table(["quantity", *cols], ([name, *vals] for name, vals in metrics),
+                 caption="Whole-model summary from each run's diff.json. Unchanged fractions are the diff's own "
+                         "parameter-weighted totals; shares are pooled over tensors weighted by ‖Δ‖_F².")
+
+
+def _nonfinite(section: Section, have: list[tuple[int, Run]]) -> None:
+    bad = [(run.label, r) for _, run in have for r in _tensors(run) if as_float(r.get("nonfinite")) > 0]
+    if not bad:
+        return
+    section.add(paragraph(f"<strong>{len(bad)} tensor(s) hold NaN or Inf</strong>; their non-finite metrics "
+                          "are shown as — and left out of every pooled number and plot.", "warning"))
+    section.add(table(["tensor", "run", "non-finite entries", "shape", "dtype"],
+                      ([r.get("name"), label, fmt(r.get("nonfinite")), str(r.get("shape")), r.get("dtype")]
+                       for label, r in bad), numeric_from=2))
+
+
+def _sparsity_plot(have: list[tuple[int, Run]]):
+    fig, axes = new_figure(1, 2, width=10, height=3.8)
+    ax_layer, ax_mod = axes[0]
+    all_mods: list[str] = []
+    for _, run in have:
+        for m in agg.modules_of(_tensors(run)):
+            if m not in all_mods:
+                all_mods.append(m)
+    all_mods = [m for m in agg.MODULE_ORDER if m in all_mods] + [m for m in all_mods if m not in agg.MODULE_ORDER]
+    width = 0.8 / max(1, len(have))
+    alt = []
+    for j, (i, run) in enumerate(have):
+        rows = _tensors(run)
+        layers = agg.by_layer(rows)
+        ys = [agg.pool(g, agg.field("unchanged_bitwise"), agg.numel_weight).value for g in layers.values()]
+        xs, ys = finite_xy(list(layers), ys)
+        ax_layer.plot(xs, ys, marker="o", color=run_color(i), label=run.label)
+        mods = agg.by_module(rows)
+        vals = [agg.pool(mods.get(m, []), agg.field("unchanged_bitwise"), agg.numel_weight).value for m in all_mods]
+        ax_mod.bar([x + (j - (len(have) - 1) / 2) * width for x in range(len(all_mods))],
+                   [v if math.isfinite(v) else 0 for v in vals], width=width, color=run_color(i), label=run.label)
+        alt.append(f"{run.label}: per-layer unchanged fraction {describe_range(ys)}")
+    ax_layer.set(title="By layer (all tensors of the layer)", xlabel="layer", ylabel="unchanged fraction (bitwise)")
+    ax_mod.set(title="By module kind", xlabel="module kind", ylabel="unchanged fraction (bitwise)")
+    ax_mod.set_xticks(range(len(all_mods)), all_mods, rotation=45, ha="right")
+    integer_ticks(ax_layer)
+    for ax in (ax_layer, ax_mod):
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    ax_layer.legend(fontsize=8)
+    rows_all = [r for _, run in have for r in _tensors(run)]
+    return render(
+        fig, title="Update sparsity: fraction of parameters bitwise unchanged",
+        alt="Line chart by layer and bar chart by module kind of the parameter-weighted fraction of weights whose "
+            "stored bits did not change. " + "; ".join(alt) + ".",
+        provenance=f"diff.json of {', '.join(r.label for _, r in have)}; rule: bitwise in the stored dtype "
+                   f"({_dtypes(rows_all)}); pooled weighted by parameter count; {len(rows_all)} tensors.")
+
+
+def _angle_plot(have: list[tuple[int, Run]], choice: agg.KChoice):
+    ncols = len(have)
+    fig, axes = new_figure(2, ncols, width=min(4.6 * ncols + 1.5, 14), height=6.2, sharey=True)
+    gap_limited = total = 0
+    alt = []
+    handles = {}
+    for c, (i, run) in enumerate(have):
+        rows = agg.matrix_rows(_tensors(run))
+        for r_idx, side in enumerate(("left", "right")):
+            ax = axes[r_idx][c]
+            peak = []
+            for module in agg.modules_of(rows):
+                layers = agg.by_layer(rows, module)
+                xs, ys, gl = [], [], []
+                for layer, group in layers.items():
+                    entries = [choice.entry(r) for r in group]
+                    entries = [e for e in entries if math.isfinite(as_float(e.get(f"angle_max_{side}_deg")))]
+                    if not entries:
+                        continue
+                    top = max(entries, key=lambda e: as_float(e.get(f"angle_max_{side}_deg")))
+                    xs.append(layer)
+                    ys.append(as_float(top.get(f"angle_max_{side}_deg")))
+                    gl.append(bool(top.get("gap_limited")))
+                if not xs:
+                    continue
+                (line,) = ax.plot(xs, ys, marker=MODULE_MARKERS.get(module, "o"), markersize=4, linewidth=1.2, label=module)
+                handles.setdefault(module, line)
+                bad = [(x, y) for x, y, g in zip(xs, ys, gl) if g]
+                if bad:
+                    h = ax.scatter([b[0] for b in bad], [b[1] for b in bad], s=70, facecolors="none",
+                                   edgecolors="red", linewidths=1.2, zorder=5, label="gap-limited")
+                    handles.setdefault("gap-limited", h)
+                if side == "left":
+                    total += len(ys)
+                    gap_limited += sum(gl)
+                peak.extend(ys)
+            ax.set(title=f"{run.label}: {side} singular vectors", xlabel="layer", ylabel="max principal angle (°)")
+            ax.grid(alpha=0.3)
+            alt.append(f"{run.label} {side}: max angles {describe_range(peak)} degrees")
+    integer_ticks(*[ax for row in axes for ax in row])
+    order = [m for m in handles if m != "gap-limited"] + (["gap-limited"] if "gap-limited" in handles else [])
+    figure_legend(fig, [handles[m] for m in order], order, title="module")
+    return render(
+        fig, title=f"Max principal angle by layer, top-k subspaces, {choice.label}",
+        alt=f"Grid of line charts, left singular vectors on top and right below, one column per run, of the largest "
+            f"principal angle ({choice.label}) per layer and module kind. " + "; ".join(alt) + ".",
+        provenance=f"diff.json by_k ({choice.label}) of {', '.join(r.label for _, r in have)}; "
+                   f"method {agg.method_text((r for _, run in have for r in _tensors(run)), 'angles')}; "
+                   f"angles from sines (SPEC §4); {total} layer×module points per side, {gap_limited} of the left ones "
+                   f"gap-limited (Wedin bound ≥ 1, circled red); the max over a layer's tensors of one module kind.")
+
+
+def _nss_plot(have):
+    return _layer_line_plot(have, "nss", title="Spectrum drift (NSS) by layer",
+                            ylabel="NSS = ‖σ(W1) − σ(W0)‖₂ / ‖σ(W0)‖₂", pooled="mean over the layer's 2-D tensors")
+
+
+def _layer_line_plot(have, field_name: str, *, title: str, ylabel: str, pooled: str):
+    fig, axes = new_figure(1, 1, width=8, height=3.6)
+    ax = axes[0][0]
+    alt = []
+    n = 0
+    for i, run in have:
+        layers = agg.by_layer(agg.matrix_rows(_tensors(run)))
+        ys = [agg.mean(as_float(r.get(field_name)) for r in g) for g in layers.values()]
+        xs, ys = finite_xy(list(layers), ys)
+        n += sum(len(g) for g in layers.values())
+        ax.plot(xs, ys, marker="o", color=run_color(i), label=run.label)
+        alt.append(f"{run.label} {describe_range(ys)}")
+    ax.set(title=f"{pooled}", xlabel="layer", ylabel=ylabel)
+    integer_ticks(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    methods = agg.method_text((r for _, run in have for r in agg.matrix_rows(_tensors(run))), field_name)
+    return render(fig, title=title, alt=f"Line chart of {field_name} by layer, one line per run: " + "; ".join(alt) + ".",
+                  provenance=f"diff.json field '{field_name}' of {', '.join(r.label for _, r in have)}; method {methods} "
+                             f"(full spectrum, or top-k in fast mode); {n} 2-D tensors in numbered layers.")
+
+
+def _rescale_plot(have):
+    fig, axes = new_figure(1, 1, width=8, height=3.8)
+    ax = axes[0][0]
+    alt = []
+    for i, run in have:
+        layers = agg.by_layer(agg.matrix_rows(_tensors(run)))
+        share = [agg.pool(g, agg.field("rescale_share"), agg.energy_weight).value for g in layers.values()]
+        base = [agg.pool(g, agg.field("rescale_baseline"), agg.energy_weight).value for g in layers.values()]
+        xs, ys = finite_xy(list(layers), share)
+        bx, by = finite_xy(list(layers), base)
+        ax.plot(xs, ys, marker="o", color=run_color(i), label=f"{run.label}: rescale share")
+        ax.plot(bx, by, linestyle="--", color=run_color(i), alpha=0.7, label=f"{run.label}: random baseline")
+        alt.append(f"{run.label} share {describe_range(ys)}, baseline {describe_range(by)}")
+    if any(line.get_xdata().size and (line.get_ydata() > 0).all() for line in ax.get_lines()):
+        ax.set_yscale("log")
+    ax.set(title="‖diag(UᵀΔV)‖² / ‖Δ‖²_F, pooled by ‖Δ‖²", xlabel="layer", ylabel="rescale share (log scale)")
+    integer_ticks(ax)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    methods = agg.method_text((r for _, run in have for r in agg.matrix_rows(_tensors(run))), "frame")
+    return render(fig, title="Rescale share by layer against its random baseline",
+                  alt="Line chart by layer of the share of update energy on the base's own singular directions, with "
+                      "dashed random baselines min(m,n)/(mn): " + "; ".join(alt) + ".",
+                  provenance=f"diff.json fields rescale_share, rescale_baseline of {', '.join(r.label for _, r in have)}; "
+                             f"method {methods}; SPEC §5; pooled per layer weighted by ‖Δ‖_F² (delta_fro²).")
+
+
+def _block_share_table(have, choices: list[agg.KChoice]) -> str:
+    rows = []
+    for _, run in have:
+        mats = agg.matrix_rows(_tensors(run))
+        for choice in choices:
+            cells = [f"{run.label}, {choice.label}"]
+            found = False
+            for block in ("PP", "PQ", "QP", "QQ"):
+                def value(r, b=block, part="share", c=choice):
+                    return as_float(((c.entry(r).get("block_shares") or {}).get(b) or {}).get(part))
+                share = agg.pool(mats, value, agg.energy_weight)
+                base = agg.pool(mats, lambda r, b=block: value(r, b, "baseline"), agg.energy_weight)
+                found = found or share.used > 0
+                cells.append(f"{fmt(share.value)} (baseline {fmt(base.value)})")
+            if found:
+                rows.append(cells)
+    if not rows:
+        return ""
+    return table(["run, k", "PP", "PQ", "QP", "QQ"], rows, numeric_from=1,
+                 caption="Share of ‖Δ‖_F² in the top-k (P) / rest (Q) blocks of the base's singular frame, left×right "
+                         "(SPEC §5), pooled over 2-D tensors weighted by ‖Δ‖_F²; random baselines in brackets.")
+
+
+def _rank_table(have) -> str:
+    rows = []
+    for _, run in have:
+        mats = agg.matrix_rows(_tensors(run))
+        for module, group in agg.by_module(mats).items():
+            def rel(name, g=group):
+                return fmt(agg.mean(as_float(r.get(name)) / agg.min_dim(r) for r in g))
+
+            def plain(name, g=group):
+                return fmt(agg.mean(as_float(r.get(name)) for r in g))
+
+            rows.append([run.label, module, str(len(group)), rel("numerical_rank"), rel("effective_rank"),
+                         plain("stable_rank"), rel("energy_rank_90"), rel("energy_rank_99"), plain("rank1_share")])
+    if not rows:
+        return absent("no 2-D tensors in diff.json, so no rank measures.")
+    return table(["run", "module", "tensors", "numerical rank / min(m,n)", "effective rank / min(m,n)", "stable rank",
+                  "energy rank 90% / min(m,n)", "energy rank 99% / min(m,n)", "rank-1 share"], rows, numeric_from=2,
+                 caption="Rank measures of Δ (SPEC §3), mean over the module kind's 2-D tensors; rank counts are divided "
+                         "by each tensor's min(m, n) before averaging.")

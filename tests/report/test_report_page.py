@@ -1,0 +1,313 @@
+"""The report page without a browser: discovery, absent and bad inputs, CLI, numbers, self-containment."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deltalens.errors import DeltalensError
+from deltalens.report import SECTION_IDS, build_report, discover_runs, write_run_report
+from deltalens.report import aggregate as agg
+from deltalens.report.html import fmt
+from deltalens.report.plotting import new_figure, render
+from tests.report.fixtures import (NAN_TENSOR, claims_doc, diff_doc, passk_doc, write_arm, write_json, write_lab)
+
+
+class _Collect(HTMLParser):
+    """Every tag with its attributes, and the text of table rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "tr":
+            self.rows.append([])
+        if tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self.rows:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse(path: Path) -> _Collect:
+    p = _Collect()
+    p.feed(path.read_text())
+    return p
+
+
+def test_runs_are_found_one_level_down(lab_report):
+    lab, _ = lab_report
+    runs = discover_runs([lab])
+    assert [r.label for r in runs] == ["lab", "lab/grpo", "lab/sft"]
+    assert runs[0].lab_only and not runs[1].lab_only
+    assert set(runs[1].data) == {"diff.json", "passk.json", "support.json", "divergence.json", "kernel.json", "tracking.jsonl"}
+    assert runs[1].base_and_tuned == ("lab/base", "lab/rl")
+
+
+def test_every_section_and_no_absent_notice_for_a_complete_lab(lab_report):
+    _, page = lab_report
+    text = page.read_text()
+    for sid in SECTION_IDS:
+        assert f'<section id="{sid}"' in text
+    # the lab's top folder holds only claims.json: it is not an arm, so nothing is "absent" for it
+    assert 'class="absent"' not in text
+    assert text.count("<figure") >= 12
+
+
+def test_page_is_self_contained(lab_report):
+    _, page = lab_report
+    tags = parse(page).tags
+    assert not [t for t, _ in tags if t in ("script", "link", "iframe", "object", "embed")]
+    for tag, attrs in tags:
+        for name in ("src", "href", "srcset", "data", "poster", "action"):
+            value = attrs.get(name)
+            if value is None:
+                continue
+            assert value.startswith("data:") or value.startswith("#"), (tag, name, value[:80])
+    csp = [a for t, a in tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
+    assert csp and "default-src 'none'" in csp[0]["content"]
+    assert not re.search(r"url\(\s*['\"]?(?!data:)", page.read_text())  # no CSS fetches either
+
+
+def _svgs(page: Path) -> list[tuple[str, str, bytes]]:
+    out = []
+    for tag, attrs in parse(page).tags:
+        for name in ("src", "srcset"):
+            uri = attrs.get(name, "")
+            if uri.startswith("data:image/svg+xml;base64,"):
+                out.append((tag, attrs.get("title", ""), base64.b64decode(uri.split(",", 1)[1])))
+    return out
+
+
+def test_every_plot_has_alt_text_a_title_and_axis_labels_wide_and_narrow(lab_report):
+    _, page = lab_report
+    imgs = [a for t, a in parse(page).tags if t == "img"]
+    sources = [a for t, a in parse(page).tags if t == "source"]
+    assert len(imgs) == len(sources) >= 12  # each plot drawn twice: desktop and phone layout
+    for img in imgs:
+        assert len(img["alt"]) > 40 and img["title"]
+    for tag, _, svg in _svgs(page):
+        text = svg.decode()
+        assert "<text" in text
+    for img in imgs:
+        wide = base64.b64decode(img["src"].split(",", 1)[1]).decode()
+        assert _xml_text(img["title"]) in wide  # the title is drawn on the figure itself
+
+
+def _xml_text(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def test_render_refuses_a_panel_without_labels():
+    fig, axes = new_figure(1, 1)
+    axes[0][0].plot([0, 1], [0, 1])
+    axes[0][0].set_title("t")
+    with pytest.raises(ValueError, match="axis labels"):
+        render(fig, title="x", alt="x", provenance="x")
+
+
+def test_figures_state_what_produced_them(lab_report):
+    _, page = lab_report
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page.read_text(), flags=re.S)
+    joined = "\n".join(captions)
+    assert all("Produced by:" in c for c in captions)
+    assert "by_k (k = 4)" in joined and "fast mode: top-k vectors from eigh" in joined and "bfloat16" in joined
+    assert "n_min 64" in joined and "50 problems" in joined and "k=64" in joined
+    assert "sketch mode, dim 4096, 16 probes" in joined and "estimated error 0.021" in joined
+    assert "32 prompts × 4 samples" in joined and "tracking.jsonl" in joined
+    assert re.search(r"\d+ of the left ones gap-limited", joined)
+
+
+def _table_row(page: Path, label: str) -> list[str]:
+    rows = [r for r in parse(page).rows if r and r[0] == label]
+    assert rows, label
+    return rows[0]
+
+
+def test_pooled_numbers_match_an_independent_computation(lab_report):
+    lab, page = lab_report
+    # columns: quantity, lab/grpo, lab/sft
+    for col, arm in ((1, "grpo"), (2, "sft")):
+        rows = json.loads((lab / arm / "diff.json").read_text())["tensors"]
+        fro2 = np.array([r["delta_fro"] ** 2 if r.get("delta_fro") is not None and r.get("rescale_share") is not None
+                         else 0.0 for r in rows if "rescale_share" in r])
+        share = np.array([r["rescale_share"] or 0.0 for r in rows if "rescale_share" in r])
+        expected = float((share * fro2).sum() / fro2.sum())
+        assert _table_row(page, "rescale share (‖Δ‖²-weighted)")[col] == fmt(expected)
+        doc = json.loads((lab / arm / "diff.json").read_text())
+        assert _table_row(page, "unchanged, bitwise")[col] == f"{100 * doc['summary']['unchanged_bitwise']:.2f}%"
+
+
+def test_energy_pooling_equals_the_share_of_the_concatenated_update():
+    """Pooling rescale shares by ‖Δ‖² gives Σ‖diag UᵀΔV‖² / Σ‖Δ‖² over the tensors (SPEC §5)."""
+    rng = np.random.default_rng(0)
+    rows, num, den = [], 0.0, 0.0
+    for m, n in ((6, 4), (5, 5), (3, 7)):
+        w0 = rng.standard_normal((m, n))
+        delta = rng.standard_normal((m, n)) * rng.uniform(0.1, 2.0)
+        u, _, vt = np.linalg.svd(w0, full_matrices=True)
+        d = u.T @ delta @ vt.T
+        diag2 = float(np.sum(np.diag(d) ** 2))
+        fro2 = float(np.sum(delta ** 2))
+        rows.append({"rescale_share": diag2 / fro2, "delta_fro": math.sqrt(fro2), "numel": m * n})
+        num += diag2
+        den += fro2
+    rows.append({"rescale_share": None, "delta_fro": None, "numel": 9})  # a NaN-bearing tensor: left out
+    pooled = agg.pool(rows, agg.field("rescale_share"), agg.energy_weight)
+    assert pooled.value == pytest.approx(num / den, rel=1e-12)
+    assert (pooled.used, pooled.skipped) == (3, 1)
+
+
+def test_parameter_pooling_equals_the_unchanged_count_over_all_parameters():
+    rng = np.random.default_rng(1)
+    masks = [rng.random(size) < p for size, p in ((100, 0.9), (37, 0.2), (512, 0.5))]
+    rows = [{"unchanged_bitwise": float(mk.mean()), "numel": mk.size} for mk in masks]
+    pooled = agg.pool(rows, agg.field("unchanged_bitwise"), agg.numel_weight).value
+    assert pooled == pytest.approx(sum(int(mk.sum()) for mk in masks) / sum(mk.size for mk in masks), rel=1e-12)
+
+
+def test_nan_tensor_is_listed_and_left_out(lab_report):
+    _, page = lab_report
+    row = _table_row(page, NAN_TENSOR)
+    assert row[1:3] == ["lab/grpo", "3"]
+    assert _table_row(page, "tensors with NaN/Inf")[1:] == ["1", "0"]
+
+
+def test_claims_table_shows_verdicts_and_seed_values(lab_report):
+    _, page = lab_report
+    row = _table_row(page, "sparsity")
+    assert row[2] == "holds"
+    assert row[4].startswith(fmt((0.06 + 0.07) / 2))
+    assert _table_row(page, "kl")[2] == "does not hold"
+    assert _table_row(page, "crossover")[4] == "—"  # sft: no crossover in either seed
+    assert _table_row(page, "crossover")[5].startswith("32")
+
+
+def test_partial_inputs_say_what_is_absent(tmp_path):
+    run = tmp_path / "rl-arm"
+    write_json(run / "passk.json", passk_doc("rl"))
+    page = build_report([run], tmp_path / "r.html")
+    text = page.read_text()
+    for name in ("diff.json", "support.json", "divergence.json", "kernel.json", "tracking.jsonl", "claims.json"):
+        assert re.search(rf"Absent:</strong>.*?<code>{re.escape(name)}</code>", text), name
+    assert "deltalens diff BASE TUNED --out DIR" in text
+    for sid in SECTION_IDS:
+        assert f'<section id="{sid}"' in text
+
+
+def test_contract_fields_missing_inside_a_file_do_not_fail(tmp_path):
+    run = tmp_path / "old-diff"
+    doc = diff_doc("rl", 3)
+    for row in doc["tensors"]:  # a diff without the spectral metrics (issue 2 only)
+        for key in ("by_k", "nss", "rescale_share", "rescale_baseline", "method", "principal_overlap",
+                    "low_overlap", "overlap_baseline"):
+            row.pop(key, None)
+    write_json(run / "diff.json", doc)
+    text = build_report([run], tmp_path / "r.html").read_text()
+    assert "principal angles were not computed" in text
+    assert "Update sparsity" in text
+
+
+def test_k_as_a_fraction_gives_per_tensor_k(tmp_path):
+    """k given as a fraction of min(m, n) resolves per shape: keys differ between tensors."""
+    run = tmp_path / "frac"
+    doc = diff_doc("sft", 6)
+    for row in doc["tensors"]:
+        if "by_k" in row:
+            k = str(max(1, min(row["shape"]) // 4))
+            row["by_k"] = {"1": row["by_k"]["1"], k: row["by_k"]["4"]}
+    write_json(run / "diff.json", doc)
+    text = build_report([run], tmp_path / "r.html").read_text()
+    assert "each tensor&#x27;s smallest k (k from 1 to 4 by tensor shape)" in text
+    assert "each tensor&#x27;s largest k" in text
+
+
+def test_side_by_side_runs_from_several_dirs(tmp_path):
+    sft = write_arm(tmp_path / "sft", "sft", seed=4)
+    rl = write_arm(tmp_path / "rl", "rl", seed=5)
+    page = build_report([sft, rl], tmp_path / "both.html")
+    row = _table_row(page, "tuned")
+    assert row[1:] == ["lab/sft", "lab/rl"]
+
+
+def test_empty_or_missing_run_dir_is_an_error(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(DeltalensError, match="no deltalens outputs found"):
+        build_report([tmp_path / "empty"], tmp_path / "r.html")
+    with pytest.raises(DeltalensError, match="run directory not found"):
+        build_report([tmp_path / "nope"], tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_unreadable_input_is_named_and_the_rest_still_shown(tmp_path):
+    run = tmp_path / "run"
+    write_json(run / "passk.json", passk_doc("rl"))
+    (run / "diff.json").write_text('{"tensors": [')
+    text = build_report([run], tmp_path / "r.html").read_text()
+    assert "unreadable" in text and "not valid JSON" in text and "pass@k with intervals" in text
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "claims.json").write_text("[1, 2]")
+    with pytest.raises(DeltalensError, match="unreadable.*expected a JSON object"):
+        build_report([only_bad], tmp_path / "r2.html")
+
+
+def test_malformed_tracking_line_is_reported_with_its_line(tmp_path):
+    run = tmp_path / "run"
+    write_json(run / "claims.json", claims_doc())
+    (run / "tracking.jsonl").write_text('{"step": 1, "tensor": "a"}\n{"step": 2}\n')
+    text = build_report([run], tmp_path / "r.html").read_text()
+    assert "tracking.jsonl:2: missing field" in text
+
+
+def test_cli_writes_the_page_and_prints_its_path(run_cli, tmp_path):
+    run = tmp_path / "run"
+    write_json(run / "passk.json", passk_doc("sft"))
+    out = tmp_path / "out" / "page.html"
+    code, stdout, stderr = run_cli("report", run, "--out", out)
+    assert code == 0, stderr
+    assert str(out) in stdout and out.is_file()
+    assert [p.name for p in out.parent.iterdir()] == ["page.html"]  # atomic: no temporary left behind
+
+
+def test_cli_error_is_one_line_and_exit_2(run_cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, stdout, stderr = run_cli("report", tmp_path / "empty", "--out", tmp_path / "x.html")
+    assert code == 2
+    assert stderr.startswith("deltalens: error:") and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_write_run_report_defaults_into_the_run_dir(tmp_path):
+    run = tmp_path / "run"
+    write_json(run / "passk.json", passk_doc("rl"))
+    path = write_run_report(run)
+    assert path == run / "report.html" and path.is_file()
+
+
+def test_install_script_is_idempotent_when_chromium_is_present():
+    from tests.report.browser import find_chromium
+
+    if find_chromium() is None or Path("/usr/bin/chromium") != Path(find_chromium()):
+        pytest.skip("Debian's chromium is not installed here")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "install-system-deps.sh"
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "nothing to do" in out.stdout
