@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 DEFAULT_ETA = 1e-3
 DEFAULT_TOLS = (1e-5,)
-CPU_CHUNK = 1 << 18  # elements per chunk: 1 MiB of float32 per temporary
+CPU_CHUNK = 1 << 16  # elements per chunk: 256 KiB of float32 per buffer (stays in L2)
 CUDA_CHUNK = 1 << 26
 
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -91,46 +92,149 @@ class SparsityAccumulator:
         self.vanishing_count = 0
 
     def update(self, a: torch.Tensor, b: torch.Tensor, *, sparsity: bool = True, size: bool = True) -> None:
-        """Add one chunk (1-D, stored dtypes) of the pair."""
+        """Add one chunk (1-D, stored dtypes) of the pair with torch ops (used on CUDA).
+
+        Float work runs only on the bitwise-changed elements when they are fewer than half of
+        the chunk (unchanged elements have Δ = 0 and are unchanged under every rule).
+        """
         n = a.numel()
         self.numel += n
-        same = a.dtype == b.dtype
         wide = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
-        if same and sparsity:
-            neq = bits_view(a) != bits_view(b)
         f0 = a.to(wide)
-        f1 = b.to(wide)
-        if not same and sparsity:
-            neq = bits_view(f0) != bits_view(f1)
-        d = f1 - f0
-        ad = d.abs_()
-        s0 = float(torch.dot(f0, f0))
-        sd = float(torch.dot(ad, ad))
-        finite = math.isfinite(s0) and math.isfinite(sd)
-        if not finite:  # rare: count non-finite entries and keep the sums over finite ones
-            ok = torch.isfinite(f0) & torch.isfinite(f1)
-            self.nonfinite += int(n - ok.sum())
-            s0 = float(torch.dot(f0[ok], f0[ok]))
-            sd = float(torch.dot(ad[ok], ad[ok]))
-            mx = float(ad[ok].max()) if bool(ok.any()) else 0.0
+        if a.dtype == b.dtype:
+            neq = bits_view(a) != bits_view(b)
+            f1 = None
         else:
-            mx = float(ad.max()) if n else 0.0
-        self.max_abs = max(self.max_abs, mx)
+            f1 = b.to(wide)
+            neq = bits_view(f0) != bits_view(f1)
+        changed = int(neq.sum())
+        self.changed += changed
+        s0 = float(torch.dot(f0, f0))
+        finite0 = math.isfinite(s0)
+        if not finite0:  # rare: count non-finite base entries; sums over finite ones
+            ok0 = torch.isfinite(f0)
+            self.nonfinite += int(n - ok0.sum())
+            s0 = float(torch.dot(f0[ok0], f0[ok0]))
         self.sum_w02 += s0
+        if changed == 0:
+            self.rel_unchanged += n
+            self.abs_unchanged = [c + n for c in self.abs_unchanged]
+            return
+        subset = changed < n // 2
+        if subset:
+            x0 = f0[neq]
+            x1 = (b[neq] if f1 is None else f1[neq]).to(wide)
+            base_unchanged = n - changed
+        else:
+            x0 = f0
+            x1 = b.to(wide) if f1 is None else f1
+            base_unchanged = 0
+        ad = (x1 - x0).abs_()
+        sd = float(torch.dot(ad, ad))
+        if finite0 and math.isfinite(sd):
+            mx = float(ad.max())
+        else:
+            fin = torch.isfinite(x0) & torch.isfinite(x1)
+            self.nonfinite += int((torch.isfinite(x0) & ~torch.isfinite(x1)).sum())
+            ad = torch.where(fin, ad, torch.zeros((), dtype=ad.dtype))
+            sd = float(torch.dot(ad, ad))
+            mx = float(ad.max())
+            if not subset:  # same-bits NaN/Inf: unchanged under every rule
+                base_unchanged = int((~neq & ~fin).sum())
+            ad = torch.where(fin, ad, torch.full((), math.inf, dtype=ad.dtype))  # non-finite Δ: changed
+        self.max_abs = max(self.max_abs, mx)
         self.sum_d2 += sd
         if sparsity:
-            self.changed += int(neq.sum())
-            same_bits_nonfinite = 0
-            if not finite:
-                same_bits_nonfinite = int((~neq & ~ok).sum())
-            bound = torch.maximum(f0.abs(), f1.abs()).mul_(self.eta)  # f0 may alias the input: no in-place
-            self.rel_unchanged += int((ad <= bound).sum()) + same_bits_nonfinite
+            bound = torch.maximum(x0.abs(), x1.abs()).mul_(self.eta)  # x0 may alias the input: no in-place
+            self.rel_unchanged += int((ad <= bound).sum()) + base_unchanged
             for i, tol in enumerate(self.tols):
-                self.abs_unchanged[i] += int((ad <= tol).sum()) + same_bits_nonfinite
+                self.abs_unchanged[i] += int((ad <= tol).sum()) + base_unchanged
         if self.visible:
-            half = bf16_half_ulp(a.to(torch.float32))
+            half = bf16_half_ulp(x0.to(torch.float32))
             self.visible_count += int((ad >= half).sum())
             self.vanishing_count += int(((ad > 0) & (ad < half)).sum())
+
+    def update_cpu(self, a: torch.Tensor, b: torch.Tensor, *, sparsity: bool = True, size: bool = True) -> None:
+        """:meth:`update` for CPU chunks, in numpy with preallocated buffers (same results).
+
+        Fresh 1 MiB temporaries cost a page-faulting mmap each; boolean-mask indexing and torch's
+        CPU comparisons are slow. So: dtype casts by ``copy_`` into float buffers, every other
+        step an ``out=`` ufunc over the whole chunk, counts by ``count_nonzero``.
+        """
+        with np.errstate(invalid="ignore", over="ignore"):
+            self._update_cpu(a, b, sparsity)
+
+    def _update_cpu(self, a: torch.Tensor, b: torch.Tensor, sparsity: bool) -> None:
+        n = a.numel()
+        wide = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
+        buf = self._buffers(n, wide)
+        f0t, f1t = buf["f0"][:n], buf["f1"][:n]
+        f0t.copy_(a)
+        f1t.copy_(b)
+        f0, f1 = f0t.numpy(), f1t.numpy()
+        d, t, mask = buf["d"][:n], buf["t"][:n], buf["mask"][:n]
+        if a.dtype == b.dtype:
+            np.not_equal(bits_view(a).numpy(), bits_view(b).numpy(), out=mask)
+        else:
+            np.not_equal(bits_view(f0t).numpy(), bits_view(f1t).numpy(), out=mask)
+        changed = int(np.count_nonzero(mask))
+        self.numel += n
+        self.changed += changed
+        s0 = float(np.dot(f0, f0))
+        np.subtract(f1, f0, out=d)
+        np.abs(d, out=d)
+        sd = float(np.dot(d, d))
+        base_unchanged = 0
+        if math.isfinite(s0) and math.isfinite(sd):
+            mx = float(d.max()) if n else 0.0
+        else:  # rare: count non-finite entries, sums over finite ones, same-bits NaN/Inf unchanged
+            fin0, fin1 = np.isfinite(f0), np.isfinite(f1)
+            fin = fin0 & fin1
+            self.nonfinite += int(n - np.count_nonzero(fin))
+            s0 = float(np.dot(np.where(fin0, f0, 0), np.where(fin0, f0, 0)))
+            d[~fin] = 0
+            sd = float(np.dot(d, d))
+            mx = float(d.max())
+            base_unchanged = int(np.count_nonzero(~mask & ~fin))
+            d[~fin] = np.nan  # a non-finite Δ is changed under the relative/absolute rules (NaN ≤ x is False)
+        self.sum_w02 += s0
+        self.sum_d2 += sd
+        self.max_abs = max(self.max_abs, mx)
+        if sparsity:
+            if changed == 0 and base_unchanged == 0:
+                self.rel_unchanged += n
+                self.abs_unchanged = [c + n for c in self.abs_unchanged]
+            else:
+                np.abs(f0, out=t)
+                np.abs(f1, out=f1)
+                np.maximum(t, f1, out=t)
+                np.multiply(t, self.eta, out=t)
+                np.less_equal(d, t, out=mask)
+                self.rel_unchanged += int(np.count_nonzero(mask)) + base_unchanged
+                for i, tol in enumerate(self.tols):
+                    np.less_equal(d, tol, out=mask)
+                    self.abs_unchanged[i] += int(np.count_nonzero(mask)) + base_unchanged
+        if self.visible and changed:
+            half = bf16_half_ulp(f0t).numpy()
+            self.visible_count += int(np.count_nonzero(d >= half))
+            self.vanishing_count += int(np.count_nonzero((d > 0) & (d < half)))
+
+    def _buffers(self, n: int, wide: torch.dtype) -> dict:
+        key = (n, wide)
+        if getattr(self, "_buf_key", None) is None or self._buf_key[1] != wide or self._buf_key[0] < n:
+            npdt = np.float64 if wide == torch.float64 else np.float32
+            self._buf = {"f0": torch.empty(n, dtype=wide), "f1": torch.empty(n, dtype=wide),
+                         "d": np.empty(n, npdt), "t": np.empty(n, npdt), "mask": np.empty(n, bool)}
+            self._buf_key = key
+        return self._buf
+
+    def merge(self, other: "SparsityAccumulator") -> None:
+        """Add another accumulator's counts (chunks processed by another worker)."""
+        for k in ("numel", "changed", "rel_unchanged", "nonfinite", "sum_d2", "sum_w02", "visible_count",
+                  "vanishing_count"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.abs_unchanged = [x + y for x, y in zip(self.abs_unchanged, other.abs_unchanged)]
+        self.max_abs = max(self.max_abs, other.max_abs)
 
     def result(self, sparsity: bool, size: bool) -> dict:
         out: dict = {"nonfinite": int(self.nonfinite)}
@@ -161,15 +265,40 @@ def _tol_key(tol: float) -> str:
 
 def stream_pair_stats(t0: torch.Tensor, t1: torch.Tensor, *, tols=DEFAULT_TOLS, eta: float = DEFAULT_ETA,
                       visible: bool = False, sparsity: bool = True, size: bool = True,
-                      device: str = "cpu", chunk: int | None = None) -> dict:
-    """Sparsity (SPEC §2) and size (SPEC §3) of one pair, streamed in chunks of the flat tensors."""
+                      device: str = "cpu", chunk: int | None = None, workers: int | None = None) -> dict:
+    """Sparsity (SPEC §2) and size (SPEC §3) of one pair, streamed in chunks of the flat tensors.
+
+    On CPU the chunks are shared among ``workers`` threads (default: torch's thread count), each
+    running single-threaded torch ops: intra-op threading on cache-sized chunks costs more than
+    it gives, badly so on a loaded machine.
+    """
     chunk = chunk or (CUDA_CHUNK if device.startswith("cuda") else CPU_CHUNK)
-    acc = SparsityAccumulator(tols, eta, visible)
     a_all, b_all = t0.reshape(-1), t1.reshape(-1)
-    for start in range(0, a_all.numel(), chunk):
-        a = a_all[start:start + chunk]
-        b = b_all[start:start + chunk]
-        if device != "cpu":
-            a, b = a.to(device), b.to(device)
-        acc.update(a, b, sparsity=sparsity, size=size)
-    return acc.result(sparsity, size)
+    starts = list(range(0, a_all.numel(), chunk))
+    if device != "cpu":
+        acc = SparsityAccumulator(tols, eta, visible)
+        for s in starts:
+            acc.update(a_all[s:s + chunk].to(device), b_all[s:s + chunk].to(device), sparsity=sparsity, size=size)
+        return acc.result(sparsity, size)
+    workers = max(1, min(workers or torch.get_num_threads(), len(starts)))
+    accs = [SparsityAccumulator(tols, eta, visible) for _ in range(workers)]
+
+    def work(i: int) -> None:
+        for s in starts[i::workers]:
+            accs[i].update_cpu(a_all[s:s + chunk], b_all[s:s + chunk], sparsity=sparsity, size=size)
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if workers == 1:
+            work(0)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(work, range(workers)))
+    finally:
+        torch.set_num_threads(threads_before)
+    for other in accs[1:]:
+        accs[0].merge(other)
+    return accs[0].result(sparsity, size)
