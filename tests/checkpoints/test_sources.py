@@ -225,3 +225,11 @@ def test_bad_adapter_targets_absent_from_base(run_cli, tmp_path, tiny_llama):
     other = {"model.layers.9.mlp.up_proj.weight": torch.zeros(4, 4)}  # none of the adapter's targets
     _folder(tmp_path / "other", other)
     _expect_cli_error(run_cli, tmp_path, tmp_path / "other", adapter_dir, "adapter", "absent from base")
+
+
+def test_hub_id_offline_is_one_clear_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(DeltalensError, match="offline") as err:
+        open_pair("some-org/some-model-that-is-not-here", "some-org/other")
+    assert "\n" not in str(err.value)

@@ -19,13 +19,14 @@ def _bf16_bits_flip(w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
 @pytest.mark.parametrize("chunk", [7, 1 << 18])
-def test_bit_flips_of_known_count(chunk):
+def test_bit_flips_of_known_count(chunk, kernel):
     g = torch.Generator().manual_seed(0)
     w0 = torch.randn(300, 70, generator=g).to(torch.bfloat16)
     idx = torch.randperm(w0.numel(), generator=g)[:1234]
     w1 = _bf16_bits_flip(w0, idx)
-    s = stream_pair_stats(w0, w1, tols=(1e-5, 1e-2), chunk=chunk)
+    s = stream_pair_stats(w0, w1, tols=(1e-5, 1e-2), chunk=chunk, kernel=kernel)
     assert s["unchanged_bitwise"] == (w0.numel() - 1234) / w0.numel()
     a, b = w0.double().numpy().ravel(), w1.double().numpy().ravel()
     d = np.abs(b - a)
@@ -53,10 +54,11 @@ def test_bf16_relative_rule_equals_bitwise():
         assert s["unchanged_relative"] == s["unchanged_bitwise"]
 
 
-def test_signed_zero_and_nan_rules():
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_signed_zero_and_nan_rules(kernel):
     w0 = torch.tensor([0.0, -0.0, float("nan"), 1.0, float("inf"), 2.0], dtype=torch.float32)
     w1 = torch.tensor([-0.0, -0.0, float("nan"), 1.0, float("inf"), float("nan")], dtype=torch.float32)
-    s = stream_pair_stats(w0, w1)
+    s = stream_pair_stats(w0, w1, kernel=kernel)
     # bitwise: +0→−0 changed; −0→−0, NaN(same bits)→NaN, 1→1, inf→inf unchanged; 2→NaN changed
     assert s["unchanged_bitwise"] == pytest.approx(4 / 6)
     # relative/absolute: ±0 has |Δ| = 0 → unchanged; same-bit NaN/Inf unchanged; 2→NaN changed
@@ -66,7 +68,8 @@ def test_signed_zero_and_nan_rules():
     assert s["delta_fro"] == 0.0 and s["delta_max_abs"] == 0.0  # over finite entries only
 
 
-def test_bf16_half_ulp_and_visibility():
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_bf16_half_ulp_and_visibility(kernel):
     w0 = torch.tensor([1.0, 1.5, 3.0, -0.25, 1e-3], dtype=torch.float32)
     # bf16 has 8 significand bits: ulp(x) = 2^(⌊log2|x|⌋ − 7)
     expect = [2.0 ** (math.floor(math.log2(abs(x))) - 8) for x in w0.tolist()]
@@ -76,7 +79,7 @@ def test_bf16_half_ulp_and_visibility():
     steps[:100] = 2.0 ** -10  # below half ULP (2^-8): vanishes on a bf16 save
     steps[100:300] = 2.0 ** -6  # above: visible
     tuned = base.float() + steps
-    s = stream_pair_stats(base, tuned, visible=True)
+    s = stream_pair_stats(base, tuned, visible=True, kernel=kernel)
     assert s["visible_fraction"] == pytest.approx(0.2)
     assert s["vanishing_fraction"] == pytest.approx(0.1)
     assert s["unchanged_bitwise"] == pytest.approx(0.7)
@@ -156,3 +159,16 @@ def test_aggregation_is_parameter_weighted():
     assert s["by_module"]["q"]["stable_rank_mean"] == 3.0 and s["by_module"]["q"]["stable_rank_max"] == 4.0
     assert s["delta_fro"] == pytest.approx(5.0)
     assert set(s["by_layer"]) == {"0", "1"} and s["by_layer"]["1"]["numel"] == 300
+
+
+def test_nan_in_a_sparse_chunk_torch_kernel():
+    """The subset path of the device kernel: few changed entries, one of them NaN."""
+    w0 = torch.linspace(-1, 1, 1000)
+    w1 = w0.clone()
+    w1[3] = float("nan")
+    w1[10] = 5.0
+    for kernel in ("auto", "torch"):
+        s = stream_pair_stats(w0, w1, kernel=kernel)
+        assert s["nonfinite"] == 1 and s["unchanged_bitwise"] == pytest.approx(998 / 1000)
+        assert s["unchanged_relative"] == pytest.approx(998 / 1000)
+        assert s["delta_max_abs"] == pytest.approx(5.0 - float(w0[10]))

@@ -8,6 +8,7 @@ vocabulary resize: the overlapping rows are compared. Any other shape mismatch i
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -32,10 +33,7 @@ class TensorPair:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def module(self) -> str:

@@ -10,6 +10,7 @@ a truncated shard, a corrupted header or a missing shard fails before any output
 
 from __future__ import annotations
 
+import math
 import json
 import os
 from abc import ABC, abstractmethod
@@ -43,10 +44,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def is_float(self) -> bool:

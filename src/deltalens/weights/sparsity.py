@@ -265,17 +265,19 @@ def _tol_key(tol: float) -> str:
 
 def stream_pair_stats(t0: torch.Tensor, t1: torch.Tensor, *, tols=DEFAULT_TOLS, eta: float = DEFAULT_ETA,
                       visible: bool = False, sparsity: bool = True, size: bool = True,
-                      device: str = "cpu", chunk: int | None = None, workers: int | None = None) -> dict:
+                      device: str = "cpu", chunk: int | None = None, workers: int | None = None,
+                      kernel: str = "auto") -> dict:
     """Sparsity (SPEC §2) and size (SPEC §3) of one pair, streamed in chunks of the flat tensors.
 
     On CPU the chunks are shared among ``workers`` threads (default: torch's thread count), each
     running single-threaded torch ops: intra-op threading on cache-sized chunks costs more than
-    it gives, badly so on a loaded machine.
+    it gives, badly so on a loaded machine. ``kernel``: "auto" (numpy on CPU, torch elsewhere)
+    or "torch" to run the device kernel on CPU (the tests check both give the same numbers).
     """
     chunk = chunk or (CUDA_CHUNK if device.startswith("cuda") else CPU_CHUNK)
     a_all, b_all = t0.reshape(-1), t1.reshape(-1)
     starts = list(range(0, a_all.numel(), chunk))
-    if device != "cpu":
+    if device != "cpu" or kernel == "torch":
         acc = SparsityAccumulator(tols, eta, visible)
         for s in starts:
             acc.update(a_all[s:s + chunk].to(device), b_all[s:s + chunk].to(device), sparsity=sparsity, size=size)
