@@ -5,8 +5,8 @@ chosen size; fewer layers to keep it quick), ~30% of entries changed RL-style, t
 in one run:
 
 - ``cat``: reading both files to /dev/null (the disk / page-cache bound);
-- ``naive``: load both state dicts, cast every tensor to float32, compare, norm (the loop the
-  issue measured at 0.2–0.3 GB/s);
+- ``naive``: read both files into memory, cast every tensor to float32, compare, norm (the
+  load-everything loop the issue measured at 0.2–0.3 GB/s);
 - ``deltalens``: ``run_diff(metrics="sparsity,size")`` (and, once, the default with ranks).
 
 Each is run cold (files evicted from the page cache with posix_fadvise DONTNEED, best effort)
@@ -116,10 +116,11 @@ def run_cat(files) -> float:
 
 def run_naive(b: Path, t: Path) -> None:
     import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    s0 = load_file(str(b / "model.safetensors"))
-    s1 = load_file(str(t / "model.safetensors"))
+    # read both files into memory (safetensors' load_file would memory-map them)
+    s0 = load((b / "model.safetensors").read_bytes())
+    s1 = load((t / "model.safetensors").read_bytes())
     for k, w0 in s0.items():
         f0, f1 = w0.float(), s1[k].float()
         _ = (f0 == f1).float().mean().item(), torch.linalg.norm(f1 - f0).item(), torch.linalg.norm(f0).item()

@@ -116,3 +116,16 @@ register_group(MetricGroup(
 ))
 STREAMING_GROUPS = ("sparsity", "size")
 ALWAYS_FIELDS = (AggField("nonfinite", "count"),)
+
+# Modules of other areas that register more groups (SPEC §4–§5) when they are present.
+PLUGIN_MODULES = ("deltalens.weights.spectral", "deltalens.weights.frame")
+
+
+def load_plugin_groups() -> None:
+    """Import the group-registering modules that exist (each calls :func:`register_group`)."""
+    import importlib
+    import importlib.util
+
+    for name in PLUGIN_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)

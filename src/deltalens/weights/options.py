@@ -35,7 +35,9 @@ class DiffOptions:
 def make_options(*, metrics=None, tols=None, eta=None, visible_dtype=None, top_k=None, exact=False,
                  device="cpu", allow_pickle=False) -> DiffOptions:
     """Validate user options into :class:`DiffOptions` (one-line errors naming the option)."""
-    from deltalens.weights.groups import METRIC_GROUPS
+    from deltalens.weights.groups import METRIC_GROUPS, load_plugin_groups
+
+    load_plugin_groups()
 
     if metrics is None or metrics == () or metrics == "all":
         metrics = tuple(g for g in METRIC_GROUPS)
