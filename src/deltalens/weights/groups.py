@@ -53,7 +53,7 @@ class MetricContext:
     w0: torch.Tensor  # float32 on the options' device
     w1: torch.Tensor
     options: object  # DiffOptions
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # scratch shared by groups (e.g. an SVD of W0 computed once)
 
     @cached_property
     def changed(self) -> torch.Tensor:

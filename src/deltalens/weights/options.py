@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from deltalens.errors import DeltalensError
 from deltalens.weights.sparsity import DEFAULT_ETA, DEFAULT_TOLS
@@ -26,7 +26,6 @@ class DiffOptions:
     exact: bool = False
     device: str = "cpu"
     allow_pickle: bool = False
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -30,8 +30,16 @@ def singular_values_gram(delta: torch.Tensor, *, block: int = GRAM_BLOCK) -> tor
     for s in range(0, length, step):
         part = (delta[s:s + step] if tall else delta[:, s:s + step]).to(torch.float64)
         gram += part.T @ part if tall else part @ part.T
-    eig = torch.linalg.eigvalsh(gram).clamp_min(0.0)
-    return eig.flip(0).sqrt()
+    if gram.device.type == "cpu":  # LAPACK's threaded eigensolver stalls on a loaded machine (6x here)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            eig = torch.linalg.eigvalsh(gram)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        eig = torch.linalg.eigvalsh(gram)
+    return eig.clamp_min(0.0).flip(0).sqrt()
 
 
 def singular_values_exact(delta: torch.Tensor) -> torch.Tensor:
