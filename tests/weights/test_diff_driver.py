@@ -97,6 +97,22 @@ def test_resume_after_interrupt_gives_identical_results(tmp_path):
     assert resumed.summary == full.summary
 
 
+def test_resume_after_a_kill_mid_line(tmp_path):
+    from deltalens.weights.diff import run_diff
+
+    b, t = _pair(tmp_path)
+    full = run_diff(b, t, out=tmp_path / "o")
+    rows_path = tmp_path / "o" / ".cache" / "rows.jsonl"
+    lines = rows_path.read_text().splitlines(keepends=True)
+    rows_path.write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])  # killed while writing row 4
+    (tmp_path / "o" / "diff.json").unlink()
+    recomputed = []
+    again = run_diff(b, t, out=tmp_path / "o", on_row=lambda r: recomputed.append(r["name"]))
+    assert len(recomputed) == len(full.rows) - 3
+    assert again.rows == full.rows
+    assert len(rows_path.read_text().splitlines()) == len(full.rows)
+
+
 def test_library_api_is_lazy_and_returns_frame(tmp_path):
     code = "import sys, deltalens; print(','.join(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == ""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deltalens.checkpoints import TensorPair, open_pair, pair_sources
-from deltalens.results import append_jsonl, to_jsonable, write_json, write_parquet
+from deltalens.results import append_jsonl, to_jsonable, write_json, write_parquet, write_text
 from deltalens.weights.aggregate import summarize
 from deltalens.weights.groups import ALWAYS_FIELDS, METRIC_GROUPS, STREAMING_GROUPS, MetricContext, aggregated_fields
 from deltalens.weights.options import DiffOptions, make_options
@@ -121,14 +121,18 @@ def _load_cache(out: Path, fingerprint: dict) -> dict[str, dict]:
         except json.JSONDecodeError:
             same = False
         if same:
-            rows = {}
+            rows, good, cut = {}, [], False
             with rows_path.open() as fh:
                 for line in fh:
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError:
-                        break  # a line cut by the interruption: recompute from here
+                        cut = True  # a line cut by a kill: drop it and recompute from here
+                        break
                     rows[row["name"]] = row
+                    good.append(line if line.endswith("\n") else line + "\n")
+            if cut:
+                write_text(rows_path, "".join(good))
             return rows
     if cache.exists():
         shutil.rmtree(cache)
