@@ -136,11 +136,17 @@ def measure(label, fn, files, nbytes, cold: bool) -> dict:
     if cold:
         evict(files)
     with PeakAnon() as mem:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         fn()
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     return {"what": label, "cache": "cold" if cold else "warm", "seconds": wall, "gb_s": nbytes / wall / 1e9,
-            "peak_anon_mb": mem.used / 2**20}
+            "cpu_s": cpu, "peak_anon_mb": mem.used / 2**20}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (``cat``): robust to other load."""
+    self_t = os.times()
+    return self_t.user + self_t.system + self_t.children_user + self_t.children_system
 
 
 def main() -> None:
@@ -167,9 +173,11 @@ def main() -> None:
         results.append(measure("deltalens sparsity,size", lambda: run_ours(b, t, "sparsity,size"), files, nbytes, cold))
     if args.with_rank:
         results.append(measure("deltalens all (with ranks)", lambda: run_ours(b, t, "sparsity,size,rank"), files, nbytes, False))
-    print(f"{'what':30s} {'cache':5s} {'s':>7s} {'GB/s':>7s} {'peak anon MB':>13s}")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other load slows every row alike)")
+    print(f"{'what':30s} {'cache':5s} {'s':>7s} {'GB/s':>7s} {'cpu s':>7s} {'GB/cpu-s':>9s} {'peak anon MB':>13s}")
     for r in results:
-        print(f"{r['what']:30s} {r['cache']:5s} {r['seconds']:7.2f} {r['gb_s']:7.2f} {r['peak_anon_mb']:13.0f}")
+        print(f"{r['what']:30s} {r['cache']:5s} {r['seconds']:7.2f} {r['gb_s']:7.2f} {r['cpu_s']:7.2f} "
+              f"{nbytes / 1e9 / max(r['cpu_s'], 1e-9):9.2f} {r['peak_anon_mb']:13.0f}")
     for cache in ("cold", "warm"):
         by = {r["what"]: r for r in results if r["cache"] == cache}
         ours, naive, cat = by["deltalens sparsity,size"], by["naive"], by["cat"]

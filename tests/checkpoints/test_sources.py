@@ -233,3 +233,25 @@ def test_hub_id_offline_is_one_clear_line(monkeypatch, tmp_path):
     with pytest.raises(DeltalensError, match="offline") as err:
         open_pair("some-org/some-model-that-is-not-here", "some-org/other")
     assert "\n" not in str(err.value)
+
+
+def test_handwritten_adapter_over_tied_base_without_config(tmp_path):
+    from deltalens.weights.diff import run_diff
+
+    g = torch.Generator().manual_seed(2)
+    emb = torch.randn(10, 8, generator=g)
+    w = torch.randn(8, 8, generator=g)
+    _folder(tmp_path / "b", {"model.embed_tokens.weight": emb, "lm_head.weight": emb.clone(),
+                             "model.layers.0.self_attn.q_proj.weight": w})
+    a, b = torch.randn(2, 8, generator=g), torch.randn(8, 2, generator=g)
+    (tmp_path / "ad").mkdir()
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": a,
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": b},
+              str(tmp_path / "ad" / "adapter_model.safetensors"))
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4}))
+    r = run_diff(tmp_path / "b", tmp_path / "ad")
+    assert r.tied == ["lm_head.weight"] and len(r.rows) == 2
+    q = next(x for x in r.rows if x["module"] == "q")
+    delta = 2.0 * b.double().numpy() @ a.double().numpy()
+    assert q["delta_fro"] == pytest.approx(np.linalg.norm(delta), rel=1e-5)
+    assert q["numerical_rank"] == 2 and q["dtype"] == "float32"

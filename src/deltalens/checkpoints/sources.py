@@ -93,7 +93,7 @@ class SafetensorsSource(TensorSource):
                  expected: dict[str, str] | None = None):
         super().__init__(label=label, kind=kind, config=config or {})
         self._files = files
-        self._handles: dict[str, object] = {}  # canonical name → open handle
+        self._handles: dict[str, tuple[object, str]] = {}  # canonical name → (open handle, stored name)
         for path in files:
             handle = _safe_open(path)
             for stored in handle.keys():
@@ -103,7 +103,7 @@ class SafetensorsSource(TensorSource):
                 if key in self.infos:  # a collision after stripping: keep the stored name
                     key = stored
                 self.infos[key] = TensorInfo(stored, tuple(sl.get_shape()), dtype)
-                self._handles[key] = handle
+                self._handles[key] = (handle, stored)
         if expected:
             stored_names = {i.name for i in self.infos.values()}
             for name, shard in expected.items():
@@ -111,7 +111,8 @@ class SafetensorsSource(TensorSource):
                     raise DeltalensError(f"{label}: index names tensor '{name}' in {shard}, but that shard does not hold it")
 
     def get(self, key: str):
-        return self._handles[key].get_tensor(self.infos[key].name)
+        handle, stored = self._handles[key]
+        return handle.get_tensor(stored)
 
     def fingerprint(self) -> list:
         out = []
