@@ -172,3 +172,14 @@ def test_nan_in_a_sparse_chunk_torch_kernel():
         assert s["nonfinite"] == 1 and s["unchanged_bitwise"] == pytest.approx(998 / 1000)
         assert s["unchanged_relative"] == pytest.approx(998 / 1000)
         assert s["delta_max_abs"] == pytest.approx(5.0 - float(w0[10]))
+
+
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_same_bits_inf_in_a_dense_chunk(kernel):
+    w0 = torch.tensor([float("inf"), 1.0, 2.0, 3.0])
+    w1 = torch.tensor([float("inf"), 1.5, 2.5, 3.5])
+    s = stream_pair_stats(w0, w1, tols=(1.0,), kernel=kernel)
+    assert s["nonfinite"] == 1
+    assert s["unchanged_bitwise"] == s["unchanged_relative"] == 0.25
+    assert s["unchanged_absolute"]["1.0"] == 1.0
+    assert s["delta_fro"] == pytest.approx(math.sqrt(3 * 0.25)) and s["delta_max_abs"] == 0.5

@@ -91,7 +91,7 @@ class SparsityAccumulator:
         self.visible_count = 0
         self.vanishing_count = 0
 
-    def update(self, a: torch.Tensor, b: torch.Tensor, *, sparsity: bool = True, size: bool = True) -> None:
+    def update(self, a: torch.Tensor, b: torch.Tensor, *, sparsity: bool = True) -> None:
         """Add one chunk (1-D, stored dtypes) of the pair with torch ops (used on CUDA).
 
         Float work runs only on the bitwise-changed elements when they are fewer than half of
@@ -141,7 +141,7 @@ class SparsityAccumulator:
             mx = float(ad.max())
             if not subset:  # same-bits NaN/Inf: unchanged under every rule
                 base_unchanged = int((~neq & ~fin).sum())
-            ad = torch.where(fin, ad, torch.full((), math.inf, dtype=ad.dtype))  # non-finite Δ: changed
+            ad = torch.where(fin, ad, torch.full((), math.nan, dtype=ad.dtype))  # non-finite Δ: changed (NaN ≤ x is False)
         self.max_abs = max(self.max_abs, mx)
         self.sum_d2 += sd
         if sparsity:
@@ -154,7 +154,7 @@ class SparsityAccumulator:
             self.visible_count += int((ad >= half).sum())
             self.vanishing_count += int(((ad > 0) & (ad < half)).sum())
 
-    def update_cpu(self, a: torch.Tensor, b: torch.Tensor, *, sparsity: bool = True, size: bool = True) -> None:
+    def update_cpu(self, a: torch.Tensor, b: torch.Tensor, *, sparsity: bool = True) -> None:
         """:meth:`update` for CPU chunks, in numpy with preallocated buffers (same results).
 
         Fresh 1 MiB temporaries cost a page-faulting mmap each; boolean-mask indexing and torch's
@@ -280,14 +280,14 @@ def stream_pair_stats(t0: torch.Tensor, t1: torch.Tensor, *, tols=DEFAULT_TOLS, 
     if device != "cpu" or kernel == "torch":
         acc = SparsityAccumulator(tols, eta, visible)
         for s in starts:
-            acc.update(a_all[s:s + chunk].to(device), b_all[s:s + chunk].to(device), sparsity=sparsity, size=size)
+            acc.update(a_all[s:s + chunk].to(device), b_all[s:s + chunk].to(device), sparsity=sparsity)
         return acc.result(sparsity, size)
     workers = max(1, min(workers or torch.get_num_threads(), len(starts)))
     accs = [SparsityAccumulator(tols, eta, visible) for _ in range(workers)]
 
     def work(i: int) -> None:
         for s in starts[i::workers]:
-            accs[i].update_cpu(a_all[s:s + chunk], b_all[s:s + chunk], sparsity=sparsity, size=size)
+            accs[i].update_cpu(a_all[s:s + chunk], b_all[s:s + chunk], sparsity=sparsity)
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
