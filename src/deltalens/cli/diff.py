@@ -31,7 +31,7 @@ def render_diff(result, title: str | None = None) -> None:
         table.add_column(col, justify="right" if col != "module" else "left")
     for k in tol_keys:
         table.add_column(f"unch. ≤{k}", justify="right")
-    extra = [("delta_rel_mean", "‖Δ‖/‖W0‖"), ("stable_rank_mean", "st. rank"),
+    extra = [("visible_fraction", "bf16 vis."), ("delta_rel_mean", "‖Δ‖/‖W0‖"), ("stable_rank_mean", "st. rank"),
              ("effective_rank_mean", "eff. rank"), ("rank1_share_mean", "σ1² share"), ("nonfinite", "NaN/Inf")]
     extra = [(k, label) for k, label in extra if k in s]
     for _, label in extra:
@@ -42,7 +42,8 @@ def render_diff(result, title: str | None = None) -> None:
         cells = [name, str(agg["tensors"]), f"{agg['numel']:,}", _pct(agg.get("unchanged_bitwise")),
                  _pct(agg.get("unchanged_relative"))]
         cells += [_pct((agg.get("unchanged_absolute") or {}).get(k)) for k in tol_keys]
-        cells += [_num(agg.get(k)) if k != "nonfinite" else str(agg.get(k, 0)) for k, _ in extra]
+        cells += [str(agg.get(k, 0)) if k == "nonfinite" else _pct(agg.get(k)) if k == "visible_fraction"
+                  else _num(agg.get(k)) for k, _ in extra]
         table.add_row(*cells, style="bold" if name == "all" else None)
     console.print(table)
     console.print("unchanged fractions: bitwise / relative (η={}) / absolute; stored dtypes: {}; rank: {}".format(
