@@ -88,7 +88,7 @@ def compute_rank(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict
     else:
         sigma, method = rank_mod.singular_values_gram(delta), "gram-eigvalsh-float64"
     out = rank_mod.rank_measures(sigma.cpu(), tuple(delta.shape))
-    out["numerical_rank_fraction"] = out["numerical_rank"] / min(delta.shape)
+    out["numerical_rank_fraction"] = out["numerical_rank"] / min(delta.shape) if min(delta.shape) else None
     out["rank_method"] = method
     return out
 
