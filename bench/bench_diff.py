@@ -20,6 +20,7 @@ and warm. Throughput is GB of both files per second; memory is the peak *anonymo
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -104,6 +105,10 @@ def build_pair(out: Path, size: str) -> tuple[Path, Path, int]:
         save_file(base, str(b / "model.safetensors"))
         save_file(tuned, str(t / "model.safetensors"))
         del base, tuned
+    for folder in (b, t):  # as in a real HF folder; without it the tied-head check reads embed/lm_head again
+        (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": hidden,
+                                                        "intermediate_size": inter, "num_hidden_layers": layers,
+                                                        "vocab_size": vocab, "tie_word_embeddings": False}))
     nbytes = (b / "model.safetensors").stat().st_size + (t / "model.safetensors").stat().st_size
     return b, t, nbytes
 
