@@ -1,9 +1,142 @@
-"""CLI commands of the `diff` area. Import only typer and the standard library here."""
+"""CLI commands of the `diff` area: ``diff``, ``overlap``, ``demo``. Import only typer and the
+standard library here; the library is imported inside the command bodies."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
+
+_MODULE_ORDER = ("q", "k", "v", "o", "gate", "up", "down", "embed", "norm", "lm_head", "other")
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x, fmt=".3g") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def render_diff(result, title: str | None = None) -> None:
+    """Print the per-module summary table of a DiffResult (and any non-finite warning)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 130))
+    s = result.summary
+    tol_keys = list((s.get("unchanged_absolute") or {}).keys())
+    table = Table(title=title or f"{result.tuned} vs {result.base}", title_justify="left")
+    for col in ("module", "tensors", "params", "unch. bitwise", "unch. rel"):
+        table.add_column(col, justify="right" if col != "module" else "left")
+    for k in tol_keys:
+        table.add_column(f"unch. ≤{k}", justify="right")
+    extra = [("visible_fraction", "bf16 vis."), ("delta_rel_mean", "‖Δ‖/‖W0‖"), ("stable_rank_mean", "st. rank"),
+             ("effective_rank_mean", "eff. rank"), ("rank1_share_mean", "σ1² share"), ("nonfinite", "NaN/Inf")]
+    extra = [(k, label) for k, label in extra if k in s]
+    for _, label in extra:
+        table.add_column(label, justify="right")
+    by_module = s.get("by_module", {})
+    order = [m for m in _MODULE_ORDER if m in by_module] + [m for m in by_module if m not in _MODULE_ORDER]
+    for name, agg in [(m, by_module[m]) for m in order] + [("all", s)]:
+        cells = [name, str(agg["tensors"]), f"{agg['numel']:,}", _pct(agg.get("unchanged_bitwise")),
+                 _pct(agg.get("unchanged_relative"))]
+        cells += [_pct((agg.get("unchanged_absolute") or {}).get(k)) for k in tol_keys]
+        cells += [str(agg.get(k, 0)) if k == "nonfinite" else _pct(agg.get(k)) if k == "visible_fraction"
+                  else _num(agg.get(k)) for k, _ in extra]
+        table.add_row(*cells, style="bold" if name == "all" else None)
+    console.print(table)
+    console.print("unchanged fractions: bitwise / relative (η={}) / absolute; stored dtypes: {}; rank: {}".format(
+        result.options["eta"], ", ".join(sorted({r["dtype"] for r in result.rows})), result.options["methods"]["rank"]
+        if "rank" in result.options["metrics"] else "not computed"))
+    if s.get("nonfinite"):
+        bad = [f"{r['name']} ({r['nonfinite']})" for r in result.rows if r.get("nonfinite")]
+        console.print(f"[bold red]warning:[/] {s['nonfinite']} non-finite values (NaN/Inf) in: {', '.join(bad[:8])}")
+    notes = []
+    if result.skipped:
+        notes.append(f"skipped {len(result.skipped)} non-float tensor(s)")
+    if result.unmatched.get("base_only") or result.unmatched.get("tuned_only"):
+        notes.append(f"unmatched: {len(result.unmatched['base_only'])} base-only, "
+                     f"{len(result.unmatched['tuned_only'])} tuned-only")
+    if result.resized:
+        notes.append("vocabulary resize: " + ", ".join(f"{r['name']} compared on {r['compared_rows']} rows" for r in result.resized))
+    if result.tied:
+        notes.append("tied (analysed once): " + ", ".join(result.tied))
+    for n in notes:
+        console.print(n)
+
+
+def _short(path: str) -> str:
+    from pathlib import Path
+
+    return Path(path).name or path
+
+
+def render_overlap(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"update-mask overlap (runs from {result['base']})", title_justify="left")
+    for col in ("a", "b", "o1", "baseline", "o2", "baseline", "Jaccard", "baseline"):
+        table.add_column(col, justify="left" if col in ("a", "b") else "right")
+    for p in result["pairs"]:
+        o = p["overall"]
+        table.add_row(_short(p["a"]), _short(p["b"]), _num(o["o1"]), _num(o["o1_baseline"]), _num(o["o2"]), _num(o["o2_baseline"]),
+                      _num(o["jaccard"]), _num(o["jaccard_baseline"]))
+    Console(width=max(Console().width, 110)).print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
+
+    @app.command()
+    def diff(
+        base: str = typer.Argument(..., help="Base checkpoint: HF folder, .safetensors file or hub id."),
+        tuned: str = typer.Argument(..., help="Tuned checkpoint, or a PEFT LoRA adapter folder."),
+        out: str = typer.Option(..., "--out", help="Output folder (diff.json, tensors.parquet, resume cache)."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated groups (default all): sparsity,size,rank."),
+        tol: Optional[list[float]] = typer.Option(None, "--tol", help="Absolute tolerance (repeatable; default 1e-5)."),
+        eta: float = typer.Option(1e-3, "--eta", help="Relative rule's η."),
+        visible_dtype: Optional[str] = typer.Option(None, "--visible-dtype", help="'bf16': report bf16 visibility of the update."),
+        top_k: Optional[list[float]] = typer.Option(None, "--top-k", help="k for spectral/frame groups (int or fraction; repeatable)."),
+        exact: bool = typer.Option(False, "--exact", help="Exact SVD for rank measures (slower)."),
+        device: str = typer.Option("cpu", "--device", help="'cpu' or 'cuda' for the arithmetic."),
+        allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read .bin/.pt with torch.load(weights_only=True)."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ) -> None:
+        """Stream two checkpoints and report where, and how much, the fine-tune changed them."""
+        from deltalens.weights.api import diff as diff_fn
+
+        result = diff_fn(base, tuned, out=out, metrics=metrics, tols=tol, eta=eta, visible_dtype=visible_dtype,
+                         top_k=top_k, exact=exact, device=device, allow_pickle=allow_pickle, progress=not quiet)
+        render_diff(result)
+        print(f"wrote {out}/diff.json and {out}/tensors.parquet")
+
+    @app.command()
+    def overlap(
+        base: str = typer.Argument(..., help="Base checkpoint shared by the runs."),
+        runs: list[str] = typer.Argument(..., help="Two or more tuned checkpoints (or LoRA adapters) from BASE."),
+        out: str = typer.Option(..., "--out", help="Output folder (overlap.json, overlap.parquet)."),
+        allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read .bin/.pt with torch.load(weights_only=True)."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ) -> None:
+        """Pairwise overlap of the runs' update masks (o1, o2, Jaccard, with random baselines)."""
+        from deltalens.weights.api import overlap as overlap_fn
+
+        result = overlap_fn(base, *runs, out=out, allow_pickle=allow_pickle, progress=not quiet)
+        render_overlap(result)
+        print(f"wrote {out}/overlap.json and {out}/overlap.parquet")
+
+    @app.command()
+    def demo(
+        out: str = typer.Option("runs/demo", "--out", help="Output folder for the demo checkpoints and results."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    ) -> None:
+        """Build a tiny base model and SFT-like, RL-like and LoRA fine-tunes in code, then diff them."""
+        from deltalens.weights.demo import run_demo
+
+        result = run_demo(out, progress=not quiet)
+        for name, r in result["diffs"].items():
+            render_diff(r, title=f"{name} vs base  ({out}/{name}-vs-base)")
+        render_overlap(result["overlap"])
+        print(f"demo checkpoints in {out}/checkpoints; results in {out}")

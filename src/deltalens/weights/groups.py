@@ -1,0 +1,131 @@
+"""The registry of metric groups the diff driver runs (``--metrics``).
+
+A group declares the scalar fields it adds to each tensor row and how each is aggregated per
+module, per layer and over the model:
+
+- ``fraction``: parameter-weighted mean (Σ numel·x / Σ numel) — a dict value is averaged per key;
+- ``value``: mean and max over tensors (``<field>_mean``, ``<field>_max``);
+- ``count``: sum; ``rss``: root of the sum of squares (e.g. ‖Δ‖_F over a module).
+
+Streaming groups (``sparsity``, ``size``) are computed by the driver's chunked pass over the
+stored tensors. Matrix groups have ``compute(w0, w1, ctx) -> dict`` with float32 w0, w1 on
+``ctx.options.device`` and run on 2-D tensors; adding one is a function and a
+:func:`register_group` call. Later groups (``spectral``, ``frame``, SPEC §4–§5) read
+``ctx.options.top_k`` / ``exact`` / ``device`` and ``ctx.changed`` (the bitwise update mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+from deltalens.weights import rank as rank_mod
+from deltalens.weights.sparsity import bitwise_changed
+
+
+@dataclass(frozen=True)
+class AggField:
+    name: str
+    kind: str  # "fraction" | "value" | "count" | "rss"
+
+
+@dataclass(frozen=True)
+class MetricGroup:
+    name: str
+    fields: tuple[AggField, ...]
+    compute: Callable[..., dict] | None = None  # None: computed by the streaming pass
+    row_fields: tuple[str, ...] = ()  # non-aggregated fields the group adds (e.g. method labels)
+    only_2d: bool = True
+
+
+@dataclass
+class MetricContext:
+    """What a matrix group may need besides w0 and w1 (all lazily computed, then cached)."""
+
+    name: str
+    module: str
+    layer: int | None
+    raw0: torch.Tensor  # stored dtype, possibly memory-mapped
+    raw1: torch.Tensor
+    w0: torch.Tensor  # float32 on the options' device
+    w1: torch.Tensor
+    options: object  # DiffOptions
+    extra: dict = field(default_factory=dict)  # scratch shared by groups (e.g. an SVD of W0 computed once)
+
+    @cached_property
+    def changed(self) -> torch.Tensor:
+        """Bitwise update mask (SPEC §2), bool, on the options' device."""
+        return bitwise_changed(self.raw0, self.raw1).to(self.w0.device)
+
+    @cached_property
+    def delta(self) -> torch.Tensor:
+        """Δ = W1 − W0 in float32."""
+        return self.w1 - self.w0
+
+
+METRIC_GROUPS: dict[str, MetricGroup] = {}
+
+
+def register_group(group: MetricGroup) -> MetricGroup:
+    """Add (or replace) a metric group in the registry; returns it."""
+    METRIC_GROUPS[group.name] = group
+    return group
+
+
+def aggregated_fields(groups) -> list[AggField]:
+    """Declared aggregate fields of the selected groups, in order."""
+    return [f for name in groups for f in METRIC_GROUPS[name].fields]
+
+
+def compute_rank(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict:
+    """SPEC §3 rank measures of Δ = w1 − w0, with the method that produced σ(Δ)."""
+    delta = ctx.delta
+    if ctx.options.exact:
+        sigma, method = rank_mod.singular_values_exact(delta), "svdvals-float32"
+    else:
+        sigma, method = rank_mod.singular_values_gram(delta), "gram-eigvalsh-float64"
+    out = rank_mod.rank_measures(sigma.cpu(), tuple(delta.shape))
+    out["numerical_rank_fraction"] = out["numerical_rank"] / min(delta.shape) if min(delta.shape) else None
+    out["rank_method"] = method
+    return out
+
+
+register_group(MetricGroup(
+    "sparsity",
+    (AggField("unchanged_bitwise", "fraction"), AggField("unchanged_relative", "fraction"),
+     AggField("unchanged_absolute", "fraction"), AggField("visible_fraction", "fraction"),
+     AggField("vanishing_fraction", "fraction")),
+    only_2d=False,
+))
+register_group(MetricGroup(
+    "size",
+    (AggField("delta_fro", "rss"), AggField("delta_rel", "value"), AggField("delta_max_abs", "value")),
+    only_2d=False,
+))
+register_group(MetricGroup(
+    "rank",
+    (AggField("delta_spectral", "value"), AggField("numerical_rank", "value"),
+     AggField("numerical_rank_fraction", "fraction"), AggField("effective_rank", "value"),
+     AggField("stable_rank", "value"), AggField("energy_rank_90", "value"),
+     AggField("energy_rank_99", "value"), AggField("rank1_share", "value")),
+    compute=compute_rank,
+    row_fields=("rank_method",),
+))
+STREAMING_GROUPS = ("sparsity", "size")
+ALWAYS_FIELDS = (AggField("nonfinite", "count"),)
+
+# Modules of other areas that register more groups (SPEC §4–§5) when they are present.
+PLUGIN_MODULES = ("deltalens.weights.spectral", "deltalens.weights.frame")
+
+
+def load_plugin_groups() -> None:
+    """Import the group-registering modules that exist (each calls :func:`register_group`)."""
+    import importlib
+    import importlib.util
+
+    for name in PLUGIN_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)

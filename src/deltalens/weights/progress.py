@@ -1,0 +1,49 @@
+"""A rich progress bar over tensor pairs, sized in bytes read (both sides)."""
+
+from __future__ import annotations
+
+import sys
+
+_BYTES = {"float64": 8, "float32": 4, "int64": 8, "int32": 4}
+
+
+def pair_bytes(pair) -> int:
+    return pair.numel * (_BYTES.get(pair.dtype0, 2) + _BYTES.get(pair.dtype1, 2))
+
+
+class TensorProgress:
+    """Context manager: ``describe(name)`` then ``advance(pair)`` per tensor; silent when disabled."""
+
+    def __init__(self, pairs, *, enabled: bool, label: str):
+        self.enabled = enabled
+        self.total = sum(pair_bytes(p) for p in pairs)
+        self.label = label
+        self._progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.fields[label]}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TimeRemainingColumn(), TextColumn("{task.description}"),
+                console=Console(file=sys.stderr), transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=self.total, label=self.label)
+        return self
+
+    def describe(self, name: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=name)
+
+    def advance(self, pair) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, pair_bytes(pair))
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.stop()
+        return False
