@@ -61,9 +61,10 @@ def wedin_bound(delta_spectral: float, gap: float) -> float:
 _CHUNK_ELEMENTS = 1 << 22  # rows per chunk are chosen so a float64 chunk stays near 32 MiB
 
 
-def chunk_rows(n_cols: int, elements: int = _CHUNK_ELEMENTS) -> int:
-    """Rows per chunk so that one chunk of an (·×n_cols) matrix holds about ``elements`` values."""
-    return max(1, elements // max(1, n_cols))
+def chunk_rows(n_cols: int, elements: int | None = None) -> int:
+    """Rows per chunk so that one chunk of an (·×n_cols) matrix holds about ``elements`` values
+    (default: the module's ``_CHUNK_ELEMENTS``, read at call time so tests can shrink it)."""
+    return max(1, (_CHUNK_ELEMENTS if elements is None else elements) // max(1, n_cols))
 
 
 def gram_products(
