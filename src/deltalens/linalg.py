@@ -137,7 +137,7 @@ def eigh_descending(g: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Ten
 def largest_eigenvalue(g: torch.Tensor) -> float:
     """λ_max of a symmetric positive semi-definite matrix (‖Δ‖₂² from E = ΔᵀΔ, SPEC §3, §4).
 
-    Lanczos (ARPACK ``eigsh``, relative tolerance 1e-12) on CPU; ``eigvalsh`` on other devices.
+    Lanczos (ARPACK ``eigsh``, relative tolerance 1e-8) on CPU; ``eigvalsh`` on other devices.
     """
     if g.shape[0] <= 2 or g.device.type != "cpu":
         return float(torch.linalg.eigvalsh(g)[-1].clamp_min(0.0))
@@ -146,7 +146,7 @@ def largest_eigenvalue(g: torch.Tensor) -> float:
     if not torch.any(g != 0):
         return 0.0
     v0 = torch.ones(g.shape[0], dtype=torch.float64).numpy()
-    val = scipy.sparse.linalg.eigsh(g.numpy(), k=1, which="LA", tol=1e-12, v0=v0, return_eigenvectors=False)
+    val = scipy.sparse.linalg.eigsh(g.numpy(), k=1, which="LA", tol=1e-8, v0=v0, return_eigenvectors=False)
     return max(0.0, float(val[0]))
 
 
