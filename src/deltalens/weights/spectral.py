@@ -230,7 +230,7 @@ def _count_selected_in_mask(
         return 0
     hist = None
     for vals, _ in chunks():
-        h = torch.bincount((vals.view(torch.int32) >> 16).long().cpu(), minlength=1 << 15)
+        h = torch.bincount((vals.view(torch.int32) >> 16).long(), minlength=1 << 15).cpu()
         hist = h if hist is None else hist + h
     order = hist.flip(0) if largest else hist
     cum = torch.cumsum(order, 0)
