@@ -346,3 +346,22 @@ def test_cuda_matches_cpu():
     assert gpu["rescale_share"] == pytest.approx(cpu["rescale_share"], abs=1e-6)
     assert gpu["nss"] == pytest.approx(cpu["nss"], rel=1e-6)
     assert gpu["principal_overlap"] == pytest.approx(cpu["principal_overlap"], abs=0.01)
+
+
+def test_overlap_with_heavy_ties_matches_stable_sort(monkeypatch):
+    """bf16-valued weights tie a lot: the boundary of the low set falls inside a run of equal
+    values, and ties are taken in position order, like numpy's stable argsort."""
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 700)
+    g = torch.Generator().manual_seed(14)
+    w0 = (0.02 * torch.randn(120, 50, generator=g)).bfloat16().float()
+    w0 = torch.round(w0 * 300) / 300  # few distinct values: long runs of ties
+    w1 = w0 + 0.001 * torch.randn(120, 50, generator=g)
+    mask = torch.rand(120, 50, generator=g) < 0.4
+    r = spectral_metrics(w0, w1, changed=mask, overlap_k=5, overlap_alpha=0.07)
+    flat = np.abs(w0.numpy()).ravel()
+    count = math.ceil(0.07 * flat.size)
+    low = np.zeros(flat.size, bool)
+    low[np.argsort(flat, kind="stable")[:count]] = True
+    assert np.sum(flat == np.sort(flat)[count - 1]) > 10  # the boundary is really tied
+    m = mask.numpy().ravel()
+    assert r["low_overlap"] == pytest.approx((low & m).sum() / m.sum(), abs=1e-12)

@@ -216,15 +216,25 @@ def _frame_fast(a0: torch.Tensor, a1: torch.Tensor, k_max: int, k_v0: int, frame
 # ----------------------------------------------------------------------------- overlap (§5)
 
 
+def _radix_boundary(hist: torch.Tensor, count: int, largest: bool) -> tuple[int, int]:
+    """(bucket holding the count-th largest/smallest item, items strictly beyond that bucket)."""
+    order = hist.flip(0) if largest else hist
+    cum = torch.cumsum(order, 0)
+    idx = int(torch.searchsorted(cum, torch.tensor(count, dtype=cum.dtype)))
+    bucket = (len(hist) - 1 - idx) if largest else idx
+    return bucket, int(cum[idx] - order[idx])
+
+
 def _count_selected_in_mask(
     chunks: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]], count: int, largest: bool
 ) -> int:
     """Exact |S ∩ M| where S = the ``count`` largest (or smallest) values over all chunks.
 
-    ``chunks()`` yields (non-negative float32 values, bool mask) pairs, flat; it is called twice.
-    Selection is a two-pass radix select on the float32 bit pattern (monotone for x ≥ 0): a
-    histogram of the top 16 bits finds the boundary bucket, whose members are then sorted. Memory
-    is one chunk plus the boundary bucket; ties are broken by position.
+    ``chunks()`` yields (non-negative float32 values, bool mask) pairs, flat, always in the same
+    order; it is called three times. Selection is a radix select on the float32 bit pattern
+    (monotone for x ≥ 0): a histogram of the high 16 bits, then of the low 16 bits inside the
+    boundary bucket, gives the exact boundary value; ties at the boundary are taken in position
+    order (as a stable sort would). Memory: one chunk and two histograms, whatever the ties.
     """
     if count <= 0:
         return 0
@@ -232,24 +242,25 @@ def _count_selected_in_mask(
     for vals, _ in chunks():
         h = torch.bincount((vals.view(torch.int32) >> 16).long(), minlength=1 << 15).cpu()
         hist = h if hist is None else hist + h
-    order = hist.flip(0) if largest else hist
-    cum = torch.cumsum(order, 0)
-    idx = int(torch.searchsorted(cum, torch.tensor(count)))
-    bucket = (len(hist) - 1 - idx) if largest else idx
-    need = count - int(cum[idx] - order[idx])
+    high, before_high = _radix_boundary(hist, count, largest)
+    hist = torch.zeros(1 << 16, dtype=torch.int64)
+    for vals, _ in chunks():
+        keys = vals.view(torch.int32)
+        low = (keys[(keys >> 16) == high] & 0xFFFF).long()
+        hist += torch.bincount(low, minlength=1 << 16).cpu()
+    low, before_low = _radix_boundary(hist, count - before_high, largest)
+    boundary = (high << 16) | low
+    need = count - before_high - before_low  # entries equal to the boundary value still to take
     hits = 0
-    keys, flags = [], []
     for vals, mask in chunks():
-        hi = vals.view(torch.int32) >> 16
-        beyond = hi > bucket if largest else hi < bucket
+        keys = vals.view(torch.int32)
+        beyond = keys > boundary if largest else keys < boundary
         hits += int((beyond & mask).sum())
-        inb = hi == bucket
-        keys.append(vals.view(torch.int32)[inb].cpu())
-        flags.append(mask[inb].cpu())
-    k_all = torch.cat(keys)
-    f_all = torch.cat(flags)
-    order_idx = torch.sort(k_all, descending=largest, stable=True).indices
-    return hits + int(f_all[order_idx[:need]].sum())
+        if need > 0:
+            tied = torch.nonzero(keys == boundary).flatten()[:need]
+            hits += int(mask[tied].sum())
+            need -= len(tied)
+    return hits
 
 
 def _overlaps(a0: torch.Tensor, mask: torch.Tensor, v_k: torch.Tensor, alpha: float, dev) -> tuple:
