@@ -116,18 +116,21 @@ def eigh_descending(g: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Ten
     """Eigen-decomposition of a symmetric matrix with eigenvalues in descending order.
 
     On CPU this calls LAPACK ``syevr`` through SciPy (several times faster than ``syevd`` on a
-    loaded 2-core machine); elsewhere ``torch.linalg.eigh``. Returns (values, vectors or None)
+    loaded 2-core machine; ``syevd`` if it fails to converge); elsewhere ``torch.linalg.eigh``. Returns (values, vectors or None)
     in g's dtype and device.
     """
     if g.device.type == "cpu":
         import scipy.linalg
 
         arr = g.numpy()
+        try:
+            res = scipy.linalg.eigh(arr, eigvals_only=not vectors, driver="evr", check_finite=False)
+        except scipy.linalg.LinAlgError:  # MRRR can fail to converge on pathological input
+            res = scipy.linalg.eigh(arr, eigvals_only=not vectors, driver="evd", check_finite=False)
         if vectors:
-            w, v = scipy.linalg.eigh(arr, driver="evr", check_finite=False)
+            w, v = res
             return torch.from_numpy(w[::-1].copy()), torch.from_numpy(v[:, ::-1].copy())
-        w = scipy.linalg.eigh(arr, eigvals_only=True, driver="evr", check_finite=False)
-        return torch.from_numpy(w[::-1].copy()), None
+        return torch.from_numpy(res[::-1].copy()), None
     if vectors:
         w, v = torch.linalg.eigh(g)
         return w.flip(0), v.flip(1)

@@ -255,10 +255,10 @@ def _count_selected_in_mask(
     for vals, mask in chunks():
         keys = vals.view(torch.int32)
         beyond = keys > boundary if largest else keys < boundary
-        hits += int((beyond & mask).sum())
+        hits += int(torch.count_nonzero(beyond & mask))
         if need > 0:
             tied = torch.nonzero(keys == boundary).flatten()[:need]
-            hits += int(mask[tied].sum())
+            hits += int(torch.count_nonzero(mask[tied]))
             need -= len(tied)
     return hits
 
@@ -280,7 +280,7 @@ def _overlaps(a0: torch.Tensor, mask: torch.Tensor, v_k: torch.Tensor, alpha: fl
             w = a0[start : start + step].to(device=dev, dtype=torch.float32)
             yield w.abs().reshape(-1), mask[start : start + step].to(dev).reshape(-1)
 
-    mask_size = int(mask.sum())
+    mask_size = int(torch.count_nonzero(mask))  # bool .sum() would make an int64 copy of the mask
     return (
         _count_selected_in_mask(recon_chunks, count, largest=True),
         _count_selected_in_mask(weight_chunks, count, largest=False),
@@ -302,8 +302,11 @@ def _check_inputs(w0: torch.Tensor, w1: torch.Tensor, changed: torch.Tensor | No
         raise DeltalensError(f"spectral metrics need floating-point tensors, got {w0.dtype} and {w1.dtype}")
     if 0 in w0.shape:
         raise DeltalensError(f"spectral metrics need a non-empty matrix, got shape {tuple(w0.shape)}")
-    if not (bool(torch.isfinite(w0).all()) and bool(torch.isfinite(w1).all())):
-        raise DeltalensError("spectral metrics need finite values; the tensor pair contains NaN or Inf")
+    step = chunk_rows(w0.shape[1])  # chunked: isfinite of a whole embedding costs GBs of temporaries
+    for w in (w0, w1):
+        for start in range(0, w.shape[0], step):
+            if not bool(torch.isfinite(w[start : start + step]).all()):
+                raise DeltalensError("spectral metrics need finite values; the tensor pair contains NaN or Inf")
     if changed is not None and (changed.shape != w0.shape or changed.dtype != torch.bool):
         raise DeltalensError(f"changed mask must be a bool tensor of shape {tuple(w0.shape)}, got {changed.dtype} {tuple(changed.shape)}")
     unknown = set(groups) - set(GROUPS)
@@ -348,6 +351,9 @@ def spectral_metrics(
         raise DeltalensError("device 'cuda' was asked for but torch sees no CUDA device")
     m_orig, n_orig = w0.shape
     transposed = m_orig < n_orig
+    if dev.type != "cpu":  # one host-to-device copy instead of one per pass over the chunks
+        w0, w1 = w0.to(dev), w1.to(dev)
+        changed = None if changed is None else changed.to(dev)
     a0, a1 = (w0.T.contiguous(), w1.T.contiguous()) if transposed else (w0, w1)
     m, n = a0.shape
     ks = sorted({resolve_k(s, m_orig, n_orig) for s in top_k}) or [default_k(m_orig, n_orig)]
