@@ -17,7 +17,7 @@ def _table(with_spectral=True, by_k_as_json=False):
                    "numel": numel, "unchanged_bitwise": 0.5 + 0.1 * layer}
             if with_spectral:
                 by_k = {"2": {"angle_max_left_deg": 1.0 + layer, "angle_max_right_deg": 0.5 * layer,
-                              "gap_limited": layer == 2}}
+                              "gap_limited": layer == 2}, "1": None}  # as a parquet struct pads an absent k
                 row.update(by_k=json.dumps(by_k) if by_k_as_json else by_k, nss=1e-3 * (layer + 1),
                            rescale_share=0.01 * (layer + 1), rescale_baseline=0.001)
             rows.append(row)
@@ -47,9 +47,10 @@ def test_all_plots_written(tmp_path, as_json):
 def test_missing_columns_skip_with_warning(tmp_path):
     from deltalens.weights.plots import write_diff_plots
 
-    with pytest.warns(UserWarning, match="skipped the principal-angle plot"):
+    with pytest.warns(UserWarning) as record:
         paths = write_diff_plots(_table(with_spectral=False), tmp_path)
     assert sorted(p.name for p in paths) == ["sparsity_bf16.png", "sparsity_bf16.svg"]
+    assert len(record) == 3 and all("skipped the" in str(w.message) for w in record)
 
 
 def test_each_missing_plot_is_named(tmp_path):
@@ -60,3 +61,20 @@ def test_each_missing_plot_is_named(tmp_path):
     text = " ".join(str(w.message) for w in record)
     for name in ("principal-angle", "nss", "rescale_share"):
         assert f"skipped the {name} plot" in text
+
+
+def test_plots_from_a_parquet_round_trip(tmp_path):
+    """The diff writes tensors.parquet; nested by_k dicts come back as structs padded with None."""
+    from deltalens.weights.plots import write_diff_plots
+
+    table = _table()
+    table["by_k"] = [
+        {"2": e["2"], "1": None} if isinstance(e, dict) else None for e in table["by_k"]
+    ]
+    table.loc[0, "by_k"] = None
+    table.at[1, "by_k"] = {"1": {"angle_max_left_deg": 9.0, "angle_max_right_deg": 9.0, "gap_limited": False}, "2": None}
+    path = tmp_path / "tensors.parquet"
+    table.to_parquet(path)
+    back = pd.read_parquet(path)
+    paths = write_diff_plots(back, tmp_path / "plots")
+    assert len(paths) == 8

@@ -365,3 +365,23 @@ def test_overlap_with_heavy_ties_matches_stable_sort(monkeypatch):
     assert np.sum(flat == np.sort(flat)[count - 1]) > 10  # the boundary is really tied
     m = mask.numpy().ravel()
     assert r["low_overlap"] == pytest.approx((low & m).sum() / m.sum(), abs=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-6])
+def test_fast_keeps_precision_for_tiny_rl_like_updates(scale):
+    """bf16 weights with a power-law spectrum and a sparse update of relative size 1e-3 … 1e-6:
+    NSS and rescale_share are differences of nearly equal numbers; fast must still match exact."""
+    g = torch.Generator().manual_seed(15)
+    m, n = 160, 96
+    u, _ = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    s = torch.arange(1, n + 1, dtype=torch.float64) ** -0.7
+    w0 = ((u * s) @ v.T).bfloat16().float()
+    upd = scale * float(w0.abs().mean()) * torch.randn(m, n, generator=g) * (torch.rand(m, n, generator=g) < 0.3)
+    w1 = w0 + upd
+    fast = spectral_metrics(w0, w1, top_k=(4,))
+    ex = spectral_metrics(w0, w1, top_k=(4,), exact=True)
+    assert ex["nss"] > 0
+    assert fast["nss"] == pytest.approx(ex["nss"], rel=1e-3)
+    assert fast["rescale_share"] == pytest.approx(ex["rescale_share"], abs=1e-4)
+    np.testing.assert_allclose(fast["by_k"]["4"]["angles_left_deg"], ex["by_k"]["4"]["angles_left_deg"], atol=1e-3)

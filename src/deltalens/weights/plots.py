@@ -56,7 +56,10 @@ def _first_k_entry(by_k) -> tuple[int, dict] | None:
     """The entry for the smallest k of one tensor's ``by_k`` (a dict, or its JSON text)."""
     if isinstance(by_k, str):
         by_k = json.loads(by_k)
-    if not isinstance(by_k, dict) or not by_k:
+    if not isinstance(by_k, dict):
+        return None
+    by_k = {key: val for key, val in by_k.items() if isinstance(val, dict)}  # parquet structs pad absent k with None
+    if not by_k:
         return None
     k = min(by_k, key=lambda s: int(s))
     return int(k), by_k[k]
