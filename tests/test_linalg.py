@@ -41,3 +41,87 @@ def test_unequal_dimensions_and_float32_input():
 def test_wedin_bound():
     assert wedin_bound(0.5, 2.0) == 0.25
     assert wedin_bound(0.5, 0.0) == float("inf")
+
+
+# ----------------------------------------------------------------------------- SVD helpers
+
+import deltalens.linalg as linalg  # noqa: E402
+from deltalens.linalg import (  # noqa: E402
+    chunked_matmul,
+    eigh_descending,
+    gram_products,
+    largest_eigenvalue,
+    spectral_gap,
+    top_k_svd,
+)
+
+
+def _decaying(m, n, seed=0):
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.standard_normal((m, min(m, n))))
+    v, _ = np.linalg.qr(rng.standard_normal((n, min(m, n))))
+    s = 10.0 * 0.8 ** np.arange(min(m, n))
+    return (u * s) @ v.T
+
+
+@pytest.mark.parametrize("method", ["exact", "gram", "randomized"])
+@pytest.mark.parametrize("shape", [(60, 25), (25, 60)])
+def test_top_k_svd_against_numpy(method, shape, monkeypatch):
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 77)
+    a = _decaying(*shape)
+    k = 5
+    u, s, v = top_k_svd(torch.from_numpy(a), k, method=method)
+    ur, sr, vhr = np.linalg.svd(a, full_matrices=False)
+    np.testing.assert_allclose(s.numpy(), sr[:k], rtol=1e-8)
+    assert np.rad2deg(scipy.linalg.subspace_angles(u.numpy(), ur[:, :k])).max() < 1e-6
+    assert np.rad2deg(scipy.linalg.subspace_angles(v.numpy(), vhr[:k].T)).max() < 1e-6
+    np.testing.assert_allclose(u.numpy().T @ a @ v.numpy(), np.diag(sr[:k]), atol=1e-8)
+
+
+def test_top_k_svd_rejects_bad_k_and_method():
+    a = torch.randn(5, 4)
+    with pytest.raises(ValueError):
+        top_k_svd(a, 0)
+    with pytest.raises(ValueError):
+        top_k_svd(a, 5)
+    with pytest.raises(ValueError):
+        top_k_svd(a, 2, method="lanczos")
+
+
+def test_gram_products_and_chunked_matmul(monkeypatch):
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 50)
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal((33, 7)).astype(np.float32)
+    w1 = (w0 + 0.1 * rng.standard_normal((33, 7))).astype(np.float32)
+    g0, c, e = gram_products(torch.from_numpy(w0), torch.from_numpy(w1))
+    a0, a1 = w0.astype(np.float64), w1.astype(np.float64)
+    np.testing.assert_allclose(g0.numpy(), a0.T @ a0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(c.numpy(), a0.T @ (a1 - a0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(e.numpy(), (a1 - a0).T @ (a1 - a0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose((g0 + c + c.T + e).numpy(), a1.T @ a1, rtol=1e-10, atol=1e-10)
+    x = rng.standard_normal((7, 3))
+    np.testing.assert_allclose(chunked_matmul(torch.from_numpy(w0), torch.from_numpy(x)).numpy(), a0 @ x, atol=1e-12)
+
+
+def test_eigh_descending_and_largest_eigenvalue():
+    rng = np.random.default_rng(4)
+    b = rng.standard_normal((40, 12))
+    g = b.T @ b
+    w, v = eigh_descending(torch.from_numpy(g))
+    ref = np.sort(np.linalg.eigvalsh(g))[::-1]
+    np.testing.assert_allclose(w.numpy(), ref, rtol=1e-10)
+    np.testing.assert_allclose(g @ v.numpy(), v.numpy() * w.numpy(), atol=1e-9)
+    vals, none = eigh_descending(torch.from_numpy(g), vectors=False)
+    assert none is None
+    np.testing.assert_allclose(vals.numpy(), ref, rtol=1e-10)
+    assert largest_eigenvalue(torch.from_numpy(g)) == pytest.approx(ref[0], rel=1e-10)
+    assert largest_eigenvalue(torch.zeros(5, 5, dtype=torch.float64)) == 0.0
+
+
+def test_spectral_gap():
+    s = torch.tensor([5.0, 3.0, 3.0, 1.0])
+    assert spectral_gap(s, 1) == 2.0
+    assert spectral_gap(s, 2) == 0.0
+    assert spectral_gap(s, 4) == 1.0  # σ_{k+1} = 0 past the rank
+    with pytest.raises(ValueError):
+        spectral_gap(s, 5)

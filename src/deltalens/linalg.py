@@ -52,3 +52,161 @@ def wedin_bound(delta_spectral: float, gap: float) -> float:
     if gap <= 0.0:
         return float("inf")
     return float(delta_spectral) / float(gap)
+
+
+# ---------------------------------------------------------------------------------------------
+# Singular value decompositions: exact, Gram + eigh, randomized.  SPEC §3–§5.
+# ---------------------------------------------------------------------------------------------
+
+_CHUNK_ELEMENTS = 1 << 22  # rows per chunk are chosen so a float64 chunk stays near 32 MiB
+
+
+def chunk_rows(n_cols: int, elements: int | None = None) -> int:
+    """Rows per chunk so that one chunk of an (·×n_cols) matrix holds about ``elements`` values
+    (default: the module's ``_CHUNK_ELEMENTS``, read at call time so tests can shrink it)."""
+    return max(1, (_CHUNK_ELEMENTS if elements is None else elements) // max(1, n_cols))
+
+
+def gram_products(
+    w0: torch.Tensor,
+    w1: torch.Tensor,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """G0 = W0ᵀW0, C = W0ᵀΔ, E = ΔᵀΔ with Δ = W1 − W0, all n×n, in ``dtype`` on ``device``.
+
+    One pass over row chunks of the m×n inputs (use the orientation with n ≤ m): each chunk is
+    cast to ``dtype`` before the subtraction, so Δ is exact for float32 inputs and the products
+    accumulate in float64. W1ᵀW1 = G0 + C + Cᵀ + E without a fourth product.  SPEC §4, §5.
+    """
+    n = w0.shape[1]
+    dev = torch.device(device)
+    g0 = torch.zeros(n, n, dtype=dtype, device=dev)
+    c = torch.zeros_like(g0)
+    e = torch.zeros_like(g0)
+    step = chunk_rows(n)
+    for start in range(0, w0.shape[0], step):
+        a = w0[start : start + step].to(device=dev, dtype=dtype)
+        d = w1[start : start + step].to(device=dev, dtype=dtype) - a
+        g0.addmm_(a.T, a)
+        c.addmm_(a.T, d)
+        e.addmm_(d.T, d)
+    return g0, c, e
+
+
+def chunked_matmul(
+    w: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """W @ X for a large m×n ``w`` and a small n×k ``x``, casting ``w`` chunk by chunk to x's dtype
+    and device (so a float64 product never needs a float64 copy of ``w``)."""
+    dev = torch.device(device)
+    x = x.to(dev)
+    out = torch.empty(w.shape[0], x.shape[1], dtype=x.dtype, device=dev)
+    step = chunk_rows(w.shape[1])
+    for start in range(0, w.shape[0], step):
+        out[start : start + step] = w[start : start + step].to(device=dev, dtype=x.dtype) @ x
+    return out
+
+
+def eigh_descending(g: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eigen-decomposition of a symmetric matrix with eigenvalues in descending order.
+
+    On CPU this calls LAPACK ``syevr`` through SciPy (several times faster than ``syevd`` on a
+    loaded 2-core machine; ``syevd`` if it fails to converge); elsewhere ``torch.linalg.eigh``. Returns (values, vectors or None)
+    in g's dtype and device.
+    """
+    if g.device.type == "cpu":
+        import scipy.linalg
+
+        arr = g.numpy()
+        try:
+            res = scipy.linalg.eigh(arr, eigvals_only=not vectors, driver="evr", check_finite=False)
+        except scipy.linalg.LinAlgError:  # MRRR can fail to converge on pathological input
+            res = scipy.linalg.eigh(arr, eigvals_only=not vectors, driver="evd", check_finite=False)
+        if vectors:
+            w, v = res
+            return torch.from_numpy(w[::-1].copy()), torch.from_numpy(v[:, ::-1].copy())
+        return torch.from_numpy(res[::-1].copy()), None
+    if vectors:
+        w, v = torch.linalg.eigh(g)
+        return w.flip(0), v.flip(1)
+    return torch.linalg.eigvalsh(g).flip(0), None
+
+
+def largest_eigenvalue(g: torch.Tensor) -> float:
+    """λ_max of a symmetric positive semi-definite matrix (‖Δ‖₂² from E = ΔᵀΔ, SPEC §3, §4).
+
+    Lanczos (ARPACK ``eigsh``, relative tolerance 1e-8) on CPU; ``eigvalsh`` on other devices.
+    """
+    if g.shape[0] <= 2 or g.device.type != "cpu":
+        return float(torch.linalg.eigvalsh(g)[-1].clamp_min(0.0))
+    import scipy.sparse.linalg
+
+    if not torch.any(g != 0):
+        return 0.0
+    v0 = torch.ones(g.shape[0], dtype=torch.float64).numpy()
+    val = scipy.sparse.linalg.eigsh(g.numpy(), k=1, which="LA", tol=1e-8, v0=v0, return_eigenvectors=False)
+    return max(0.0, float(val[0]))
+
+
+def singular_values_from_gram(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """σ_i = sqrt(max(λ_i(AᵀA), 0)), descending (σ of A from the eigenvalues of its Gram matrix)."""
+    return eigenvalues.clamp_min(0.0).sqrt()
+
+
+def top_k_svd(
+    a: torch.Tensor,
+    k: int,
+    *,
+    method: str = "gram",
+    oversample: int = 10,
+    niter: int = 6,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k singular triplets (U_k m×k, σ_k, V_k n×k) of an m×n matrix, in float64.  SPEC §4.
+
+    ``method``:
+    - ``"exact"``: ``torch.linalg.svd`` in float64 (reference).
+    - ``"gram"``: eigh of the float64 Gram matrix on the smaller side; the other side's vectors
+      are A v_i / σ_i. Accurate for the top of the spectrum (relative error ≈ eps64·σ1²/σ_k²).
+    - ``"randomized"``: ``torch.svd_lowrank`` (Halko et al. 2011) with ``k + oversample`` columns
+      and ``niter`` power iterations, in float64; accuracy depends on the decay σ_{q+1}/σ_k.
+    """
+    m, n = a.shape
+    if not 1 <= k <= min(m, n):
+        raise ValueError(f"top_k_svd needs 1 <= k <= min(m, n) = {min(m, n)}, got k={k}")
+    dev = torch.device(device)
+    if method == "exact":
+        u, s, vh = torch.linalg.svd(a.to(device=dev, dtype=torch.float64), full_matrices=False)
+        return u[:, :k], s[:k], vh[:k].T
+    if method == "randomized":
+        q = min(k + oversample, min(m, n))
+        u, s, v = torch.svd_lowrank(a.to(device=dev, dtype=torch.float64), q=q, niter=niter)
+        return u[:, :k], s[:k], v[:, :k]
+    if method != "gram":
+        raise ValueError(f"top_k_svd method must be 'exact', 'gram' or 'randomized', got {method!r}")
+    if m < n:
+        v, s, u = top_k_svd(a.T, k, method="gram", device=device)
+        return u, s, v
+    g = torch.zeros(n, n, dtype=torch.float64, device=dev)
+    step = chunk_rows(n)
+    for start in range(0, m, step):
+        chunk = a[start : start + step].to(device=dev, dtype=torch.float64)
+        g.addmm_(chunk.T, chunk)
+    lam, vecs = eigh_descending(g)
+    s = singular_values_from_gram(lam[:k])
+    v = vecs[:, :k].to(dev)
+    u = chunked_matmul(a, v, device=dev) / s.clamp_min(torch.finfo(torch.float64).tiny)
+    return u, s, v
+
+
+def spectral_gap(s: torch.Tensor, k: int) -> float:
+    """gap_k = σ_k − σ_{k+1} (1-based, σ descending; σ_{k+1} = 0 when k is the full rank).  SPEC §4."""
+    if not 1 <= k <= s.numel():
+        raise ValueError(f"spectral_gap needs 1 <= k <= {s.numel()}, got {k}")
+    nxt = float(s[k]) if k < s.numel() else 0.0
+    return float(s[k - 1]) - nxt

@@ -1,0 +1,186 @@
+"""Pictures of a weight diff (SPEC §2, §4, §5): per-layer principal angles, bf16 sparsity, NSS and
+rescale share, each as PNG and SVG. Reads the per-tensor table of ``deltalens diff``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import warnings
+
+import pandas as pd
+
+MODULE_ORDER = ("q", "k", "v", "o", "gate", "up", "down", "embed", "norm", "lm_head", "other")
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_dir: pathlib.Path, stem: str) -> list[pathlib.Path]:
+    paths = []
+    for ext in ("png", "svg"):
+        path = out_dir / f"{stem}.{ext}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        tmp.replace(path)  # atomic: never a half-written picture
+        paths.append(path)
+    return paths
+
+
+def _integer_layers(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _layered(tensors: pd.DataFrame) -> pd.DataFrame:
+    """Rows that belong to a numbered layer, with an int ``layer`` column."""
+    df = tensors[tensors["layer"].notna()].copy()
+    df["layer"] = df["layer"].astype(int)
+    return df
+
+
+def _modules(df: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(df["module"].astype(str)))
+    return [m for m in MODULE_ORDER if m in present] + [m for m in present if m not in MODULE_ORDER]
+
+
+def _first_k_entry(by_k) -> tuple[int, dict] | None:
+    """The entry for the smallest k of one tensor's ``by_k`` (a dict, or its JSON text)."""
+    if isinstance(by_k, str):
+        by_k = json.loads(by_k)
+    if not isinstance(by_k, dict):
+        return None
+    by_k = {key: val for key, val in by_k.items() if isinstance(val, dict)}  # parquet structs pad absent k with None
+    if not by_k:
+        return None
+    k = min(by_k, key=lambda s: int(s))
+    return int(k), by_k[k]
+
+
+def _missing(tensors: pd.DataFrame, needed: tuple[str, ...], plot: str) -> bool:
+    absent = [c for c in needed if c not in tensors.columns]
+    if absent:
+        warnings.warn(f"skipped the {plot} plot: the tensor table has no column(s) {', '.join(absent)}", stacklevel=3)
+        return True
+    return False
+
+
+def _plot_angles(tensors: pd.DataFrame, out_dir: pathlib.Path, title: str) -> list[pathlib.Path]:
+    """Per-layer max principal angle, left and right subspaces side by side ("The Path Not Taken" Fig. 4)."""
+    if _missing(tensors, ("module", "layer", "by_k"), "principal-angle"):
+        return []
+    df = _layered(tensors)
+    rows = []
+    for _, row in df.iterrows():
+        entry = _first_k_entry(row["by_k"])
+        if entry is None or "angle_max_left_deg" not in entry[1]:
+            continue
+        k, e = entry
+        rows.append({"layer": row["layer"], "module": str(row["module"]), "k": k,
+                     "left": e["angle_max_left_deg"], "right": e["angle_max_right_deg"],
+                     "limited": bool(e.get("gap_limited", False))})
+    if not rows:
+        warnings.warn("skipped the principal-angle plot: no tensor has principal angles in by_k", stacklevel=2)
+        return []
+    data = pd.DataFrame(rows)
+    plt = _figure()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, side in zip(axes, ("left", "right")):
+        for module in _modules(data):
+            sub = data[data["module"] == module].sort_values("layer")
+            line, = ax.plot(sub["layer"], sub[side], marker="o", ms=4, label=module)
+            lim = sub[sub["limited"]]
+            ax.scatter(lim["layer"], lim[side], s=60, facecolors="none", edgecolors=line.get_color(), linewidths=1.2)
+        ax.set_xlabel("layer")
+        ax.set_title(f"{side} singular subspace (rows)" if side == "left" else f"{side} singular subspace (columns)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("max principal angle, top-k of W0 vs W1 (degrees)")
+    for ax in axes:
+        _integer_layers(ax)
+    ks = sorted(set(data["k"]))
+    axes[1].legend(title="module", fontsize=8, loc="best")
+    fig.suptitle((title + "\n" if title else "") + f"Rotation of the principal subspaces per layer (k = {', '.join(map(str, ks))}; "
+                 "hollow circles: gap-limited, Wedin bound > 1)")
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if title else 0.96))
+    out = _save(fig, out_dir, "principal_angles")
+    plt.close(fig)
+    return out
+
+
+def _plot_per_layer(
+    tensors: pd.DataFrame, out_dir: pathlib.Path, column: str, stem: str, ylabel: str, heading: str,
+    *, weighted: bool = False, logy: bool = False, baseline: str | None = None,
+) -> list[pathlib.Path]:
+    needed = ("module", "layer", column) + (("numel",) if weighted else ()) + ((baseline,) if baseline else ())
+    if _missing(tensors, needed, stem):
+        return []
+    df = _layered(tensors)
+    df = df[df[column].notna()]
+    if df.empty:
+        warnings.warn(f"skipped the {stem} plot: no layer tensor has a value for {column}", stacklevel=2)
+        return []
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for module in _modules(df):
+        sub = df[df["module"].astype(str) == module]
+        if weighted:
+            sub = sub.assign(_w=sub[column].astype(float) * sub["numel"])
+            grouped = sub.groupby("layer")
+            series = grouped["_w"].sum() / grouped["numel"].sum()
+        else:
+            series = sub.groupby("layer")[column].mean()
+        line, = ax.plot(series.index, series.values, marker="o", ms=4, label=module)
+        if baseline:
+            base = sub.groupby("layer")[baseline].mean()
+            ax.plot(base.index, base.values, ls="--", lw=1, color=line.get_color(), label=f"{module} random baseline")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    _integer_layers(ax)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(title="module", fontsize=8, ncol=2 if baseline else 1)
+    ax.set_title(heading)
+    out = _save(fig, out_dir, stem)
+    plt.close(fig)
+    return out
+
+
+def write_diff_plots(tensors: pd.DataFrame, out_dir, *, title: str = "") -> list[pathlib.Path]:
+    """Write the diff's pictures as PNG and SVG into ``out_dir``; return the written paths.
+
+    ``tensors``: one row per tensor with ``name``, ``module``, ``layer`` (int or None),
+    ``numel``, ``unchanged_bitwise``, and, for 2-D tensors, ``by_k``, ``nss``, ``rescale_share``,
+    ``rescale_baseline``. A plot whose columns are missing is skipped with a warning.
+    Pictures: principal_angles (SPEC §4), sparsity_bf16 (§2), nss (§4), rescale_share (§5).
+    Tensors outside numbered layers (embeddings, final norm, lm_head) are not drawn.
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if "layer" in tensors.columns and not tensors.empty:
+        tensors = tensors.copy()
+        tensors["layer"] = tensors["layer"].map(
+            lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v))
+    prefix = (title + ": ") if title else ""
+    paths = _plot_angles(tensors, out_dir, title)
+    paths += _plot_per_layer(
+        tensors, out_dir, "unchanged_bitwise", "sparsity_bf16",
+        "unchanged fraction (bitwise, stored dtype), parameter-weighted",
+        prefix + "Update sparsity per layer: share of weights left bit-identical", weighted=True)
+    paths += _plot_per_layer(
+        tensors, out_dir, "nss", "nss", "NSS = ‖σ(W1) − σ(W0)‖₂ / ‖σ(W0)‖₂",
+        prefix + "Spectrum drift per layer (normalized spectrum shift)")
+    paths += _plot_per_layer(
+        tensors, out_dir, "rescale_share", "rescale_share",
+        "rescale share = ‖diag(UᵀΔV)‖² / ‖Δ‖²_F (log scale)",
+        prefix + "Update energy that re-weights W0's own singular directions, vs random baseline (dashed)",
+        logy=True, baseline="rescale_baseline")
+    return paths

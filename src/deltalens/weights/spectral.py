@@ -1,0 +1,414 @@
+"""Spectral diff of one weight matrix: does the update rotate the principal subspaces, how far
+does the spectrum drift (SPEC §4), and how much of it re-weights the base's own singular
+directions rather than mixing them (SPEC §5)?
+
+Entry point: :func:`spectral_metrics` (tensors in, a JSON-ready dict out; no I/O). Two modes:
+
+- fast (default): one float64 pass over row chunks builds G0 = W0ᵀW0, C = W0ᵀΔ and E = ΔᵀΔ on
+  the smaller side n (W1ᵀW1 = G0 + C + Cᵀ + E); eigh of G0 gives the full frame of W0 (σ, V;
+  U = W0 V / σ), eigh of W1ᵀW1 the full spectrum and top-k vectors of W1, Lanczos on E gives
+  ‖Δ‖₂. Nothing is randomized; all n singular values are kept, so NSS is the full spectrum.
+- exact (``exact=True``): ``torch.linalg.svd`` of W0, W1 and Δ in float64 (the reference).
+
+Every formula lives in one small function below, with its SPEC section.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from deltalens.errors import DeltalensError
+from deltalens.linalg import (
+    chunk_rows,
+    chunked_matmul,
+    eigh_descending,
+    gram_products,
+    largest_eigenvalue,
+    principal_angles,
+    singular_values_from_gram,
+    spectral_gap,
+    wedin_bound,
+)
+
+DEFAULT_OVERLAP_K = 64
+DEFAULT_OVERLAP_ALPHA = 0.05
+GROUPS = ("spectral", "frame")
+
+
+# ----------------------------------------------------------------------------- choosing k
+
+
+def default_k(m: int, n: int) -> int:
+    """Default k = max(1, ⌈0.01·min(m, n)⌉).  SPEC §4 (ours)."""
+    return max(1, math.ceil(0.01 * min(m, n)))
+
+
+def resolve_k(spec: int | float, m: int, n: int) -> int:
+    """Turn a k request into an integer for an m×n matrix.  SPEC §4.
+
+    An integer ≥ 1 is used as is, capped at min(m, n); a float in (0, 1] is a fraction of
+    min(m, n), rounded up (at least 1); an integral float above 1 (``4.0``) counts as an integer.
+    """
+    r = min(m, n)
+    if isinstance(spec, bool) or not isinstance(spec, numbers.Real):
+        raise DeltalensError(f"top-k must be an integer >= 1 or a fraction in (0, 1], got {spec!r}")
+    if isinstance(spec, numbers.Integral) or (float(spec) > 1 and float(spec).is_integer()):
+        k = int(spec)
+        if k < 1:
+            raise DeltalensError(f"top-k must be an integer >= 1 or a fraction in (0, 1], got {spec!r}")
+        return min(k, r)
+    f = float(spec)
+    if not 0.0 < f <= 1.0:
+        raise DeltalensError(f"top-k must be an integer >= 1 or a fraction in (0, 1], got {spec!r}")
+    return min(r, max(1, math.ceil(f * r)))
+
+
+# ----------------------------------------------------------------------------- formulas
+
+
+def angle_summary_deg(angles_rad: torch.Tensor) -> dict:
+    """Principal angles in degrees (ascending), their max and mean.  SPEC §4."""
+    deg = torch.rad2deg(angles_rad.to(torch.float64)).cpu()
+    return {"all": deg.tolist(), "max": float(deg.max()), "mean": float(deg.mean())}
+
+
+def normalized_spectrum_shift(s0: torch.Tensor, s1: torch.Tensor) -> float:
+    """NSS = ‖σ(W1) − σ(W0)‖₂ / ‖σ(W0)‖₂ over the singular values given.  SPEC §4."""
+    s0 = s0.to(torch.float64)
+    s1 = s1.to(torch.float64)
+    denom = float(torch.linalg.vector_norm(s0))
+    if denom == 0.0:
+        return float("inf") if bool(torch.any(s1 != 0)) else 0.0
+    return float(torch.linalg.vector_norm(s1 - s0)) / denom
+
+
+def rescale_share(diag_d: torch.Tensor, delta_fro2: float) -> float | None:
+    """rescale_share = ‖diag(UᵀΔV)‖² / ‖Δ‖_F² (W0 = U S Vᵀ full SVD); None when Δ = 0.  SPEC §5."""
+    if delta_fro2 <= 0.0:
+        return None
+    return min(1.0, float(diag_d.to(torch.float64).square().sum()) / float(delta_fro2))
+
+
+def rescale_baseline(m: int, n: int) -> float:
+    """Random baseline of rescale_share: min(m, n)/(m·n).  SPEC §5."""
+    return min(m, n) / (m * n)
+
+
+def block_shares(pp: float, p_left: float, p_right: float, total: float, k: int, m: int, n: int) -> dict:
+    """Shares of ‖Δ‖_F² in the top-k frame of W0, with random baselines.  SPEC §5.
+
+    P = span of the top-k singular vectors, Q = the rest, on each side (left first):
+    PP = ‖U_kᵀΔV_k‖², PQ = ‖U_kᵀΔ‖² − PP, QP = ‖ΔV_k‖² − PP, QQ = ‖Δ‖_F² − PP − PQ − QP, each
+    divided by ‖Δ‖_F²; baselines k²/mn, k(n−k)/mn, (m−k)k/mn, (m−k)(n−k)/mn. ``p_left`` =
+    ‖U_kᵀΔ‖², ``p_right`` = ‖ΔV_k‖². Shares are None when Δ = 0.
+    """
+    mn = m * n
+    base = {"PP": k * k / mn, "PQ": k * (n - k) / mn, "QP": (m - k) * k / mn, "QQ": (m - k) * (n - k) / mn}
+    if total <= 0.0:
+        return {key: {"share": None, "baseline": b} for key, b in base.items()}
+    energy = {"PP": pp, "PQ": p_left - pp, "QP": p_right - pp, "QQ": total - p_left - p_right + pp}
+    return {key: {"share": max(0.0, energy[key] / total), "baseline": base[key]} for key in base}
+
+
+def mask_overlap(hits: int, mask_size: int) -> float | None:
+    """overlap(M•) = |M• ∩ M| / |M| (random baseline α); None for an empty update mask.  SPEC §5."""
+    return None if mask_size == 0 else hits / mask_size
+
+
+# ----------------------------------------------------------------------------- the frame
+
+
+@dataclass
+class _Frame:
+    """Everything §4–§5 needs, for a tall matrix (m ≥ n); u is the m side, v the n side."""
+
+    s0: torch.Tensor  # all n singular values of W0, float64, descending
+    s1: torch.Tensor  # all n singular values of W1
+    u0: torch.Tensor  # m×K top left singular vectors of W0
+    v0: torch.Tensor  # n×K' top right singular vectors of W0 (K' ≥ K covers the overlap rank)
+    u1: torch.Tensor  # m×K of W1
+    v1: torch.Tensor  # n×K of W1
+    delta_fro2: float
+    delta_spectral: float
+    diag_d: torch.Tensor | None  # diag(UᵀΔV), n entries
+    row_energy: torch.Tensor | None  # ‖u_iᵀΔ‖², i ≤ K
+    col_energy: torch.Tensor | None  # ‖Δ v_j‖², j ≤ K
+    cross: torch.Tensor | None  # U_KᵀΔV_K
+    method: dict
+
+
+def _frame_exact(a0: torch.Tensor, a1: torch.Tensor, k_max: int, k_v0: int, frame: bool, dev) -> _Frame:
+    """Full float64 SVDs of W0, W1 and Δ (reference mode)."""
+    x0 = a0.to(device=dev, dtype=torch.float64)
+    x1 = a1.to(device=dev, dtype=torch.float64)
+    d = x1 - x0
+    u0, s0, v0h = torch.linalg.svd(x0, full_matrices=False)
+    u1, s1, v1h = torch.linalg.svd(x1, full_matrices=False)
+    v0, v1 = v0h.T, v1h.T
+    delta_spec = float(torch.linalg.svdvals(d)[0]) if d.numel() else 0.0
+    out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
+    if frame:
+        dv = d @ v0
+        out["diag_d"] = (u0 * dv).sum(0)
+        ud = u0[:, :k_max].T @ d
+        out["row_energy"] = ud.square().sum(1)
+        out["col_energy"] = dv[:, :k_max].square().sum(0)
+        out["cross"] = ud @ v0[:, :k_max]
+    method = {
+        "mode": "exact",
+        "frame": "torch.linalg.svd float64 of W0 (full frame)",
+        "angles": "torch.linalg.svd float64 of W0 and W1; sine-based principal angles (Knyazev & Argentati 2002)",
+        "nss": "full spectrum, torch.linalg.svd float64",
+        "delta_spectral": "torch.linalg.svdvals float64 of Δ",
+    }
+    return _Frame(
+        s0=s0.cpu(), s1=s1.cpu(), u0=u0[:, :k_max], v0=v0[:, :k_v0], u1=u1[:, :k_max], v1=v1[:, :k_max],
+        delta_fro2=float(d.square().sum()), delta_spectral=delta_spec, method=method, **out,
+    )
+
+
+def _frame_fast(a0: torch.Tensor, a1: torch.Tensor, k_max: int, k_v0: int, frame: bool, dev) -> _Frame:
+    """Gram + eigh on the smaller side in float64 (default mode)."""
+    m, n = a0.shape
+    g0, c, e = gram_products(a0, a1, device=dev)
+    lam0, vec0 = eigh_descending(g0)
+    lam1, vec1 = eigh_descending(g0 + c + c.T + e)
+    s0 = singular_values_from_gram(lam0)
+    s1 = singular_values_from_gram(lam1)
+    tiny = torch.finfo(torch.float64).tiny
+    delta_fro2 = float(torch.diagonal(e).sum())
+    out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
+    n_null = 0
+    if frame:
+        # D_ii = u_iᵀΔv_i = v_iᵀ W0ᵀΔ v_i / σ_i; undefined (set 0) where σ_i is numerically zero.
+        floor = float(s0[0]) * max(m, n) * torch.finfo(torch.float64).eps if n else 0.0
+        keep = s0 > floor
+        n_null = int((~keep).sum())
+        diag = (vec0 * (c @ vec0)).sum(0) / s0.clamp_min(tiny)
+        out["diag_d"] = torch.where(keep, diag, torch.zeros_like(diag))
+        vk = vec0[:, :k_max]
+        ud = (vk.T @ c) / s0[:k_max, None].clamp_min(tiny)  # rows u_iᵀΔ
+        out["row_energy"] = ud.square().sum(1)
+        out["col_energy"] = (vk * (e @ vk)).sum(0)
+        out["cross"] = ud @ vk
+    u0 = chunked_matmul(a0, vec0[:, :k_max], device=dev) / s0[:k_max].clamp_min(tiny)
+    u1 = chunked_matmul(a1, vec1[:, :k_max], device=dev) / s1[:k_max].clamp_min(tiny)
+    eig = "scipy syevr" if g0.device.type == "cpu" else f"torch.linalg.eigh on {g0.device.type}"
+    method = {
+        "mode": "fast",
+        "frame": f"Gram + eigh float64 on the smaller side (n={n}, {eig}); U = W0 V / σ"
+        + (f"; {n_null} numerically zero σ left out of diag(UᵀΔV)" if n_null else ""),
+        "angles": "top-k vectors from eigh of W0ᵀW0 and W1ᵀW1 float64; sine-based principal angles (Knyazev & Argentati 2002)",
+        "nss": "full spectrum, from eigh of W1ᵀW1 = G0 + C + Cᵀ + E float64",
+        "delta_spectral": "Lanczos (ARPACK) on ΔᵀΔ float64" if g0.device.type == "cpu" else "eigvalsh of ΔᵀΔ float64",
+    }
+    return _Frame(
+        s0=s0.cpu(), s1=s1.cpu(), u0=u0, v0=vec0[:, :k_v0], u1=u1, v1=vec1[:, :k_max],
+        delta_fro2=delta_fro2, delta_spectral=math.sqrt(largest_eigenvalue(e)), method=method, **out,
+    )
+
+
+# ----------------------------------------------------------------------------- overlap (§5)
+
+
+def _radix_boundary(hist: torch.Tensor, count: int, largest: bool) -> tuple[int, int]:
+    """(bucket holding the count-th largest/smallest item, items strictly beyond that bucket)."""
+    order = hist.flip(0) if largest else hist
+    cum = torch.cumsum(order, 0)
+    idx = int(torch.searchsorted(cum, torch.tensor(count, dtype=cum.dtype)))
+    bucket = (len(hist) - 1 - idx) if largest else idx
+    return bucket, int(cum[idx] - order[idx])
+
+
+def _count_selected_in_mask(
+    chunks: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]], count: int, largest: bool
+) -> int:
+    """Exact |S ∩ M| where S = the ``count`` largest (or smallest) values over all chunks.
+
+    ``chunks()`` yields (non-negative float32 values, bool mask) pairs, flat, always in the same
+    order; it is called three times. Selection is a radix select on the float32 bit pattern
+    (monotone for x ≥ 0): a histogram of the high 16 bits, then of the low 16 bits inside the
+    boundary bucket, gives the exact boundary value; ties at the boundary are taken in position
+    order (as a stable sort would). Memory: one chunk and two histograms, whatever the ties.
+    """
+    if count <= 0:
+        return 0
+    hist = None
+    for vals, _ in chunks():
+        h = torch.bincount((vals.view(torch.int32) >> 16).long(), minlength=1 << 15).cpu()
+        hist = h if hist is None else hist + h
+    high, before_high = _radix_boundary(hist, count, largest)
+    hist = torch.zeros(1 << 16, dtype=torch.int64)
+    for vals, _ in chunks():
+        keys = vals.view(torch.int32)
+        low = (keys[(keys >> 16) == high] & 0xFFFF).long()
+        hist += torch.bincount(low, minlength=1 << 16).cpu()
+    low, before_low = _radix_boundary(hist, count - before_high, largest)
+    boundary = (high << 16) | low
+    need = count - before_high - before_low  # entries equal to the boundary value still to take
+    hits = 0
+    for vals, mask in chunks():
+        keys = vals.view(torch.int32)
+        beyond = keys > boundary if largest else keys < boundary
+        hits += int(torch.count_nonzero(beyond & mask))
+        if need > 0:
+            tied = torch.nonzero(keys == boundary).flatten()[:need]
+            hits += int(torch.count_nonzero(mask[tied]))
+            need -= len(tied)
+    return hits
+
+
+def _overlaps(a0: torch.Tensor, mask: torch.Tensor, v_k: torch.Tensor, alpha: float, dev) -> tuple:
+    """(principal hits, low hits, |M|) for M_princ = top-α of |W0 V_k V_kᵀ|, M_low = bottom-α of |W0|."""
+    m, n = a0.shape
+    count = math.ceil(alpha * m * n)
+    step = chunk_rows(n)
+    vk = v_k.to(device=dev, dtype=torch.float32)
+
+    def recon_chunks():
+        for start in range(0, m, step):
+            w = a0[start : start + step].to(device=dev, dtype=torch.float32)
+            yield ((w @ vk) @ vk.T).abs().reshape(-1), mask[start : start + step].to(dev).reshape(-1)
+
+    def weight_chunks():
+        for start in range(0, m, step):
+            w = a0[start : start + step].to(device=dev, dtype=torch.float32)
+            yield w.abs().reshape(-1), mask[start : start + step].to(dev).reshape(-1)
+
+    mask_size = int(torch.count_nonzero(mask))  # bool .sum() would make an int64 copy of the mask
+    return (
+        _count_selected_in_mask(recon_chunks, count, largest=True),
+        _count_selected_in_mask(weight_chunks, count, largest=False),
+        mask_size,
+    )
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _check_inputs(w0: torch.Tensor, w1: torch.Tensor, changed: torch.Tensor | None, groups: Sequence[str]) -> None:
+    if not isinstance(w0, torch.Tensor) or not isinstance(w1, torch.Tensor):
+        raise DeltalensError("spectral metrics need two torch tensors (base, tuned)")
+    if w0.ndim != 2 or w1.ndim != 2:
+        raise DeltalensError(f"spectral metrics need 2-D tensors, got shapes {tuple(w0.shape)} and {tuple(w1.shape)}")
+    if w0.shape != w1.shape:
+        raise DeltalensError(f"base and tuned shapes differ: {tuple(w0.shape)} vs {tuple(w1.shape)}")
+    if not (w0.is_floating_point() and w1.is_floating_point()):
+        raise DeltalensError(f"spectral metrics need floating-point tensors, got {w0.dtype} and {w1.dtype}")
+    if 0 in w0.shape:
+        raise DeltalensError(f"spectral metrics need a non-empty matrix, got shape {tuple(w0.shape)}")
+    step = chunk_rows(w0.shape[1])  # chunked: isfinite of a whole embedding costs GBs of temporaries
+    for w in (w0, w1):
+        for start in range(0, w.shape[0], step):
+            if not bool(torch.isfinite(w[start : start + step]).all()):
+                raise DeltalensError("spectral metrics need finite values; the tensor pair contains NaN or Inf")
+    if changed is not None and (changed.shape != w0.shape or changed.dtype != torch.bool):
+        raise DeltalensError(f"changed mask must be a bool tensor of shape {tuple(w0.shape)}, got {changed.dtype} {tuple(changed.shape)}")
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise DeltalensError(f"unknown spectral metric group(s) {sorted(unknown)}; expected some of {list(GROUPS)}")
+
+
+def _bitwise_changed(w0: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    """Bitwise update mask of two same-dtype float tensors (−0.0 vs +0.0 counts as changed)."""
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[w0.element_size()]
+    return w0.contiguous().view(ints) != w1.contiguous().view(ints)
+
+
+def spectral_metrics(
+    w0: torch.Tensor,
+    w1: torch.Tensor,
+    *,
+    top_k: Iterable[int | float] = (),
+    exact: bool = False,
+    device: str = "cpu",
+    changed: torch.Tensor | None = None,
+    groups: Sequence[str] = GROUPS,
+    overlap_k: int = DEFAULT_OVERLAP_K,
+    overlap_alpha: float = DEFAULT_OVERLAP_ALPHA,
+) -> dict:
+    """SPEC §4 (group ``spectral``) and §5 (group ``frame``) for one m×n weight pair.
+
+    ``w0``/``w1``: base and tuned tensors (float; computed in float64). ``top_k``: integers or
+    fractions of min(m, n) (default :func:`default_k`). ``changed``: the bitwise update mask in
+    the stored dtype (for the principal/low overlaps); when None, the bitwise mask of the given
+    tensors is used and ``method`` says so. Returns ``by_k`` {str(k): angles (left = row side, right
+    = column side, degrees), gap_k, wedin_bound, gap_limited, block_shares}, ``nss``,
+    ``rescale_share``, ``rescale_baseline``, ``rescale_ratio``, ``principal_overlap``,
+    ``low_overlap``, ``overlap_baseline`` and ``method``.
+    """
+    groups = tuple(groups)
+    _check_inputs(w0, w1, changed, groups)
+    if not 0.0 < overlap_alpha < 1.0 or overlap_k < 1:
+        raise DeltalensError(f"overlap needs k >= 1 and 0 < alpha < 1, got k={overlap_k}, alpha={overlap_alpha}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeltalensError("device 'cuda' was asked for but torch sees no CUDA device")
+    m_orig, n_orig = w0.shape
+    transposed = m_orig < n_orig
+    if dev.type != "cpu":  # one host-to-device copy instead of one per pass over the chunks
+        w0, w1 = w0.to(dev), w1.to(dev)
+        changed = None if changed is None else changed.to(dev)
+    a0, a1 = (w0.T.contiguous(), w1.T.contiguous()) if transposed else (w0, w1)
+    m, n = a0.shape
+    ks = sorted({resolve_k(s, m_orig, n_orig) for s in top_k}) or [default_k(m_orig, n_orig)]
+    want_frame = "frame" in groups
+    k_ov = min(overlap_k, n)
+    k_max = max(ks)
+    k_v0 = max(k_max, k_ov if want_frame else 0)
+    builder = _frame_exact if exact else _frame_fast
+    fr = builder(a0, a1, k_max, k_v0, want_frame, dev)
+
+    by_k: dict[str, dict] = {str(k): {} for k in ks}
+    out: dict = {"by_k": by_k}
+    method = dict(fr.method)
+    method["orientation"] = "left = row side (m), right = column side (n)" + (
+        "; computed on the transpose (m < n)" if transposed else ""
+    )
+    if "spectral" in groups:
+        for k in ks:
+            rows = angle_summary_deg(principal_angles(fr.u0[:, :k], fr.u1[:, :k]))
+            cols = angle_summary_deg(principal_angles(fr.v0[:, :k], fr.v1[:, :k]))
+            left, right = (cols, rows) if transposed else (rows, cols)
+            gap = spectral_gap(fr.s0, k)
+            bound = wedin_bound(fr.delta_spectral, gap)
+            by_k[str(k)].update(
+                angles_left_deg=left["all"], angles_right_deg=right["all"],
+                angle_max_left_deg=left["max"], angle_max_right_deg=right["max"],
+                angle_mean_left_deg=left["mean"], angle_mean_right_deg=right["mean"],
+                gap_k=gap, wedin_bound=bound if math.isfinite(bound) else None, gap_limited=bool(bound > 1.0),
+            )
+        out["nss"] = normalized_spectrum_shift(fr.s0, fr.s1)
+        method["gap_limited"] = "Wedin bound ‖Δ‖₂/gap_k > 1 (None bound = zero gap)"
+    if want_frame:
+        for k in ks:
+            pp = float(fr.cross[:k, :k].square().sum())
+            p_rows = float(fr.row_energy[:k].sum())
+            p_cols = float(fr.col_energy[:k].sum())
+            p_left, p_right = (p_cols, p_rows) if transposed else (p_rows, p_cols)
+            by_k[str(k)]["block_shares"] = block_shares(pp, p_left, p_right, fr.delta_fro2, k, m_orig, n_orig)
+        share = rescale_share(fr.diag_d, fr.delta_fro2)
+        base = rescale_baseline(m_orig, n_orig)
+        out.update(rescale_share=share, rescale_baseline=base, rescale_ratio=None if share is None else share / base)
+        if changed is None:
+            mask = _bitwise_changed(a0, a1)
+            method["mask"] = f"bitwise w0 != w1 in the given dtype ({w0.dtype})"
+        else:
+            mask = changed.T.contiguous() if transposed else changed
+            method["mask"] = "bitwise update mask given by the caller (stored dtype)"
+        hits_p, hits_l, size = _overlaps(a0, mask, fr.v0[:, :k_ov], overlap_alpha, dev)
+        out.update(
+            principal_overlap=mask_overlap(hits_p, size), low_overlap=mask_overlap(hits_l, size),
+            overlap_baseline=overlap_alpha,
+        )
+        method["overlap"] = (
+            f"top/bottom alpha={overlap_alpha} (ceil(alpha·mn) entries, exact radix select) of |rank-{k_ov} "
+            f"reconstruction of W0| (float32) and of |W0|"
+        )
+    out["method"] = method
+    return out

@@ -1,0 +1,387 @@
+"""Spectral diff (SPEC §4–§5) against independent references: scipy/numpy float64 and planted answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import deltalens.linalg as linalg
+from deltalens.errors import DeltalensError
+from deltalens.weights.spectral import default_k, resolve_k, spectral_metrics
+
+MODES = [pytest.param(False, id="fast"), pytest.param(True, id="exact")]
+
+
+def _orthonormal(rng, m, k):
+    q, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    return q
+
+
+def _planted(m, n, s, seed=0):
+    """W = U diag(s) Vᵀ with U m×n... (reduced), in float64."""
+    rng = np.random.default_rng(seed)
+    r = min(m, n)
+    u = _orthonormal(rng, m, r)
+    v = _orthonormal(rng, n, r)
+    return u, np.asarray(s, dtype=np.float64), v
+
+
+def _t(a):
+    return torch.from_numpy(np.ascontiguousarray(a)).float()
+
+
+def _np_svd(w):
+    u, s, vh = np.linalg.svd(w.numpy().astype(np.float64), full_matrices=False)
+    return u, s, vh.T
+
+
+# ----------------------------------------------------------------------------- k
+
+
+def test_resolve_k_rules():
+    assert default_k(1536, 8960) == 16
+    assert default_k(3, 5) == 1
+    assert resolve_k(4, 100, 50) == 4
+    assert resolve_k(4.0, 100, 50) == 4
+    assert resolve_k(0.1, 100, 50) == 5
+    assert resolve_k(0.011, 100, 50) == 1
+    assert resolve_k(1.0, 100, 50) == 50
+    assert resolve_k(500, 100, 50) == 50  # capped at min(m, n)
+    for bad in (0, -1, 1.5, 0.0, True, "4"):
+        with pytest.raises(DeltalensError):
+            resolve_k(bad, 100, 50)
+
+
+# ----------------------------------------------------------------------------- planted rotations
+
+
+@pytest.mark.parametrize("exact", MODES)
+@pytest.mark.parametrize("transpose", [False, True], ids=["tall", "wide"])
+def test_planted_rotations_match_scipy(exact, transpose):
+    """Rotate top-k left vectors u_i toward u_{k+i} by 0.1°–60°; right vectors by other angles."""
+    m, n, k = 90, 60, 4
+    s = np.concatenate([[10.0, 9.0, 8.0, 7.0], np.linspace(2.0, 0.5, n - k)])
+    u, s, v = _planted(m, n, s, seed=1)
+    left = [0.1, 1.0, 15.0, 60.0]
+    right = [0.5, 3.0, 30.0, 0.0]
+
+    def rotate(basis, angles):
+        out = basis.copy()
+        for i, deg in enumerate(angles):
+            th = math.radians(deg)
+            a, b = basis[:, i], basis[:, k + i]
+            out[:, i], out[:, k + i] = a * math.cos(th) + b * math.sin(th), -a * math.sin(th) + b * math.cos(th)
+        return out
+
+    w0 = u @ np.diag(s) @ v.T
+    w1 = rotate(u, left) @ np.diag(s) @ rotate(v, right).T
+    t0, t1 = _t(w0), _t(w1)
+    if transpose:
+        t0, t1 = t0.T.contiguous(), t1.T.contiguous()
+    r = spectral_metrics(t0, t1, top_k=(k,), exact=exact)["by_k"][str(k)]
+    # reference: numpy float64 SVD of the float32 inputs, then scipy's subspace angles
+    u0, _, v0 = _np_svd(t0)
+    u1, _, v1 = _np_svd(t1)
+    ref_left = np.sort(np.rad2deg(scipy.linalg.subspace_angles(u0[:, :k], u1[:, :k])))
+    ref_right = np.sort(np.rad2deg(scipy.linalg.subspace_angles(v0[:, :k], v1[:, :k])))
+    if transpose:  # the transpose swaps the sides
+        left, right = right, left
+    np.testing.assert_allclose(r["angles_left_deg"], ref_left, atol=0.01)
+    np.testing.assert_allclose(r["angles_right_deg"], ref_right, atol=0.01)
+    np.testing.assert_allclose(r["angles_left_deg"], np.sort(left), atol=0.01)  # the planted truth
+    np.testing.assert_allclose(r["angles_right_deg"], np.sort(right), atol=0.01)
+    assert r["angle_max_left_deg"] == pytest.approx(max(left), abs=0.01)
+    assert r["angle_mean_right_deg"] == pytest.approx(np.mean(right), abs=0.01)
+    # gap and Wedin flag against numpy float64
+    s_ref = np.linalg.svd(t0.numpy().astype(np.float64), compute_uv=False)
+    d2 = np.linalg.norm(t1.numpy().astype(np.float64) - t0.numpy().astype(np.float64), 2)
+    assert r["gap_k"] == pytest.approx(s_ref[k - 1] - s_ref[k], rel=1e-9)
+    assert r["wedin_bound"] == pytest.approx(d2 / (s_ref[k - 1] - s_ref[k]), rel=1e-6)
+    assert r["gap_limited"] == (d2 / (s_ref[k - 1] - s_ref[k]) > 1)
+
+
+@pytest.mark.parametrize("exact", MODES)
+@pytest.mark.parametrize("deg", [0.1, 0.5, 2.0, 10.0, 60.0])
+def test_small_rotation_not_gap_limited(exact, deg):
+    """One planted rotation at a time, with a gap wide enough that the Wedin bound stays < 1."""
+    m, n, k = 70, 40, 3
+    s = np.concatenate([[100.0, 90.0, 80.0], np.linspace(1.0, 0.1, n - k)])
+    u, s, v = _planted(m, n, s, seed=2)
+    th = math.radians(deg)
+    u1 = u.copy()
+    u1[:, k - 1], u1[:, k] = u[:, k - 1] * math.cos(th) + u[:, k] * math.sin(th), -u[:, k - 1] * math.sin(th) + u[:, k] * math.cos(th)
+    t0, t1 = _t(u @ np.diag(s) @ v.T), _t(u1 @ np.diag(s) @ v.T)
+    r = spectral_metrics(t0, t1, top_k=(k,), exact=exact)["by_k"][str(k)]
+    u0r, _, _ = _np_svd(t0)
+    u1r, _, _ = _np_svd(t1)
+    ref = np.sort(np.rad2deg(scipy.linalg.subspace_angles(u0r[:, :k], u1r[:, :k])))
+    if deg < 45:
+        assert not r["gap_limited"]
+    np.testing.assert_allclose(r["angles_left_deg"], ref, atol=0.01)
+    assert r["angle_max_left_deg"] == pytest.approx(deg, abs=0.01)
+    assert r["angle_max_right_deg"] < 0.01
+
+
+# ----------------------------------------------------------------------------- fast vs exact
+
+
+def _random_pair(m, n, seed, scale=0.05, low_rank=3):
+    g = torch.Generator().manual_seed(seed)
+    decay = torch.linspace(1.0, 0.05, min(m, n)) ** 2
+    u, _ = torch.linalg.qr(torch.randn(m, min(m, n), generator=g))
+    v, _ = torch.linalg.qr(torch.randn(n, min(m, n), generator=g))
+    w0 = (u * (10 * decay)) @ v.T + 0.01 * torch.randn(m, n, generator=g)
+    d = scale * torch.randn(m, n, generator=g) / math.sqrt(n)
+    d += torch.randn(m, low_rank, generator=g) @ torch.randn(low_rank, n, generator=g) * scale
+    return w0.float(), (w0 + d).float()
+
+
+@pytest.mark.parametrize("shape,seed", [((120, 80), 0), ((64, 150), 1), ((200, 200), 2)])
+def test_fast_agrees_with_exact_random(shape, seed, monkeypatch):
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 997)  # force many row chunks in the fast path
+    w0, w1 = _random_pair(*shape, seed=seed)
+    fast = spectral_metrics(w0, w1, top_k=(2, 8, 0.1))
+    ex = spectral_metrics(w0, w1, top_k=(2, 8, 0.1), exact=True)
+    assert fast["by_k"].keys() == ex["by_k"].keys()
+    for k, f in fast["by_k"].items():
+        e = ex["by_k"][k]
+        np.testing.assert_allclose(f["angles_left_deg"], e["angles_left_deg"], atol=0.1)
+        np.testing.assert_allclose(f["angles_right_deg"], e["angles_right_deg"], atol=0.1)
+        assert f["gap_k"] == pytest.approx(e["gap_k"], rel=1e-6, abs=1e-9)
+        assert f["gap_limited"] == e["gap_limited"]
+        for blk in ("PP", "PQ", "QP", "QQ"):
+            assert f["block_shares"][blk]["share"] == pytest.approx(e["block_shares"][blk]["share"], abs=1e-6)
+    assert fast["nss"] == pytest.approx(ex["nss"], rel=0.01)
+    assert fast["rescale_share"] == pytest.approx(ex["rescale_share"], abs=0.01)
+    assert fast["principal_overlap"] == pytest.approx(ex["principal_overlap"], abs=0.01)
+    assert fast["low_overlap"] == ex["low_overlap"]
+    assert fast["method"]["mode"] == "fast" and ex["method"]["mode"] == "exact"
+
+
+def test_exact_rescale_share_matches_numpy_full_frame():
+    w0, w1 = _random_pair(50, 30, seed=3)
+    u, _, v = _np_svd(w0)
+    d = w1.numpy().astype(np.float64) - w0.numpy().astype(np.float64)
+    ref = np.sum(np.einsum("mi,mn,ni->i", u, d, v) ** 2) / np.sum(d**2)
+    for exact in (False, True):
+        r = spectral_metrics(w0, w1, exact=exact)
+        assert r["rescale_share"] == pytest.approx(ref, abs=1e-6)
+        assert r["rescale_baseline"] == pytest.approx(30 / (50 * 30))
+    s0 = np.linalg.svd(w0.numpy().astype(np.float64), compute_uv=False)
+    s1 = np.linalg.svd(w1.numpy().astype(np.float64), compute_uv=False)
+    assert spectral_metrics(w0, w1, groups=("spectral",))["nss"] == pytest.approx(
+        np.linalg.norm(s1 - s0) / np.linalg.norm(s0), rel=1e-6
+    )
+
+
+# ----------------------------------------------------------------------------- planted frame answers
+
+
+@pytest.mark.parametrize("exact", MODES)
+def test_pure_rescale(exact):
+    m, n = 60, 40
+    u, s, v = _planted(m, n, np.linspace(5, 1, n), seed=4)
+    w0 = u @ np.diag(s) @ v.T
+    w1 = u @ np.diag(s * np.linspace(1.3, 0.7, n)) @ v.T
+    r = spectral_metrics(_t(w0), _t(w1), top_k=(3, 10), exact=exact)
+    assert r["rescale_share"] == pytest.approx(1.0, abs=1e-5)
+    for entry in r["by_k"].values():
+        assert entry["angle_max_left_deg"] < 1e-3 and entry["angle_max_right_deg"] < 1e-3
+    s1 = s * np.linspace(1.3, 0.7, n)
+    assert r["nss"] == pytest.approx(np.linalg.norm(np.sort(s1)[::-1] - s) / np.linalg.norm(s), rel=1e-4)
+
+
+@pytest.mark.parametrize("exact", MODES)
+@pytest.mark.parametrize("deg", [1.0, 20.0, 90.0])
+def test_rotating_one_left_vector(exact, deg):
+    """u_j → cos θ u_j + sin θ z with z ⟂ range(W0): one left angle θ, no right angle, NSS 0,
+    rescale_share (1 − cos θ)/2."""
+    m, n, k, j = 50, 20, 4, 1
+    rng = np.random.default_rng(5)
+    q = _orthonormal(rng, m, n + 1)
+    u, z = q[:, :n], q[:, n]
+    v = _orthonormal(rng, n, n)
+    s = np.linspace(6, 1, n)
+    th = math.radians(deg)
+    u1 = u.copy()
+    u1[:, j] = math.cos(th) * u[:, j] + math.sin(th) * z
+    t0, t1 = _t(u @ np.diag(s) @ v.T), _t(u1 @ np.diag(s) @ v.T)
+    r = spectral_metrics(t0, t1, top_k=(k,), exact=exact)
+    e = r["by_k"][str(k)]
+    assert e["angles_left_deg"][-1] == pytest.approx(deg, abs=0.01)
+    assert max(e["angles_left_deg"][:-1]) < 0.01
+    assert e["angle_max_right_deg"] < 0.01
+    assert r["nss"] == pytest.approx(0.0, abs=1e-6)
+    assert r["rescale_share"] == pytest.approx((1 - math.cos(th)) / 2, abs=1e-4)
+
+
+@pytest.mark.parametrize("exact", MODES)
+def test_degenerate_spectrum_is_gap_limited(exact):
+    m, n, k = 40, 30, 3
+    s = np.array([5.0, 4.0, 3.0, 3.0] + list(np.linspace(2, 1, n - 4)))
+    u, s, v = _planted(m, n, s, seed=6)
+    w0 = u @ np.diag(s) @ v.T
+    w1 = w0 + 1e-3 * np.random.default_rng(7).standard_normal((m, n))
+    r = spectral_metrics(_t(w0), _t(w1), top_k=(2, k), exact=exact)
+    assert r["by_k"][str(k)]["gap_limited"] is True
+    assert r["by_k"][str(k)]["gap_k"] == pytest.approx(0.0, abs=1e-5)
+    assert r["by_k"]["2"]["gap_limited"] is False
+
+
+@pytest.mark.parametrize("exact", MODES)
+@pytest.mark.parametrize("transpose", [False, True], ids=["tall", "wide"])
+def test_block_shares_match_numpy(exact, transpose):
+    w0, w1 = _random_pair(70, 45, seed=8)
+    if transpose:
+        w0, w1 = w0.T.contiguous(), w1.T.contiguous()
+    m, n = w0.shape
+    k = 5
+    u, _, v = _np_svd(w0)
+    d = w1.numpy().astype(np.float64) - w0.numpy().astype(np.float64)
+    pu, pv = u[:, :k] @ u[:, :k].T, v[:, :k] @ v[:, :k].T
+    qu, qv = np.eye(m) - pu, np.eye(n) - pv
+    total = np.sum(d**2)
+    ref = {
+        "PP": np.sum((pu @ d @ pv) ** 2) / total,
+        "PQ": np.sum((pu @ d @ qv) ** 2) / total,
+        "QP": np.sum((qu @ d @ pv) ** 2) / total,
+        "QQ": np.sum((qu @ d @ qv) ** 2) / total,
+    }
+    base = {"PP": k * k, "PQ": k * (n - k), "QP": (m - k) * k, "QQ": (m - k) * (n - k)}
+    got = spectral_metrics(w0, w1, top_k=(k,), exact=exact)["by_k"][str(k)]["block_shares"]
+    assert sum(b["share"] for b in got.values()) == pytest.approx(1.0, abs=1e-9)
+    for key in ref:
+        assert got[key]["share"] == pytest.approx(ref[key], abs=1e-7)
+        assert got[key]["baseline"] == pytest.approx(base[key] / (m * n))
+
+
+# ----------------------------------------------------------------------------- overlaps
+
+
+def _overlap_reference(w0, mask, k, alpha):
+    w = w0.numpy().astype(np.float64)
+    u, s, vh = np.linalg.svd(w, full_matrices=False)
+    recon = np.abs((u[:, :k] * s[:k]) @ vh[:k]).ravel()
+    count = math.ceil(alpha * w.size)
+    princ = np.zeros(w.size, bool)
+    princ[np.argsort(-recon, kind="stable")[:count]] = True
+    low = np.zeros(w.size, bool)
+    low[np.argsort(np.abs(w).ravel(), kind="stable")[:count]] = True
+    mflat = mask.numpy().ravel()
+    return princ, low, (princ & mflat).sum() / mflat.sum(), (low & mflat).sum() / mflat.sum()
+
+
+@pytest.mark.parametrize("exact", MODES)
+def test_overlaps_against_planted_masks(exact, monkeypatch):
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 1500)  # several chunks through the radix select
+    w0, w1 = _random_pair(90, 70, seed=9)
+    k, alpha = 6, 0.05
+    princ, low, _, _ = _overlap_reference(w0, torch.ones(90, 70, dtype=torch.bool), k, alpha)
+    rng = np.random.default_rng(10)
+    # mask = the principal set plus random other entries: principal_overlap = |princ| / |mask|
+    planted = princ | (rng.random(princ.size) < 0.2)
+    mask = torch.from_numpy(planted.reshape(90, 70))
+    r = spectral_metrics(w0, w1, changed=mask, exact=exact, overlap_k=k, overlap_alpha=alpha)
+    assert r["principal_overlap"] == pytest.approx(princ.sum() / planted.sum(), abs=1.5 / planted.sum())
+    assert r["low_overlap"] == pytest.approx((low & planted).sum() / planted.sum(), abs=1e-12)
+    assert r["overlap_baseline"] == alpha
+    # a random mask sits near the baseline, and exactly on the numpy reference
+    rand = torch.from_numpy(rng.random((90, 70)) < 0.3)
+    _, _, ref_p, ref_l = _overlap_reference(w0, rand, k, alpha)
+    r = spectral_metrics(w0, w1, changed=rand, exact=exact, overlap_k=k, overlap_alpha=alpha)
+    assert r["principal_overlap"] == pytest.approx(ref_p, abs=1.5 / int(rand.sum()))
+    assert r["low_overlap"] == pytest.approx(ref_l, abs=1e-12)
+    # the low set of a wide matrix (transposed internally) is the same set
+    rt = spectral_metrics(w0.T.contiguous(), w1.T.contiguous(), changed=rand.T.contiguous(), overlap_k=k, overlap_alpha=alpha)
+    assert rt["low_overlap"] == pytest.approx(ref_l, abs=1e-12)
+
+
+def test_default_mask_is_bitwise_and_empty_update():
+    w0, w1 = _random_pair(30, 20, seed=11)
+    w1 = w1.clone()
+    w1[:10] = w0[:10]
+    r = spectral_metrics(w0, w1, overlap_k=4)
+    mask = (w0 != w1)
+    _, _, ref_p, ref_l = _overlap_reference(w0, mask, 4, 0.05)
+    assert r["principal_overlap"] == pytest.approx(ref_p, abs=1.5 / int(mask.sum()))
+    assert r["low_overlap"] == pytest.approx(ref_l)
+    assert "bitwise" in r["method"]["mask"]
+    same = spectral_metrics(w0, w0.clone())
+    assert same["rescale_share"] is None and same["principal_overlap"] is None
+    assert same["nss"] == 0.0
+    assert all(b["share"] is None for b in same["by_k"]["1"]["block_shares"].values())
+    assert same["by_k"]["1"]["angle_max_left_deg"] < 1e-6
+
+
+def test_groups_and_bad_input():
+    w0, w1 = _random_pair(30, 20, seed=12)
+    only_spec = spectral_metrics(w0, w1, groups=("spectral",))
+    assert "rescale_share" not in only_spec and "block_shares" not in only_spec["by_k"]["1"]
+    only_frame = spectral_metrics(w0, w1, groups=("frame",))
+    assert "nss" not in only_frame and "angles_left_deg" not in only_frame["by_k"]["1"]
+    with pytest.raises(DeltalensError, match="shapes differ"):
+        spectral_metrics(w0, w1[:, :10])
+    with pytest.raises(DeltalensError, match="2-D"):
+        spectral_metrics(w0[0], w1[0])
+    bad = w1.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(DeltalensError, match="NaN"):
+        spectral_metrics(w0, bad)
+    with pytest.raises(DeltalensError, match="group"):
+        spectral_metrics(w0, w1, groups=("rank",))
+    with pytest.raises(DeltalensError, match="mask"):
+        spectral_metrics(w0, w1, changed=torch.ones(3, 3, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    w0, w1 = _random_pair(300, 200, seed=13)
+    cpu = spectral_metrics(w0, w1, top_k=(4,))
+    gpu = spectral_metrics(w0, w1, top_k=(4,), device="cuda")
+    np.testing.assert_allclose(gpu["by_k"]["4"]["angles_left_deg"], cpu["by_k"]["4"]["angles_left_deg"], atol=1e-3)
+    assert gpu["rescale_share"] == pytest.approx(cpu["rescale_share"], abs=1e-6)
+    assert gpu["nss"] == pytest.approx(cpu["nss"], rel=1e-6)
+    assert gpu["principal_overlap"] == pytest.approx(cpu["principal_overlap"], abs=0.01)
+
+
+def test_overlap_with_heavy_ties_matches_stable_sort(monkeypatch):
+    """bf16-valued weights tie a lot: the boundary of the low set falls inside a run of equal
+    values, and ties are taken in position order, like numpy's stable argsort."""
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 700)
+    g = torch.Generator().manual_seed(14)
+    w0 = (0.02 * torch.randn(120, 50, generator=g)).bfloat16().float()
+    w0 = torch.round(w0 * 300) / 300  # few distinct values: long runs of ties
+    w1 = w0 + 0.001 * torch.randn(120, 50, generator=g)
+    mask = torch.rand(120, 50, generator=g) < 0.4
+    r = spectral_metrics(w0, w1, changed=mask, overlap_k=5, overlap_alpha=0.07)
+    flat = np.abs(w0.numpy()).ravel()
+    count = math.ceil(0.07 * flat.size)
+    low = np.zeros(flat.size, bool)
+    low[np.argsort(flat, kind="stable")[:count]] = True
+    assert np.sum(flat == np.sort(flat)[count - 1]) > 10  # the boundary is really tied
+    m = mask.numpy().ravel()
+    assert r["low_overlap"] == pytest.approx((low & m).sum() / m.sum(), abs=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-6])
+def test_fast_keeps_precision_for_tiny_rl_like_updates(scale):
+    """bf16 weights with a power-law spectrum and a sparse update of relative size 1e-3 … 1e-6:
+    NSS and rescale_share are differences of nearly equal numbers; fast must still match exact."""
+    g = torch.Generator().manual_seed(15)
+    m, n = 160, 96
+    u, _ = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    s = torch.arange(1, n + 1, dtype=torch.float64) ** -0.7
+    w0 = ((u * s) @ v.T).bfloat16().float()
+    upd = scale * float(w0.abs().mean()) * torch.randn(m, n, generator=g) * (torch.rand(m, n, generator=g) < 0.3)
+    w1 = w0 + upd
+    fast = spectral_metrics(w0, w1, top_k=(4,))
+    ex = spectral_metrics(w0, w1, top_k=(4,), exact=True)
+    assert ex["nss"] > 0
+    assert fast["nss"] == pytest.approx(ex["nss"], rel=1e-3)
+    assert fast["rescale_share"] == pytest.approx(ex["rescale_share"], abs=1e-4)
+    np.testing.assert_allclose(fast["by_k"]["4"]["angles_left_deg"], ex["by_k"]["4"]["angles_left_deg"], atol=1e-3)
