@@ -32,7 +32,9 @@ def render_diff(result, title: str | None = None) -> None:
     for k in tol_keys:
         table.add_column(f"unch. ≤{k}", justify="right")
     extra = [("visible_fraction", "bf16 vis."), ("delta_rel_mean", "‖Δ‖/‖W0‖"), ("stable_rank_mean", "st. rank"),
-             ("effective_rank_mean", "eff. rank"), ("rank1_share_mean", "σ1² share"), ("nonfinite", "NaN/Inf")]
+             ("effective_rank_mean", "eff. rank"), ("rank1_share_mean", "σ1² share"),
+             ("angle_max_left_deg_max", "max ∠L°"), ("angle_max_right_deg_max", "max ∠R°"), ("nss_mean", "NSS"),
+             ("rescale_share_mean", "rescale"), ("rescale_ratio_mean", "resc./rand."), ("nonfinite", "NaN/Inf")]
     extra = [(k, label) for k, label in extra if k in s]
     for _, label in extra:
         table.add_column(label, justify="right")
@@ -49,6 +51,10 @@ def render_diff(result, title: str | None = None) -> None:
     console.print("unchanged fractions: bitwise / relative (η={}) / absolute; stored dtypes: {}; rank: {}".format(
         result.options["eta"], ", ".join(sorted({r["dtype"] for r in result.rows})), result.options["methods"]["rank"]
         if "rank" in result.options["metrics"] else "not computed"))
+    if "angle_max_left_deg_max" in s:
+        console.print("max ∠L/∠R: largest principal angle (degrees) between top-k singular subspaces of W0 and W1 at "
+                      "the smallest requested k; NSS: normalized spectrum shift; rescale: share of ‖Δ‖² on diag(UᵀΔV) "
+                      "(propensity), resc./rand.: that share over its random baseline (SPEC §4–§5)")
     if s.get("nonfinite"):
         bad = [f"{r['name']} ({r['nonfinite']})" for r in result.rows if r.get("nonfinite")]
         console.print(f"[bold red]warning:[/] {s['nonfinite']} non-finite values (NaN/Inf) in: {', '.join(bad[:8])}")
@@ -94,14 +100,16 @@ def register(app: typer.Typer) -> None:
         base: str = typer.Argument(..., help="Base checkpoint: HF folder, .safetensors file or hub id."),
         tuned: str = typer.Argument(..., help="Tuned checkpoint, or a PEFT LoRA adapter folder."),
         out: str = typer.Option(..., "--out", help="Output folder (diff.json, tensors.parquet, resume cache)."),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated groups (default all): sparsity,size,rank."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated groups (default all): sparsity,size,rank,spectral,frame."),
         tol: Optional[list[float]] = typer.Option(None, "--tol", help="Absolute tolerance (repeatable; default 1e-5)."),
         eta: float = typer.Option(1e-3, "--eta", help="Relative rule's η."),
         visible_dtype: Optional[str] = typer.Option(None, "--visible-dtype", help="'bf16': report bf16 visibility of the update."),
         top_k: Optional[list[float]] = typer.Option(None, "--top-k", help="k for spectral/frame groups (int or fraction; repeatable)."),
-        exact: bool = typer.Option(False, "--exact", help="Exact SVD for rank measures (slower)."),
+        exact: bool = typer.Option(False, "--exact", help="Exact float64 SVDs for rank and spectral measures (slow; the reference for fast mode)."),
         device: str = typer.Option("cpu", "--device", help="'cpu' or 'cuda' for the arithmetic."),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read .bin/.pt with torch.load(weights_only=True)."),
+        plots: bool = typer.Option(False, "--plots", help="Write per-layer PNG/SVG plots (angles, sparsity, NSS, rescale share) to OUT."),
+        report: bool = typer.Option(False, "--report", help="Write a self-contained OUT/report.html."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Stream two checkpoints and report where, and how much, the fine-tune changed them."""
@@ -111,6 +119,15 @@ def register(app: typer.Typer) -> None:
                          top_k=top_k, exact=exact, device=device, allow_pickle=allow_pickle, progress=not quiet)
         render_diff(result)
         print(f"wrote {out}/diff.json and {out}/tensors.parquet")
+        if plots:
+            from deltalens.weights.plots import write_diff_plots
+
+            paths = write_diff_plots(result.tensors, out, title=f"{tuned} vs {base}")
+            print(f"wrote {len(paths)} plot files to {out}")
+        if report:
+            from deltalens.report import write_run_report
+
+            print(f"report: {write_run_report(out)}")
 
     @app.command()
     def overlap(

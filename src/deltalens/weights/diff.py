@@ -195,6 +195,9 @@ def _methods(options: DiffOptions) -> dict:
                     f"{list(options.tols)}; float32 arithmetic (float64 for float64 inputs)",
         "size": "‖Δ‖_F, ‖Δ‖_F/‖W0‖_F, max|Δ| over finite entries, float32 chunks summed in float64",
         "rank": "svdvals-float32 (exact)" if options.exact else "gram-eigvalsh-float64 (σ from the float64 Gram matrix)",
+        "spectral": ("exact: float64 torch.linalg.svd of W0, W1, Δ" if options.exact else
+                     "fast: float64 Gram products + eigh on the smaller side (full spectrum, full frame of W0)")
+                    + "; sine-based principal angles; per-row details in each tensor's 'method'",
         "visibility": "fraction with |Δ| ≥ half a bf16 ULP of w0 (visible_fraction) and 0 < |Δ| < half ULP "
                       "(vanishing_fraction)",
     }

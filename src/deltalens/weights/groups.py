@@ -116,16 +116,42 @@ register_group(MetricGroup(
 ))
 STREAMING_GROUPS = ("sparsity", "size")
 ALWAYS_FIELDS = (AggField("nonfinite", "count"),)
-
-# Modules of other areas that register more groups (SPEC §4–§5) when they are present.
-PLUGIN_MODULES = ("deltalens.weights.spectral", "deltalens.weights.frame")
+SPECTRAL_GROUPS = ("spectral", "frame")
 
 
-def load_plugin_groups() -> None:
-    """Import the group-registering modules that exist (each calls :func:`register_group`)."""
-    import importlib
-    import importlib.util
+def compute_spectral(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict:
+    """SPEC §4 (``spectral``) and §5 (``frame``) via :func:`deltalens.weights.spectral.spectral_metrics`.
 
-    for name in PLUGIN_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
+    Both groups share one frame of W0 and W1, so the first of them to run computes every selected
+    §4–§5 quantity and caches it in ``ctx.extra``; the other returns nothing new. For per-module
+    and per-layer aggregation the row also gets flat ``angle_max_left_deg`` /
+    ``angle_max_right_deg``: the max angles at the smallest k requested for this tensor.
+    """
+    if "spectral" in ctx.extra:
+        return {}
+    from deltalens.weights.spectral import spectral_metrics
+
+    wanted = tuple(g for g in SPECTRAL_GROUPS if g in ctx.options.metrics)
+    out = spectral_metrics(w0, w1, top_k=ctx.options.top_k, exact=ctx.options.exact,
+                           device=ctx.options.device, changed=ctx.changed, groups=wanted)
+    ctx.extra["spectral"] = True
+    if "spectral" in wanted and out["by_k"]:
+        first = out["by_k"][min(out["by_k"], key=int)]
+        out["angle_max_left_deg"] = first.get("angle_max_left_deg")
+        out["angle_max_right_deg"] = first.get("angle_max_right_deg")
+    return out
+
+
+register_group(MetricGroup(
+    "spectral",
+    (AggField("angle_max_left_deg", "value"), AggField("angle_max_right_deg", "value"), AggField("nss", "value")),
+    compute=compute_spectral,
+    row_fields=("by_k", "method"),
+))
+register_group(MetricGroup(
+    "frame",
+    (AggField("rescale_share", "value"), AggField("rescale_ratio", "value"),
+     AggField("principal_overlap", "value"), AggField("low_overlap", "value")),
+    compute=compute_spectral,
+    row_fields=("by_k", "method", "rescale_baseline", "overlap_baseline"),
+))

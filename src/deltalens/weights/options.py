@@ -7,8 +7,7 @@ from dataclasses import asdict, dataclass
 from deltalens.errors import DeltalensError
 from deltalens.weights.sparsity import DEFAULT_ETA, DEFAULT_TOLS
 
-DEFAULT_METRICS = ("sparsity", "size", "rank")
-LATER_GROUPS = ("spectral", "frame")
+DEFAULT_METRICS = ("sparsity", "size", "rank", "spectral", "frame")
 
 
 @dataclass(frozen=True)
@@ -34,9 +33,7 @@ class DiffOptions:
 def make_options(*, metrics=None, tols=None, eta=None, visible_dtype=None, top_k=None, exact=False,
                  device="cpu", allow_pickle=False) -> DiffOptions:
     """Validate user options into :class:`DiffOptions` (one-line errors naming the option)."""
-    from deltalens.weights.groups import METRIC_GROUPS, load_plugin_groups
-
-    load_plugin_groups()
+    from deltalens.weights.groups import METRIC_GROUPS
 
     if metrics is None or metrics == () or metrics == "all":
         metrics = tuple(g for g in METRIC_GROUPS)
@@ -46,8 +43,7 @@ def make_options(*, metrics=None, tols=None, eta=None, visible_dtype=None, top_k
     for m in metrics:
         if m not in METRIC_GROUPS:
             known = ", ".join(METRIC_GROUPS)
-            later = " (not available in this build)" if m in LATER_GROUPS else ""
-            raise DeltalensError(f"--metrics: unknown group '{m}'{later}; expected some of: {known}")
+            raise DeltalensError(f"--metrics: unknown group '{m}'; expected some of: {known}")
     tols = tuple(float(t) for t in (tols if tols else DEFAULT_TOLS))
     if any(t < 0 for t in tols):
         raise DeltalensError("--tol: tolerances must be ≥ 0")
