@@ -5,7 +5,6 @@ rescale share, each as PNG and SVG. Reads the per-tensor table of ``deltalens di
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import warnings
 
@@ -167,8 +166,7 @@ def write_diff_plots(tensors: pd.DataFrame, out_dir, *, title: str = "") -> list
     out_dir.mkdir(parents=True, exist_ok=True)
     if "layer" in tensors.columns and not tensors.empty:
         tensors = tensors.copy()
-        tensors["layer"] = tensors["layer"].map(
-            lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v))
+        tensors["layer"] = tensors["layer"].astype(object).map(lambda v: None if pd.isna(v) else int(v))
     prefix = (title + ": ") if title else ""
     paths = _plot_angles(tensors, out_dir, title)
     paths += _plot_per_layer(
