@@ -1,9 +1,53 @@
-"""CLI commands of the `behavior` area. Import only typer and the standard library here."""
+"""CLI commands of the `behavior` area (SPEC §7). Import only typer and the standard library here."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v)) for v in r])
+    Console().print(table)
+
+
+def passk_cmd(
+    samples: list[Path] = typer.Argument(..., help="Verified samples JSONL files, one model each (first = base)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for passk.json and passk.png."),
+    problems: Optional[Path] = typer.Option(None, "--problems", help="Problems JSONL: every problem must have samples."),
+    base: Optional[str] = typer.Option(None, "--base", help="Model name of the base (default: first file)."),
+    tuned: Optional[str] = typer.Option(None, "--tuned", help="Model name of the tuned model (default: second file)."),
+    k: Optional[list[int]] = typer.Option(None, "--k", help="k values (default 1, 2, 4, ..., n_min)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples over problems."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """pass@k curves with bootstrap intervals and the crossover k* (writes DIR/passk.json, DIR/passk.png)."""
+    from deltalens.behavior.passk import passk, plot_passk
+    from deltalens.results import write_json
+
+    result = passk(samples, problems=problems, ks=k or None, base=base, tuned=tuned, n_boot=n_boot, seed=seed)
+    write_json(out / "passk.json", result)
+    plot_passk(result, out / "passk.png")
+    names = list(result["models"])
+    ks = result["models"][names[0]]["k"]
+    rows = [[kk] + [result["models"][n]["pass_at_k"][i] if kk in result["models"][n]["k"] else None
+                    for n in names] for i, kk in enumerate(ks)]
+    _table("pass@k", ["k"] + names, rows)
+    if result["crossover"]:
+        print(f"crossover k* ({result['crossover']['base']} overtakes {result['crossover']['tuned']}): "
+              f"{result['crossover']['k']}")
+    print(f"wrote {out / 'passk.json'} and {out / 'passk.png'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
+    app.command("passk")(passk_cmd)
