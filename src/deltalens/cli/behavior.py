@@ -48,6 +48,27 @@ def passk_cmd(
     print(f"wrote {out / 'passk.json'} and {out / 'passk.png'}")
 
 
+def support_cmd(
+    base: Path = typer.Argument(..., help="Verified samples JSONL of the base model."),
+    tuned: Path = typer.Argument(..., help="Verified samples JSONL of the tuned model."),
+    out: Path = typer.Option(..., "--out", help="Output directory for support.json."),
+    k: Optional[int] = typer.Option(None, "--k", help="Sampling budget (default: smallest n)."),
+    zeta: float = typer.Option(0.05, "--zeta", help="Confidence parameter of epsilon = ln(1/zeta)/k."),
+) -> None:
+    """Support P/E/S/O counts, SRR, NDR, SDS, NSCR and epsilon (writes DIR/support.json)."""
+    from deltalens.behavior.support import support
+    from deltalens.results import write_json
+
+    res = support(base, tuned, k=k, zeta=zeta)
+    write_json(out / "support.json", res)
+    c = res["counts"]
+    _table(f"support of {res['tuned']} vs {res['base']} at k={res['k']}",
+           ["P", "E", "S", "O", "SRR", "NDR", "SDS", "NSCR", "epsilon"],
+           [[c["P"], c["E"], c["S"], c["O"], res["SRR"], res["NDR"], res["SDS"], res["NSCR"], res["epsilon"]]])
+    print(f"wrote {out / 'support.json'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
     app.command("passk")(passk_cmd)
+    app.command("support")(support_cmd)
