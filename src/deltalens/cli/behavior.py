@@ -68,7 +68,28 @@ def support_cmd(
     print(f"wrote {out / 'support.json'}")
 
 
+def verify_cmd(
+    samples: Path = typer.Argument(..., help="Samples JSONL to verify."),
+    problems: Path = typer.Option(..., "--problems", help="Problems JSONL with gold answers."),
+    method: str = typer.Option("numeric", "--method", help="numeric | math-verify | module:function | file.py:function."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds per math-verify check (enforced by process)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of rewriting SAMPLES in place."),
+) -> None:
+    """Fill 'extracted' and 'correct' of every sample (the file is rewritten atomically)."""
+    import json
+
+    from deltalens.behavior.verify import verify
+    from deltalens.results import to_jsonable, write_text
+
+    rows = verify(samples, problems, method=method, timeout=timeout, progress=True)
+    target = out or samples
+    write_text(target, "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))
+    n_ok = sum(bool(r["correct"]) for r in rows)
+    print(f"{n_ok}/{len(rows)} samples correct ({method}); wrote {target}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
     app.command("passk")(passk_cmd)
     app.command("support")(support_cmd)
+    app.command("verify")(verify_cmd)
