@@ -109,7 +109,7 @@ def test_verify_cli(tmp_path, run_cli):
     code, out, err = run_cli("verify", s, "--problems", probs, "--method",
                              f"{__file__}:user_check", "--out", tmp_path / "v.jsonl")
     assert code == 0, err
-    assert [json.loads(x)["correct"] for x in (tmp_path / "v.jsonl").read_text().splitlines()] == [True, False, True]
+    assert [json.loads(x)["correct"] for x in (tmp_path / "v.jsonl").read_text().splitlines()] == [True, False, False]
 
 
 def test_verify_bad_inputs(tmp_path, run_cli):
