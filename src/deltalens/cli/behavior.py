@@ -88,8 +88,44 @@ def verify_cmd(
     print(f"{n_ok}/{len(rows)} samples correct ({method}); wrote {target}")
 
 
+def sample_cmd(
+    model: str = typer.Argument(..., help="Model folder (hf, vllm) or served model name (openai)."),
+    problems: Path = typer.Option(..., "--problems", help="Problems JSONL {id, prompt, answer?, task?}."),
+    out: Path = typer.Option(..., "--out", help="Samples JSONL (appended to; a re-run adds only what is missing)."),
+    n: int = typer.Option(1, "-n", "--n", help="Samples per problem."),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Rows decoded together (hf) / requests in flight (openai)."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    backend: str = typer.Option("hf", "--backend", help="hf | vllm | openai."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name recorded in the samples (default: folder name)."),
+    verify: Optional[str] = typer.Option(None, "--verify", help="Verify while sampling: numeric | math-verify | module:function."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (hf)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (hf)."),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm only."),
+) -> None:
+    """Draw n samples per problem (resumable; records completion, n_tokens, finish_reason, logprob)."""
+    import os
+
+    from deltalens.behavior.sampling import sample
+
+    rows = sample(model, problems, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                  seed=seed, batch_size=batch_size, stop=stop or None, backend=backend, out=out,
+                  model_name=model_name, verifier=verify, device=device, dtype=dtype, base_url=base_url,
+                  api_key=os.environ.get("OPENAI_API_KEY"), progress=True,
+                  backend_options={"tensor_parallel_size": tensor_parallel_size} if backend == "vllm" else None)
+    msg = f"{len(rows)} samples in {out}"
+    if verify:
+        msg += f"; {sum(bool(r['correct']) for r in rows)} verified correct ({verify})"
+    print(msg)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
+    app.command("sample")(sample_cmd)
+    app.command("verify")(verify_cmd)
     app.command("passk")(passk_cmd)
     app.command("support")(support_cmd)
-    app.command("verify")(verify_cmd)
