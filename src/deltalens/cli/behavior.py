@@ -123,9 +123,42 @@ def sample_cmd(
     print(msg)
 
 
+def divergence_cmd(
+    base: Path = typer.Argument(..., help="Base model folder."),
+    tuned: Path = typer.Argument(..., help="Tuned model folder (same tokenizer)."),
+    prompts: Path = typer.Option(..., "--prompts", help="Problems JSONL (the new task's prompts; answers optional)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for divergence.json."),
+    n: int = typer.Option(4, "-n", "--n-samples", help="Sampled completions per prompt and model."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    temperature: float = typer.Option(1.0, "--temperature", help="1.0 samples the models' own distributions."),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Forward/reverse KL (exact over the vocabulary), entropies, cross-perplexity (DIR/divergence.json)."""
+    from deltalens.behavior.divergence import divergence
+    from deltalens.results import write_json
+
+    res = divergence(base, tuned, prompts, n_samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                     top_p=top_p, seed=seed, batch_size=batch_size, stop=stop or None, device=device)
+    write_json(out / "divergence.json", res)
+    fk, rk = res["forward_kl"], res["reverse_kl"]
+    _table(f"divergence of {res['tuned']} from {res['base']} (nats)", ["quantity", "token mean", "sequence mean"],
+           [["forward KL(base||tuned)", fk["token_mean"], fk["sequence_mean"]],
+            ["reverse KL(tuned||base)", rk["token_mean"], rk["sequence_mean"]]])
+    e, cp = res["entropy"], res["cross_perplexity"]
+    _table("entropy and cross-perplexity", ["model", "token entropy", "answer entropy", "perplexity under the other"],
+           [[res["base"], e["base"]["token"], e["base"]["answer"], cp["base_under_tuned"]],
+            [res["tuned"], e["tuned"]["token"], e["tuned"]["answer"], cp["tuned_under_base"]]])
+    print(f"wrote {out / 'divergence.json'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
     app.command("sample")(sample_cmd)
     app.command("verify")(verify_cmd)
     app.command("passk")(passk_cmd)
     app.command("support")(support_cmd)
+    app.command("divergence")(divergence_cmd)
