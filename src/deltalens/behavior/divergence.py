@@ -58,6 +58,30 @@ def _mean(xs) -> float:
 
 
 # ----------------------------------------------------------------------------- scoring
+def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                        *, batch_size: int = 32):
+    """Teacher-force prompt+completion; yield, batch by batch, one float64 tensor per sequence:
+    the log-softmax next-token distributions at the positions that predict each completion
+    token, shape [len(completion), vocab]. Prompts must be non-empty.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        ps, cs = prompts[start:start + batch_size], completions[start:start + batch_size]
+        seqs = [list(p) + list(c) for p, c in zip(ps, cs)]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):  # right padding: positions are 0..len-1 as in training
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        yield [logits[i, len(p) - 1: len(p) + len(c) - 1].double().log_softmax(-1).cpu()
+               for i, (p, c) in enumerate(zip(ps, cs))]
+
+
 def score_sequences(model_a, model_b, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                     *, batch_size: int = 32) -> list[dict]:
     """Teacher-force prompt+completion through two models; per completion token return
@@ -69,27 +93,13 @@ def score_sequences(model_a, model_b, prompts: Sequence[Sequence[int]], completi
     import torch
 
     out: list[dict] = []
-    dev_a = next(model_a.parameters()).device
-    dev_b = next(model_b.parameters()).device
-    for start in range(0, len(prompts), batch_size):
-        ps, cs = prompts[start:start + batch_size], completions[start:start + batch_size]
-        seqs = [list(p) + list(c) for p, c in zip(ps, cs)]
-        width = max(len(s) for s in seqs)
-        ids = torch.zeros((len(seqs), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        with torch.inference_mode():
-            la = model_a(input_ids=ids.to(dev_a), attention_mask=mask.to(dev_a)).logits.double().cpu()
-            lb = model_b(input_ids=ids.to(dev_b), attention_mask=mask.to(dev_b)).logits.double().cpu()
-        if la.shape[-1] != lb.shape[-1]:
-            raise DeltalensError(f"the two models have different vocabularies ({la.shape[-1]} vs {lb.shape[-1]} logits)")
-        la, lb = la.log_softmax(-1), lb.log_softmax(-1)
-        for i, (p, c) in enumerate(zip(ps, cs)):
-            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)  # positions predicting the completion
-            tok = torch.tensor(list(c), dtype=torch.long)
-            a, b = la[i, pos], lb[i, pos]
+    batches = zip(completion_logprobs(model_a, prompts, completions, batch_size=batch_size),
+                  completion_logprobs(model_b, prompts, completions, batch_size=batch_size))
+    for start, (la, lb) in zip(range(0, len(prompts), batch_size), batches):
+        for i, (a, b) in enumerate(zip(la, lb)):
+            if a.shape[-1] != b.shape[-1]:
+                raise DeltalensError(f"the two models have different vocabularies ({a.shape[-1]} vs {b.shape[-1]} logits)")
+            tok = torch.tensor(list(completions[start + i]), dtype=torch.long)
             out.append({"kl_ab": kl_categorical(a, b).tolist(), "entropy_a": entropy_categorical(a).tolist(),
                         "logp_a": a.gather(-1, tok[:, None]).squeeze(-1).tolist(),
                         "logp_b": b.gather(-1, tok[:, None]).squeeze(-1).tolist()})

@@ -155,6 +155,52 @@ def divergence_cmd(
     print(f"wrote {out / 'divergence.json'}")
 
 
+def evaluate_cmd(
+    model: Path = typer.Argument(..., help="Model folder."),
+    suite: Path = typer.Option(..., "--suite", help="Suite JSONL {id, prompt, answer, task}."),
+    out: Path = typer.Option(..., "--out", help="Output JSON file (e.g. eval_base.json)."),
+    verify: str = typer.Option("numeric", "--verify", help="numeric | math-verify | module:function."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    stop: Optional[list[str]] = typer.Option(None, "--stop"),
+    model_name: Optional[str] = typer.Option(None, "--model-name"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Accuracy (greedy, verified) and mean loss per task of a suite."""
+    from deltalens.behavior.evaluate import evaluate
+    from deltalens.results import write_json
+
+    res = evaluate(model, suite, verifier=verify, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                   stop=stop or None, device=device, model_name=model_name)
+    write_json(out, res)
+    _table(f"evaluation of {res['model']}", ["task", "n", "accuracy", "mean loss"],
+           [[t, v["n"], v["accuracy"], v["mean_loss"]] for t, v in res["tasks"].items()])
+    print(f"wrote {out}")
+
+
+def forgetting_cmd(
+    base_eval: Path = typer.Option(..., "--base-eval", help="evaluate output of the base model."),
+    evals: list[Path] = typer.Option(..., "--eval", help="evaluate output of a tuned model (repeatable)."),
+    divergences: list[Path] = typer.Option(..., "--divergence", help="divergence.json of a tuned model (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for forgetting.json."),
+    kl: str = typer.Option("forward_token", "--kl", help="forward_token | forward_sequence | reverse_token | reverse_sequence."),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="Held-out task(s) (default: all)."),
+) -> None:
+    """Relate each tuned model's drop on held-out tasks to its KL from the base (fit and R^2)."""
+    from deltalens.behavior.evaluate import forgetting
+    from deltalens.results import read_json, write_json
+
+    res = forgetting(read_json(base_eval), [read_json(p) for p in evals], [read_json(p) for p in divergences],
+                     kl=kl, tasks=task or None)
+    write_json(out / "forgetting.json", res)
+    _table(f"forgetting vs {kl} KL (base {res['base']})", ["model", "KL", "accuracy drop", "loss increase"],
+           [[m["model"], m["kl"], m["accuracy_drop"], m["loss_increase"]] for m in res["models"]])
+    fa, fl = res["fit_accuracy_drop"], res["fit_loss_increase"]
+    print(f"accuracy drop = {fa['intercept']:.4g} + {fa['slope']:.4g} * KL (R^2 {fa['r2']}, n={fa['n']}); "
+          f"loss increase = {fl['intercept']:.4g} + {fl['slope']:.4g} * KL (R^2 {fl['r2']})")
+    print(f"wrote {out / 'forgetting.json'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
     app.command("sample")(sample_cmd)
@@ -162,3 +208,5 @@ def register(app: typer.Typer) -> None:
     app.command("passk")(passk_cmd)
     app.command("support")(support_cmd)
     app.command("divergence")(divergence_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("forgetting")(forgetting_cmd)
