@@ -19,13 +19,6 @@ L = 20
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from deltalens.lab.tokenizer import build_char_tokenizer
-
-    return build_char_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def pair(tok):
     # context-independent distributions (one group): every position has the same p0 / p1;
     # EOS is (numerically) impossible in both, so every sequence has exactly L tokens

@@ -14,13 +14,6 @@ from deltalens.behavior.evaluate import evaluate, forgetting, linear_fit
 from deltalens.errors import DeltalensError
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from deltalens.lab.tokenizer import build_char_tokenizer
-
-    return build_char_tokenizer()
-
-
 def _table(tok, top: str):
     table = torch.full((1, len(tok)), -1e4)
     for i, c in enumerate("0123456789"):

@@ -28,20 +28,6 @@ PROBLEMS = [{"id": "a", "prompt": "1+1=", "answer": "2"}, {"id": "b", "prompt": 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from deltalens.lab.tokenizer import build_char_tokenizer
-
-    return build_char_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    from deltalens.lab.tiny_model import build_tiny_llama
-
-    return build_tiny_llama(tokenizer=tok, seed=0)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,9 +63,9 @@ main()
 
 @pytest.mark.slow
 @pytest.mark.skipif(serving_path() is None, reason="transformers[serving] extras (fastapi, uvicorn, openai) not available")
-def test_transformers_serve(tmp_path, tok, model):
+def test_transformers_serve(tmp_path, tok, random_model):
     folder = tmp_path / "tiny"
-    model.save_pretrained(folder)
+    random_model.save_pretrained(folder)
     tok.save_pretrained(folder)
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -94,7 +80,7 @@ def test_transformers_serve(tmp_path, tok, model):
         assert sorted((r["id"], r["sample_index"]) for r in rows) == [(p, j) for p in "ab" for j in range(3)]
         assert all(r["n_tokens"] == 5 and r["finish_reason"] == "length" for r in rows)
         # the server decodes greedily here: the same text as the hf backend's greedy decoding
-        ref = sample(model, PROBLEMS, n=1, tokenizer=tok, temperature=0.0, max_new_tokens=5)
+        ref = sample(random_model, PROBLEMS, n=1, tokenizer=tok, temperature=0.0, max_new_tokens=5)
         ref = {r["id"]: r["completion"] for r in ref}
         assert all(r["completion"] == ref[r["id"]] for r in rows)
         # resume: only the missing samples are requested
@@ -143,9 +129,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def stub_server(tok, model):
+def stub_server(tok, random_model):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.lock, srv.requests, srv.failures, srv.model, srv.tok = threading.Lock(), [], 0, model, tok
+    srv.lock, srv.requests, srv.failures, srv.model, srv.tok = threading.Lock(), [], 0, random_model, tok
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     yield srv

@@ -19,20 +19,6 @@ PROBLEMS = [{"id": "a", "prompt": "1+1=", "answer": "2"}, {"id": "b", "prompt": 
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from deltalens.lab.tokenizer import build_char_tokenizer
-
-    return build_char_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def random_model(tok):
-    from deltalens.lab.tiny_model import build_tiny_llama
-
-    return build_tiny_llama(tokenizer=tok, seed=0)
-
-
-@pytest.fixture(scope="module")
 def markov(tok):
     table = markov_table(tok, seed=1, eos_logit=-30.0)  # EOS practically never: long sequences
     return markov_llama(tok, table), table

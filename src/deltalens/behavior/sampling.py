@@ -145,7 +145,9 @@ def hf_generate(model, tokenizer, jobs, cfg: SamplingConfig) -> Iterator[list[di
         pos = (mask.cumsum(-1) - 1).clamp_(min=0)
         rows = [(p, j) for p, idxs in batch for j in idxs]
         owner = torch.tensor([i for i, (_, idxs) in enumerate(batch) for _ in idxs], device=device)
-        gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, p.id, j)) for p, j in rows]
+        # the t-th uniform of sample (id, j) is the t-th draw of its own generator, whatever the batching
+        uniforms = torch.stack([torch.rand(cfg.max_new_tokens, generator=torch.Generator().manual_seed(
+            sample_seed(cfg.seed, p.id, j))) for p, j in rows]).to(device)
         with torch.inference_mode():
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
             cache_name = cache_field(out)
@@ -160,8 +162,8 @@ def hf_generate(model, tokenizer, jobs, cfg: SamplingConfig) -> Iterator[list[di
             texts = [""] * len(rows)
             finish = ["length"] * len(rows)
             for step in range(cfg.max_new_tokens):
-                u = torch.stack([torch.rand((), generator=gens[r]) for r in active])
-                nxt = draw_tokens(logits, u, cfg.temperature, cfg.top_p)
+                rows_t = torch.tensor(active, device=device)
+                nxt = draw_tokens(logits, uniforms[rows_t, step], cfg.temperature, cfg.top_p)
                 lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, nxt[:, None]).squeeze(-1).tolist()
                 keep = []
                 for i, (r, t) in enumerate(zip(active, nxt.tolist())):
