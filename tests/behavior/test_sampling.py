@@ -127,3 +127,14 @@ def test_sample_cli_with_verification(tmp_path, tok, random_model, run_cli):
     code, _, err = run_cli("sample", tmp_path / "nothing", "--problems", probs, "--out", out)
     assert code == 2 and "config.json" in err
     assert len(out.read_text().splitlines()) == 12
+
+
+def test_right_padding_tokenizer_gives_the_same_samples(tok, random_model):
+    kw = dict(tokenizer=tok, n=3, max_new_tokens=4, seed=2)
+    left = sample(random_model, PROBLEMS, **kw)
+    tok.padding_side = "right"
+    try:
+        right = sample(random_model, PROBLEMS, **kw)
+    finally:
+        tok.padding_side = "left"
+    assert [r["completion"] for r in left] == [r["completion"] for r in right]

@@ -137,11 +137,7 @@ def hf_generate(model, tokenizer, jobs, cfg: SamplingConfig) -> Iterator[list[di
     stops = set(eos_ids(model, tokenizer))
     for batch in _row_batches(jobs, cfg.batch_size):
         prompts = [p for p, _ in batch]
-        enc = tokenizer([p.prompt for p in prompts], return_tensors="pt", padding=True)
-        if tokenizer.padding_side != "left" and enc["attention_mask"][:, -1].min() == 0:
-            raise DeltalensError("the tokenizer must pad on the left for batched sampling (padding_side='left')")
-        ids = enc["input_ids"].to(device)
-        mask = enc["attention_mask"].to(device)
+        ids, mask = left_pad([tokenizer(p.prompt)["input_ids"] for p in prompts], tokenizer.pad_token_id, device)
         pos = (mask.cumsum(-1) - 1).clamp_(min=0)
         rows = [(p, j) for p, idxs in batch for j in idxs]
         owner = torch.tensor([i for i, (_, idxs) in enumerate(batch) for _ in idxs], device=device)
@@ -171,8 +167,9 @@ def hf_generate(model, tokenizer, jobs, cfg: SamplingConfig) -> Iterator[list[di
                     logp[r] += lp[i]
                     done = t in stops
                     if not done and cfg.stop:
-                        texts[r] += tokenizer.decode([t])
-                        done = any(s in texts[r][-(len(s) + 16):] for s in cfg.stop)
+                        piece = tokenizer.decode([t])
+                        texts[r] += piece
+                        done = any(s in texts[r][-(len(s) + len(piece)):] for s in cfg.stop)
                     if done:
                         finish[r] = "stop"
                     else:
@@ -192,6 +189,21 @@ def hf_generate(model, tokenizer, jobs, cfg: SamplingConfig) -> Iterator[list[di
                 logits = out.logits[:, -1, :]
         yield [_finish_row(tokenizer, p, j, tokens[r], logp[r], finish[r], stops, cfg.stop)
                for r, (p, j) in enumerate(rows)]
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device):
+    """Left-padded [B, L] input ids and attention mask (whatever the tokenizer's padding side)."""
+    import torch
+
+    if any(len(x) == 0 for x in seqs):
+        raise DeltalensError("a prompt encodes to no tokens; sampling needs at least one prompt token")
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, width - len(x):] = torch.tensor(x)
+        mask[i, width - len(x):] = 1
+    return ids.to(device), mask.to(device)
 
 
 def cache_field(output) -> str:
