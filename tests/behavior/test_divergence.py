@@ -11,7 +11,8 @@ import torch
 from behavior_helpers import markov_llama, markov_table, write_jsonl
 from scipy import stats
 
-from deltalens.behavior.divergence import answer_entropy, divergence, entropy_categorical, kl_categorical, perplexity
+from deltalens.behavior.divergence import (answer_entropy, divergence, entropy_categorical, kl_categorical,
+                                           kl_estimators, perplexity)
 from deltalens.errors import DeltalensError
 
 PROMPTS = [{"id": "a", "prompt": "12"}, {"id": "b", "prompt": "3"}]
@@ -39,6 +40,9 @@ def test_pure_functions_match_scipy():
     assert answer_entropy(["1", "1", None, "2"]) == pytest.approx(stats.entropy([2, 1, 1]))
     assert answer_entropy([None, None]) == 0.0
     assert perplexity([math.log(0.5), math.log(0.25)]) == pytest.approx(math.sqrt(8))
+    est = kl_estimators([math.log(0.5), math.log(0.25)], [math.log(0.25), math.log(0.5)])
+    assert est["k1"] == pytest.approx(0.0, abs=1e-15)
+    assert est["k3"] == pytest.approx(((0.5 - 1 - math.log(0.5)) + (2 - 1 - math.log(2))) / 2)
 
 
 def test_closed_forms_on_hand_set_models(tok, pair):
@@ -64,6 +68,13 @@ def test_closed_forms_on_hand_set_models(tok, pair):
         sd = math.sqrt(np.sum(p_s[keep] * (np.log(p_o[keep]) + ce) ** 2) / n_tok)
         assert abs(math.log(got) - ce) < 5 * sd
     assert res["n_prompts"] == 2 and res["n_samples"] == 12 and "exact" in res["method"]
+    # the sample estimators k1/k3 are unbiased for the same KL: they land near the exact value
+    for side, kl, p_s, p_o in (("forward_kl", kl01, p0, p1), ("reverse_kl", kl10, p1, p0)):
+        lr = np.log(p_o[keep]) - np.log(p_s[keep])
+        sd1 = math.sqrt(np.sum(p_s[keep] * (-lr - kl) ** 2) / n_tok)
+        sd3 = math.sqrt(np.sum(p_s[keep] * (np.expm1(lr) - lr - kl) ** 2) / n_tok)
+        assert abs(res[side]["k1_estimate"] - kl) < 5 * sd1
+        assert abs(res[side]["k3_estimate"] - kl) < 5 * sd3
     # answer entropy: the numeric extractor on digit strings; at most ln(12) per prompt
     assert 0 <= res["entropy"]["base"]["answer"] <= math.log(12) + 1e-12
 

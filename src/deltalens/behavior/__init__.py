@@ -9,7 +9,7 @@ The main functions are re-exported here, so ``deltalens.behavior.verify`` (and `
 from __future__ import annotations
 
 from deltalens.behavior.divergence import (answer_entropy, divergence, entropy_categorical, kl_categorical,
-                                           perplexity, score_sequences)
+                                           kl_estimators, perplexity, score_sequences)
 from deltalens.behavior.evaluate import evaluate, forgetting, linear_fit
 from deltalens.behavior.formats import Problem, SampleSet, read_problems, read_samples
 from deltalens.behavior.passk import bootstrap_ci, crossover_k, pass_at_k, pass_at_k_curve, passk, plot_passk
@@ -20,7 +20,7 @@ from deltalens.behavior.verify import MathVerifier, extract_number, get_verifier
 __all__ = [
     "MathVerifier", "Problem", "SampleSet", "SamplingConfig", "answer_entropy", "bootstrap_ci", "crossover_k",
     "divergence", "entropy_categorical", "evaluate", "extract_number", "forgetting", "get_verifier",
-    "kl_categorical", "linear_fit", "load_model", "numeric_verifier", "pass_at_k", "pass_at_k_curve", "passk",
+    "kl_categorical", "kl_estimators", "linear_fit", "load_model", "numeric_verifier", "pass_at_k", "pass_at_k_curve", "passk",
     "perplexity", "plot_passk", "read_problems", "read_samples", "sample", "score_sequences", "support",
     "support_from_flags", "support_metrics", "verify",
 ]

@@ -36,6 +36,19 @@ def entropy_categorical(logp):
     return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
 
 
+def kl_estimators(logp_sampled: Sequence[float], logq_sampled: Sequence[float]) -> dict:
+    """Sample-based estimates of KL(p‖q) from log-probabilities of tokens drawn from p (SPEC §7).
+
+    With r = q(x)/p(x): k1 = −log r (unbiased, can be negative), k3 = (r − 1) − log r
+    (unbiased, never negative; Schulman 2020). Returns their means over the tokens. These are
+    estimates, for when only sampled log-probabilities exist; the exact value sums over the vocabulary.
+    """
+    if len(logp_sampled) != len(logq_sampled) or not logp_sampled:
+        raise DeltalensError("KL estimators need the same non-zero number of log-probabilities from both models")
+    log_r = [lq - lp for lp, lq in zip(logp_sampled, logq_sampled)]
+    return {"k1": _mean(-x for x in log_r), "k3": _mean(math.expm1(x) - x for x in log_r)}
+
+
 def answer_entropy(answers: Sequence[str | None]) -> float:
     """Entropy (nats) of the empirical distribution of extracted answers; ``None`` counts as "NA"."""
     counts = Counter("NA" if a is None else str(a) for a in answers)
@@ -114,7 +127,9 @@ def _side(scores: list[dict], answers_by_prompt: dict[str, list]) -> dict:
     other_lp = [x for s in scores for x in s["logp_b"]]
     if not other_lp:
         raise DeltalensError("every sampled completion is empty; raise --max-new-tokens")
-    return {"kl": {"token_mean": _mean(tok_kl), "sequence_mean": _mean(seq_kl)},
+    est = kl_estimators([x for s in scores for x in s["logp_a"]], other_lp)
+    return {"kl": {"token_mean": _mean(tok_kl), "sequence_mean": _mean(seq_kl),
+                   "k1_estimate": est["k1"], "k3_estimate": est["k3"]},
             "entropy": {"token": _mean(tok_h),
                         "answer": _mean(answer_entropy(a) for a in answers_by_prompt.values())},
             "perplexity_under_other": perplexity(other_lp)}
@@ -164,7 +179,8 @@ def divergence(base, tuned, prompts, *, tokenizer=None, n_samples: int = 4, max_
         "method": ("exact over the vocabulary at each position of sequences sampled from the first model "
                    f"(forward: from base; reverse: from tuned); temperature {temperature}, top_p {top_p}"
                    + ("" if exact else " (NOT the models' own distributions: KL is along tempered samples)")
-                   + f"; max_new_tokens {max_new_tokens}, seed {seed}; float64 log-softmax; nats"),
+                   + f"; max_new_tokens {max_new_tokens}, seed {seed}; float64 log-softmax; nats. "
+                   "k1_estimate/k3_estimate: per-token sample estimates from the sampled tokens' log-probabilities only"),
         "forward_kl": sides["base"]["kl"],
         "reverse_kl": sides["tuned"]["kl"],
         "entropy": {"base": sides["base"]["entropy"], "tuned": sides["tuned"]["entropy"]},
