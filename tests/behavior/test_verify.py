@@ -125,4 +125,12 @@ def test_verify_bad_inputs(tmp_path, run_cli):
         p = write_jsonl(tmp_path / f"p{i}.jsonl", probs)
         code, _, err = run_cli("verify", s, "--problems", p)
         assert code == 2 and msg in err and err.count("\n") == 1, err
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text('{"id": "a", "prompt": "x", "answer": "2"}\n\n{"id": "b", "prompt": \n')
+    code, _, err = run_cli("verify", s, "--problems", raw)
+    assert code == 2 and "raw.jsonl:3: malformed JSON" in err
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"id": "a", "prompt": "x", "answer": "2"}\n\n\n{"id": "a", "prompt": "y", "answer": "2"}\n')
+    code, _, err = run_cli("verify", s, "--problems", dup)
+    assert code == 2 and "dup.jsonl:4: duplicated problem id 'a' (first at line 1)" in err
     assert s.read_text() == before
