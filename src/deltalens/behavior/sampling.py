@@ -145,7 +145,10 @@ def hf_generate(model, tokenizer, jobs, cfg: SamplingConfig) -> Iterator[list[di
         uniforms = torch.stack([torch.rand(cfg.max_new_tokens, generator=torch.Generator().manual_seed(
             sample_seed(cfg.seed, p.id, j))) for p, j in rows]).to(device)
         with torch.inference_mode():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            try:  # only the last position's logits are needed: skip the [B, L, V] tensor
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            except TypeError:
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
             cache_name = cache_field(out)
             cache = out[cache_name]
             cache.batch_select_indices(owner)
