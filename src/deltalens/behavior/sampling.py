@@ -5,7 +5,8 @@ generates only the missing (problem, sample_index) pairs and appends each finish
 (flushed and fsynced), so a crash loses at most the batch in flight.
 
 The ``hf`` backend prefills each prompt ONCE, copies its KV cache to the n rows that sample
-from it, and decodes all rows of a batch together with the cache, dropping finished rows.
+from it, and decodes all rows of a batch together with the cache, dropping finished rows
+(once they make up an eighth of the batch).
 Randomness is per sample: row (problem id, sample_index) draws its uniforms from its own
 generator seeded by (seed, id, sample_index), so a sample does not depend on batch size,
 batch composition or resumption, and the same seed reproduces the same file.
@@ -155,17 +156,19 @@ def hf_generate(model, tokenizer, jobs, cfg: SamplingConfig) -> Iterator[list[di
             logits = out.logits[:, -1, :][owner]
             mask = mask[owner]
             last_pos = pos[owner, -1]
-            active = list(range(len(rows)))  # row numbers still decoding, in cache order
+            in_cache = list(range(len(rows)))  # row numbers held in the cache, in cache order
+            live = [True] * len(rows)
             tokens: list[list[int]] = [[] for _ in rows]
             logp = [0.0] * len(rows)
             texts = [""] * len(rows)
             finish = ["length"] * len(rows)
             for step in range(cfg.max_new_tokens):
-                rows_t = torch.tensor(active, device=device)
+                rows_t = torch.tensor(in_cache, device=device)
                 nxt = draw_tokens(logits, uniforms[rows_t, step], cfg.temperature, cfg.top_p)
                 lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, nxt[:, None]).squeeze(-1).tolist()
-                keep = []
-                for i, (r, t) in enumerate(zip(active, nxt.tolist())):
+                for i, (r, t) in enumerate(zip(in_cache, nxt.tolist())):
+                    if not live[r]:  # finished earlier, still in the cache: its draw is ignored
+                        continue
                     tokens[r].append(t)
                     logp[r] += lp[i]
                     done = t in stops
@@ -174,16 +177,17 @@ def hf_generate(model, tokenizer, jobs, cfg: SamplingConfig) -> Iterator[list[di
                         texts[r] += piece
                         done = any(s in texts[r][-(len(s) + len(piece)):] for s in cfg.stop)
                     if done:
-                        finish[r] = "stop"
-                    else:
-                        keep.append(i)
+                        finish[r], live[r] = "stop", False
+                keep = [i for i, r in enumerate(in_cache) if live[r]]
                 if not keep or step == cfg.max_new_tokens - 1:
                     break
-                if len(keep) < len(active):
+                # drop finished rows from the cache once they are an eighth of it (copying the
+                # cache at every single EOS would cost more than decoding a few idle rows)
+                if len(in_cache) - len(keep) >= max(1, len(in_cache) // 8):
                     sel = torch.tensor(keep, device=device)
                     cache.batch_select_indices(sel)
                     mask, last_pos, nxt = mask[sel], last_pos[sel], nxt[sel]
-                    active = [active[i] for i in keep]
+                    in_cache = [in_cache[i] for i in keep]
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
                 last_pos = last_pos + 1
                 out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
