@@ -1,9 +1,212 @@
-"""CLI commands of the `behavior` area. Import only typer and the standard library here."""
+"""CLI commands of the `behavior` area (SPEC §7). Import only typer and the standard library here."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v)) for v in r])
+    Console().print(table)
+
+
+def passk_cmd(
+    samples: list[Path] = typer.Argument(..., help="Verified samples JSONL files, one model each (first = base)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for passk.json and passk.png."),
+    problems: Optional[Path] = typer.Option(None, "--problems", help="Problems JSONL: every problem must have samples."),
+    base: Optional[str] = typer.Option(None, "--base", help="Model name of the base (default: first file)."),
+    tuned: Optional[str] = typer.Option(None, "--tuned", help="Model name of the tuned model (default: second file)."),
+    k: Optional[list[int]] = typer.Option(None, "--k", help="k values (default 1, 2, 4, ..., n_min)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples over problems."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """pass@k curves with bootstrap intervals and the crossover k* (writes DIR/passk.json, DIR/passk.png)."""
+    from deltalens.behavior.passk import passk, plot_passk
+    from deltalens.results import write_json
+
+    result = passk(samples, problems=problems, ks=k or None, base=base, tuned=tuned, n_boot=n_boot, seed=seed)
+    write_json(out / "passk.json", result)
+    plot_passk(result, out / "passk.png")
+    names = list(result["models"])
+    ks = result["models"][names[0]]["k"]
+    rows = [[kk] + [result["models"][n]["pass_at_k"][i] if kk in result["models"][n]["k"] else None
+                    for n in names] for i, kk in enumerate(ks)]
+    _table("pass@k", ["k"] + names, rows)
+    if result["crossover"]:
+        print(f"crossover k* ({result['crossover']['base']} overtakes {result['crossover']['tuned']}): "
+              f"{result['crossover']['k']}")
+    print(f"wrote {out / 'passk.json'} and {out / 'passk.png'}")
+
+
+def support_cmd(
+    base: Path = typer.Argument(..., help="Verified samples JSONL of the base model."),
+    tuned: Path = typer.Argument(..., help="Verified samples JSONL of the tuned model."),
+    out: Path = typer.Option(..., "--out", help="Output directory for support.json."),
+    k: Optional[int] = typer.Option(None, "--k", help="Sampling budget (default: smallest n)."),
+    zeta: float = typer.Option(0.05, "--zeta", help="Confidence parameter of epsilon = ln(1/zeta)/k."),
+) -> None:
+    """Support P/E/S/O counts, SRR, NDR, SDS, NSCR and epsilon (writes DIR/support.json)."""
+    from deltalens.behavior.support import support
+    from deltalens.results import write_json
+
+    res = support(base, tuned, k=k, zeta=zeta)
+    write_json(out / "support.json", res)
+    c = res["counts"]
+    _table(f"support of {res['tuned']} vs {res['base']} at k={res['k']}",
+           ["P", "E", "S", "O", "SRR", "NDR", "SDS", "NSCR", "epsilon"],
+           [[c["P"], c["E"], c["S"], c["O"], res["SRR"], res["NDR"], res["SDS"], res["NSCR"], res["epsilon"]]])
+    print(f"wrote {out / 'support.json'}")
+
+
+def verify_cmd(
+    samples: Path = typer.Argument(..., help="Samples JSONL to verify."),
+    problems: Path = typer.Option(..., "--problems", help="Problems JSONL with gold answers."),
+    method: str = typer.Option("numeric", "--method", help="numeric | math-verify | module:function | file.py:function."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds per math-verify check (enforced by process)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of rewriting SAMPLES in place."),
+) -> None:
+    """Fill 'extracted' and 'correct' of every sample (the file is rewritten atomically)."""
+    import json
+
+    from deltalens.behavior.verify import verify
+    from deltalens.results import to_jsonable, write_text
+
+    rows = verify(samples, problems, method=method, timeout=timeout, progress=True)
+    target = out or samples
+    write_text(target, "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))
+    n_ok = sum(bool(r["correct"]) for r in rows)
+    print(f"{n_ok}/{len(rows)} samples correct ({method}); wrote {target}")
+
+
+def sample_cmd(
+    model: str = typer.Argument(..., help="Model folder (hf, vllm) or served model name (openai)."),
+    problems: Path = typer.Option(..., "--problems", help="Problems JSONL {id, prompt, answer?, task?}."),
+    out: Path = typer.Option(..., "--out", help="Samples JSONL (appended to; a re-run adds only what is missing)."),
+    n: int = typer.Option(1, "-n", "--n", help="Samples per problem."),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Rows decoded together (hf) / requests in flight (openai)."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    backend: str = typer.Option("hf", "--backend", help="hf | vllm | openai."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name recorded in the samples (default: folder name)."),
+    verify: Optional[str] = typer.Option(None, "--verify", help="Verify while sampling: numeric | math-verify | module:function."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (hf)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (hf)."),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm only."),
+) -> None:
+    """Draw n samples per problem (resumable; records completion, n_tokens, finish_reason, logprob)."""
+    import os
+
+    from deltalens.behavior.sampling import sample
+
+    rows = sample(model, problems, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                  seed=seed, batch_size=batch_size, stop=stop or None, backend=backend, out=out,
+                  model_name=model_name, verifier=verify, device=device, dtype=dtype, base_url=base_url,
+                  api_key=os.environ.get("OPENAI_API_KEY"), progress=True,
+                  backend_options={"tensor_parallel_size": tensor_parallel_size} if backend == "vllm" else None)
+    msg = f"{len(rows)} samples in {out}"
+    if verify:
+        msg += f"; {sum(bool(r['correct']) for r in rows)} verified correct ({verify})"
+    print(msg)
+
+
+def divergence_cmd(
+    base: Path = typer.Argument(..., help="Base model folder."),
+    tuned: Path = typer.Argument(..., help="Tuned model folder (same tokenizer)."),
+    prompts: Path = typer.Option(..., "--prompts", help="Problems JSONL (the new task's prompts; answers optional)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for divergence.json."),
+    n: int = typer.Option(4, "-n", "--n-samples", help="Sampled completions per prompt and model."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    temperature: float = typer.Option(1.0, "--temperature", help="1.0 samples the models' own distributions."),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Forward/reverse KL (exact over the vocabulary), entropies, cross-perplexity (DIR/divergence.json)."""
+    from deltalens.behavior.divergence import divergence
+    from deltalens.results import write_json
+
+    res = divergence(base, tuned, prompts, n_samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                     top_p=top_p, seed=seed, batch_size=batch_size, stop=stop or None, device=device)
+    write_json(out / "divergence.json", res)
+    fk, rk = res["forward_kl"], res["reverse_kl"]
+    _table(f"divergence of {res['tuned']} from {res['base']} (nats)", ["quantity", "token mean", "sequence mean"],
+           [["forward KL(base||tuned)", fk["token_mean"], fk["sequence_mean"]],
+            ["reverse KL(tuned||base)", rk["token_mean"], rk["sequence_mean"]]])
+    e, cp = res["entropy"], res["cross_perplexity"]
+    _table("entropy and cross-perplexity", ["model", "token entropy", "answer entropy", "perplexity under the other"],
+           [[res["base"], e["base"]["token"], e["base"]["answer"], cp["base_under_tuned"]],
+            [res["tuned"], e["tuned"]["token"], e["tuned"]["answer"], cp["tuned_under_base"]]])
+    print(f"wrote {out / 'divergence.json'}")
+
+
+def evaluate_cmd(
+    model: Path = typer.Argument(..., help="Model folder."),
+    suite: Path = typer.Option(..., "--suite", help="Suite JSONL {id, prompt, answer, task}."),
+    out: Path = typer.Option(..., "--out", help="Output JSON file (e.g. eval_base.json)."),
+    verify: str = typer.Option("numeric", "--verify", help="numeric | math-verify | module:function."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    stop: Optional[list[str]] = typer.Option(None, "--stop"),
+    model_name: Optional[str] = typer.Option(None, "--model-name"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Accuracy (greedy, verified) and mean loss per task of a suite."""
+    from deltalens.behavior.evaluate import evaluate
+    from deltalens.results import write_json
+
+    res = evaluate(model, suite, verifier=verify, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                   stop=stop or None, device=device, model_name=model_name)
+    write_json(out, res)
+    _table(f"evaluation of {res['model']}", ["task", "n", "accuracy", "mean loss"],
+           [[t, v["n"], v["accuracy"], v["mean_loss"]] for t, v in res["tasks"].items()])
+    print(f"wrote {out}")
+
+
+def forgetting_cmd(
+    base_eval: Path = typer.Option(..., "--base-eval", help="evaluate output of the base model."),
+    evals: list[Path] = typer.Option(..., "--eval", help="evaluate output of a tuned model (repeatable)."),
+    divergences: list[Path] = typer.Option(..., "--divergence", help="divergence.json of a tuned model (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for forgetting.json."),
+    kl: str = typer.Option("forward_token", "--kl", help="forward_token | forward_sequence | reverse_token | reverse_sequence."),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="Held-out task(s) (default: all)."),
+) -> None:
+    """Relate each tuned model's drop on held-out tasks to its KL from the base (fit and R^2)."""
+    from deltalens.behavior.evaluate import forgetting
+    from deltalens.results import read_json, write_json
+
+    res = forgetting(read_json(base_eval), [read_json(p) for p in evals], [read_json(p) for p in divergences],
+                     kl=kl, tasks=task or None)
+    write_json(out / "forgetting.json", res)
+    _table(f"forgetting vs {kl} KL (base {res['base']})", ["model", "KL", "accuracy drop", "loss increase"],
+           [[m["model"], m["kl"], m["accuracy_drop"], m["loss_increase"]] for m in res["models"]])
+    fa, fl = res["fit_accuracy_drop"], res["fit_loss_increase"]
+    print(f"accuracy drop = {fa['intercept']:.4g} + {fa['slope']:.4g} * KL (R^2 {fa['r2']}, n={fa['n']}); "
+          f"loss increase = {fl['intercept']:.4g} + {fl['slope']:.4g} * KL (R^2 {fl['r2']})")
+    print(f"wrote {out / 'forgetting.json'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
+    app.command("sample")(sample_cmd)
+    app.command("verify")(verify_cmd)
+    app.command("passk")(passk_cmd)
+    app.command("support")(support_cmd)
+    app.command("divergence")(divergence_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("forgetting")(forgetting_cmd)

@@ -1,0 +1,359 @@
+"""Sampling n completions per problem (SPEC §7) with the ``hf``, ``openai`` or ``vllm`` backend.
+
+The driver :func:`sample` is resumable: with ``out`` it reads what the file already holds,
+generates only the missing (problem, sample_index) pairs and appends each finished batch
+(flushed and fsynced), so a crash loses at most the batch in flight.
+
+The ``hf`` backend prefills each prompt ONCE, copies its KV cache to the n rows that sample
+from it, and decodes all rows of a batch together with the cache, dropping finished rows
+(once they make up an eighth of the batch).
+Randomness is per sample: row (problem id, sample_index) draws its uniforms from its own
+generator seeded by (seed, id, sample_index), so a sample does not depend on batch size,
+batch composition or resumption, and the same seed reproduces the same file.
+Each sample records ``completion``, ``n_tokens`` (generated tokens, including a final EOS),
+``finish_reason`` ("stop": EOS or a stop string; "length": ``max_new_tokens``) and
+``logprob``: the summed log-probability of the generated tokens under the model's own
+distribution (temperature 1, no top-p), i.e. log π(completion | prompt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deltalens.errors import DeltalensError
+
+BACKENDS = ("hf", "openai", "vllm")
+
+
+@dataclass
+class SamplingConfig:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+    batch_size: int = 64  # rows decoded together (hf); requests in flight (openai)
+    stop: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.n < 1:
+            raise DeltalensError(f"-n must be at least 1, got {self.n}")
+        if self.temperature < 0:
+            raise DeltalensError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise DeltalensError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise DeltalensError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise DeltalensError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def sample_seed(seed: int, problem_id: str, sample_index: int) -> int:
+    """A 63-bit seed for one sample, stable across runs, platforms and batchings."""
+    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def load_model(model_or_path, tokenizer=None, *, device: str | None = None, dtype: str | None = None):
+    """(model, tokenizer, name) from a model folder or already-loaded objects."""
+    import torch
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        path = Path(model_or_path)
+        if not (path / "config.json").is_file():
+            raise DeltalensError(f"{path}: not a model folder (config.json not found)")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path)
+            except (OSError, ValueError) as exc:
+                raise DeltalensError(f"{path}: no tokenizer found ({exc.__class__.__name__}); pass one") from None
+        name = path.resolve().name
+    else:
+        model = model_or_path
+        if tokenizer is None:
+            raise DeltalensError("an already-loaded model needs tokenizer=...")
+        name = str(getattr(model.config, "name_or_path", "") or "") or type(model).__name__
+        name = Path(name).name or name
+    if device:
+        model = model.to(device)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, name
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    for src in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(src, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.update(value if isinstance(value, (list, tuple)) else [value])
+    return ids
+
+
+def draw_tokens(logits, uniforms, temperature: float, top_p: float):
+    """Sample one token per row by inverse CDF of the temperature/top-p distribution.
+
+    ``logits`` [B, V] (any float dtype; computed in float32), ``uniforms`` [B] in [0, 1).
+    Top-p keeps the smallest set of most probable tokens whose mass reaches ``top_p``.
+    Temperature 0 is greedy (argmax).
+    """
+    import torch
+
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    cdf = sorted_p.cumsum(dim=-1)
+    if top_p < 1.0:
+        keep = (cdf - sorted_p) < top_p  # mass strictly before this token is below top_p
+        keep[:, 0] = True
+        sorted_p = sorted_p * keep
+        cdf = sorted_p.cumsum(dim=-1)
+    target = (uniforms.to(cdf.device, torch.float32) * cdf[:, -1]).unsqueeze(-1)
+    pos = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+    # never land on a zero-probability (filtered) token at the right edge
+    pos = torch.minimum(pos, (sorted_p > 0).sum(dim=-1, keepdim=True) - 1)
+    return order.gather(-1, pos).squeeze(-1)
+
+
+def hf_generate(model, tokenizer, jobs, cfg: SamplingConfig) -> Iterator[list[dict]]:
+    """Yield finished batches of sample rows for ``jobs`` = [(problem, [sample_index, ...]), ...].
+
+    Rows are grouped into batches of at most ``cfg.batch_size``; each prompt of a batch is
+    prefilled once and its KV cache is copied to its rows (``Cache.batch_select_indices``).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    stops = set(eos_ids(model, tokenizer))
+    for batch in _row_batches(jobs, cfg.batch_size):
+        prompts = [p for p, _ in batch]
+        ids, mask = left_pad([tokenizer(p.prompt)["input_ids"] for p in prompts], tokenizer.pad_token_id, device)
+        pos = (mask.cumsum(-1) - 1).clamp_(min=0)
+        rows = [(p, j) for p, idxs in batch for j in idxs]
+        owner = torch.tensor([i for i, (_, idxs) in enumerate(batch) for _ in idxs], device=device)
+        # the t-th uniform of sample (id, j) is the t-th draw of its own generator, whatever the batching
+        uniforms = torch.stack([torch.rand(cfg.max_new_tokens, generator=torch.Generator().manual_seed(
+            sample_seed(cfg.seed, p.id, j))) for p, j in rows]).to(device)
+        with torch.inference_mode():
+            try:  # only the last position's logits are needed: skip the [B, L, V] tensor
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            except TypeError:
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            cache_name = cache_field(out)
+            cache = out[cache_name]
+            cache.batch_select_indices(owner)
+            logits = out.logits[:, -1, :][owner]
+            mask = mask[owner]
+            last_pos = pos[owner, -1]
+            in_cache = list(range(len(rows)))  # row numbers held in the cache, in cache order
+            live = [True] * len(rows)
+            tokens: list[list[int]] = [[] for _ in rows]
+            logp = [0.0] * len(rows)
+            texts = [""] * len(rows)
+            finish = ["length"] * len(rows)
+            for step in range(cfg.max_new_tokens):
+                rows_t = torch.tensor(in_cache, device=device)
+                nxt = draw_tokens(logits, uniforms[rows_t, step], cfg.temperature, cfg.top_p)
+                lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, nxt[:, None]).squeeze(-1).tolist()
+                for i, (r, t) in enumerate(zip(in_cache, nxt.tolist())):
+                    if not live[r]:  # finished earlier, still in the cache: its draw is ignored
+                        continue
+                    tokens[r].append(t)
+                    logp[r] += lp[i]
+                    done = t in stops
+                    if not done and cfg.stop:
+                        piece = tokenizer.decode([t])
+                        texts[r] += piece
+                        done = any(s in texts[r][-(len(s) + len(piece)):] for s in cfg.stop)
+                    if done:
+                        finish[r], live[r] = "stop", False
+                keep = [i for i, r in enumerate(in_cache) if live[r]]
+                if not keep or step == cfg.max_new_tokens - 1:
+                    break
+                # drop finished rows from the cache once they are an eighth of it (copying the
+                # cache at every single EOS would cost more than decoding a few idle rows)
+                if len(in_cache) - len(keep) >= max(1, len(in_cache) // 8):
+                    sel = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(sel)
+                    mask, last_pos, nxt = mask[sel], last_pos[sel], nxt[sel]
+                    in_cache = [in_cache[i] for i in keep]
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+                last_pos = last_pos + 1
+                out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
+                            use_cache=True, **{cache_name: cache})
+                cache = out[cache_name]
+                logits = out.logits[:, -1, :]
+        yield [_finish_row(tokenizer, p, j, tokens[r], logp[r], finish[r], stops, cfg.stop)
+               for r, (p, j) in enumerate(rows)]
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device):
+    """Left-padded [B, L] input ids and attention mask (whatever the tokenizer's padding side)."""
+    import torch
+
+    if any(len(x) == 0 for x in seqs):
+        raise DeltalensError("a prompt encodes to no tokens; sampling needs at least one prompt token")
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, width - len(x):] = torch.tensor(x)
+        mask[i, width - len(x):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def cache_field(output) -> str:
+    """Name of the KV-cache field: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    return "cache" if "cache" in output.keys() else "past_key_values"
+
+
+def _finish_row(tokenizer, problem, j, toks, logprob, finish, stops, stop_strings) -> dict:
+    body = toks[:-1] if toks and toks[-1] in stops else toks
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    for s in stop_strings:
+        at = text.find(s)
+        if at >= 0:
+            text = text[:at]
+    return {"id": problem.id, "sample_index": j, "completion": text, "n_tokens": len(toks),
+            "finish_reason": finish, "logprob": logprob, "token_ids": toks}
+
+
+def _row_batches(jobs, batch_size: int):
+    """Split [(problem, indices)] into batches of at most ``batch_size`` rows."""
+    batch, size = [], 0
+    for problem, idxs in jobs:
+        idxs = list(idxs)
+        while idxs:
+            take = idxs[: batch_size - size]
+            idxs = idxs[len(take):]
+            batch.append((problem, take))
+            size += len(take)
+            if size == batch_size:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _existing(out: Path, model_name: str, problem_ids: set[str]) -> dict[str, set[int]]:
+    from deltalens.behavior.formats import read_samples
+
+    if not out.is_file() or not out.read_text().strip():
+        return {}
+    sset = read_samples(out)
+    if sset.model != model_name:
+        raise DeltalensError(f"{out}: holds samples of model {sset.model!r}, which conflicts with {model_name!r}; "
+                             "use another --out or --model-name")
+    unknown = set(sset.by_id) - problem_ids
+    if unknown:
+        raise DeltalensError(f"{out}: sample id {sorted(unknown)[0]!r} is not in the problems file")
+    return {pid: {r["sample_index"] for r in rows} for pid, rows in sset.by_id.items()}
+
+
+def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: float = 1.0,
+           top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0, batch_size: int = 64,
+           stop: list[str] | None = None, backend: str = "hf", out=None, model_name: str | None = None,
+           verifier=None, device: str | None = None, dtype: str | None = None, base_url: str | None = None,
+           api_key: str | None = None, max_retries: int = 5, request_timeout: float = 120.0,
+           progress: bool = False, backend_options: dict | None = None) -> list[dict]:
+    """Draw ``n`` samples per problem and return every sample row (SPEC §7 samples format).
+
+    ``model_or_path``: a model folder or a loaded ``PreTrainedModel`` (hf), a model folder
+    (vllm), or the served model's name (openai, with ``base_url``). ``problems``: a problems
+    file or list (answers optional unless ``verifier`` is given). ``out``: a samples JSONL
+    that is resumed and appended to. ``verifier``: ``"numeric"``, ``"math-verify"``,
+    ``"module:function"`` or a callable, applied to each finished batch.
+    """
+    from deltalens.behavior.formats import as_problems
+    from deltalens.results import append_jsonl
+
+    if backend not in BACKENDS:
+        raise DeltalensError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    cfg = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                         seed=seed, batch_size=batch_size, stop=list(stop or []))
+    cfg.check()
+    probs = as_problems(problems, need_answer=verifier is not None)
+
+    if backend == "hf":
+        model, tokenizer, default_name = load_model(model_or_path, tokenizer, device=device, dtype=dtype)
+        gen = lambda jobs: hf_generate(model, tokenizer, jobs, cfg)  # noqa: E731
+    elif backend == "openai":
+        from deltalens.behavior.openai_backend import openai_generate
+
+        if not base_url:
+            raise DeltalensError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        default_name = str(model_or_path)
+        gen = lambda jobs: openai_generate(  # noqa: E731
+            base_url, str(model_or_path), jobs, cfg, api_key=api_key, max_retries=max_retries,
+            timeout=request_timeout)
+    else:
+        from deltalens.behavior.vllm_backend import vllm_generate
+
+        default_name = Path(str(model_or_path)).name
+        gen = lambda jobs: vllm_generate(str(model_or_path), jobs, cfg, **(backend_options or {}))  # noqa: E731
+    name = model_name or default_name
+
+    done = _existing(Path(out), name, {p.id for p in probs}) if out is not None else {}
+    jobs = [(p, [j for j in range(n) if j not in done.get(p.id, set())]) for p in probs]
+    jobs = [(p, idxs) for p, idxs in jobs if idxs]
+    by_id = {p.id: p for p in probs}
+    check = None
+    if verifier is not None:
+        from deltalens.behavior.verify import get_verifier
+
+        check = get_verifier(verifier)
+    new_rows: list[dict] = []
+    total = sum(len(i) for _, i in jobs)
+    try:
+        with _progress(progress, total, f"sampling {name} ({backend})") as tick:
+            for rows in gen(jobs):
+                for r in rows:
+                    r["model"] = name
+                    r["extracted"], r["correct"] = (check(r["completion"], by_id[r["id"]].answer)
+                                                    if check else (None, None))
+                ordered = [{k: r[k] for k in ("id", "model", "sample_index", "completion", "extracted",
+                                              "correct", "logprob", "n_tokens", "finish_reason")} for r in rows]
+                if out is not None:
+                    append_jsonl(out, ordered)
+                new_rows.extend(ordered)
+                tick(len(rows))
+    finally:
+        if hasattr(check, "close"):
+            check.close()
+    if out is None:
+        return new_rows
+    from deltalens.behavior.formats import read_samples
+
+    return [r for rs in read_samples(out).by_id.values() for r in rs]
+
+
+class _progress:
+    """A rich progress bar counting finished samples (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, description: str):
+        self.enabled, self.total, self.description = enabled, total, description
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda k: None
+        from rich.progress import Progress
+
+        self._p = Progress()
+        self._p.start()
+        task = self._p.add_task(self.description, total=self.total)
+        return lambda k: self._p.advance(task, k)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._p.stop()
