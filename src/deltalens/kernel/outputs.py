@@ -81,7 +81,9 @@ def _completion_token_logprobs(model: torch.nn.Module, batch: dict) -> tuple[tor
     ids = batch["input_ids"]
     out = model(input_ids=ids)
     logits = out.logits if hasattr(out, "logits") else out
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
     token_logp = logp.gather(-1, ids[:, 1:, None])[..., 0]
     mask = batch["completion_mask"][:, 1:].to(token_logp.dtype)
     return token_logp * mask, mask
