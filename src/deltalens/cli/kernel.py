@@ -17,9 +17,15 @@ from deltalens.errors import DeltalensError
 
 @contextmanager
 def _progress():
-    """A rich progress bar fed by the library's ``progress(label, done, total)`` callback."""
+    """A rich progress bar fed by the library's ``progress(label, done, total)`` callback.
+
+    transformers' own weight-loading bars are switched off so the terminal shows one bar per
+    kernel and an error stays one line.
+    """
+    from transformers.utils import logging as hf_logging
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    hf_logging.disable_progress_bar()
     tasks: dict[str, int] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True) as bar:
 

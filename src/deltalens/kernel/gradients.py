@@ -14,6 +14,7 @@ sign s(j), both drawn from a generator seeded by (seed, block index); E[⟨Sx, S
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 
@@ -99,7 +100,9 @@ def per_example_gradients(
         chunk = slice_batch(batch, index)
         diff = {k: all_params[k] for k in keys}
         if method == "vmap":
-            grads = vmap(grad(scalar), in_dims=(None, 0))(diff, chunk)
+            with warnings.catch_warnings():  # SDPA's CPU backward has no batching rule yet: a known, harmless slow path
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                grads = vmap(grad(scalar), in_dims=(None, 0))(diff, chunk)
             out = {name: grads[k] for name, k in zip(names, keys)}
         elif method == "loop":
             rows: list[tuple[torch.Tensor, ...]] = []
