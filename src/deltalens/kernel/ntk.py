@@ -128,6 +128,7 @@ def empirical_ntk(
     used = None
     for names in groups:
         group_numel = sum(numels[k] for k in names)
+        # per-chunk gradients (chunk × P_g) take at most a quarter of the budget
         chunk = max(1, min(chunk_size, budget // max(1, 4 * group_numel * itemsize)))
         used = _pick_method(method, chunk)
         if mode == "exact":
@@ -136,7 +137,10 @@ def empirical_ntk(
             rows = torch.zeros(n, dim, dtype=dtype, device=device)
         for index, grads in per_example_gradients(model, output_fn, batch, names, chunk_size=chunk, method=used):
             if mode == "exact":
-                rows[index] = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in names], dim=1)
+                offset = 0
+                for k in names:  # write each block into its columns of J_g (no concatenated copy)
+                    rows[index, offset : offset + numels[k]] = grads[k].reshape(grads[k].shape[0], -1)
+                    offset += numels[k]
             else:
                 for k in names:
                     rows[index] += sketch.project(k, grads[k])
