@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -75,6 +75,24 @@ def _render_comparison(title: str, comparison: dict) -> None:
         print(f"rescale share undefined: {comparison['rescale_undefined_reason']}")
 
 
+# Options shared by `kernel` and `align` (declared once; see deltalens.kernel.run.KernelOptions).
+Mode = Annotated[str, typer.Option("--mode", help="exact | sketch.")]
+Dim = Annotated[Optional[int], typer.Option("--dim", help="Sketch dimension d (sketch mode; default 4096).")]
+TopR = Annotated[int, typer.Option("--top-r", help="Number of top eigen-directions (capped at n−1).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the sketch's random projection.")]
+Output = Annotated[str, typer.Option("--output", help="Per-probe scalar: logprob (completion log-likelihood) | loss (mean token NLL).")]
+Device = Annotated[str, typer.Option("--device", help="cpu | cuda.")]
+Budget = Annotated[float, typer.Option("--memory-budget-mb", help="Bound on gradient buffers (exact mode sweeps parameters in groups that fit).")]
+Chunk = Annotated[int, typer.Option("--chunk-size", help="Examples per vmap chunk.")]
+
+
+def _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size) -> dict:
+    return dict(
+        mode=mode, dim=4096 if mode == "sketch" and dim is None else dim, seed=seed, top_r=top_r, output=output,
+        device=device, memory_budget_mb=memory_budget_mb, chunk_size=chunk_size,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
 
@@ -83,26 +101,22 @@ def register(app: typer.Typer) -> None:
         models: list[str] = typer.Argument(..., help="BASE TUNED (or, with --trajectory, BASE CKPT_1 CKPT_2 ...): HF model folders."),
         probes: Path = typer.Option(..., "--probes", help="JSONL of {prompt, completion} probes."),
         out: Path = typer.Option(..., "--out", help="Output folder for kernel.json and kernels.npz."),
-        mode: str = typer.Option("exact", "--mode", help="exact | sketch."),
-        dim: Optional[int] = typer.Option(None, "--dim", help="Sketch dimension d (sketch mode; default 4096)."),
-        top_r: int = typer.Option(10, "--top-r", help="Number of top eigen-directions compared (capped at n−1)."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the sketch's random projection."),
-        output: str = typer.Option("logprob", "--output", help="Per-probe scalar: logprob (completion log-likelihood) | loss (mean token NLL)."),
         traits: Optional[Path] = typer.Option(None, "--traits", help="JSONL suite of {task, prompt, completion}: trait kernels and predicted vs measured trait change."),
         trajectory: bool = typer.Option(False, "--trajectory", help="Compare each checkpoint with the base and with the previous one."),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
-        memory_budget_mb: float = typer.Option(512.0, "--memory-budget-mb", help="Bound on gradient buffers (exact mode sweeps parameters in groups that fit)."),
-        chunk_size: int = typer.Option(16, "--chunk-size", help="Examples per vmap chunk."),
+        mode: Mode = "exact",
+        dim: Dim = None,
+        top_r: TopR = 10,
+        seed: Seed = 0,
+        output: Output = "logprob",
+        device: Device = "cpu",
+        memory_budget_mb: Budget = 512.0,
+        chunk_size: Chunk = 16,
     ) -> None:
         """Empirical NTK of two checkpoints on probes, and whether the fine-tune rescaled or rotated it (SPEC §6)."""
         from deltalens.kernel.run import run_kernel, run_trajectory
 
-        if mode == "sketch" and dim is None:
-            dim = 4096
-        options = dict(
-            out=out, mode=mode, dim=dim, seed=seed, top_r=top_r, output=output, device=device,
-            memory_budget_mb=memory_budget_mb, chunk_size=chunk_size,
-        )
+        options = _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size)
+        options["out"] = out
         with _progress() as update:
             if trajectory:
                 if traits is not None:
@@ -133,25 +147,21 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", help="JSONL of {prompt, completion} training examples (the dataset D)."),
         probes: Path = typer.Option(..., "--probes", help="JSONL of {prompt, completion} probes."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder for align.json and kernels.npz."),
-        mode: str = typer.Option("exact", "--mode", help="exact | sketch."),
-        dim: Optional[int] = typer.Option(None, "--dim", help="Sketch dimension d (sketch mode; default 4096)."),
-        top_r: int = typer.Option(10, "--top-r", help="Number of top kernel eigenvectors."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the sketch."),
-        output: str = typer.Option("logprob", "--output", help="Per-probe scalar: logprob | loss."),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
-        memory_budget_mb: float = typer.Option(512.0, "--memory-budget-mb", help="Bound on gradient buffers."),
-        chunk_size: int = typer.Option(16, "--chunk-size", help="Examples per chunk."),
+        mode: Mode = "exact",
+        dim: Dim = None,
+        top_r: TopR = 10,
+        seed: Seed = 0,
+        output: Output = "logprob",
+        device: Device = "cpu",
+        memory_budget_mb: Budget = 512.0,
+        chunk_size: Chunk = 16,
     ) -> None:
         """Share of a dataset's function-space push J·ḡ_D on the top-r kernel eigenvectors vs r/n (SPEC §6)."""
         from deltalens.kernel.run import run_align
 
-        if mode == "sketch" and dim is None:
-            dim = 4096
+        options = _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size)
         with _progress() as update:
-            report = run_align(
-                model, data, probes, out=out, mode=mode, dim=dim, seed=seed, top_r=top_r, output=output,
-                device=device, memory_budget_mb=memory_budget_mb, chunk_size=chunk_size, progress=update,
-            )
+            report = run_align(model, data, probes, out=out, progress=update, **options)
         a = report["alignment"]
         print(
             f"alignment of {data} with the top {a['top_r']} of {report['n_probes']} eigenvectors: "

@@ -17,12 +17,13 @@ from deltalens.kernel.compare import (
 from deltalens.kernel.gradients import CountSketch, per_example_gradients, trainable_parameters
 from deltalens.kernel.ntk import KernelResult, empirical_ntk, sketch_error_estimate
 from deltalens.kernel.outputs import completion_logprob, completion_loss, encode_probes, evaluate_outputs
-from deltalens.kernel.run import load_model, parameter_delta, run_align, run_kernel, run_trajectory
+from deltalens.kernel.run import KernelOptions, load_model, parameter_delta, run_align, run_kernel, run_trajectory
 from deltalens.kernel.traits import averaging_matrix, suite_to_probes, trait_changes, trait_kernel
 from deltalens.kernel.trajectory import kernel_trajectory
 
 __all__ = [
     "CountSketch",
+    "KernelOptions",
     "KernelResult",
     "alignment_share",
     "averaging_matrix",

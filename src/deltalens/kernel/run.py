@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +26,29 @@ from deltalens.kernel.trajectory import kernel_trajectory
 from deltalens.results import _atomic_write_bytes, read_jsonl, write_json
 
 Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """How kernels are computed and compared; keyword arguments of every ``run_*`` driver.
+
+    ``mode`` exact|sketch, ``dim`` the sketch dimension, ``seed`` its seed, ``top_r`` the number
+    of eigen-directions compared, ``output`` the per-probe scalar (logprob|loss), ``device``,
+    ``memory_budget_mb`` and ``chunk_size`` as in :func:`deltalens.kernel.ntk.empirical_ntk`.
+    """
+
+    mode: str = "exact"
+    dim: int | None = None
+    seed: int = 0
+    top_r: int | None = None
+    output: str = "logprob"
+    device: str = "cpu"
+    memory_budget_mb: float = 512.0
+    chunk_size: int = 16
+
+    def ntk(self) -> dict:
+        """The subset passed on to ``empirical_ntk``."""
+        return dict(mode=self.mode, dim=self.dim, seed=self.seed, memory_budget_mb=self.memory_budget_mb, chunk_size=self.chunk_size)
 
 
 def load_model(source, *, device: str = "cpu", tokenizer=None):
@@ -118,27 +142,24 @@ def run_kernel(
     *,
     out=None,
     tokenizer=None,
-    mode: str = "exact",
-    dim: int | None = None,
-    seed: int = 0,
-    top_r: int | None = None,
-    output: str = "logprob",
     traits=None,
-    device: str = "cpu",
-    memory_budget_mb: float = 512.0,
-    chunk_size: int = 16,
     progress: Progress | None = None,
+    **options,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Kernels of base and tuned on the probes, their comparison, and optionally the trait kernels."""
-    output_fn = output_function(output)
+    """Kernels of base and tuned on the probes, their comparison, and optionally the trait kernels.
+
+    ``options``: the fields of :class:`KernelOptions`.
+    """
+    opts = KernelOptions(**options)
+    device, top_r, options = opts.device, opts.top_r, opts.ntk()
+    output_fn = output_function(opts.output)
     lines, what = _read_lines(probes, "probes")
     model0, tok = load_model(base, device=device, tokenizer=tokenizer)
-    options = dict(mode=mode, dim=dim, seed=seed, memory_budget_mb=memory_budget_mb, chunk_size=chunk_size)
     batch = _encode(tok, model0, lines, what, device)
     k0 = _kernel(model0, output_fn, batch, "base kernel", progress, **options)
     model1, _ = load_model(tuned, device=device, tokenizer=tok)
     k1 = _kernel(model1, output_fn, batch, "tuned kernel", progress, **options)
-    report = _header(k0, len(lines), output)
+    report = _header(k0, len(lines), opts.output)
     report.update(base=_side(k0, base), tuned=_side(k1, tuned))
     report["comparison"] = compare_kernels(k0.matrix, k1.matrix, top_r)
     report["error_estimate"] = max(k0.error_estimate, k1.error_estimate)
@@ -181,22 +202,16 @@ def run_trajectory(
     *,
     out=None,
     tokenizer=None,
-    mode: str = "exact",
-    dim: int | None = None,
-    seed: int = 0,
-    top_r: int | None = None,
-    output: str = "logprob",
-    device: str = "cpu",
-    memory_budget_mb: float = 512.0,
-    chunk_size: int = 16,
     progress: Progress | None = None,
+    **options,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Kernel of the base (``models[0]``) and of each checkpoint; every checkpoint vs base and vs previous."""
     if len(models) < 2:
         raise DeltalensError("--trajectory: give the base and at least one checkpoint")
-    output_fn = output_function(output)
+    opts = KernelOptions(**options)
+    device, top_r, options = opts.device, opts.top_r, opts.ntk()
+    output_fn = output_function(opts.output)
     lines, what = _read_lines(probes, "probes")
-    options = dict(mode=mode, dim=dim, seed=seed, memory_budget_mb=memory_budget_mb, chunk_size=chunk_size)
     model, tok = load_model(models[0], device=device, tokenizer=tokenizer)
     batch = _encode(tok, model, lines, what, device)
     results = [_kernel(model, output_fn, batch, "base kernel", progress, **options)]
@@ -205,7 +220,7 @@ def run_trajectory(
         model, _ = load_model(source, device=device, tokenizer=tok)
         names.append(str(source) if isinstance(source, (str, Path)) else f"checkpoint_{i}")
         results.append(_kernel(model, output_fn, batch, f"checkpoint {i}", progress, **options))
-    report = _header(results[0], len(lines), output)
+    report = _header(results[0], len(lines), opts.output)
     report.update(base=_side(results[0], models[0]), tuned=_side(results[-1], models[-1]))
     report["comparison"] = compare_kernels(results[0].matrix, results[-1].matrix, top_r)
     report["error_estimate"] = max(r.error_estimate for r in results)
@@ -224,32 +239,26 @@ def run_align(
     *,
     out=None,
     tokenizer=None,
-    mode: str = "exact",
-    dim: int | None = None,
-    seed: int = 0,
-    top_r: int | None = None,
-    output: str = "logprob",
-    device: str = "cpu",
-    memory_budget_mb: float = 512.0,
-    chunk_size: int = 16,
     progress: Progress | None = None,
+    **options,
 ) -> dict:
     """Share of the dataset's function-space push u = J·ḡ_D on the top-r kernel eigenvectors (SPEC §6)."""
-    output_fn = output_function(output)
+    opts = KernelOptions(**options)
+    device = opts.device
+    output_fn = output_function(opts.output)
     probe_lines, probe_what = _read_lines(probes, "probes")
     data_lines, data_what = _read_lines(data, "data")
     net, tok = load_model(model, device=device, tokenizer=tokenizer)
     probe_batch = _encode(tok, net, probe_lines, probe_what, device)
     data_batch = _encode(tok, net, data_lines, data_what, device)
-    gbar = mean_loss_gradient(net, completion_loss, data_batch, chunk_size=chunk_size)
-    options = dict(mode=mode, dim=dim, seed=seed, memory_budget_mb=memory_budget_mb, chunk_size=chunk_size)
-    result = _kernel(net, output_fn, probe_batch, "probe kernel", progress, vectors={"gbar": gbar}, **options)
-    report = _header(result, len(probe_lines), output)
+    gbar = mean_loss_gradient(net, completion_loss, data_batch, chunk_size=opts.chunk_size)
+    result = _kernel(net, output_fn, probe_batch, "probe kernel", progress, vectors={"gbar": gbar}, **opts.ntk())
+    report = _header(result, len(probe_lines), opts.output)
     report.update(
         model=_side(result, model),
         n_data=len(data_lines),
         push="u = J·ḡ_D, ḡ_D = mean gradient of the completion's mean token NLL over the data",
-        alignment=alignment_share(result.matrix, result.jv["gbar"], top_r),
+        alignment=alignment_share(result.matrix, result.jv["gbar"], opts.top_r),
         error_estimate=result.error_estimate,
     )
     if out is not None:
