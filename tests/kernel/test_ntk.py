@@ -69,13 +69,17 @@ def test_exact_equals_explicit_jacobian_transformer(llama_case):
     assert result.n_groups == 1
 
 
-def test_exact_in_parameter_groups_never_holds_full_jacobian(llama_case):
+@pytest.mark.parametrize("strategy", ["spill", "recompute"])
+def test_exact_in_parameter_groups_never_holds_full_jacobian(llama_case, strategy, tmp_path):
     model, batch, jac, _, _ = llama_case
     n, p = jac.shape
     budget_mb = n * p * 4 / 2**20 / 6  # about a sixth of J per group
-    result = empirical_ntk(model, completion_logprob, batch, memory_budget_mb=budget_mb, method="loop")
-    assert result.n_groups >= 6
+    result = empirical_ntk(
+        model, completion_logprob, batch, memory_budget_mb=budget_mb, exact_strategy=strategy, spill_dir=str(tmp_path)
+    )
+    assert result.n_groups >= 6 and result.strategy == strategy
     assert rel(result.matrix, jac @ jac.T) < 1e-5
+    assert list(tmp_path.iterdir()) == []  # spilled slices are removed
 
 
 def test_jv_is_exact_in_both_modes(llama_case):

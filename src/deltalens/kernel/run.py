@@ -33,8 +33,8 @@ class KernelOptions:
     """How kernels are computed and compared; keyword arguments of every ``run_*`` driver.
 
     ``mode`` exact|sketch, ``dim`` the sketch dimension, ``seed`` its seed, ``top_r`` the number
-    of eigen-directions compared, ``output`` the per-probe scalar (logprob|loss), ``device``,
-    ``memory_budget_mb`` and ``chunk_size`` as in :func:`deltalens.kernel.ntk.empirical_ntk`.
+    of eigen-directions compared, ``output`` the per-probe scalar (logprob|loss), ``device``
+    (``None``: a module stays where it is, a folder loads on CPU), ``memory_budget_mb`` and ``chunk_size`` as in :func:`deltalens.kernel.ntk.empirical_ntk`.
     """
 
     mode: str = "exact"
@@ -42,7 +42,7 @@ class KernelOptions:
     seed: int = 0
     top_r: int | None = None
     output: str = "logprob"
-    device: str = "cpu"
+    device: str | None = None
     memory_budget_mb: float = 512.0
     chunk_size: int = 16
 
@@ -51,16 +51,19 @@ class KernelOptions:
         return dict(mode=self.mode, dim=self.dim, seed=self.seed, memory_budget_mb=self.memory_budget_mb, chunk_size=self.chunk_size)
 
 
-def load_model(source, *, device: str = "cpu", tokenizer=None):
-    """``(model, tokenizer)`` from a module (tokenizer as given) or a Hugging Face folder."""
+def load_model(source, *, device: str | None = None, tokenizer=None):
+    """``(model, tokenizer)`` from a module (tokenizer as given) or a Hugging Face folder.
+
+    A module stays where it is unless ``device`` is given; a folder loads to ``device`` or CPU.
+    """
     if isinstance(source, torch.nn.Module):
-        return source.to(device), tokenizer
+        return (source if device is None else source.to(device)), tokenizer
     path = Path(source)
     if not (path / "config.json").is_file():
         raise DeltalensError(f"{path}: not a Hugging Face model folder (no config.json)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device or "cpu")
     model.eval()
     if tokenizer is None:
         try:
@@ -76,10 +79,11 @@ def _read_lines(source, what: str) -> tuple[list[dict], str]:
     return list(source), what
 
 
-def _encode(tokenizer, model, lines, what: str, device: str) -> dict:
+def _encode(tokenizer, model, lines, what: str) -> dict:
     if tokenizer is None:
         raise DeltalensError(f"{what}: a tokenizer is needed to encode text probes")
     batch = encode_probes(tokenizer, lines, max_length=model_context_length(model), source=what)
+    device = next(model.parameters()).device
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -109,6 +113,7 @@ def _header(result: KernelResult, n: int, output: str) -> dict:
         "dtype": result.dtype,
         "gradient_method": result.method,
         "parameter_groups": result.n_groups,
+        "exact_strategy": result.strategy,
         "error_estimate_method": result.error_method,
     }
 
@@ -155,7 +160,7 @@ def run_kernel(
     output_fn = output_function(opts.output)
     lines, what = _read_lines(probes, "probes")
     model0, tok = load_model(base, device=device, tokenizer=tokenizer)
-    batch = _encode(tok, model0, lines, what, device)
+    batch = _encode(tok, model0, lines, what)
     k0 = _kernel(model0, output_fn, batch, "base kernel", progress, **options)
     model1, _ = load_model(tuned, device=device, tokenizer=tok)
     k1 = _kernel(model1, output_fn, batch, "tuned kernel", progress, **options)
@@ -165,7 +170,7 @@ def run_kernel(
     report["error_estimate"] = max(k0.error_estimate, k1.error_estimate)
     arrays = {"base": k0.matrix, "tuned": k1.matrix}
     if traits is not None:
-        block, trait_arrays = _traits(model0, model1, tok, traits, device, progress, top_r, options)
+        block, trait_arrays = _traits(model0, model1, tok, traits, progress, top_r, options)
         report["traits"] = block
         arrays.update(trait_arrays)
     if out is not None:
@@ -173,10 +178,10 @@ def run_kernel(
     return report, arrays
 
 
-def _traits(model0, model1, tok, suite, device, progress, top_r, options) -> tuple[dict, dict]:
+def _traits(model0, model1, tok, suite, progress, top_r, options) -> tuple[dict, dict]:
     lines, what = _read_lines(suite, "suite")
     probes, names, index = suite_to_probes(lines, source=what)
-    batch = _encode(tok, model0, probes, what, device)
+    batch = _encode(tok, model0, probes, what)
     delta = parameter_delta(model0, model1)
     g0 = _kernel(model0, completion_loss, batch, "base trait kernel", progress, vectors={"delta": delta}, **options)
     g1 = _kernel(model1, completion_loss, batch, "tuned trait kernel", progress, **options)
@@ -213,7 +218,7 @@ def run_trajectory(
     output_fn = output_function(opts.output)
     lines, what = _read_lines(probes, "probes")
     model, tok = load_model(models[0], device=device, tokenizer=tokenizer)
-    batch = _encode(tok, model, lines, what, device)
+    batch = _encode(tok, model, lines, what)
     results = [_kernel(model, output_fn, batch, "base kernel", progress, **options)]
     names = []
     for i, source in enumerate(models[1:], 1):
@@ -249,8 +254,8 @@ def run_align(
     probe_lines, probe_what = _read_lines(probes, "probes")
     data_lines, data_what = _read_lines(data, "data")
     net, tok = load_model(model, device=device, tokenizer=tokenizer)
-    probe_batch = _encode(tok, net, probe_lines, probe_what, device)
-    data_batch = _encode(tok, net, data_lines, data_what, device)
+    probe_batch = _encode(tok, net, probe_lines, probe_what)
+    data_batch = _encode(tok, net, data_lines, data_what)
     gbar = mean_loss_gradient(net, completion_loss, data_batch, chunk_size=opts.chunk_size)
     result = _kernel(net, output_fn, probe_batch, "probe kernel", progress, vectors={"gbar": gbar}, **opts.ntk())
     report = _header(result, len(probe_lines), opts.output)
