@@ -52,6 +52,11 @@ def build_batch(n: int, vocab: int, device: str = "cpu") -> dict:
     return {"input_ids": ids.to(device), "completion_mask": mask.to(device)}
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -73,7 +78,12 @@ def worker(args) -> None:
     base_rss = rss_mb()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    marks: list[tuple[int, float, float]] = []  # (probes done, wall, cpu) after each chunk
+
+    def progress(done: int, total: int) -> None:
+        marks.append((done, time.perf_counter() - start, cpu_seconds() - cpu_start))
+
     if args.worker == "recipe":
         from torch.func import functional_call, jacrev, vmap
 
@@ -88,15 +98,20 @@ def worker(args) -> None:
         kernel = torch.stack([torch.einsum("Nf,Mf->NM", j, j) for j in jac]).sum(0).double()
     else:
         result = empirical_ntk(model, completion_logprob, batch, mode="sketch" if args.worker == "sketch" else "exact",
-                               dim=args.dim, memory_budget_mb=args.budget_mb[0], chunk_size=args.chunk)
+                               dim=args.dim, memory_budget_mb=args.budget_mb[0], chunk_size=args.chunk,
+                               progress=progress)
         kernel = result.matrix
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     if args.save:
         torch.save(kernel.cpu(), args.save)
-    out = {"worker": args.worker, "n": args.n, "n_params": n_params, "seconds": seconds,
+    out = {"worker": args.worker, "n": args.n, "n_params": n_params, "seconds": seconds, "cpu_seconds": cpu,
            "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base_rss, "threads": args.threads}
     if args.worker == "sketch":
         out.update(dim=args.dim, error_estimate=result.error_estimate)
+        if len(marks) >= 2:  # first probe carries the one-off hash generation; the rest is per probe
+            (n0, w0, c0), (n1, w1, c1) = marks[0], marks[-1]
+            out.update(per_probe_wall=(w1 - w0) / (n1 - n0), per_probe_cpu=(c1 - c0) / (n1 - n0),
+                       first_wall=w0, first_cpu=c0)
     if args.worker == "exact":
         out.update(groups=result.n_groups, method=result.method, strategy=result.strategy)
     if device == "cuda":
@@ -159,7 +174,8 @@ def main() -> None:
                 print(f"[exact] deltalens exact, budget {budget:g} MB (groups={ours['groups']}, {ours['strategy']}, {ours['method']}): "
                       f"best of [{times}] s = {ours['seconds']:.2f} s, peak RSS {ours['peak_rss_mb']:.0f} MB "
                       f"({ours['peak_rss_mb'] - ours['rss_before_mb']:.0f} MB above model+data); "
-                      f"time ratio ours/recipe {ours['seconds'] / recipe['seconds']:.3f}, "
+                      f"time ratio ours/recipe {ours['seconds'] / recipe['seconds']:.3f} (CPU-time ratio "
+                      f"{ours['cpu_seconds'] / recipe['cpu_seconds']:.3f}), "
                       f"peak RSS ratio {ours['peak_rss_mb'] / recipe['peak_rss_mb']:.3f}, "
                       f"above-baseline ratio {(ours['peak_rss_mb'] - ours['rss_before_mb']) / max(1.0, recipe['peak_rss_mb'] - recipe['rss_before_mb']):.3f}; "
                       f"relative ‖K_ours − K_recipe‖_F = {diff:.2e}")
@@ -169,12 +185,19 @@ def main() -> None:
         target = 128
         n = args.n or (target if args.size == "full" else 8)
         res = run_worker("sketch", n, args, budget=args.budget_mb[0])
-        line = (f"[sketch] P={res['n_params']:,}, n={n}, d={res['dim']}: {res['seconds']:.1f} s, peak RSS "
-                f"{res['peak_rss_mb']:.0f} MB, estimated relative error {res['error_estimate']:.3f}")
-        if n != target:
-            line += (f"; extrapolated linearly to n={target}: {res['seconds'] * target / n:.0f} s "
-                     f"(memory does not grow with n beyond the n×d sketch)")
+        line = (f"[sketch] P={res['n_params']:,}, n={n}, d={res['dim']}: wall {res['seconds']:.1f} s, "
+                f"CPU {res['cpu_seconds']:.1f} s (threads={args.threads}), peak RSS {res['peak_rss_mb']:.0f} MB, "
+                f"estimated relative error {res['error_estimate']:.3f}")
         print(line)
+        if "per_probe_wall" in res:
+            print(f"[sketch] first probe (with one-off hashing): wall {res['first_wall']:.1f} s, CPU {res['first_cpu']:.1f} s; "
+                  f"each further probe: wall {res['per_probe_wall']:.2f} s, CPU {res['per_probe_cpu']:.2f} s")
+            if n != target:
+                wall = res["first_wall"] + (target - 1) * res["per_probe_wall"]
+                cpu = res["first_cpu"] + (target - 1) * res["per_probe_cpu"]
+                print(f"[sketch] extrapolated to n={target} (linear in probes; memory does not grow beyond the n×d sketch): "
+                      f"wall {wall:.0f} s on this machine as loaded now; CPU {cpu:.0f} s, i.e. at most {cpu:.0f} s and about "
+                      f"{cpu / args.threads:.0f} s wall on {args.threads} idle cores")
         if args.device == "cuda":
             print(f"[sketch] CUDA peak allocated {res['cuda_peak_mb']:.0f} MB")
 
