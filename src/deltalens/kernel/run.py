@@ -161,6 +161,7 @@ def run_kernel(
     lines, what = _read_lines(probes, "probes")
     model0, tok = load_model(base, device=device, tokenizer=tokenizer)
     batch = _encode(tok, model0, lines, what)
+    suite = _encode_suite(tok, model0, traits) if traits is not None else None  # bad input fails before any work
     k0 = _kernel(model0, output_fn, batch, "base kernel", progress, **options)
     model1, _ = load_model(tuned, device=device, tokenizer=tok)
     k1 = _kernel(model1, output_fn, batch, "tuned kernel", progress, **options)
@@ -169,8 +170,8 @@ def run_kernel(
     report["comparison"] = compare_kernels(k0.matrix, k1.matrix, top_r)
     report["error_estimate"] = max(k0.error_estimate, k1.error_estimate)
     arrays = {"base": k0.matrix, "tuned": k1.matrix}
-    if traits is not None:
-        block, trait_arrays = _traits(model0, model1, tok, traits, progress, top_r, options)
+    if suite is not None:
+        block, trait_arrays = _traits(model0, model1, suite, progress, top_r, options)
         report["traits"] = block
         arrays.update(trait_arrays)
     if out is not None:
@@ -178,10 +179,14 @@ def run_kernel(
     return report, arrays
 
 
-def _traits(model0, model1, tok, suite, progress, top_r, options) -> tuple[dict, dict]:
+def _encode_suite(tok, model, suite) -> tuple[dict, list[str], list[int]]:
     lines, what = _read_lines(suite, "suite")
     probes, names, index = suite_to_probes(lines, source=what)
-    batch = _encode(tok, model0, probes, what)
+    return _encode(tok, model, probes, what), names, index
+
+
+def _traits(model0, model1, suite, progress, top_r, options) -> tuple[dict, dict]:
+    batch, names, index = suite
     delta = parameter_delta(model0, model1)
     g0 = _kernel(model0, completion_loss, batch, "base trait kernel", progress, vectors={"delta": delta}, **options)
     g1 = _kernel(model1, completion_loss, batch, "tuned trait kernel", progress, **options)
@@ -190,7 +195,7 @@ def _traits(model0, model1, tok, suite, progress, top_r, options) -> tuple[dict,
     measured = evaluate_outputs(model1, completion_loss, batch) - evaluate_outputs(model0, completion_loss, batch)
     block = {
         "names": names,
-        "n_lines": len(probes),
+        "n_lines": len(index),
         "loss": "mean token NLL of the completion, averaged over the trait's lines",
         "base": {"eigenvalues": kernel_spectrum(t0)[0].tolist()},
         "tuned": {"eigenvalues": kernel_spectrum(t1)[0].tolist()},
