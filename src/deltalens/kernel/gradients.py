@@ -128,7 +128,7 @@ class CountSketch:
     [0, d) and s_b(j) = ±1, drawn from ``torch.Generator`` seeded by crc32(block name) ⊕ seed,
     so the same (seed, name) always gives the same projection, on any device.
     E[⟨Sx, Sy⟩] = ⟨x, y⟩; Var ⟨Sx, Sy⟩ ≤ (‖x‖²‖y‖² + ⟨x, y⟩²)/d.
-    Hashes are cached per block (int64 bucket + sign: 12 bytes per parameter).
+    Hashes are cached per block (one int64 per parameter).
     """
 
     def __init__(self, dim: int, seed: int = 0):
@@ -138,20 +138,23 @@ class CountSketch:
         self.seed = int(seed)
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _hash(self, name: str, numel: int, device: torch.device, dtype: torch.dtype):
-        key = name
-        if key not in self._cache:
+    def _hash(self, name: str, numel: int, device: torch.device) -> torch.Tensor:
+        """Per-coordinate draw in [0, 2d): bucket = draw >> 1, sign = +1 if draw is odd else −1."""
+        if name not in self._cache:
             gen = torch.Generator(device="cpu")
             gen.manual_seed((zlib.crc32(name.encode()) ^ (self.seed * 0x9E3779B1)) & 0x7FFF_FFFF_FFFF_FFFF)
-            draw = torch.randint(0, 2 * self.dim, (numel,), generator=gen)  # one draw: bucket and sign bits
-            buckets = draw >> 1  # int64: index_add_ is an order of magnitude slower with int32 on CPU
-            signs = (draw & 1).to(dtype) * 2 - 1
-            self._cache[key] = (buckets.to(device), signs.to(device))
-        return self._cache[key]
+            # int64 on purpose: index_add_ is an order of magnitude slower with int32 indices on CPU
+            self._cache[name] = torch.randint(0, 2 * self.dim, (numel,), generator=gen).to(device)
+        return self._cache[name]
 
     def project(self, name: str, grads: torch.Tensor) -> torch.Tensor:
-        """Sketch rows of ``grads`` (c × block shape) of block ``name`` → c × d."""
+        """Sketch rows of ``grads`` (c × block shape) of block ``name`` → c × d.
+
+        The signs cost no multiply: coordinates are added into 2d slots (bucket, sign bit) and
+        each bucket is (odd slot − even slot).
+        """
         rows = grads.reshape(grads.shape[0], -1)
-        buckets, signs = self._hash(name, rows.shape[1], rows.device, rows.dtype)
-        out = torch.zeros(rows.shape[0], self.dim, dtype=rows.dtype, device=rows.device)
-        return out.index_add_(1, buckets, rows * signs)
+        draw = self._hash(name, rows.shape[1], rows.device)
+        slots = torch.zeros(rows.shape[0], 2 * self.dim, dtype=rows.dtype, device=rows.device)
+        slots.index_add_(1, draw, rows)
+        return slots[:, 1::2] - slots[:, 0::2]
