@@ -113,9 +113,8 @@ def per_example_gradients(
                     rows.append(torch.autograd.grad(value, list(leaves.values()), allow_unused=True))
             out = {}
             for j, (name, k) in enumerate(zip(names, keys)):
-                out[name] = torch.stack(
-                    [torch.zeros_like(diff[k]) if r[j] is None else r[j] for r in rows]
-                )
+                column = [torch.zeros_like(diff[k]) if r[j] is None else r[j] for r in rows]
+                out[name] = column[0].unsqueeze(0) if len(column) == 1 else torch.stack(column)  # no copy for one
         else:
             raise DeltalensError(f"gradient method '{method}': expected 'vmap' or 'loop'")
         yield index, out
