@@ -1,0 +1,54 @@
+"""Function-space kernels (SPEC §6): empirical NTK, trait kernels, comparisons, alignment.
+
+The library API works on any ``torch.nn.Module`` with an output function
+``(model, batch) -> Tensor[b]`` (one scalar per example), and on Hugging Face folders through
+the ``run_*`` drivers.
+"""
+
+from deltalens.kernel.align import alignment_share, mean_loss_gradient
+from deltalens.kernel.compare import (
+    compare_kernels,
+    eigenvalue_log_ratios,
+    kernel_alignment,
+    kernel_spectrum,
+    rescale_baseline,
+    rescale_share,
+)
+from deltalens.kernel.gradients import CountSketch, per_example_gradients, trainable_parameters
+from deltalens.kernel.ntk import KernelResult, empirical_ntk, sketch_error_estimate
+from deltalens.kernel.outputs import completion_logprob, completion_loss, encode_probes, evaluate_outputs
+from deltalens.kernel.run import KernelOptions, load_model, parameter_delta, run_align, run_kernel, run_trajectory
+from deltalens.kernel.traits import averaging_matrix, suite_to_probes, trait_changes, trait_kernel
+from deltalens.kernel.trajectory import kernel_trajectory
+
+__all__ = [
+    "CountSketch",
+    "KernelOptions",
+    "KernelResult",
+    "alignment_share",
+    "averaging_matrix",
+    "compare_kernels",
+    "completion_logprob",
+    "completion_loss",
+    "eigenvalue_log_ratios",
+    "empirical_ntk",
+    "encode_probes",
+    "evaluate_outputs",
+    "kernel_alignment",
+    "kernel_spectrum",
+    "kernel_trajectory",
+    "load_model",
+    "mean_loss_gradient",
+    "parameter_delta",
+    "per_example_gradients",
+    "rescale_baseline",
+    "rescale_share",
+    "run_align",
+    "run_kernel",
+    "run_trajectory",
+    "sketch_error_estimate",
+    "suite_to_probes",
+    "trait_changes",
+    "trait_kernel",
+    "trainable_parameters",
+]

@@ -1,0 +1,244 @@
+"""The empirical NTK K = J Jᵀ on n probes, exact or sketched (SPEC §6).
+
+``empirical_ntk`` is the one entry point; ``mode`` picks the implementation:
+- ``exact``: K = Σ_g J_g J_gᵀ over groups g of parameter tensors, each n × P_g slice of J
+  sized to ``memory_budget_mb`` (float64 accumulation). When J fits the budget it is one
+  group, built in memory. Otherwise (``exact_strategy``) either ``spill``: one pass over the
+  examples writes each group's slice to a temporary file, then the slices are read back one
+  at a time; or ``recompute``: one pass per group, differentiating only that group (no disk,
+  about G times the compute). ``auto`` spills when the temporary folder has room for J.
+  Either way the full n × P Jacobian is never in memory at once.
+- ``sketch``: each per-example gradient is CountSketched block by block into R^d and
+  K ≈ G̃ G̃ᵀ (unbiased, relative Frobenius error ≈ √(((tr K)² + ‖K‖_F²)/d)/‖K‖_F).
+
+Optionally the same pass returns J·v for parameter-shaped vectors v (exactly, in both
+modes), which is what the trait prediction (J·Δθ) and gradient alignment (J·ḡ_D) need.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from deltalens.errors import DeltalensError
+from deltalens.kernel.gradients import CountSketch, parameter_groups, per_example_gradients, trainable_parameters
+from deltalens.kernel.outputs import OutputFn, batch_size
+
+
+@dataclass
+class KernelResult:
+    """An n×n kernel (float64) and how it was computed."""
+
+    matrix: torch.Tensor
+    mode: str
+    dim: int | None
+    seed: int | None
+    n_params: int
+    dtype: str
+    method: str
+    n_groups: int
+    strategy: str
+    error_estimate: float
+    error_method: str
+    jv: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def sketch_error_estimate(kernel: torch.Tensor, dim: int) -> float:
+    """Estimated relative Frobenius error of a sketched kernel: √(((tr K)² + ‖K‖_F²)/d) / ‖K‖_F.
+
+    From Var K̃_ik ≤ (K_ii K_kk + K_ik²)/d summed over all entries (SPEC §6), with the sketched
+    K̃ plugged in for K.
+    """
+    k = kernel.double()
+    fro2 = float((k * k).sum())
+    if fro2 == 0.0:
+        return 0.0
+    return math.sqrt((float(torch.trace(k)) ** 2 + fro2) / dim) / math.sqrt(fro2)
+
+
+def exact_rounding_estimate(n_params: int, dtype: torch.dtype) -> float:
+    """Typical relative rounding error of length-P dot products in ``dtype``: eps·√P."""
+    return float(torch.finfo(dtype).eps) * math.sqrt(n_params)
+
+
+def _write_columns(rows: torch.Tensor, index: slice, grads: dict, names: list[str], numels: dict[str, int]) -> None:
+    """Write each block's per-example gradients into its columns of ``rows`` (no concatenated copy)."""
+    offset = 0
+    for k in names:
+        rows[index, offset : offset + numels[k]] = grads[k].reshape(grads[k].shape[0], -1)
+        offset += numels[k]
+
+
+def _exact_strategy(requested: str, jacobian_bytes: int, spill_dir: str | None) -> str:
+    if requested not in ("auto", "spill", "recompute"):
+        raise DeltalensError(f"exact_strategy '{requested}': expected auto, spill or recompute")
+    if requested != "auto":
+        return requested
+    free = shutil.disk_usage(spill_dir or tempfile.gettempdir()).free
+    return "spill" if jacobian_bytes < 0.5 * free else "recompute"
+
+
+def _spilled_kernel(model, output_fn, batch, groups, numels, budget, chunk_size, method, spill_dir, add_jv, progress) -> torch.Tensor:
+    """One gradient pass writing each group's n × P_g slice of J to a file; then Σ_g J_g J_gᵀ."""
+    names = [k for g in groups for k in g]
+    ref = next(iter(model.parameters()))
+    dtype, device, itemsize = ref.dtype, ref.device, ref.element_size()
+    n_params = sum(numels.values())
+    chunk = max(1, min(chunk_size, budget // max(1, 4 * n_params * itemsize)))
+    n = batch_size(batch)
+    kernel = torch.zeros(n, n, dtype=torch.float64, device=device)
+    with tempfile.TemporaryDirectory(prefix="deltalens-jacobian-", dir=spill_dir) as tmp:
+        paths = [f"{tmp}/group{g}.bin" for g in range(len(groups))]
+        files = [open(p, "wb") for p in paths]
+        try:
+            for index, grads in per_example_gradients(model, output_fn, batch, names, chunk_size=chunk, method=method):
+                for fh, group in zip(files, groups):
+                    slab = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in group], dim=1)
+                    fh.write(slab.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                add_jv(index, grads, names)
+                if progress is not None:
+                    progress(index.stop, n)
+                del grads
+        finally:
+            for fh in files:
+                fh.close()
+        for path, group in zip(paths, groups):
+            width = sum(numels[k] for k in group)
+            rows = torch.from_file(path, shared=False, size=n * width, dtype=dtype).view(n, width).to(device)
+            kernel += (rows @ rows.T).double()
+            del rows
+    return kernel
+
+
+def _pick_method(method: str, chunk: int) -> str:
+    if method == "auto":
+        return "vmap" if chunk > 1 else "loop"
+    if method not in ("vmap", "loop"):
+        raise DeltalensError(f"gradient method '{method}': expected auto, vmap or loop")
+    return method
+
+
+def empirical_ntk(
+    model: torch.nn.Module,
+    output_fn: OutputFn,
+    batch,
+    *,
+    mode: str = "exact",
+    dim: int | None = None,
+    seed: int = 0,
+    params: list[str] | None = None,
+    vectors: dict[str, dict[str, torch.Tensor]] | None = None,
+    memory_budget_mb: float = 512.0,
+    chunk_size: int = 16,
+    method: str = "auto",
+    exact_strategy: str = "auto",
+    spill_dir: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> KernelResult:
+    """K_ij = ⟨∇_θ f_i, ∇_θ f_j⟩ over the trainable parameters (or ``params``). SPEC §6.
+
+    ``output_fn(model, batch) -> Tensor[b]`` gives one scalar per example; ``batch`` is a dict
+    of tensors with the example index first. ``vectors`` maps a label to a parameter-shaped
+    dict {name: tensor}; the result's ``jv[label]`` is J·v (float64, exact in both modes).
+    ``memory_budget_mb`` bounds the gradient buffers (J slices in exact mode, per-chunk
+    gradients in both); ``exact_strategy`` (auto|spill|recompute) and ``spill_dir`` say how
+    exact mode stays within it when J does not fit. ``progress(done, total)`` is called after
+    each chunk.
+    """
+    named = trainable_parameters(model)
+    if params is not None:
+        missing = [p for p in params if p not in named]
+        if missing:
+            raise DeltalensError(f"params: {missing[0]} is not a trainable parameter of the model")
+        named = {p: named[p] for p in params}
+    n = batch_size(batch)
+    if n < 1:
+        raise DeltalensError("probes: no examples")
+    numels = {k: v.numel() for k, v in named.items()}
+    n_params = sum(numels.values())
+    ref = next(iter(named.values()))
+    dtype, device, itemsize = ref.dtype, ref.device, ref.element_size()
+    budget = int(memory_budget_mb * 2**20)
+    vectors = vectors or {}
+    jv = {label: torch.zeros(n, dtype=torch.float64, device=device) for label in vectors}
+    kernel = torch.zeros(n, n, dtype=torch.float64, device=device)
+    started = time.perf_counter()
+
+    if mode == "exact":
+        groups = parameter_groups(numels, n, budget, itemsize)
+        strategy = "in-memory" if len(groups) == 1 else _exact_strategy(exact_strategy, n * n_params * itemsize, spill_dir)
+    elif mode == "sketch":
+        if dim is None:
+            raise DeltalensError("--dim: sketch mode needs a sketch dimension d")
+        if dim > n_params:
+            raise DeltalensError(f"--dim: d = {dim} is larger than the parameter count {n_params}")
+        groups = [list(named)]
+        strategy = "in-memory"
+        sketch = CountSketch(dim, seed)
+    else:
+        raise DeltalensError(f"--mode: expected exact or sketch, got '{mode}'")
+
+    def add_jv(index: slice, grads: dict, names: list[str]) -> None:
+        for label, vec in vectors.items():
+            for k in names:
+                g = grads[k].reshape(grads[k].shape[0], -1).double()
+                jv[label][index] += g @ vec[k].reshape(-1).to(device=device, dtype=torch.float64)
+
+    used = None
+    if strategy == "spill":
+        used = _pick_method(method, max(1, min(chunk_size, budget // max(1, 4 * n_params * itemsize))))
+        kernel += _spilled_kernel(model, output_fn, batch, groups, numels, budget, chunk_size, used, spill_dir,
+                                  add_jv, progress)
+    else:
+        passes = len(groups)
+        done = 0
+        for names in groups:
+            group_numel = sum(numels[k] for k in names)
+            # per-chunk gradients (chunk × P_g) take at most a quarter of the budget
+            chunk = max(1, min(chunk_size, budget // max(1, 4 * group_numel * itemsize)))
+            used = _pick_method(method, chunk)
+            if mode == "exact":
+                rows = torch.empty(n, group_numel, dtype=dtype, device=device)
+            else:
+                rows = torch.zeros(n, dim, dtype=dtype, device=device)
+            for index, grads in per_example_gradients(model, output_fn, batch, names, chunk_size=chunk, method=used):
+                if mode == "exact":
+                    _write_columns(rows, index, grads, names, numels)
+                else:
+                    for k in names:
+                        rows[index] += sketch.project(k, grads[k])
+                add_jv(index, grads, names)
+                done += index.stop - index.start
+                if progress is not None:
+                    progress(done, passes * n)
+            kernel += (rows @ rows.T).double()
+            del rows
+
+    kernel = (kernel + kernel.T) / 2
+    if mode == "exact":
+        err, err_method = exact_rounding_estimate(n_params, dtype), f"exact; rounding only, eps({dtype})·√P"
+    else:
+        err = sketch_error_estimate(kernel, dim)
+        err_method = "CountSketch variance: √(((tr K)² + ‖K‖_F²)/d)/‖K‖_F, relative Frobenius"
+    return KernelResult(
+        matrix=kernel.cpu(),
+        mode=mode,
+        dim=dim if mode == "sketch" else None,
+        seed=seed if mode == "sketch" else None,
+        n_params=n_params,
+        dtype=str(dtype).replace("torch.", ""),
+        method=used or method,
+        n_groups=len(groups),
+        strategy=strategy,
+        error_estimate=err,
+        error_method=err_method,
+        jv={k: v.cpu() for k, v in jv.items()},
+        seconds=time.perf_counter() - started,
+    )

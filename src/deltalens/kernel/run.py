@@ -1,0 +1,276 @@
+"""Drivers behind ``deltalens kernel`` and ``deltalens align``: load, compute, compare, write.
+
+Models are ``torch.nn.Module`` objects or Hugging Face causal-LM folders (paths); probes and
+suites are lists of dicts or JSONL paths. Each ``run_*`` returns the JSON-ready report and
+the matrices, and writes ``kernel.json`` / ``kernels.npz`` (or ``align.json``) atomically
+when ``out`` is given.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from deltalens.errors import DeltalensError
+from deltalens.kernel.align import alignment_share, mean_loss_gradient
+from deltalens.kernel.compare import compare_kernels, kernel_spectrum
+from deltalens.kernel.gradients import trainable_parameters
+from deltalens.kernel.ntk import KernelResult, empirical_ntk
+from deltalens.kernel.outputs import completion_loss, encode_probes, evaluate_outputs, model_context_length, output_function
+from deltalens.kernel.traits import averaging_matrix, suite_to_probes, trait_changes, trait_kernel
+from deltalens.kernel.trajectory import kernel_trajectory
+from deltalens.results import _atomic_write_bytes, read_jsonl, write_json
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """How kernels are computed and compared; keyword arguments of every ``run_*`` driver.
+
+    ``mode`` exact|sketch, ``dim`` the sketch dimension, ``seed`` its seed, ``top_r`` the number
+    of eigen-directions compared, ``output`` the per-probe scalar (logprob|loss), ``device``
+    (``None``: a module stays where it is, a folder loads on CPU), ``memory_budget_mb`` and ``chunk_size`` as in :func:`deltalens.kernel.ntk.empirical_ntk`.
+    """
+
+    mode: str = "exact"
+    dim: int | None = None
+    seed: int = 0
+    top_r: int | None = None
+    output: str = "logprob"
+    device: str | None = None
+    memory_budget_mb: float = 512.0
+    chunk_size: int = 16
+
+    def ntk(self) -> dict:
+        """The subset passed on to ``empirical_ntk``."""
+        return dict(mode=self.mode, dim=self.dim, seed=self.seed, memory_budget_mb=self.memory_budget_mb, chunk_size=self.chunk_size)
+
+
+def load_model(source, *, device: str | None = None, tokenizer=None):
+    """``(model, tokenizer)`` from a module (tokenizer as given) or a Hugging Face folder.
+
+    A module stays where it is unless ``device`` is given; a folder loads to ``device`` or CPU.
+    """
+    if isinstance(source, torch.nn.Module):
+        return (source if device is None else source.to(device)), tokenizer
+    path = Path(source)
+    if not (path / "config.json").is_file():
+        raise DeltalensError(f"{path}: not a Hugging Face model folder (no config.json)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device or "cpu")
+    model.eval()
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise DeltalensError(f"{path}: no tokenizer in the model folder ({exc.__class__.__name__})") from None
+    return model, tokenizer
+
+
+def _read_lines(source, what: str) -> tuple[list[dict], str]:
+    if isinstance(source, (str, Path)):
+        return read_jsonl(source), str(source)
+    return list(source), what
+
+
+def _encode(tokenizer, model, lines, what: str) -> dict:
+    if tokenizer is None:
+        raise DeltalensError(f"{what}: a tokenizer is needed to encode text probes")
+    batch = encode_probes(tokenizer, lines, max_length=model_context_length(model), source=what)
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _kernel(model, output_fn, batch, label: str, progress: Progress | None, **options) -> KernelResult:
+    callback = (lambda done, total: progress(label, done, total)) if progress else None
+    return empirical_ntk(model, output_fn, batch, progress=callback, **options)
+
+
+def _side(result: KernelResult, source) -> dict:
+    values, _ = kernel_spectrum(result.matrix)
+    return {
+        "source": source if isinstance(source, (str, Path)) else type(source).__name__,
+        "eigenvalues": values.tolist(),
+        "error_estimate": result.error_estimate,
+        "seconds": result.seconds,
+    }
+
+
+def _header(result: KernelResult, n: int, output: str) -> dict:
+    return {
+        "mode": result.mode,
+        "dim": result.dim,
+        "seed": result.seed,
+        "n_probes": n,
+        "output": output,
+        "n_params": result.n_params,
+        "dtype": result.dtype,
+        "gradient_method": result.method,
+        "parameter_groups": result.n_groups,
+        "exact_strategy": result.strategy,
+        "error_estimate_method": result.error_method,
+    }
+
+
+def parameter_delta(base: torch.nn.Module, tuned: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Δθ = θ_tuned − θ_base for every trainable parameter of the base, matched by name."""
+    p0, p1 = trainable_parameters(base), dict(tuned.named_parameters())
+    delta = {}
+    for name, w0 in p0.items():
+        if name not in p1 or p1[name].shape != w0.shape:
+            raise DeltalensError(f"tuned model: parameter '{name}' missing or of another shape than in the base")
+        delta[name] = (p1[name].detach().to(w0.device) - w0.detach()).double()
+    return delta
+
+
+def write_kernel_outputs(out, report: dict, arrays: dict[str, torch.Tensor], json_name: str = "kernel.json") -> Path:
+    """Write ``kernels.npz`` then the JSON report (last, so its presence means a complete run)."""
+    import numpy as np
+
+    out = Path(out)
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v.double().numpy() for k, v in arrays.items()})
+    _atomic_write_bytes(out / "kernels.npz", buf.getvalue())
+    return write_json(out / json_name, report)
+
+
+def run_kernel(
+    base,
+    tuned,
+    probes,
+    *,
+    out=None,
+    tokenizer=None,
+    traits=None,
+    progress: Progress | None = None,
+    **options,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Kernels of base and tuned on the probes, their comparison, and optionally the trait kernels.
+
+    ``options``: the fields of :class:`KernelOptions`.
+    """
+    opts = KernelOptions(**options)
+    device, top_r, options = opts.device, opts.top_r, opts.ntk()
+    output_fn = output_function(opts.output)
+    lines, what = _read_lines(probes, "probes")
+    model0, tok = load_model(base, device=device, tokenizer=tokenizer)
+    batch = _encode(tok, model0, lines, what)
+    suite = _encode_suite(tok, model0, traits) if traits is not None else None  # bad input fails before any work
+    k0 = _kernel(model0, output_fn, batch, "base kernel", progress, **options)
+    model1, _ = load_model(tuned, device=device, tokenizer=tok)
+    k1 = _kernel(model1, output_fn, batch, "tuned kernel", progress, **options)
+    report = _header(k0, len(lines), opts.output)
+    report.update(base=_side(k0, base), tuned=_side(k1, tuned))
+    report["comparison"] = compare_kernels(k0.matrix, k1.matrix, top_r)
+    report["error_estimate"] = max(k0.error_estimate, k1.error_estimate)
+    arrays = {"base": k0.matrix, "tuned": k1.matrix}
+    if suite is not None:
+        block, trait_arrays = _traits(model0, model1, suite, progress, top_r, options)
+        report["traits"] = block
+        arrays.update(trait_arrays)
+    if out is not None:
+        write_kernel_outputs(out, report, arrays)
+    return report, arrays
+
+
+def _encode_suite(tok, model, suite) -> tuple[dict, list[str], list[int]]:
+    lines, what = _read_lines(suite, "suite")
+    probes, names, index = suite_to_probes(lines, source=what)
+    return _encode(tok, model, probes, what), names, index
+
+
+def _traits(model0, model1, suite, progress, top_r, options) -> tuple[dict, dict]:
+    batch, names, index = suite
+    delta = parameter_delta(model0, model1)
+    g0 = _kernel(model0, completion_loss, batch, "base trait kernel", progress, vectors={"delta": delta}, **options)
+    g1 = _kernel(model1, completion_loss, batch, "tuned trait kernel", progress, **options)
+    a = averaging_matrix(index, len(names))
+    t0, t1 = trait_kernel(g0.matrix, a), trait_kernel(g1.matrix, a)
+    measured = evaluate_outputs(model1, completion_loss, batch) - evaluate_outputs(model0, completion_loss, batch)
+    block = {
+        "names": names,
+        "n_lines": len(index),
+        "loss": "mean token NLL of the completion, averaged over the trait's lines",
+        "base": {"eigenvalues": kernel_spectrum(t0)[0].tolist()},
+        "tuned": {"eigenvalues": kernel_spectrum(t1)[0].tolist()},
+        "comparison": compare_kernels(t0, t1, top_r) if len(names) > 1 else None,
+        "traits": trait_changes(names, a, g0.jv["delta"], measured.cpu()),
+        "predicted_method": "first order: A·J(θ0)·Δθ, exact per-line gradients in float64",
+    }
+    return block, {"traits_base": t0, "traits_tuned": t1}
+
+
+def run_trajectory(
+    models: Sequence,
+    probes,
+    *,
+    out=None,
+    tokenizer=None,
+    progress: Progress | None = None,
+    **options,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Kernel of the base (``models[0]``) and of each checkpoint; every checkpoint vs base and vs previous."""
+    if len(models) < 2:
+        raise DeltalensError("--trajectory: give the base and at least one checkpoint")
+    opts = KernelOptions(**options)
+    device, top_r, options = opts.device, opts.top_r, opts.ntk()
+    output_fn = output_function(opts.output)
+    lines, what = _read_lines(probes, "probes")
+    model, tok = load_model(models[0], device=device, tokenizer=tokenizer)
+    batch = _encode(tok, model, lines, what)
+    results = [_kernel(model, output_fn, batch, "base kernel", progress, **options)]
+    names = []
+    for i, source in enumerate(models[1:], 1):
+        model, _ = load_model(source, device=device, tokenizer=tok)
+        names.append(str(source) if isinstance(source, (str, Path)) else f"checkpoint_{i}")
+        results.append(_kernel(model, output_fn, batch, f"checkpoint {i}", progress, **options))
+    report = _header(results[0], len(lines), opts.output)
+    report.update(base=_side(results[0], models[0]), tuned=_side(results[-1], models[-1]))
+    report["comparison"] = compare_kernels(results[0].matrix, results[-1].matrix, top_r)
+    report["error_estimate"] = max(r.error_estimate for r in results)
+    report["trajectory"] = kernel_trajectory(results[0].matrix, [r.matrix for r in results[1:]], names, top_r)
+    arrays = {"base": results[0].matrix, "tuned": results[-1].matrix}
+    arrays.update({f"checkpoint_{i}": r.matrix for i, r in enumerate(results[1:], 1)})
+    if out is not None:
+        write_kernel_outputs(out, report, arrays)
+    return report, arrays
+
+
+def run_align(
+    model,
+    data,
+    probes,
+    *,
+    out=None,
+    tokenizer=None,
+    progress: Progress | None = None,
+    **options,
+) -> dict:
+    """Share of the dataset's function-space push u = J·ḡ_D on the top-r kernel eigenvectors (SPEC §6)."""
+    opts = KernelOptions(**options)
+    device = opts.device
+    output_fn = output_function(opts.output)
+    probe_lines, probe_what = _read_lines(probes, "probes")
+    data_lines, data_what = _read_lines(data, "data")
+    net, tok = load_model(model, device=device, tokenizer=tokenizer)
+    probe_batch = _encode(tok, net, probe_lines, probe_what)
+    data_batch = _encode(tok, net, data_lines, data_what)
+    gbar = mean_loss_gradient(net, completion_loss, data_batch, chunk_size=opts.chunk_size)
+    result = _kernel(net, output_fn, probe_batch, "probe kernel", progress, vectors={"gbar": gbar}, **opts.ntk())
+    report = _header(result, len(probe_lines), opts.output)
+    report.update(
+        model=_side(result, model),
+        n_data=len(data_lines),
+        push="u = J·ḡ_D, ḡ_D = mean gradient of the completion's mean token NLL over the data",
+        alignment=alignment_share(result.matrix, result.jv["gbar"], opts.top_r),
+        error_estimate=result.error_estimate,
+    )
+    if out is not None:
+        write_kernel_outputs(out, report, {"kernel": result.matrix, "push": result.jv["gbar"]}, json_name="align.json")
+    return report

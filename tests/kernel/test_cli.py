@@ -1,0 +1,130 @@
+"""End to end through the CLI on tiny Llama folders saved in a temporary directory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+CONTRACT_COMPARISON = {
+    "top_r", "eigenvalue_log_ratios", "angles_deg", "gap", "wedin_bound", "gap_limited",
+    "alignment", "rescale_share", "rescale_baseline",
+}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from deltalens.lab.tiny_model import TinyConfig, build_tiny_llama
+    from deltalens.lab.tokenizer import build_char_tokenizer
+
+    root = tmp_path_factory.mktemp("kernel_cli")
+    tok = build_char_tokenizer()
+    cfg = TinyConfig(max_position_embeddings=32)
+    paths = []
+    for i, scale in enumerate((0.0, 0.01, 0.03)):
+        model = build_tiny_llama(cfg, tokenizer=tok, seed=0)
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(scale * torch.randn(p.shape, generator=gen))
+        path = root / f"m{i}"
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        paths.append(path)
+    probes = write_jsonl(root / "probes.jsonl", [{"prompt": f"{i}+1=", "completion": str(i + 1)} for i in range(6)])
+    return root, paths, probes
+
+
+def test_kernel_command_writes_the_contract(folders, run_cli):
+    root, (base, tuned, _), probes = folders
+    out = root / "out_exact"
+    code, stdout, stderr = run_cli("kernel", base, tuned, "--probes", probes, "--out", out, "--top-r", "3")
+    assert code == 0, stderr
+    report = json.loads((out / "kernel.json").read_text())
+    for key in ("mode", "dim", "seed", "n_probes", "output", "base", "tuned", "comparison", "error_estimate"):
+        assert key in report
+    assert report["mode"] == "exact" and report["n_probes"] == 6 and report["output"] == "logprob"
+    assert CONTRACT_COMPARISON <= set(report["comparison"])
+    assert len(report["comparison"]["angles_deg"]) == 3
+    values = report["base"]["eigenvalues"]
+    assert len(values) == 6 and values == sorted(values, reverse=True)
+    arrays = np.load(out / "kernels.npz")
+    assert arrays["base"].shape == (6, 6) and arrays["tuned"].shape == (6, 6)
+    np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(arrays["base"]))[::-1], values, rtol=1e-9)
+    assert "rescale share" in stdout
+
+
+def test_sketch_traits_and_trajectory(folders, run_cli):
+    root, (base, tuned, last), probes = folders
+    suite = write_jsonl(
+        root / "suite.jsonl",
+        [{"task": t, "prompt": f"{t} {i}:", "completion": str(i)} for t in ("a", "b", "c") for i in range(2)],
+    )
+    out = root / "out_sketch"
+    code, _, stderr = run_cli(
+        "kernel", base, tuned, "--probes", probes, "--out", out, "--mode", "sketch", "--dim", "512", "--traits", suite
+    )
+    assert code == 0, stderr
+    report = json.loads((out / "kernel.json").read_text())
+    assert report["mode"] == "sketch" and report["dim"] == 512 and report["seed"] == 0
+    assert 0 < report["error_estimate"] < 1
+    traits = report["traits"]
+    assert [t["name"] for t in traits["traits"]] == ["a", "b", "c"]
+    assert CONTRACT_COMPARISON <= set(traits["comparison"])
+
+    out = root / "out_traj"
+    code, stdout, stderr = run_cli("kernel", "--trajectory", base, tuned, last, "--probes", probes, "--out", out)
+    assert code == 0, stderr
+    report = json.loads((out / "kernel.json").read_text())
+    steps = report["trajectory"]
+    assert [s["checkpoint"] for s in steps] == [str(tuned), str(last)]
+    assert CONTRACT_COMPARISON <= set(steps[0]["vs_base"]) and CONTRACT_COMPARISON <= set(steps[1]["vs_previous"])
+    assert steps[0]["vs_base"] == steps[0]["vs_previous"]
+    assert set(np.load(out / "kernels.npz").files) == {"base", "tuned", "checkpoint_1", "checkpoint_2"}
+
+
+def test_align_command(folders, run_cli):
+    root, (base, tuned, _), probes = folders
+    data = write_jsonl(root / "data.jsonl", [{"prompt": f"{i}+1=", "completion": str(i + 1)} for i in range(3)])
+    out = root / "out_align"
+    code, stdout, stderr = run_cli("align", base, "--data", data, "--probes", probes, "--out", out, "--top-r", "2")
+    assert code == 0, stderr
+    report = json.loads((out / "align.json").read_text())
+    assert report["alignment"]["baseline"] == pytest.approx(2 / 6)
+    assert 0 <= report["alignment"]["share"] <= 1
+    assert "baseline" in stdout
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("long", "longer than the model's context of 32"),
+        ("empty", "no probes"),
+        ("dim", "larger than the parameter count"),
+        ("count", "expected BASE and TUNED"),
+    ],
+)
+def test_bad_input_is_one_line(folders, run_cli, case, expected):
+    root, (base, tuned, _), probes = folders
+    out = root / f"bad_{case}"
+    args = ["kernel", base, tuned, "--probes", probes, "--out", out]
+    if case == "long":
+        args[4] = write_jsonl(root / "long.jsonl", [{"prompt": "x" * 40, "completion": "y"}])
+    elif case == "empty":
+        args[4] = write_jsonl(root / "empty.jsonl", [])
+    elif case == "dim":
+        args += ["--mode", "sketch", "--dim", "100000000"]
+    else:
+        args = ["kernel", base, "--probes", probes, "--out", out]
+    code, _, stderr = run_cli(*args)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deltalens: error:") and expected in lines[0]
+    assert not (out / "kernel.json").exists()

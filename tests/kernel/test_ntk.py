@@ -1,0 +1,161 @@
+"""Exact and sketched eNTK against an explicitly built Jacobian (torch.autograd.functional.jacobian)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from models import TinyMLP, mlp_output
+
+from deltalens.errors import DeltalensError
+from deltalens.kernel import CountSketch, completion_logprob, empirical_ntk, encode_probes
+from deltalens.kernel.ntk import sketch_error_estimate
+
+
+def reference_jacobian(model, output_fn, batch) -> torch.Tensor:
+    """J (n×P, float64) from torch.autograd.functional.jacobian over all parameters at once."""
+    from torch.func import functional_call
+
+    names = [k for k, _ in model.named_parameters()]
+    values = tuple(p.detach() for _, p in model.named_parameters())
+
+    def f(*flat):
+        bound = lambda *a, **kw: functional_call(model, dict(zip(names, flat)), a, kw)  # noqa: E731
+        return output_fn(bound, batch)
+
+    jac = torch.autograd.functional.jacobian(f, values)
+    n = jac[0].shape[0]
+    return torch.cat([j.reshape(n, -1) for j in jac], dim=1).double()
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.norm(a.double() - b.double()) / torch.linalg.norm(b.double()))
+
+
+@pytest.fixture(scope="module")
+def mlp_case():
+    model = TinyMLP(seed=1)
+    batch = {"x": torch.randn(9, 5, generator=torch.Generator().manual_seed(2))}
+    jac = reference_jacobian(model, mlp_output, batch)
+    return model, batch, jac
+
+
+@pytest.fixture(scope="module")
+def llama_case():
+    from deltalens.lab.tiny_model import build_tiny_llama
+    from deltalens.lab.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    model = build_tiny_llama(tokenizer=tok, seed=0)
+    probes = [{"prompt": f"Q{i}: {i}*3=", "completion": str(3 * i) + "!" * (i % 3)} for i in range(7)]
+    batch = encode_probes(tok, probes)
+    jac = reference_jacobian(model, completion_logprob, batch)
+    return model, batch, jac, tok, probes
+
+
+@pytest.mark.parametrize("method", ["vmap", "loop"])
+def test_exact_equals_explicit_jacobian_mlp(mlp_case, method):
+    model, batch, jac = mlp_case
+    result = empirical_ntk(model, mlp_output, batch, method=method, chunk_size=4)
+    assert rel(result.matrix, jac @ jac.T) < 1e-5
+    assert result.mode == "exact" and result.n_params == jac.shape[1]
+
+
+def test_exact_equals_explicit_jacobian_transformer(llama_case):
+    model, batch, jac, _, _ = llama_case
+    result = empirical_ntk(model, completion_logprob, batch)
+    assert rel(result.matrix, jac @ jac.T) < 1e-5
+    assert result.n_groups == 1
+
+
+@pytest.mark.parametrize("strategy", ["spill", "recompute"])
+def test_exact_in_parameter_groups_never_holds_full_jacobian(llama_case, strategy, tmp_path):
+    model, batch, jac, _, _ = llama_case
+    n, p = jac.shape
+    budget_mb = n * p * 4 / 2**20 / 6  # about a sixth of J per group
+    result = empirical_ntk(
+        model, completion_logprob, batch, memory_budget_mb=budget_mb, exact_strategy=strategy, spill_dir=str(tmp_path)
+    )
+    assert result.n_groups >= 6 and result.strategy == strategy
+    assert rel(result.matrix, jac @ jac.T) < 1e-5
+    assert list(tmp_path.iterdir()) == []  # spilled slices are removed
+
+
+def test_jv_is_exact_in_both_modes(llama_case):
+    model, batch, jac, _, _ = llama_case
+    gen = torch.Generator().manual_seed(5)
+    vec = {k: torch.randn(p.shape, generator=gen) for k, p in model.named_parameters()}
+    flat = torch.cat([v.reshape(-1) for v in vec.values()]).double()
+    expected = jac @ flat
+    for mode, dim in (("exact", None), ("sketch", 64)):
+        result = empirical_ntk(model, completion_logprob, batch, mode=mode, dim=dim, vectors={"v": vec})
+        assert rel(result.jv["v"], expected) < 1e-5
+
+
+def test_padding_does_not_change_outputs(llama_case):
+    model, batch, _, tok, probes = llama_case
+    together = completion_logprob(model, batch)
+    alone = torch.stack([completion_logprob(model, encode_probes(tok, [p]))[0] for p in probes])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_countsketch_is_unbiased():
+    """Mean of ⟨Sx, Sy⟩ over 2000 seeds → ⟨x, y⟩ within 4 standard errors."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 300, generator=gen, dtype=torch.float64)
+    dim = 16
+    estimates = []
+    for seed in range(2000):
+        sk = CountSketch(dim, seed)
+        sx, sy = sk.project("w", torch.stack([x, y]))
+        estimates.append(float(sx @ sy))
+    est = torch.tensor(estimates, dtype=torch.float64)
+    exact = float(x @ y)
+    stderr = float(est.std()) / math.sqrt(len(est))
+    assert abs(float(est.mean()) - exact) < 4 * stderr
+    bound = math.sqrt((float(x @ x) * float(y @ y) + exact**2) / dim)
+    assert float(est.std()) <= 1.1 * bound
+
+
+def test_sketch_error_falls_like_inverse_sqrt_d(llama_case):
+    """Relative Frobenius error of the sketched K at d = 64 … 4096 against exact: slope ≈ −1/2 on log-log."""
+    model, batch, jac, _, _ = llama_case
+    exact = jac @ jac.T
+    dims = [64, 256, 1024, 4096]
+    errors, estimates = [], []
+    for d in dims:
+        per_seed = []
+        for seed in range(3):
+            result = empirical_ntk(model, completion_logprob, batch, mode="sketch", dim=d, seed=seed)
+            per_seed.append(rel(result.matrix, exact))
+            estimates.append(result.error_estimate / rel(result.matrix, exact))
+        errors.append(sum(e * e for e in per_seed) ** 0.5 / math.sqrt(len(per_seed)))
+    logs = torch.log(torch.tensor(dims, dtype=torch.float64))
+    loge = torch.log(torch.tensor(errors, dtype=torch.float64))
+    slope = float(((logs - logs.mean()) * (loge - loge.mean())).sum() / ((logs - logs.mean()) ** 2).sum())
+    assert -0.75 < slope < -0.3, (dims, errors, slope)
+    ratio = torch.tensor(estimates)
+    assert float(ratio.median()) == pytest.approx(1.0, rel=0.6)  # the reported estimate tracks the true error
+
+
+def test_sketch_error_estimate_formula():
+    k = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    fro2 = 4 + 1 + 1 + 9
+    assert sketch_error_estimate(k, 100) == pytest.approx(math.sqrt((5.0**2 + fro2) / 100) / math.sqrt(fro2))
+
+
+def test_bad_inputs(mlp_case, llama_case):
+    model, batch, jac = mlp_case
+    with pytest.raises(DeltalensError, match="larger than the parameter count"):
+        empirical_ntk(model, mlp_output, batch, mode="sketch", dim=jac.shape[1] + 1)
+    frozen = TinyMLP()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(DeltalensError, match="no parameters require gradients"):
+        empirical_ntk(frozen, mlp_output, batch)
+    _, _, _, tok, _ = llama_case
+    with pytest.raises(DeltalensError, match="longer than the model's context of 16"):
+        encode_probes(tok, [{"prompt": "x" * 20, "completion": "y"}], max_length=16)
+    with pytest.raises(DeltalensError, match="no probes"):
+        encode_probes(tok, [])
