@@ -93,6 +93,19 @@ def test_resume_skips_finished_stages_and_redoes_a_removed_one(two_runs):
     assert {k: v for k, v in digests(a).items() if "grpo/" in k} == {k: v for k, v in before.items() if "grpo/" in k}
 
 
+def test_a_new_analysis_plugs_into_stage_5(two_runs, monkeypatch):
+    a, *_ = two_runs
+    from deltalens.lab import pipeline
+
+    planted = {"kernel_rescale_share": {"grpo": [0.6], "sft": [0.2]}}
+    monkeypatch.setitem(pipeline.ANALYSES, "planted-kernel", lambda run: planted)
+    res = run_lab(a, config=MICRO, cache_dir=None, show_progress=False)
+    assert [k for k, v in res["stages"].items() if v != "cached"] == ["analyses", "claims"]
+    rec = {r["id"]: r for r in res["claims"]["claims"]}["kernel_rescale"]
+    assert rec["verdict"] == "holds" and rec["sources"]["kernel_rescale_share"] == "planted-kernel"
+    assert [p.name for p in pipeline.LabRun(a, MICRO, None).checkpoints("grpo", 0)] == ["step-000001", "step-000002"]
+
+
 def test_base_cache_is_reused(tmp_path):
     cache = tmp_path / "cache"
     cfg = replace(MICRO, arms=("sft",))

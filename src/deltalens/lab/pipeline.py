@@ -100,8 +100,19 @@ class LabRun:
         return self.out / "stages" / f"{stage}.json"
 
     def done(self, stage: str) -> bool:
+        """Finished under this configuration (and, for ``analyses``, the same registered analyses)."""
         path = self.marker(stage)
-        return path.is_file() and read_json(path).get("run_hash") == self.hash
+        if not path.is_file():
+            return False
+        info = read_json(path)
+        if stage == "analyses" and info.get("analyses") != list(ANALYSES):
+            return False
+        return info.get("run_hash") == self.hash
+
+    def checkpoints(self, arm: str, seed: int, *, masters: bool = False) -> list[Path]:
+        """The arm's saved checkpoint folders in step order (bf16 releases, or float32 masters)."""
+        root = self.arm_dir(arm, seed) / ("masters" if masters else "checkpoints")
+        return sorted(p for p in root.glob("step-*") if p.is_dir())
 
     def finish(self, stage: str, started: float, **info) -> None:
         write_json(self.marker(stage), {"stage": stage, "run_hash": self.hash,
@@ -286,7 +297,7 @@ def provisional_behaviour_numbers(run: LabRun) -> dict:
 register_analysis("provisional-behaviour", provisional_behaviour_numbers)
 
 
-def stage_analyses(run: LabRun) -> None:
+def stage_analyses(run: LabRun) -> dict:
     numbers: dict = {}
     sources: dict = {}
     for name, fn in ANALYSES.items():
@@ -294,6 +305,7 @@ def stage_analyses(run: LabRun) -> None:
             numbers[metric] = per_arm
             sources[metric] = name
     write_json(run.out / "metrics.json", {"numbers": numbers, "sources": sources})
+    return {"analyses": list(ANALYSES)}
 
 
 def stage_claims(run: LabRun) -> dict:
@@ -348,11 +360,13 @@ def run_lab(
     timings: dict[str, float | str] = {}
     plan = stage_names(cfg)
     stop = len(plan) if until is None else _stop_index(plan, until)
+    ran: list[str] = []
     with progress:
         for name in plan[:stop]:
-            if run.done(name):
+            if run.done(name) and not _upstream_ran(name, ran):
                 timings[name] = "cached"
                 continue
+            ran.append(name)
             started = time.perf_counter()
             info = _run_stage(run, name) or {}
             run.finish(name, started, **info)
@@ -360,6 +374,14 @@ def run_lab(
             console.log(f"stage {name}: {timings[name]} s")
     claims = read_json(out / "claims.json") if (out / "claims.json").is_file() and stop == len(plan) else None
     return {"out": str(out), "claims": claims, "stages": timings, "config": cfg}
+
+
+def _upstream_ran(name: str, ran: list[str]) -> bool:
+    """A finished stage is redone when a stage it depends on ran in this invocation: arms
+    depend on problems and base; eval, analyses and claims on everything before them."""
+    if name.startswith("arm-"):
+        return any(n in ("problems", "base") for n in ran)
+    return bool(ran)
 
 
 def _stop_index(plan: list[str], until: str) -> int:
