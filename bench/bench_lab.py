@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report-every", type=int, default=100)
+    ap.add_argument("--add-weight", type=float, default=None, help="share of 'add' in the mixture (rest split evenly)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     tok = build_char_tokenizer(model_max_length=64)
@@ -42,7 +43,11 @@ def main() -> None:
             marks.append((step, round(time.perf_counter() - t0, 1), round(loss, 3)))
             print("step, seconds, loss:", marks[-1], flush=True)
 
-    pretrain(model, tok, PretrainConfig(steps=a.steps), seed=0, exclude=exclude, on_step=on_step)
+    cfg = PretrainConfig(steps=a.steps)
+    if a.add_weight is not None:
+        rest = (1.0 - a.add_weight) / len(HELDOUT_TASKS)
+        cfg = PretrainConfig(steps=a.steps, mixture=(("add", a.add_weight), *((t, rest) for t in HELDOUT_TASKS)))
+    pretrain(model, tok, cfg, seed=0, exclude=exclude, on_step=on_step)
     secs = time.perf_counter() - t0
     print(f"pretrain: {a.steps} steps in {secs:.1f} s = {a.steps / secs:.2f} steps/s, threads={a.threads}")
     t0 = time.perf_counter()

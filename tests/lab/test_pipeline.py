@@ -126,3 +126,13 @@ def test_cli_refuses_a_folder_made_with_another_configuration(run_cli, tmp_path)
     assert code == 2 and "different configuration" in err and "Traceback" not in err
     code, _, err = run_cli("lab", "--quick", "--no-cache", "--out", tmp_path / "z", "--until", "nope")
     assert code == 2 and "unknown stage" in err
+
+
+def test_terminal_table_renders_stages_and_claims(two_runs, capsys):
+    from deltalens.cli.lab import _render
+
+    _, _, ra, _ = two_runs
+    _render(ra)
+    out = capsys.readouterr().out
+    assert "claims (1 seed(s), quick)" in out and "arm-grpo-seed0" in out
+    assert out.count("inconclusive") + out.count("holds") >= len(ra["claims"]["claims"])
