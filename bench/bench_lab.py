@@ -1,6 +1,6 @@
 """Time the lab's base pre-training and provisional evaluation (no TRL needed).
 
-    python bench/bench_lab.py [--steps 600] [--threads 2]
+    python bench/bench_lab.py [--steps 900] [--add-weight 0.55] [--threads 2]
 
 Prints steps/s of the plain torch loop, seconds to sample n=64 completions for 100 test
 problems, and the base's provisional pass@k and held-out accuracy (the calibration the lab
@@ -24,7 +24,7 @@ from deltalens.lab.tokenizer import build_char_tokenizer
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=900)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report-every", type=int, default=100)
     ap.add_argument("--add-weight", type=float, default=None, help="share of 'add' in the mixture (rest split evenly)")

@@ -22,13 +22,13 @@ IGNORE_INDEX = -100
 class PretrainConfig:
     """What the base is trained on and for how long."""
 
-    steps: int = 1500
+    steps: int = 900
     batch_size: int = 64
     learning_rate: float = 3e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
     digits: int = 3
-    mixture: tuple[tuple[str, float], ...] = (("add", 0.4), ("copy", 0.2), ("reverse", 0.2), ("max", 0.2))
+    mixture: tuple[tuple[str, float], ...] = (("add", 0.55), ("copy", 0.15), ("reverse", 0.15), ("max", 0.15))
 
 
 def encode_examples(tokenizer, examples: Sequence[tuple[str, str]]):
