@@ -18,6 +18,7 @@ The output layout is documented in ``docs/lab.md``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -29,7 +30,7 @@ from deltalens.errors import DeltalensError
 from deltalens.lab.config import TEST_POOL, LabConfig, base_hash, default_config, quick_config, run_hash
 from deltalens.lab.release import checkpoint_steps, step_dirname
 from deltalens.lab.tasks import HELDOUT_TASKS, TARGET_TASK, generate_problems, is_correct
-from deltalens.results import read_json, read_jsonl, write_json
+from deltalens.results import append_jsonl, read_json, read_jsonl, write_json, write_text
 
 EVAL_SEED = 1234  # one sampling seed for every model: common random numbers across arms
 #: name -> function(LabRun) -> {metric: {arm: [value per seed]}}
@@ -131,9 +132,6 @@ class LabRun:
 # -- stages ---------------------------------------------------------------------------------
 def stage_problems(run: LabRun) -> None:
     """Write the problem files: target train/test and the held-out tasks' test sets."""
-    from deltalens.results import write_text
-    import json
-
     cfg = run.cfg
     if cfg.n_test > TEST_POOL or cfg.n_heldout > TEST_POOL:
         raise DeltalensError(f"n_test and n_heldout must be ≤ {TEST_POOL}, got {cfg.n_test}, {cfg.n_heldout}")
@@ -222,8 +220,6 @@ def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
             raise DeltalensError("rft: the base produced no correct sample on the training prompts")
     else:
         rows = [{"prompt": p["prompt"], "answer": p["answer"], "task": p["task"]} for p in train]
-    from deltalens.results import append_jsonl
-
     append_jsonl(out / "train_rows.jsonl", rows)
     task_id = run.task(f"{arm} seed {seed}", cfg.steps)
     callbacks = [
