@@ -2,8 +2,54 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
+
+    @app.command("lab")
+    def lab(
+        quick: bool = typer.Option(False, "--quick", help="Short arms, one seed, small eval sets (CI smoke test)."),
+        seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds per arm (default: 1 quick, 2 full)."),
+        out: Path = typer.Option(Path("runs/lab"), "--out", help="Output folder; a re-run resumes there."),
+        cache_dir: Path = typer.Option(None, "--cache-dir", help="Base-model cache (default ~/.cache/deltalens/lab)."),
+        no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the base-model cache."),
+        until: str = typer.Option(None, "--until", help="Stop after this stage: problems, base, arms, eval, analyses."),
+    ) -> None:
+        """Train SFT and RLVR arms from one tiny base on CPU, measure them, say which claims hold."""
+        from deltalens.lab.pipeline import run_lab
+
+        cache = False if no_cache else (cache_dir if cache_dir is not None else True)
+        result = run_lab(out, quick=quick, seeds=seeds, cache_dir=cache, until=until)
+        _render(result)
+
+
+def _render(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    stages = Table(title="stages (seconds; 'cached' = finished earlier)")
+    stages.add_column("stage")
+    stages.add_column("time", justify="right")
+    for name, secs in result["stages"].items():
+        stages.add_row(name, str(secs))
+    console.print(stages)
+    claims = result["claims"]
+    if claims is None:
+        console.print(f"stopped early; outputs in {result['out']}")
+        return
+    table = Table(title=f"claims ({claims['seeds']} seed(s){', quick' if claims['quick'] else ''})")
+    for col in ("claim", "verdict", "numbers per arm (per seed)", "note"):
+        table.add_column(col, overflow="fold")
+    colour = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
+    for rec in claims["claims"]:
+        nums = "; ".join(
+            f"{arm}: {', '.join(f'{v:.3g}' for v in vals)}" for arm, vals in rec["numbers"].items() if vals
+        )
+        table.add_row(rec["claim"], f"[{colour[rec['verdict']]}]{rec['verdict']}[/]", nums or "-", rec.get("note") or "")
+    console.print(table)
+    console.print(f"claims.json and every model under {result['out']} (layout: docs/lab.md)")

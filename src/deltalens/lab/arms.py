@@ -1,0 +1,161 @@
+"""The lab's fine-tuning arms, all from the same base with the same optimizer-step budget.
+
+- ``sft``: TRL ``SFTTrainer`` on teacher demonstrations in a different, correct solution style
+  (``tasks.teacher_completion``): the analogue of distillation.
+- ``grpo``: TRL ``GRPOTrainer`` with the verifiable correctness reward (1 if correct, else 0).
+- ``grpo-random``: the same trainer with a Bernoulli(0.5) reward that ignores the output
+  (Spurious Rewards), drawn from a seeded generator.
+- ``rft``: ``SFTTrainer`` on the base model's own correct samples (self-generated data).
+
+Every arm trains in float32 (``bf16=False``: TRL's default bf16 autocast is ~10× slower on CPU),
+with dropout disabled, ``max_steps`` optimizer steps, a constant learning rate, and
+``UpdateStatsCallback`` plus ``ReleaseCheckpointCallback`` attached.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deltalens.lab.tasks import is_correct, teacher_completion
+
+ARMS = ("sft", "grpo", "grpo-random", "rft")
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """Budget and hyper-parameters shared by every arm (one budget for all: a fair comparison)."""
+
+    steps: int = 150
+    batch_size: int = 64  # sequences per optimizer step (GRPO: completions per step)
+    num_generations: int = 8  # GRPO group size: batch_size / num_generations prompts per step
+    learning_rate: float = 5e-4
+    beta: float = 0.0  # GRPO KL coefficient (0: no reference model, TRL's default)
+    max_completion_length: int = 10
+    n_checkpoints: int = 10
+    rft_samples_per_prompt: int = 4
+
+
+def sft_rows(problems: Sequence[dict]) -> list[dict]:
+    """Prompt-completion rows of teacher demonstrations."""
+    return [{"prompt": p["prompt"], "completion": teacher_completion(p)} for p in problems]
+
+
+def rft_rows(problems: Sequence[dict], samples: Sequence[Sequence[str]]) -> list[dict]:
+    """Prompt-completion rows of the base's own correct samples (every correct sample kept)."""
+    rows = []
+    for problem, completions in zip(problems, samples, strict=True):
+        rows.extend({"prompt": problem["prompt"], "completion": c} for c in completions if is_correct(problem, c))
+    return rows
+
+
+def correctness_reward(prompts, completions, answer, task, **kwargs) -> list[float]:
+    """1.0 when the completion's extracted answer equals the problem's answer, else 0.0."""
+    return [
+        float(is_correct({"answer": a, "task": t}, c)) for c, a, t in zip(completions, answer, task, strict=True)
+    ]
+
+
+def random_reward(seed: int) -> Callable[..., list[float]]:
+    """A Bernoulli(0.5) reward ignoring the output, from a generator seeded with ``seed``."""
+    rng = random.Random(f"random-reward/{seed}")
+
+    def bernoulli_reward(prompts, completions, **kwargs) -> list[float]:
+        return [float(rng.random() < 0.5) for _ in completions]
+
+    return bernoulli_reward
+
+
+def _common_args(cfg: ArmConfig, out_dir: Path, seed: int) -> dict:
+    return dict(
+        output_dir=str(out_dir / "trainer"),
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def train_arm(
+    arm: str,
+    *,
+    base_dir: Path,
+    tokenizer,
+    rows: list[dict],
+    cfg: ArmConfig,
+    seed: int,
+    out_dir: Path,
+    callbacks: Sequence = (),
+):
+    """Fine-tune a fresh float32 copy of the base at ``base_dir`` as ``arm``; returns the model.
+
+    ``rows`` are prompt-completion rows (``sft``, ``rft``) or problems with ``prompt``,
+    ``answer`` and ``task`` (``grpo``, ``grpo-random``).
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
+    if not rows:
+        raise ValueError(f"arm {arm!r} has no training rows")
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    dataset = Dataset.from_list(list(rows))
+    if arm in ("sft", "rft"):
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(
+            **_common_args(cfg, out_dir, seed),
+            max_length=64,
+            packing=False,
+            completion_only_loss=True,
+            dataset_num_proc=None,
+        )
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks)
+        )
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+
+        args = GRPOConfig(
+            **_common_args(cfg, out_dir, seed),
+            num_generations=cfg.num_generations,
+            max_completion_length=cfg.max_completion_length,
+            temperature=1.0,
+            beta=cfg.beta,
+            disable_dropout=True,
+            log_completions=False,
+        )
+        reward = correctness_reward if arm == "grpo" else random_reward(seed)
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=list(callbacks),
+        )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the lab shows rich progress; logs go to log_history
+    trainer.train()
+    model = trainer.model
+    model.eval()
+    return model, trainer.state.log_history

@@ -1,0 +1,406 @@
+"""``deltalens lab`` as a library function: stages, stage-level resume, progress.
+
+Stages, in order (each writes ``OUT/stages/<name>.json`` when finished; a re-run with the same
+configuration skips finished stages, and a half-finished arm run is discarded and redone):
+
+1. ``problems``: the task family's problem files (SPEC §7 JSONL) under ``OUT/problems/``.
+2. ``base``: pre-train the base (or copy it from the cache, keyed by :func:`config.base_hash`).
+3. ``arm-<arm>-seed<s>``: fine-tune each arm for each seed from the base (one process, TRL).
+4. ``eval``: the lab's provisional behaviour check (own sampler): pass@k on the target task,
+   accuracy on the held-out tasks, for the base and every arm's final release.
+5. ``analyses``: every registered analysis (:data:`ANALYSES`) turns the run into metric numbers
+   ``{metric: {arm: [per seed]}}``, merged into ``OUT/metrics.json``. The diff, spectral,
+   behaviour and kernel analyses plug in here with :func:`register_analysis`.
+6. ``claims``: :func:`deltalens.lab.claims.claims_document` on those numbers, ``OUT/claims.json``.
+
+The output layout is documented in ``docs/lab.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from deltalens.errors import DeltalensError
+from deltalens.lab.config import TEST_POOL, LabConfig, base_hash, default_config, quick_config, run_hash
+from deltalens.lab.release import checkpoint_steps, step_dirname
+from deltalens.lab.tasks import HELDOUT_TASKS, TARGET_TASK, generate_problems, is_correct
+from deltalens.results import append_jsonl, read_json, read_jsonl, write_json, write_text
+
+EVAL_SEED = 1234  # one sampling seed for every model: common random numbers across arms
+#: name -> function(LabRun) -> {metric: {arm: [value per seed]}}
+ANALYSES: dict[str, Callable[[LabRun], dict]] = {}
+
+
+def register_analysis(name: str, fn: Callable[[LabRun], dict]) -> None:
+    """Add an analysis to stage 5 (runs in registration order; later metrics overwrite)."""
+    ANALYSES[name] = fn
+
+
+def default_cache_dir() -> Path:
+    """``$DELTALENS_CACHE/lab`` or ``~/.cache/deltalens/lab``."""
+    root = os.environ.get("DELTALENS_CACHE") or Path.home() / ".cache" / "deltalens"
+    return Path(root) / "lab"
+
+
+class LabRun:
+    """Paths and state of one lab run in ``out`` (see ``docs/lab.md`` for the layout)."""
+
+    def __init__(self, out: Path, cfg: LabConfig, cache_dir: Path | None, progress=None) -> None:
+        self.out, self.cfg, self.cache_dir, self.progress = Path(out), cfg, cache_dir, progress
+        self.hash = run_hash(cfg)
+        self._tokenizer = None
+
+    # -- layout ---------------------------------------------------------------------------
+    @property
+    def problems_dir(self) -> Path:
+        return self.out / "problems"
+
+    @property
+    def base_dir(self) -> Path:
+        return self.out / "base"
+
+    @property
+    def base_master(self) -> Path:
+        return self.base_dir / "master"
+
+    @property
+    def base_release(self) -> Path:
+        return self.base_dir / "release"
+
+    def arm_dir(self, arm: str, seed: int) -> Path:
+        return self.out / "arms" / arm / f"seed{seed}"
+
+    def final_release(self, arm: str, seed: int) -> Path:
+        return self.arm_dir(arm, seed) / "checkpoints" / step_dirname(self.cfg.arm.steps)
+
+    def final_master(self, arm: str, seed: int) -> Path:
+        return self.arm_dir(arm, seed) / "masters" / step_dirname(self.cfg.arm.steps)
+
+    def seeds(self) -> range:
+        return range(self.cfg.seeds)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from deltalens.lab.tokenizer import build_char_tokenizer
+
+            self._tokenizer = build_char_tokenizer(model_max_length=self.cfg.model.max_position_embeddings)
+        return self._tokenizer
+
+    def problems(self, name: str) -> list[dict]:
+        return read_jsonl(self.problems_dir / f"{name}.jsonl", required=("id", "prompt", "answer", "task"))
+
+    # -- stage bookkeeping ----------------------------------------------------------------
+    def marker(self, stage: str) -> Path:
+        return self.out / "stages" / f"{stage}.json"
+
+    def done(self, stage: str) -> bool:
+        """Finished under this configuration (and, for ``analyses``, the same registered analyses)."""
+        path = self.marker(stage)
+        if not path.is_file():
+            return False
+        info = read_json(path)
+        if stage == "analyses" and info.get("analyses") != list(ANALYSES):
+            return False
+        return info.get("run_hash") == self.hash
+
+    def checkpoints(self, arm: str, seed: int, *, masters: bool = False) -> list[Path]:
+        """The arm's saved checkpoint folders in step order (bf16 releases, or float32 masters)."""
+        root = self.arm_dir(arm, seed) / ("masters" if masters else "checkpoints")
+        return sorted(p for p in root.glob("step-*") if p.is_dir())
+
+    def finish(self, stage: str, started: float, **info) -> None:
+        write_json(self.marker(stage), {"stage": stage, "run_hash": self.hash,
+                                        "seconds": round(time.perf_counter() - started, 2), **info})
+
+    def task(self, description: str, total: int):
+        if self.progress is None:
+            return None
+        return self.progress.add_task(description, total=total)
+
+    def advance(self, task_id, n: int = 1) -> None:
+        if self.progress is not None and task_id is not None:
+            self.progress.advance(task_id, n)
+
+
+# -- stages ---------------------------------------------------------------------------------
+def stage_problems(run: LabRun) -> None:
+    """Write the problem files: target train/test and the held-out tasks' test sets."""
+    cfg = run.cfg
+    if cfg.n_test > TEST_POOL or cfg.n_heldout > TEST_POOL:
+        raise DeltalensError(f"n_test and n_heldout must be ≤ {TEST_POOL}, got {cfg.n_test}, {cfg.n_heldout}")
+    test_pool = generate_problems(TARGET_TASK, TEST_POOL, seed=cfg.base_seed, digits=cfg.digits, split="test")
+    heldout_pool = {t: generate_problems(t, TEST_POOL, seed=cfg.base_seed, digits=cfg.digits, split="test")
+                    for t in HELDOUT_TASKS}
+    train = generate_problems(TARGET_TASK, cfg.n_train, seed=cfg.base_seed, digits=cfg.digits, split="train",
+                              exclude={p["prompt"] for p in test_pool})
+    files = {
+        "target_train": train,
+        "target_test": test_pool[: cfg.n_test],
+        "heldout_test": [p for t in HELDOUT_TASKS for p in heldout_pool[t][: cfg.n_heldout]],
+        "excluded_from_pretraining": test_pool + [p for t in HELDOUT_TASKS for p in heldout_pool[t]],
+    }
+    for name, rows in files.items():
+        write_text(run.problems_dir / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def stage_base(run: LabRun) -> dict:
+    """Pre-train the base, or copy it from the cache under its configuration hash."""
+    import torch
+
+    from deltalens.lab.pretrain import pretrain
+    from deltalens.lab.release import save_hf_folder
+    from deltalens.lab.tiny_model import build_tiny_llama
+
+    key = base_hash(run.cfg)
+    cached = run.cache_dir / f"base-{key}" if run.cache_dir is not None else None
+    if run.base_dir.exists():
+        shutil.rmtree(run.base_dir)
+    if cached is not None and (cached / "done.json").is_file():
+        shutil.copytree(cached, run.base_dir)
+        return {"base_hash": key, "from_cache": str(cached)}
+    exclude = {p["prompt"] for p in run.problems("excluded_from_pretraining")}
+    model = build_tiny_llama(run.cfg.model, seed=run.cfg.base_seed, tokenizer=run.tokenizer)
+    task_id = run.task("base: pre-training", run.cfg.pretrain.steps)
+    losses = pretrain(model, run.tokenizer, run.cfg.pretrain, seed=run.cfg.base_seed, exclude=exclude,
+                      on_step=lambda step, loss: run.advance(task_id))
+    save_hf_folder(model, run.tokenizer, run.base_master)
+    save_hf_folder(model, run.tokenizer, run.base_release, dtype=torch.bfloat16)
+    write_json(run.base_dir / "pretrain.json", {"base_hash": key, "config": asdict(run.cfg.pretrain),
+                                                "model": asdict(run.cfg.model), "losses": losses})
+    write_json(run.base_dir / "done.json", {"base_hash": key})
+    if cached is not None:
+        tmp = cached.with_name(cached.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(run.base_dir, tmp)
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)
+    return {"base_hash": key, "from_cache": None, "final_loss": losses[-1]}
+
+
+def _progress_callback(run: LabRun, task_id):
+    from transformers import TrainerCallback
+
+    class _Advance(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            run.advance(task_id)
+
+    return _Advance()
+
+
+def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
+    """Fine-tune one arm for one seed; checkpoints, masters, tracking, logs under its folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from deltalens.lab.arms import rft_rows, sft_rows, train_arm
+    from deltalens.lab.release import ReleaseCheckpointCallback
+    from deltalens.lab.sampling import sample_completions
+    from deltalens.tracking import UpdateStatsCallback
+
+    cfg = run.cfg.arm
+    out = run.arm_dir(arm, seed)
+    if out.exists():
+        shutil.rmtree(out)  # a half-finished run is redone from the start
+    train = run.problems("target_train")
+    if arm == "sft":
+        rows = sft_rows(train)
+    elif arm == "rft":
+        base = AutoModelForCausalLM.from_pretrained(run.base_master, dtype=torch.float32)
+        samples = sample_completions(base, run.tokenizer, [p["prompt"] for p in train], n=cfg.rft_samples_per_prompt,
+                                     max_new_tokens=cfg.max_completion_length, seed=seed)
+        rows = rft_rows(train, samples)
+        if not rows:
+            raise DeltalensError("rft: the base produced no correct sample on the training prompts")
+    else:
+        rows = [{"prompt": p["prompt"], "answer": p["answer"], "task": p["task"]} for p in train]
+    append_jsonl(out / "train_rows.jsonl", rows)
+    task_id = run.task(f"{arm} seed {seed}", cfg.steps)
+    callbacks = [
+        UpdateStatsCallback(out / "tracking.jsonl"),
+        ReleaseCheckpointCallback(out, run.tokenizer, checkpoint_steps(cfg.steps, cfg.n_checkpoints)),
+        _progress_callback(run, task_id),
+    ]
+    _, history = train_arm(arm, base_dir=run.base_master, tokenizer=run.tokenizer, rows=rows, cfg=cfg, seed=seed,
+                           out_dir=out, callbacks=callbacks)
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    write_json(out / "log_history.json", history)
+    return {"arm": arm, "seed": seed, "n_train_rows": len(rows),
+            "checkpoints": [step_dirname(s) for s in checkpoint_steps(cfg.steps, cfg.n_checkpoints)]}
+
+
+def evaluate_model(run: LabRun, model_dir: Path) -> dict:
+    """PROVISIONAL behaviour numbers of one model with the lab's sampler: pass@k on the target
+    test set (n = eval_samples), mean accuracy on each held-out task."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from deltalens.lab.sampling import pass_at_ks, sample_completions
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    target = run.problems("target_test")
+    samples = sample_completions(model, run.tokenizer, [p["prompt"] for p in target], n=run.cfg.eval_samples,
+                                 max_new_tokens=run.cfg.arm.max_completion_length, seed=EVAL_SEED)
+    counts = [sum(is_correct(p, s) for s in ss) for p, ss in zip(target, samples, strict=True)]
+    heldout = run.problems("heldout_test")
+    hs = sample_completions(model, run.tokenizer, [p["prompt"] for p in heldout], n=run.cfg.heldout_samples,
+                            max_new_tokens=run.cfg.arm.max_completion_length, seed=EVAL_SEED)
+    accuracy = {}
+    for task in HELDOUT_TASKS:
+        pairs = [(p, ss) for p, ss in zip(heldout, hs, strict=True) if p["task"] == task]
+        accuracy[task] = sum(is_correct(p, s) for p, ss in pairs for s in ss) / sum(len(ss) for _, ss in pairs)
+    passk = pass_at_ks(counts, run.cfg.eval_samples)
+    return {"model": str(model_dir.relative_to(run.out)), "provisional": True,
+            "method": "lab sampler: ancestral sampling at T=1, exact answer check, unbiased pass@k (Chen 2021)",
+            "n_problems": len(target), "n_samples": run.cfg.eval_samples,
+            "pass_at_k": {str(k): v for k, v in passk.items()},
+            "heldout_accuracy": accuracy, "heldout_mean": sum(accuracy.values()) / len(accuracy)}
+
+
+def stage_eval(run: LabRun) -> None:
+    models = [("base", None, run.base_release)] + [
+        (arm, seed, run.final_release(arm, seed)) for arm in run.cfg.arms for seed in run.seeds()
+    ]
+    task_id = run.task("eval (provisional sampler)", len(models))
+    results = []
+    for arm, seed, path in models:
+        results.append({"arm": arm, "seed": seed, **evaluate_model(run, path)})
+        run.advance(task_id)
+    write_json(run.out / "eval.json", {"provisional": True, "models": results})
+
+
+def provisional_behaviour_numbers(run: LabRun) -> dict:
+    """pass_at_1, pass_at_kmax and forgetting (base held-out mean accuracy − arm's) from
+    ``eval.json`` (the lab's own sampler; replaced when the behaviour analysis lands)."""
+    ev = read_json(run.out / "eval.json")["models"]
+    base = next(m for m in ev if m["arm"] == "base")
+    kmax = str(run.cfg.eval_samples)
+    numbers: dict[str, dict[str, list]] = {"pass_at_1": {"base": [base["pass_at_k"]["1"]]},
+                                          "pass_at_kmax": {"base": [base["pass_at_k"][kmax]]}, "forgetting": {}}
+    for m in sorted((m for m in ev if m["arm"] != "base"), key=lambda m: (m["arm"], m["seed"])):
+        numbers["pass_at_1"].setdefault(m["arm"], []).append(m["pass_at_k"]["1"])
+        numbers["pass_at_kmax"].setdefault(m["arm"], []).append(m["pass_at_k"][kmax])
+        numbers["forgetting"].setdefault(m["arm"], []).append(base["heldout_mean"] - m["heldout_mean"])
+    return numbers
+
+
+register_analysis("provisional-behaviour", provisional_behaviour_numbers)
+
+
+def stage_analyses(run: LabRun) -> dict:
+    numbers: dict = {}
+    sources: dict = {}
+    for name, fn in ANALYSES.items():
+        for metric, per_arm in fn(run).items():
+            numbers[metric] = per_arm
+            sources[metric] = name
+    write_json(run.out / "metrics.json", {"numbers": numbers, "sources": sources})
+    return {"analyses": list(ANALYSES)}
+
+
+def stage_claims(run: LabRun) -> dict:
+    from deltalens.lab.claims import claims_document
+
+    metrics = read_json(run.out / "metrics.json")
+    doc = claims_document(metrics["numbers"], arms=run.cfg.arms, seeds=run.cfg.seeds, quick=run.cfg.quick)
+    for record in doc["claims"]:
+        record["sources"] = {m: metrics["sources"].get(m) for m in [record["metric"], *record.get("secondary", {})]}
+    write_json(run.out / "claims.json", doc)
+    return doc
+
+
+def stage_names(cfg: LabConfig) -> list[str]:
+    arms = [f"arm-{arm}-seed{seed}" for arm in cfg.arms for seed in range(cfg.seeds)]
+    return ["problems", "base", *arms, "eval", "analyses", "claims"]
+
+
+def run_lab(
+    out: str | Path,
+    *,
+    quick: bool = False,
+    seeds: int | None = None,
+    config: LabConfig | None = None,
+    cache_dir: str | Path | None | bool = True,
+    until: str | None = None,
+    console=None,
+    show_progress: bool = True,
+) -> dict:
+    """Run (or resume) the lab in ``out``; returns ``{"claims": ..., "stages": {name: seconds|"cached"}}``.
+
+    ``config`` overrides the preset chosen by ``quick``; ``cache_dir`` is the base cache
+    (``True``: :func:`default_cache_dir`, ``None``/``False``: no cache); ``until`` stops after
+    the named stage (``"base"``, ``"arms"``, ``"eval"``, ...).
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    cfg = (config or (quick_config() if quick else default_config())).with_seeds(seeds)
+    if cfg.seeds < 1:
+        raise DeltalensError(f"--seeds must be ≥ 1, got {cfg.seeds}")
+    cache = default_cache_dir() if cache_dir is True else (Path(cache_dir) if cache_dir else None)
+    out = Path(out)
+    lab_json = out / "lab.json"
+    if lab_json.is_file() and read_json(lab_json).get("run_hash") != run_hash(cfg):
+        raise DeltalensError(f"{out}: holds a lab run with a different configuration; use another --out")
+    write_json(lab_json, {"run_hash": run_hash(cfg), "base_hash": base_hash(cfg), "config": asdict(cfg)})
+    console = console or Console(stderr=True)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not show_progress)
+    run = LabRun(out, cfg, cache, progress)
+    timings: dict[str, float | str] = {}
+    plan = stage_names(cfg)
+    stop = len(plan) if until is None else _stop_index(plan, until)
+    ran: list[str] = []
+    with progress:
+        for name in plan[:stop]:
+            if run.done(name) and not _upstream_ran(name, ran):
+                timings[name] = "cached"
+                continue
+            ran.append(name)
+            started = time.perf_counter()
+            info = _run_stage(run, name) or {}
+            run.finish(name, started, **info)
+            timings[name] = round(time.perf_counter() - started, 2)
+            console.log(f"stage {name}: {timings[name]} s")
+    claims = read_json(out / "claims.json") if (out / "claims.json").is_file() and stop == len(plan) else None
+    return {"out": str(out), "claims": claims, "stages": timings, "config": cfg}
+
+
+def _upstream_ran(name: str, ran: list[str]) -> bool:
+    """A finished stage is redone when a stage it depends on ran in this invocation: arms
+    depend on problems and base; eval, analyses and claims on everything before them."""
+    if name.startswith("arm-"):
+        return any(n in ("problems", "base") for n in ran)
+    return bool(ran)
+
+
+def _stop_index(plan: list[str], until: str) -> int:
+    if until == "arms":
+        return max(i for i, n in enumerate(plan) if n.startswith("arm-")) + 1
+    if until not in plan:
+        raise DeltalensError(f"unknown stage {until!r}; expected one of problems, base, arms, eval, analyses, claims")
+    return plan.index(until) + 1
+
+
+def _run_stage(run: LabRun, name: str):
+    if name == "problems":
+        return stage_problems(run)
+    if name == "base":
+        return stage_base(run)
+    if name.startswith("arm-"):
+        arm, seed = name[len("arm-"):].rsplit("-seed", 1)
+        return stage_arm(run, arm, int(seed))
+    if name == "eval":
+        return stage_eval(run)
+    if name == "analyses":
+        return stage_analyses(run)
+    if name == "claims":
+        stage_claims(run)
+        return None
+    raise AssertionError(name)
