@@ -1,9 +1,9 @@
-"""Time the lab's base pre-training and provisional evaluation (no TRL needed).
+"""Time the lab's base pre-training and evaluation (no TRL needed).
 
     python bench/bench_lab.py [--steps 900] [--add-weight 0.55] [--threads 2]
 
 Prints steps/s of the plain torch loop, seconds to sample n=64 completions for 100 test
-problems, and the base's provisional pass@k and held-out accuracy (the calibration the lab
+problems, and the base's pass@k and held-out accuracy (the calibration the lab
 reports). Run it pinned (``taskset -c 0,1``) to estimate an idle 2-core machine.
 """
 
@@ -16,7 +16,8 @@ import torch
 
 from deltalens.lab.config import LAB_MODEL, TEST_POOL
 from deltalens.lab.pretrain import PretrainConfig, pretrain
-from deltalens.lab.sampling import pass_at_ks, sample_completions
+from deltalens.behavior import pass_at_k_curve
+from deltalens.lab.sampling import sample_completions
 from deltalens.lab.tasks import HELDOUT_TASKS, generate_problems, is_correct
 from deltalens.lab.tiny_model import build_tiny_llama
 from deltalens.lab.tokenizer import build_char_tokenizer
@@ -53,8 +54,9 @@ def main() -> None:
     t0 = time.perf_counter()
     samples = sample_completions(model, tok, [p["prompt"] for p in test[:100]], n=64, max_new_tokens=10, seed=1234)
     print(f"sampling 100 problems x 64: {time.perf_counter() - t0:.1f} s")
-    counts = [sum(is_correct(p, s) for s in ss) for p, ss in zip(test, samples)]
-    print("base pass@k (provisional):", {k: round(v, 3) for k, v in pass_at_ks(counts, 64).items()})
+    flags = {p["id"]: [is_correct(p, s) for s in ss] for p, ss in zip(test, samples)}
+    curve = pass_at_k_curve(flags)
+    print("base pass@k:", {k: round(v, 3) for k, v in zip(curve["k"], curve["pass_at_k"])})
     for task, probs in held.items():
         hs = sample_completions(model, tok, [p["prompt"] for p in probs[:60]], n=4, max_new_tokens=10, seed=1234)
         print(task, "accuracy", round(sum(is_correct(p, s) for p, ss in zip(probs, hs) for s in ss) / 240, 3))

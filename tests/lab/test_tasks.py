@@ -1,14 +1,12 @@
-"""Task generators, answer checking, provisional pass@k and checkpoint schedules."""
+"""Task generators, answer checking and checkpoint schedules."""
 
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
 
 from deltalens.lab.release import checkpoint_steps
-from deltalens.lab.sampling import pass_at_k_unbiased, pass_at_ks
 from deltalens.lab.tasks import (
     ALL_TASKS,
     extract_answer,
@@ -57,16 +55,6 @@ def test_both_solution_styles_verify_and_wrong_answers_do_not():
     assert not is_correct(p, "169") and not is_correct(p, "168>861") and not is_correct(p, "")
     assert extract_answer("add", "abc") is None
     assert is_correct({"answer": "ba", "task": "reverse"}, "ba") and not is_correct({"answer": "ba", "task": "reverse"}, "ab")
-
-
-def test_pass_at_k_matches_binomial_formula():
-    for n, c, k in [(10, 3, 1), (10, 3, 4), (64, 1, 32), (64, 0, 8), (8, 6, 4), (5, 5, 5)]:
-        ref = 1.0 - (math.comb(n - c, k) / math.comb(n, k))
-        assert pass_at_k_unbiased(n, c, k) == pytest.approx(ref, abs=1e-12)
-    assert pass_at_ks([0, 4, 8], 8) == pytest.approx(
-        {k: (0 + (1 - math.comb(4, k) / math.comb(8, k)) + 1) / 3 for k in (1, 2, 4, 8)})
-    with pytest.raises(ValueError):
-        pass_at_k_unbiased(4, 1, 8)
 
 
 def test_checkpoint_schedule():

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/lab"), "--out", help="Output folder; a re-run resumes there."),
         cache_dir: Path = typer.Option(None, "--cache-dir", help="Base-model cache (default ~/.cache/deltalens/lab)."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the base-model cache."),
-        until: str = typer.Option(None, "--until", help="Stop after this stage: problems, base, arms, eval, analyses."),
+        until: str = typer.Option(None, "--until", help="Stop after this stage: problems, base, arms, analyses."),
     ) -> None:
         """Train SFT and RLVR arms from one tiny base on CPU, measure them, say which claims hold."""
         from deltalens.lab.pipeline import run_lab
@@ -48,8 +48,10 @@ def _render(result: dict) -> None:
     colour = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
     for rec in claims["claims"]:
         nums = "; ".join(
-            f"{arm}: {', '.join(f'{v:.3g}' for v in vals)}" for arm, vals in rec["numbers"].items() if vals
+            f"{arm}: {', '.join('—' if v is None else f'{v:.3g}' for v in vals)}" for arm, vals in rec["numbers"].items() if vals
         )
         table.add_row(rec["claim"], f"[{colour[rec['verdict']]}]{rec['verdict']}[/]", nums or "-", rec.get("note") or "")
     console.print(table)
     console.print(f"claims.json and every model under {result['out']} (layout: docs/lab.md)")
+    report = f"{result['out']}/report.html"
+    console.print(f"report: {report}")

@@ -42,7 +42,8 @@ class LabConfig:
     n_test: int = 100  # target-task test problems (never trained on; ≤ TEST_POOL)
     n_heldout: int = 60  # per held-out task (≤ TEST_POOL)
     eval_samples: int = 64  # n samples per test problem (pass@k up to k = n)
-    heldout_samples: int = 4  # samples per held-out problem (accuracy = mean correctness)
+    kl_samples: int = 4  # base samples per target prompt along which KL(base‖arm) is summed exactly
+    n_probes: int = 64  # eNTK probes (target test problems) for the kernel analysis
     quick: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -53,7 +54,7 @@ class LabConfig:
 def quick_config() -> LabConfig:
     """``--quick``: the same base, shorter arms, one seed, smaller evaluation sets."""
     return LabConfig(arm=ArmConfig(steps=16, n_checkpoints=4), seeds=1, n_train=256, n_test=40,
-                     n_heldout=20, eval_samples=32, heldout_samples=2, quick=True)
+                     n_heldout=20, eval_samples=32, kl_samples=2, n_probes=32, quick=True)
 
 
 def default_config() -> LabConfig:

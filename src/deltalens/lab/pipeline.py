@@ -6,12 +6,12 @@ configuration skips finished stages, and a half-finished arm run is discarded an
 1. ``problems``: the task family's problem files (SPEC §7 JSONL) under ``OUT/problems/``.
 2. ``base``: pre-train the base (or copy it from the cache, keyed by :func:`config.base_hash`).
 3. ``arm-<arm>-seed<s>``: fine-tune each arm for each seed from the base (one process, TRL).
-4. ``eval``: the lab's provisional behaviour check (own sampler): pass@k on the target task,
-   accuracy on the held-out tasks, for the base and every arm's final release.
-5. ``analyses``: every registered analysis (:data:`ANALYSES`) turns the run into metric numbers
-   ``{metric: {arm: [per seed]}}``, merged into ``OUT/metrics.json``. The diff, spectral,
-   behaviour and kernel analyses plug in here with :func:`register_analysis`.
-6. ``claims``: :func:`deltalens.lab.claims.claims_document` on those numbers, ``OUT/claims.json``.
+4. ``analyses``: every registered analysis (:data:`ANALYSES`; by default the weight diff, the
+   behaviour comparison and the kernels of :mod:`deltalens.lab.analyses`) turns the run into
+   metric numbers ``{metric: {arm: [per seed]}}``, merged into ``OUT/metrics.json``; more plug
+   in with :func:`register_analysis`.
+5. ``claims``: :func:`deltalens.lab.claims.claims_document` on those numbers, ``OUT/claims.json``,
+   and the self-contained ``OUT/report.html``.
 
 The output layout is documented in ``docs/lab.md``.
 """
@@ -29,10 +29,9 @@ from pathlib import Path
 from deltalens.errors import DeltalensError
 from deltalens.lab.config import TEST_POOL, LabConfig, base_hash, default_config, quick_config, run_hash
 from deltalens.lab.release import checkpoint_steps, step_dirname
-from deltalens.lab.tasks import HELDOUT_TASKS, TARGET_TASK, generate_problems, is_correct
+from deltalens.lab.tasks import HELDOUT_TASKS, TARGET_TASK, generate_problems
 from deltalens.results import append_jsonl, read_json, read_jsonl, write_json, write_text
 
-EVAL_SEED = 1234  # one sampling seed for every model: common random numbers across arms
 #: name -> function(LabRun) -> {metric: {arm: [value per seed]}}
 ANALYSES: dict[str, Callable[[LabRun], dict]] = {}
 
@@ -235,64 +234,6 @@ def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
             "checkpoints": [step_dirname(s) for s in checkpoint_steps(cfg.steps, cfg.n_checkpoints)]}
 
 
-def evaluate_model(run: LabRun, model_dir: Path) -> dict:
-    """PROVISIONAL behaviour numbers of one model with the lab's sampler: pass@k on the target
-    test set (n = eval_samples), mean accuracy on each held-out task."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from deltalens.lab.sampling import pass_at_ks, sample_completions
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    target = run.problems("target_test")
-    samples = sample_completions(model, run.tokenizer, [p["prompt"] for p in target], n=run.cfg.eval_samples,
-                                 max_new_tokens=run.cfg.arm.max_completion_length, seed=EVAL_SEED)
-    counts = [sum(is_correct(p, s) for s in ss) for p, ss in zip(target, samples, strict=True)]
-    heldout = run.problems("heldout_test")
-    hs = sample_completions(model, run.tokenizer, [p["prompt"] for p in heldout], n=run.cfg.heldout_samples,
-                            max_new_tokens=run.cfg.arm.max_completion_length, seed=EVAL_SEED)
-    accuracy = {}
-    for task in HELDOUT_TASKS:
-        pairs = [(p, ss) for p, ss in zip(heldout, hs, strict=True) if p["task"] == task]
-        accuracy[task] = sum(is_correct(p, s) for p, ss in pairs for s in ss) / sum(len(ss) for _, ss in pairs)
-    passk = pass_at_ks(counts, run.cfg.eval_samples)
-    return {"model": str(model_dir.relative_to(run.out)), "provisional": True,
-            "method": "lab sampler: ancestral sampling at T=1, exact answer check, unbiased pass@k (Chen 2021)",
-            "n_problems": len(target), "n_samples": run.cfg.eval_samples,
-            "pass_at_k": {str(k): v for k, v in passk.items()},
-            "heldout_accuracy": accuracy, "heldout_mean": sum(accuracy.values()) / len(accuracy)}
-
-
-def stage_eval(run: LabRun) -> None:
-    models = [("base", None, run.base_release)] + [
-        (arm, seed, run.final_release(arm, seed)) for arm in run.cfg.arms for seed in run.seeds()
-    ]
-    task_id = run.task("eval (provisional sampler)", len(models))
-    results = []
-    for arm, seed, path in models:
-        results.append({"arm": arm, "seed": seed, **evaluate_model(run, path)})
-        run.advance(task_id)
-    write_json(run.out / "eval.json", {"provisional": True, "models": results})
-
-
-def provisional_behaviour_numbers(run: LabRun) -> dict:
-    """pass_at_1, pass_at_kmax and forgetting (base held-out mean accuracy − arm's) from
-    ``eval.json`` (the lab's own sampler; replaced when the behaviour analysis lands)."""
-    ev = read_json(run.out / "eval.json")["models"]
-    base = next(m for m in ev if m["arm"] == "base")
-    kmax = str(run.cfg.eval_samples)
-    numbers: dict[str, dict[str, list]] = {"pass_at_1": {"base": [base["pass_at_k"]["1"]]},
-                                          "pass_at_kmax": {"base": [base["pass_at_k"][kmax]]}, "forgetting": {}}
-    for m in sorted((m for m in ev if m["arm"] != "base"), key=lambda m: (m["arm"], m["seed"])):
-        numbers["pass_at_1"].setdefault(m["arm"], []).append(m["pass_at_k"]["1"])
-        numbers["pass_at_kmax"].setdefault(m["arm"], []).append(m["pass_at_k"][kmax])
-        numbers["forgetting"].setdefault(m["arm"], []).append(base["heldout_mean"] - m["heldout_mean"])
-    return numbers
-
-
-register_analysis("provisional-behaviour", provisional_behaviour_numbers)
-
-
 def stage_analyses(run: LabRun) -> dict:
     numbers: dict = {}
     sources: dict = {}
@@ -315,9 +256,16 @@ def stage_claims(run: LabRun) -> dict:
     return doc
 
 
+def write_lab_report(run: LabRun) -> Path:
+    """``OUT/report.html``: the claims table and every arm's analyses side by side."""
+    from deltalens.report import build_report
+
+    return build_report([run.out, run.out / "analysis"], run.out / "report.html")
+
+
 def stage_names(cfg: LabConfig) -> list[str]:
     arms = [f"arm-{arm}-seed{seed}" for arm in cfg.arms for seed in range(cfg.seeds)]
-    return ["problems", "base", *arms, "eval", "analyses", "claims"]
+    return ["problems", "base", *arms, "analyses", "claims"]
 
 
 def run_lab(
@@ -335,7 +283,7 @@ def run_lab(
 
     ``config`` overrides the preset chosen by ``quick``; ``cache_dir`` is the base cache
     (``True``: :func:`default_cache_dir`, ``None``/``False``: no cache); ``until`` stops after
-    the named stage (``"base"``, ``"arms"``, ``"eval"``, ...).
+    the named stage (``"base"``, ``"arms"``, ``"analyses"``, ...).
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -374,7 +322,7 @@ def run_lab(
 
 def _upstream_ran(name: str, ran: list[str]) -> bool:
     """A finished stage is redone when a stage it depends on ran in this invocation: arms
-    depend on problems and base; eval, analyses and claims on everything before them."""
+    depend on problems and base; analyses and claims on everything before them."""
     if name.startswith("arm-"):
         return any(n in ("problems", "base") for n in ran)
     return bool(ran)
@@ -384,7 +332,7 @@ def _stop_index(plan: list[str], until: str) -> int:
     if until == "arms":
         return max(i for i, n in enumerate(plan) if n.startswith("arm-")) + 1
     if until not in plan:
-        raise DeltalensError(f"unknown stage {until!r}; expected one of problems, base, arms, eval, analyses, claims")
+        raise DeltalensError(f"unknown stage {until!r}; expected one of problems, base, arms, analyses, claims")
     return plan.index(until) + 1
 
 
@@ -396,11 +344,19 @@ def _run_stage(run: LabRun, name: str):
     if name.startswith("arm-"):
         arm, seed = name[len("arm-"):].rsplit("-seed", 1)
         return stage_arm(run, arm, int(seed))
-    if name == "eval":
-        return stage_eval(run)
     if name == "analyses":
         return stage_analyses(run)
     if name == "claims":
         stage_claims(run)
-        return None
+        return {"report": str(write_lab_report(run))}
     raise AssertionError(name)
+
+
+def _register_default_analyses() -> None:
+    from deltalens.lab.analyses import ANALYSES as DEFAULT
+
+    for name, fn in DEFAULT:
+        register_analysis(name, fn)
+
+
+_register_default_analyses()

@@ -1,9 +1,6 @@
-"""The lab's own simple sampler and pass@k: PROVISIONAL.
+"""The lab's plain batched sampler, for the RFT arm's self-generated training data.
 
-Used to calibrate the base (is it competent but imperfect?) and for the RFT arm's
-self-generated data. The behaviour area (SPEC §7) owns the real sampling backends and pass@k
-with bootstrap CIs; once it lands the lab's stage 5 uses that, and this module remains only
-for calibration and RFT data.
+Every measurement (pass@k, support, KL) goes through :mod:`deltalens.behavior` instead.
 """
 
 from __future__ import annotations
@@ -57,22 +54,3 @@ def sample_completions(
         if on_batch is not None:
             on_batch(len(chunk))
     return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
-
-
-def pass_at_k_unbiased(n: int, c: int, k: int) -> float:
-    """Chen et al. (2021) per-problem pass@k = 1 − C(n−c, k)/C(n, k), as the product
-    1 − Π_{i=n−c+1..n}(1 − k/i); 1.0 when n − c < k (SPEC §7). PROVISIONAL: see module doc."""
-    if k > n:
-        raise ValueError(f"pass@k needs k ≤ n, got k={k}, n={n}")
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod
-
-
-def pass_at_ks(correct_counts: Sequence[int], n: int) -> dict[int, float]:
-    """Mean pass@k over problems for k = 1, 2, 4, …, n (``correct_counts`` per problem)."""
-    ks = [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
-    return {k: sum(pass_at_k_unbiased(n, c, k) for c in correct_counts) / len(correct_counts) for k in ks}
