@@ -1,9 +1,9 @@
-# Two commands on a fresh machine: `make demo` (set up, run the main job) and `make test`.
+# Two commands on a fresh machine: `make demo` (set up, run the main job: the lab, quick) and `make test`.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lab test clean
 
 $(BIN)/deltalens: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,10 @@ $(BIN)/deltalens: pyproject.toml
 setup: $(BIN)/deltalens
 
 demo: setup
-	$(BIN)/deltalens demo --out runs/demo
+	$(BIN)/deltalens lab --quick --out runs/lab-quick
+
+lab: setup
+	$(BIN)/deltalens lab --out runs/lab
 
 test: setup
 	$(BIN)/python -m pytest -q

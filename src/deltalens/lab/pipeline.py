@@ -298,6 +298,7 @@ def run_lab(
         raise DeltalensError(f"{out}: holds a lab run with a different configuration; use another --out")
     write_json(lab_json, {"run_hash": run_hash(cfg), "base_hash": base_hash(cfg), "config": asdict(cfg)})
     console = console or Console(stderr=True)
+    _quiet_library_progress_bars()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not show_progress)
     run = LabRun(out, cfg, cache, progress)
@@ -318,6 +319,16 @@ def run_lab(
             console.log(f"stage {name}: {timings[name]} s")
     claims = read_json(out / "claims.json") if (out / "claims.json").is_file() and stop == len(plan) else None
     return {"out": str(out), "claims": claims, "stages": timings, "config": cfg}
+
+
+def _quiet_library_progress_bars() -> None:
+    """The lab shows one rich bar per stage; per-save and per-dataset bars of transformers and
+    datasets would interleave with it."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def _upstream_ran(name: str, ran: list[str]) -> bool:
