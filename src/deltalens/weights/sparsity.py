@@ -27,6 +27,8 @@ DEFAULT_ETA = 1e-3
 DEFAULT_TOLS = (1e-5,)
 CPU_CHUNK = 1 << 16  # elements per chunk: 256 KiB of float32 per buffer (stays in L2)
 CUDA_CHUNK = 1 << 26
+BF16_ETA_LIMIT = 2.0 ** -9  # below it the relative rule equals bitwise in bf16, up to ±0.0 (SPEC §2)
+SPARSE_SHARE = 8  # the bf16 pass compacts the changed elements when at most 1/8 of a chunk changed
 
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -154,15 +156,75 @@ class SparsityAccumulator:
             self.visible_count += int((ad >= half).sum())
             self.vanishing_count += int(((ad > 0) & (ad < half)).sum())
 
-    def update_cpu(self, a: torch.Tensor, b: torch.Tensor, *, sparsity: bool = True) -> None:
+    def update_cpu(self, a: torch.Tensor, b: torch.Tensor, *, sparsity: bool = True, fast: bool = True) -> None:
         """:meth:`update` for CPU chunks, in numpy with preallocated buffers (same results).
 
         Fresh 1 MiB temporaries cost a page-faulting mmap each; boolean-mask indexing and torch's
         CPU comparisons are slow. So: dtype casts by ``copy_`` into float buffers, every other
-        step an ``out=`` ufunc over the whole chunk, counts by ``count_nonzero``.
+        step an ``out=`` ufunc over the whole chunk, counts by ``count_nonzero``. A bf16 pair
+        takes the shorter pass of :meth:`_update_cpu_bf16` when ``fast`` (the default).
         """
         with np.errstate(invalid="ignore", over="ignore"):
+            if fast and a.dtype == b.dtype == torch.bfloat16 and not self.visible and 0 <= self.eta < BF16_ETA_LIMIT:
+                if self._update_cpu_bf16(a, b):
+                    return
             self._update_cpu(a, b, sparsity)
+
+    def _update_cpu_bf16(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """The bf16 pass: bitwise mask on the int16 view, one float32 pass for Σw0², and the
+        float arithmetic only where it can matter; False (nothing added) if the chunk holds a
+        NaN/Inf, which the general pass then handles.
+
+        - relative rule: in bf16 two different finite values differ by more than 2⁻⁹ of the
+          larger magnitude (8 significand bits), so for η < 2⁻⁹ the relative rule keeps exactly
+          the bitwise-unchanged elements plus the ±0.0 pairs (SPEC §2). With Δ = w1 − w0 in
+          float32 (exact-or-nonzero: float subtraction of distinct values never gives 0), the
+          relative count is the number of Δ == 0.
+        - bitwise-identical elements have Δ = 0: unchanged under every rule, nothing added to
+          ‖Δ‖² or max|Δ|. When at most 1/``SPARSE_SHARE`` of the chunk changed, Δ is computed on
+          the compacted changed elements only; otherwise on the whole chunk (compaction costs
+          about as much as the dense arithmetic it saves).
+        """
+        n = a.numel()
+        buf = self._buffers(n, torch.float32)
+        mask = buf["mask"][:n]
+        np.not_equal(bits_view(a).numpy(), bits_view(b).numpy(), out=mask)
+        changed = int(np.count_nonzero(mask))
+        f0t = buf["f0"][:n]
+        f0t.copy_(a)
+        f0 = f0t.numpy()
+        s0 = float(np.dot(f0, f0))
+        if not math.isfinite(s0):
+            return False
+        if changed == 0:
+            sd, mx, zero, small = 0.0, 0.0, n, [n] * len(self.tols)
+        else:
+            if changed * SPARSE_SHARE <= n:
+                idx = np.flatnonzero(mask)
+                x1 = torch.from_numpy(bits_view(b).numpy()[idx]).view(torch.bfloat16).float().numpy()
+                d = np.subtract(x1, f0[idx], out=x1)
+                same = n - changed
+            else:
+                b_f = buf["f1"][:n]
+                b_f.copy_(b)
+                d = np.subtract(b_f.numpy(), f0, out=buf["d"][:n])
+                same = 0
+            sd = float(np.dot(d, d))
+            if not math.isfinite(sd):
+                return False
+            cmp = mask[: d.size]  # the mask is no longer needed
+            zero = same + int(np.count_nonzero(np.equal(d, 0, out=cmp)))
+            np.abs(d, out=d)
+            mx = float(d.max())
+            small = [same + int(np.count_nonzero(np.less_equal(d, tol, out=cmp))) for tol in self.tols]
+        self.numel += n
+        self.changed += changed
+        self.sum_w02 += s0
+        self.sum_d2 += sd
+        self.max_abs = max(self.max_abs, mx)
+        self.rel_unchanged += zero
+        self.abs_unchanged = [c + k for c, k in zip(self.abs_unchanged, small)]
+        return True
 
     def _update_cpu(self, a: torch.Tensor, b: torch.Tensor, sparsity: bool) -> None:
         n = a.numel()
@@ -271,8 +333,9 @@ def stream_pair_stats(t0: torch.Tensor, t1: torch.Tensor, *, tols=DEFAULT_TOLS, 
 
     On CPU the chunks are shared among ``workers`` threads (default: torch's thread count), each
     running single-threaded torch ops: intra-op threading on cache-sized chunks costs more than
-    it gives, badly so on a loaded machine. ``kernel``: "auto" (numpy on CPU, torch elsewhere)
-    or "torch" to run the device kernel on CPU (the tests check both give the same numbers).
+    it gives, badly so on a loaded machine. ``kernel``: "auto" (numpy on CPU, with the short
+    bf16 pass where it applies; torch elsewhere), "numpy" (the general numpy pass for every
+    dtype) or "torch" to run the device kernel on CPU (the tests check all give the same numbers).
     """
     chunk = chunk or (CUDA_CHUNK if device.startswith("cuda") else CPU_CHUNK)
     a_all, b_all = t0.reshape(-1), t1.reshape(-1)
@@ -287,7 +350,7 @@ def stream_pair_stats(t0: torch.Tensor, t1: torch.Tensor, *, tols=DEFAULT_TOLS, 
 
     def work(i: int) -> None:
         for s in starts[i::workers]:
-            accs[i].update_cpu(a_all[s:s + chunk], b_all[s:s + chunk], sparsity=sparsity)
+            accs[i].update_cpu(a_all[s:s + chunk], b_all[s:s + chunk], sparsity=sparsity, fast=kernel == "auto")
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
