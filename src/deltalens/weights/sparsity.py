@@ -179,7 +179,7 @@ class SparsityAccumulator:
           larger magnitude (8 significand bits), so for η < 2⁻⁹ the relative rule keeps exactly
           the bitwise-unchanged elements plus the ±0.0 pairs (SPEC §2). With Δ = w1 − w0 in
           float32 (exact-or-nonzero: float subtraction of distinct values never gives 0), the
-          relative count is the number of Δ == 0.
+          relative count is the number of Δ == 0 (counted on the int32 view of |Δ|).
         - bitwise-identical elements have Δ = 0: unchanged under every rule, nothing added to
           ‖Δ‖² or max|Δ|. When at most 1/``SPARSE_SHARE`` of the chunk changed, Δ is computed on
           the compacted changed elements only; otherwise on the whole chunk (compaction costs
@@ -213,8 +213,8 @@ class SparsityAccumulator:
             if not math.isfinite(sd):
                 return False
             cmp = mask[: d.size]  # the mask is no longer needed
-            zero = same + int(np.count_nonzero(np.equal(d, 0, out=cmp)))
-            np.abs(d, out=d)
+            np.abs(d, out=d)  # every zero is now +0.0, whose bits are the only all-zero int32
+            zero = same + d.size - int(np.count_nonzero(d.view(np.int32)))
             mx = float(d.max())
             small = [same + int(np.count_nonzero(np.less_equal(d, tol, out=cmp))) for tol in self.tols]
         self.numel += n
