@@ -162,18 +162,23 @@ class SparsityAccumulator:
         Fresh 1 MiB temporaries cost a page-faulting mmap each; boolean-mask indexing and torch's
         CPU comparisons are slow. So: dtype casts by ``copy_`` into float buffers, every other
         step an ``out=`` ufunc over the whole chunk, counts by ``count_nonzero``. A bf16 pair
-        takes the shorter pass of :meth:`_update_cpu_bf16` when ``fast`` (the default).
+        takes the shorter pass of :meth:`update_bf16_chunks` when ``fast`` (the default).
         """
+        if fast and self.uses_bf16_pass(a, b):
+            self.update_bf16_chunks(a.reshape(-1), b.reshape(-1), [0], a.numel())
+            return
         with np.errstate(invalid="ignore", over="ignore"):
-            if fast and a.dtype == b.dtype == torch.bfloat16 and not self.visible and 0 <= self.eta < BF16_ETA_LIMIT:
-                if self._update_cpu_bf16(a, b):
-                    return
             self._update_cpu(a, b, sparsity)
 
-    def _update_cpu_bf16(self, a: torch.Tensor, b: torch.Tensor) -> bool:
-        """The bf16 pass: bitwise mask on the int16 view, one float32 pass for Σw0², and the
-        float arithmetic only where it can matter; False (nothing added) if the chunk holds a
-        NaN/Inf, which the general pass then handles.
+    def uses_bf16_pass(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Whether :meth:`update_bf16_chunks` applies: a bf16 pair, η < 2⁻⁹, no visibility."""
+        return a.dtype == b.dtype == torch.bfloat16 and not self.visible and 0 <= self.eta < BF16_ETA_LIMIT
+
+    def update_bf16_chunks(self, a_all: torch.Tensor, b_all: torch.Tensor, starts, chunk: int) -> None:
+        """The bf16 pass over the chunks of a bf16 pair starting at ``starts``: bitwise mask on the
+        int16 view, one float32 pass for Σw0², and the float arithmetic only where it can matter.
+        A chunk holding a NaN/Inf goes to the general pass. One loop with its buffers and views
+        set up once: per-chunk Python overhead is ~20% of the pass at 64 Ki elements.
 
         - relative rule: in bf16 two different finite values differ by more than 2⁻⁹ of the
           larger magnitude (8 significand bits), so for η < 2⁻⁹ the relative rule keeps exactly
@@ -185,46 +190,64 @@ class SparsityAccumulator:
           the compacted changed elements only; otherwise on the whole chunk (compaction costs
           about as much as the dense arithmetic it saves).
         """
-        n = a.numel()
-        buf = self._buffers(n, torch.float32)
-        mask = buf["mask"][:n]
-        np.not_equal(bits_view(a).numpy(), bits_view(b).numpy(), out=mask)
-        changed = int(np.count_nonzero(mask))
-        f0t = buf["f0"][:n]
-        f0t.copy_(a)
-        f0 = f0t.numpy()
-        s0 = float(np.dot(f0, f0))
-        if not math.isfinite(s0):
-            return False
-        if changed == 0:
-            sd, mx, zero, small = 0.0, 0.0, n, [n] * len(self.tols)
-        else:
-            if changed * SPARSE_SHARE <= n:
-                idx = np.flatnonzero(mask)
-                x1 = torch.from_numpy(bits_view(b).numpy()[idx]).view(torch.bfloat16).float().numpy()
-                d = np.subtract(x1, f0[idx], out=x1)
-                same = n - changed
-            else:
-                b_f = buf["f1"][:n]
-                b_f.copy_(b)
-                d = torch.sub(b_f, f0t, out=b_f).numpy()  # torch's float32 subtract: ~2x numpy's here
-                same = 0
-            sd = float(np.dot(d, d))
-            if not math.isfinite(sd):
-                return False
-            cmp = mask[: d.size]  # the mask is no longer needed
-            np.abs(d, out=d)  # every zero is now +0.0, whose bits are the only all-zero int32
-            zero = same + d.size - int(np.count_nonzero(d.view(np.int32)))
-            mx = float(d.max())
-            small = [same + int(np.count_nonzero(np.less_equal(d, tol, out=cmp))) for tol in self.tols]
-        self.numel += n
-        self.changed += changed
-        self.sum_w02 += s0
-        self.sum_d2 += sd
-        self.max_abs = max(self.max_abs, mx)
-        self.rel_unchanged += zero
-        self.abs_unchanged = [c + k for c, k in zip(self.abs_unchanged, small)]
-        return True
+        buf = self._buffers(min(chunk, a_all.numel()), torch.float32)
+        f0_all, f1_all, mask_all = buf["f0"], buf["f1"], buf["mask"]
+        ai_all, bi_all = bits_view(a_all).numpy(), bits_view(b_all).numpy()
+        tols, total = self.tols, a_all.numel()
+        count, dot, isfinite = np.count_nonzero, np.dot, math.isfinite
+        numel = changed_all = zero_all = 0
+        s0_all = sd_all = mx_all = 0.0
+        small_all = [0] * len(tols)
+        with np.errstate(invalid="ignore", over="ignore"):
+            for s in starts:
+                e = min(s + chunk, total)
+                n = e - s
+                mask = mask_all[:n]
+                np.not_equal(ai_all[s:e], bi_all[s:e], out=mask)
+                changed = int(count(mask))
+                f0t = f0_all[:n]
+                f0t.copy_(a_all[s:e])
+                f0 = f0t.numpy()
+                s0 = float(dot(f0, f0))
+                if not isfinite(s0):
+                    self._update_cpu(a_all[s:e], b_all[s:e], True)
+                    continue
+                if changed == 0:
+                    sd, mx, zero, small = 0.0, 0.0, n, [n] * len(tols)
+                else:
+                    if changed * SPARSE_SHARE <= n:
+                        idx = np.flatnonzero(mask)
+                        x1 = torch.from_numpy(bi_all[s:e][idx]).view(torch.bfloat16).float().numpy()
+                        d = np.subtract(x1, f0[idx], out=x1)
+                        same = n - changed
+                    else:
+                        b_f = f1_all[:n]
+                        b_f.copy_(b_all[s:e])
+                        d = torch.sub(b_f, f0t, out=b_f).numpy()  # torch's float32 subtract: ~2x numpy's here
+                        same = 0
+                    sd = float(dot(d, d))
+                    if not isfinite(sd):
+                        self._update_cpu(a_all[s:e], b_all[s:e], True)
+                        continue
+                    cmp = mask[: d.size]  # the mask is no longer needed
+                    np.abs(d, out=d)  # every zero is now +0.0, whose bits are the only all-zero int32
+                    zero = same + d.size - int(count(d.view(np.int32)))
+                    mx = float(d.max())
+                    small = [same + int(count(np.less_equal(d, tol, out=cmp))) for tol in tols]
+                numel += n
+                changed_all += changed
+                s0_all += s0
+                sd_all += sd
+                mx_all = max(mx_all, mx)
+                zero_all += zero
+                small_all = [c + k for c, k in zip(small_all, small)]
+        self.numel += numel
+        self.changed += changed_all
+        self.sum_w02 += s0_all
+        self.sum_d2 += sd_all
+        self.max_abs = max(self.max_abs, mx_all)
+        self.rel_unchanged += zero_all
+        self.abs_unchanged = [c + k for c, k in zip(self.abs_unchanged, small_all)]
 
     def _update_cpu(self, a: torch.Tensor, b: torch.Tensor, sparsity: bool) -> None:
         n = a.numel()
@@ -348,9 +371,14 @@ def stream_pair_stats(t0: torch.Tensor, t1: torch.Tensor, *, tols=DEFAULT_TOLS, 
     workers = max(1, min(workers or torch.get_num_threads(), len(starts)))
     accs = [SparsityAccumulator(tols, eta, visible) for _ in range(workers)]
 
+    bf16_pass = kernel == "auto" and accs[0].uses_bf16_pass(a_all, b_all)
+
     def work(i: int) -> None:
+        if bf16_pass:
+            accs[i].update_bf16_chunks(a_all, b_all, starts[i::workers], chunk)
+            return
         for s in starts[i::workers]:
-            accs[i].update_cpu(a_all[s:s + chunk], b_all[s:s + chunk], sparsity=sparsity, fast=kernel == "auto")
+            accs[i].update_cpu(a_all[s:s + chunk], b_all[s:s + chunk], sparsity=sparsity, fast=False)
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -371,9 +399,13 @@ _POOLS: dict = {}
 
 def _pool(workers: int):
     """A thread pool kept for the process (starting threads per tensor costs more than a small
-    tensor's whole pass)."""
+    tensor's whole pass). Each worker sets torch's intra-op threads to 1 for itself: with OpenMP
+    that count is per calling thread, so ``torch.set_num_threads(1)`` in the caller leaves a
+    worker's ``copy_`` forking its own team, which on 64 Ki chunks made the pass ~2x slower with
+    two workers than with one (and warm runs slower than cold)."""
     if workers not in _POOLS:
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="deltalens-sparsity")
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="deltalens-sparsity",
+                                             initializer=torch.set_num_threads, initargs=(1,))
     return _POOLS[workers]
