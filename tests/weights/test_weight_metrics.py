@@ -228,6 +228,8 @@ def test_bf16_short_pass_agrees_with_general_passes(share, specials, chunk):
     w0, w1 = _bf16_pair(5000, share, seed=int(share * 100) + specials, specials=specials)
     ref = _float64_reference(w0, w1, tols)
     runs = {k: stream_pair_stats(w0, w1, tols=tols, chunk=chunk, kernel=k) for k in ("auto", "numpy", "torch")}
+    runs["auto, 2 workers"] = stream_pair_stats(w0, w1, tols=tols, chunk=chunk, workers=2)
+    runs["numpy, 2 workers"] = stream_pair_stats(w0, w1, tols=tols, chunk=chunk, workers=2, kernel="numpy")
     for kernel, s in runs.items():
         for key in ("unchanged_bitwise", "unchanged_relative"):
             assert s[key] == pytest.approx(ref[key], abs=0), (kernel, key)

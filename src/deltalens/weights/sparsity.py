@@ -354,9 +354,11 @@ def stream_pair_stats(t0: torch.Tensor, t1: torch.Tensor, *, tols=DEFAULT_TOLS, 
                       kernel: str = "auto") -> dict:
     """Sparsity (SPEC §2) and size (SPEC §3) of one pair, streamed in chunks of the flat tensors.
 
-    On CPU the chunks are shared among ``workers`` threads (default: torch's thread count), each
-    running single-threaded torch ops: intra-op threading on cache-sized chunks costs more than
-    it gives, badly so on a loaded machine. ``kernel``: "auto" (numpy on CPU, with the short
+    On CPU the chunks are shared among ``workers`` threads (default 1), each running
+    single-threaded torch ops: intra-op threading on cache-sized chunks costs more than it gives,
+    badly so on a loaded machine. Two workers measured no faster than one on the 2-core box
+    (each chunk is ~12 short numpy/torch calls with the GIL taken between them) and used about
+    twice the CPU per byte (bench/bench_sparsity_kernel.py; docs/diff.md), hence the default. ``kernel``: "auto" (numpy on CPU, with the short
     bf16 pass where it applies; torch elsewhere), "numpy" (the general numpy pass for every
     dtype) or "torch" to run the device kernel on CPU (the tests check all give the same numbers).
     """
@@ -368,7 +370,7 @@ def stream_pair_stats(t0: torch.Tensor, t1: torch.Tensor, *, tols=DEFAULT_TOLS, 
         for s in starts:
             acc.update(a_all[s:s + chunk].to(device), b_all[s:s + chunk].to(device), sparsity=sparsity)
         return acc.result(sparsity, size)
-    workers = max(1, min(workers or torch.get_num_threads(), len(starts)))
+    workers = max(1, min(workers or 1, len(starts)))
     accs = [SparsityAccumulator(tols, eta, visible) for _ in range(workers)]
 
     bf16_pass = kernel == "auto" and accs[0].uses_bf16_pass(a_all, b_all)
@@ -399,13 +401,9 @@ _POOLS: dict = {}
 
 def _pool(workers: int):
     """A thread pool kept for the process (starting threads per tensor costs more than a small
-    tensor's whole pass). Each worker sets torch's intra-op threads to 1 for itself: with OpenMP
-    that count is per calling thread, so ``torch.set_num_threads(1)`` in the caller leaves a
-    worker's ``copy_`` forking its own team, which on 64 Ki chunks made the pass ~2x slower with
-    two workers than with one (and warm runs slower than cold)."""
+    tensor's whole pass)."""
     if workers not in _POOLS:
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="deltalens-sparsity",
-                                             initializer=torch.set_num_threads, initargs=(1,))
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="deltalens-sparsity")
     return _POOLS[workers]
