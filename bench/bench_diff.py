@@ -159,6 +159,8 @@ def main() -> None:
     ap.add_argument("--size", choices=list(SIZES), default="small")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--with-rank", action="store_true", help="also time the default metrics (with ranks), warm")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of cat and deltalens (naive runs once); "
+                                                          "prints median [min–max] of each")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import torch  # noqa: F401  (import cost outside the timings)
@@ -172,10 +174,12 @@ def main() -> None:
     print(f"pair: {args.size}, {nbytes / 1e9:.2f} GB (both files, bf16); largest tensor in float32: {largest_f32_mb:.0f} MB; "
           f"torch threads: {torch.get_num_threads()}")
     results = []
-    for cold in (True, False):
-        results.append(measure("cat", lambda: run_cat(files), files, nbytes, cold))
-        results.append(measure("naive", lambda: run_naive(b, t), files, nbytes, cold))
-        results.append(measure("deltalens sparsity,size", lambda: run_ours(b, t, "sparsity,size"), files, nbytes, cold))
+    for round_ in range(args.repeat):
+        for cold in (True, False):
+            results.append(measure("cat", lambda: run_cat(files), files, nbytes, cold))
+            if round_ == 0:
+                results.append(measure("naive", lambda: run_naive(b, t), files, nbytes, cold))
+            results.append(measure("deltalens sparsity,size", lambda: run_ours(b, t, "sparsity,size"), files, nbytes, cold))
     if args.with_rank:
         results.append(measure("deltalens all (with ranks)", lambda: run_ours(b, t, "sparsity,size,rank"), files, nbytes, False))
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other load slows every row alike)")
@@ -183,8 +187,14 @@ def main() -> None:
     for r in results:
         print(f"{r['what']:30s} {r['cache']:5s} {r['seconds']:7.2f} {r['gb_s']:7.2f} {r['cpu_s']:7.2f} "
               f"{nbytes / 1e9 / max(r['cpu_s'], 1e-9):9.2f} {r['peak_anon_mb']:13.0f}")
+    if args.repeat > 1:
+        print(f"over {args.repeat} rounds, GB/s median [min–max]:")
+        for cache in ("cold", "warm"):
+            for what in ("cat", "deltalens sparsity,size"):
+                v = sorted(r["gb_s"] for r in results if r["what"] == what and r["cache"] == cache)
+                print(f"  {what:28s} {cache}: {v[len(v) // 2]:.2f} [{v[0]:.2f}–{v[-1]:.2f}]")
     for cache in ("cold", "warm"):
-        by = {r["what"]: r for r in results if r["cache"] == cache}
+        by = {r["what"]: r for r in results if r["cache"] == cache}  # the last round
         ours, naive, cat = by["deltalens sparsity,size"], by["naive"], by["cat"]
         print(f"{cache}: deltalens/cat throughput {ours['gb_s'] / cat['gb_s']:.2f}, deltalens/naive throughput "
               f"{ours['gb_s'] / naive['gb_s']:.2f}, peak anon deltalens/naive {ours['peak_anon_mb'] / max(naive['peak_anon_mb'], 1):.3f}, "

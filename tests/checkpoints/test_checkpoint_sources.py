@@ -255,3 +255,24 @@ def test_handwritten_adapter_over_tied_base_without_config(tmp_path):
     delta = 2.0 * b.double().numpy() @ a.double().numpy()
     assert q["delta_fro"] == pytest.approx(np.linalg.norm(delta), rel=1e-5)
     assert q["numerical_rank"] == 2 and q["dtype"] == "float32"
+
+
+def test_byte_ranges_hold_each_tensors_bytes_and_read_ahead_runs(tmp_path):
+    """byte_range (used for read-ahead) points at exactly the stored bytes of each tensor, in
+    single files and shards; ReadAhead accepts every key and leaves results unchanged."""
+    from deltalens.checkpoints.readahead import ReadAhead
+
+    state = _state(seed=3)
+    _folder(tmp_path / "sharded", state, shards=2)
+    save_file(state, str(tmp_path / "single.safetensors"))
+    for spec in (tmp_path / "sharded", tmp_path / "single.safetensors"):
+        src, _ = open_pair(spec, spec)
+        with ReadAhead(src) as ahead:
+            for key in src.names():
+                path, offset, length = src.byte_range(key)
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    stored = fh.read(length)
+                want = state[src.info(key).name]
+                assert stored == want.view(torch.int16).numpy().tobytes()
+                ahead.request(key)

@@ -183,3 +183,72 @@ def test_same_bits_inf_in_a_dense_chunk(kernel):
     assert s["unchanged_bitwise"] == s["unchanged_relative"] == 0.25
     assert s["unchanged_absolute"]["1.0"] == 1.0
     assert s["delta_fro"] == pytest.approx(math.sqrt(3 * 0.25)) and s["delta_max_abs"] == 0.5
+
+
+def _bf16_pair(n: int, changed_share: float, seed: int, specials: bool):
+    """A bf16 pair with ~changed_share of entries changed, optionally with ±0.0 pairs, same-bits
+    and changed NaN/Inf placed in the first chunk only."""
+    g = torch.Generator().manual_seed(seed)
+    w0 = (torch.randn(n, generator=g) * 0.02).to(torch.bfloat16)
+    mask = torch.rand(n, generator=g) < changed_share
+    w1 = torch.where(mask, (w0.float() * (1 + 0.05 * torch.randn(n, generator=g))).to(torch.bfloat16), w0)
+    w0[5], w1[5] = 0.0, -0.0  # ±0.0: changed bitwise, unchanged under relative/absolute
+    w0[6], w1[6] = -0.0, 0.0
+    w0[7], w1[7] = 0.0, 0.0
+    if specials:
+        w0[0] = w1[0] = float("nan")  # same bits: unchanged everywhere, counted non-finite
+        w0[1], w1[1] = 1.0, float("nan")
+        w0[2] = w1[2] = float("inf")
+        w0[3], w1[3] = float("-inf"), 3.0
+    return w0, w1
+
+
+def _float64_reference(w0, w1, tols, eta=1e-3):
+    a, b = w0.double().numpy(), w1.double().numpy()
+    same_bits = w0.view(torch.int16).numpy() == w1.view(torch.int16).numpy()
+    fin = np.isfinite(a) & np.isfinite(b)
+    with np.errstate(invalid="ignore"):
+        d = np.where(fin, np.abs(b - a), np.nan)
+        rel = same_bits | (d <= eta * np.maximum(np.abs(a), np.abs(b)))
+        ref = {"unchanged_bitwise": same_bits.mean(), "unchanged_relative": rel.mean(),
+               "unchanged_absolute": {repr(t): (same_bits | (d <= t)).mean() for t in tols},
+               "nonfinite": int((~fin).sum()),
+               "delta_fro": math.sqrt(np.nansum(d ** 2)), "delta_max_abs": float(np.nanmax(d)),
+               "w0_fro": math.sqrt((np.where(np.isfinite(a), a, 0) ** 2).sum())}
+    return ref
+
+
+@pytest.mark.parametrize("specials", [False, True])
+@pytest.mark.parametrize("share", [0.0, 0.01, 0.3, 0.9])
+@pytest.mark.parametrize("chunk", [64, 1 << 16])
+def test_bf16_short_pass_agrees_with_general_passes(share, specials, chunk):
+    """The bf16 pass (sparse when ≤ 1/8 changed, dense otherwise, falling back on NaN/Inf chunks)
+    gives the same counts and max as the general numpy and torch passes and float64."""
+    tols = (1e-5, 1e-3, 0.0)
+    w0, w1 = _bf16_pair(5000, share, seed=int(share * 100) + specials, specials=specials)
+    ref = _float64_reference(w0, w1, tols)
+    runs = {k: stream_pair_stats(w0, w1, tols=tols, chunk=chunk, kernel=k) for k in ("auto", "numpy", "torch")}
+    runs["auto, 2 workers"] = stream_pair_stats(w0, w1, tols=tols, chunk=chunk, workers=2)
+    runs["numpy, 2 workers"] = stream_pair_stats(w0, w1, tols=tols, chunk=chunk, workers=2, kernel="numpy")
+    for kernel, s in runs.items():
+        for key in ("unchanged_bitwise", "unchanged_relative"):
+            assert s[key] == pytest.approx(ref[key], abs=0), (kernel, key)
+        for t in tols:
+            assert s["unchanged_absolute"][repr(t)] == pytest.approx(ref["unchanged_absolute"][repr(t)], abs=0), (kernel, t)
+        assert s["nonfinite"] == ref["nonfinite"]
+        assert s["delta_max_abs"] == ref["delta_max_abs"]  # exact: a bf16 difference is exact in float32 here
+        assert s["delta_fro"] == pytest.approx(ref["delta_fro"], rel=1e-6, abs=0)
+        assert s["delta_rel"] == pytest.approx(ref["delta_fro"] / ref["w0_fro"], rel=1e-6)
+    # the ±0.0 pairs are the only place where relative and bitwise differ
+    assert runs["auto"]["unchanged_relative"] - runs["auto"]["unchanged_bitwise"] == pytest.approx(2 / 5000)
+
+
+def test_bf16_short_pass_not_used_where_it_does_not_hold():
+    """η ≥ 2⁻⁹ breaks relative = bitwise (up to ±0) in bf16: the general rule must run."""
+    w0 = torch.tensor([1.0, 2.0, 4.0, 0.5], dtype=torch.bfloat16)
+    w1 = torch.tensor([1.0078125, 2.0, 4.0, 0.5], dtype=torch.bfloat16)  # one ULP up at 1.0: |Δ| = 2⁻⁷
+    for kernel in ("auto", "numpy"):
+        s = stream_pair_stats(w0, w1, eta=2.0 ** -7, kernel=kernel)
+        assert s["unchanged_relative"] == 1.0 and s["unchanged_bitwise"] == 0.75
+        s = stream_pair_stats(w0, w1, eta=1e-3, kernel=kernel)
+        assert s["unchanged_relative"] == 0.75

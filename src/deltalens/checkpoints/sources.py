@@ -75,6 +75,25 @@ class TensorSource(ABC):
         """Cheap identity of the files behind this source (paths, sizes, mtimes) for resume."""
         return []
 
+    def byte_range(self, key: str) -> tuple[Path, int, int] | None:
+        """(file, offset, length) of the tensor's stored bytes, where it sits in a file as is
+        (for read-ahead); None otherwise."""
+        return None
+
+
+def _data_ranges(path: Path) -> dict[str, tuple[int, int]]:
+    """Stored name → (offset, length) of its bytes in a safetensors file, from the header that
+    ``safe_open`` has already validated (8-byte little-endian length, JSON, then the data)."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+    out = {}
+    for name, meta in header.items():
+        if name != "__metadata__":
+            begin, end = meta["data_offsets"]
+            out[name] = (8 + size + begin, end - begin)
+    return out
+
 
 def _safe_open(path: Path):
     from safetensors import safe_open
@@ -94,8 +113,10 @@ class SafetensorsSource(TensorSource):
         super().__init__(label=label, kind=kind, config=config or {})
         self._files = files
         self._handles: dict[str, tuple[object, str]] = {}  # canonical name → (open handle, stored name)
+        self._ranges: dict[str, tuple[Path, int, int]] = {}  # canonical name → (file, offset, length)
         for path in files:
             handle = _safe_open(path)
+            ranges = _data_ranges(path)
             for stored in handle.keys():
                 sl = handle.get_slice(stored)
                 dtype = _ST_DTYPES.get(sl.get_dtype(), sl.get_dtype().lower())
@@ -104,6 +125,8 @@ class SafetensorsSource(TensorSource):
                     key = stored
                 self.infos[key] = TensorInfo(stored, tuple(sl.get_shape()), dtype)
                 self._handles[key] = (handle, stored)
+                if stored in ranges:
+                    self._ranges[key] = (path, *ranges[stored])
         if expected:
             stored_names = {i.name for i in self.infos.values()}
             for name, shard in expected.items():
@@ -113,6 +136,9 @@ class SafetensorsSource(TensorSource):
     def get(self, key: str):
         handle, stored = self._handles[key]
         return handle.get_tensor(stored)
+
+    def byte_range(self, key: str) -> tuple[Path, int, int] | None:
+        return self._ranges.get(key)
 
     def fingerprint(self) -> list:
         out = []

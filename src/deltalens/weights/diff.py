@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deltalens.checkpoints import TensorPair, open_pair, pair_sources
+from deltalens.checkpoints.readahead import ReadAhead
 from deltalens.results import append_jsonl, to_jsonable, write_json, write_parquet, write_text
 from deltalens.weights.aggregate import summarize
 from deltalens.weights.groups import ALWAYS_FIELDS, METRIC_GROUPS, STREAMING_GROUPS, MetricContext, aggregated_fields
@@ -162,10 +163,14 @@ def run_diff(base: str | os.PathLike, tuned: str | os.PathLike, *, out: str | os
     rows = []
     from deltalens.weights.progress import TensorProgress
 
-    with TensorProgress(pairing.pairs, enabled=progress, label="diff") as bar:
+    todo = [p for p in pairing.pairs if p.name not in cached]
+    with TensorProgress(pairing.pairs, enabled=progress, label="diff") as bar, ReadAhead(base_src, tuned_src) as ahead:
         for pair in pairing.pairs:
             row = cached.get(pair.name)
             if row is None:
+                for coming in todo[:2]:  # this pair and the next: reads overlap the arithmetic
+                    ahead.request(coming.key)
+                todo.pop(0)
                 bar.describe(pair.name)
                 row = compute_row(pair, base_src.get(pair.key), tuned_src.get(pair.key), options)
                 if out_path is not None:

@@ -27,6 +27,8 @@ DEFAULT_ETA = 1e-3
 DEFAULT_TOLS = (1e-5,)
 CPU_CHUNK = 1 << 16  # elements per chunk: 256 KiB of float32 per buffer (stays in L2)
 CUDA_CHUNK = 1 << 26
+BF16_ETA_LIMIT = 2.0 ** -9  # below it the relative rule equals bitwise in bf16, up to ±0.0 (SPEC §2)
+SPARSE_SHARE = 8  # the bf16 pass compacts the changed elements when at most 1/8 of a chunk changed
 
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -154,15 +156,98 @@ class SparsityAccumulator:
             self.visible_count += int((ad >= half).sum())
             self.vanishing_count += int(((ad > 0) & (ad < half)).sum())
 
-    def update_cpu(self, a: torch.Tensor, b: torch.Tensor, *, sparsity: bool = True) -> None:
+    def update_cpu(self, a: torch.Tensor, b: torch.Tensor, *, sparsity: bool = True, fast: bool = True) -> None:
         """:meth:`update` for CPU chunks, in numpy with preallocated buffers (same results).
 
         Fresh 1 MiB temporaries cost a page-faulting mmap each; boolean-mask indexing and torch's
         CPU comparisons are slow. So: dtype casts by ``copy_`` into float buffers, every other
-        step an ``out=`` ufunc over the whole chunk, counts by ``count_nonzero``.
+        step an ``out=`` ufunc over the whole chunk, counts by ``count_nonzero``. A bf16 pair
+        takes the shorter pass of :meth:`update_bf16_chunks` when ``fast`` (the default).
         """
+        if fast and self.uses_bf16_pass(a, b):
+            self.update_bf16_chunks(a.reshape(-1), b.reshape(-1), [0], a.numel())
+            return
         with np.errstate(invalid="ignore", over="ignore"):
             self._update_cpu(a, b, sparsity)
+
+    def uses_bf16_pass(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Whether :meth:`update_bf16_chunks` applies: a bf16 pair, η < 2⁻⁹, no visibility."""
+        return a.dtype == b.dtype == torch.bfloat16 and not self.visible and 0 <= self.eta < BF16_ETA_LIMIT
+
+    def update_bf16_chunks(self, a_all: torch.Tensor, b_all: torch.Tensor, starts, chunk: int) -> None:
+        """The bf16 pass over the chunks of a bf16 pair starting at ``starts``: bitwise mask on the
+        int16 view, one float32 pass for Σw0², and the float arithmetic only where it can matter.
+        A chunk holding a NaN/Inf goes to the general pass. One loop with its buffers and views
+        set up once: per-chunk Python overhead is ~20% of the pass at 64 Ki elements.
+
+        - relative rule: in bf16 two different finite values differ by more than 2⁻⁹ of the
+          larger magnitude (8 significand bits), so for η < 2⁻⁹ the relative rule keeps exactly
+          the bitwise-unchanged elements plus the ±0.0 pairs (SPEC §2). With Δ = w1 − w0 in
+          float32 (exact-or-nonzero: float subtraction of distinct values never gives 0), the
+          relative count is the number of Δ == 0 (counted on the int32 view of |Δ|).
+        - bitwise-identical elements have Δ = 0: unchanged under every rule, nothing added to
+          ‖Δ‖² or max|Δ|. When at most 1/``SPARSE_SHARE`` of the chunk changed, Δ is computed on
+          the compacted changed elements only; otherwise on the whole chunk (compaction costs
+          about as much as the dense arithmetic it saves).
+        """
+        buf = self._buffers(min(chunk, a_all.numel()), torch.float32)
+        f0_all, f1_all, mask_all = buf["f0"], buf["f1"], buf["mask"]
+        ai_all, bi_all = bits_view(a_all).numpy(), bits_view(b_all).numpy()
+        tols, total = self.tols, a_all.numel()
+        count, dot, isfinite = np.count_nonzero, np.dot, math.isfinite
+        numel = changed_all = zero_all = 0
+        s0_all = sd_all = mx_all = 0.0
+        small_all = [0] * len(tols)
+        with np.errstate(invalid="ignore", over="ignore"):
+            for s in starts:
+                e = min(s + chunk, total)
+                n = e - s
+                mask = mask_all[:n]
+                np.not_equal(ai_all[s:e], bi_all[s:e], out=mask)
+                changed = int(count(mask))
+                f0t = f0_all[:n]
+                f0t.copy_(a_all[s:e])
+                f0 = f0t.numpy()
+                s0 = float(dot(f0, f0))
+                if not isfinite(s0):
+                    self._update_cpu(a_all[s:e], b_all[s:e], True)
+                    continue
+                if changed == 0:
+                    sd, mx, zero, small = 0.0, 0.0, n, [n] * len(tols)
+                else:
+                    if changed * SPARSE_SHARE <= n:
+                        idx = np.flatnonzero(mask)
+                        x1 = torch.from_numpy(bi_all[s:e][idx]).view(torch.bfloat16).float().numpy()
+                        d = np.subtract(x1, f0[idx], out=x1)
+                        same = n - changed
+                    else:
+                        b_f = f1_all[:n]
+                        b_f.copy_(b_all[s:e])
+                        d = torch.sub(b_f, f0t, out=b_f).numpy()  # torch's float32 subtract: ~2x numpy's here
+                        same = 0
+                    sd = float(dot(d, d))
+                    if not isfinite(sd):
+                        self._update_cpu(a_all[s:e], b_all[s:e], True)
+                        continue
+                    cmp = mask[: d.size]  # the mask is no longer needed
+                    np.abs(d, out=d)  # every zero is now +0.0, whose bits are the only all-zero int32
+                    zero = same + d.size - int(count(d.view(np.int32)))
+                    mx = float(d.max())
+                    small = [same + int(count(np.less_equal(d, tol, out=cmp))) for tol in tols]
+                numel += n
+                changed_all += changed
+                s0_all += s0
+                sd_all += sd
+                mx_all = max(mx_all, mx)
+                zero_all += zero
+                small_all = [c + k for c, k in zip(small_all, small)]
+        self.numel += numel
+        self.changed += changed_all
+        self.sum_w02 += s0_all
+        self.sum_d2 += sd_all
+        self.max_abs = max(self.max_abs, mx_all)
+        self.rel_unchanged += zero_all
+        self.abs_unchanged = [c + k for c, k in zip(self.abs_unchanged, small_all)]
 
     def _update_cpu(self, a: torch.Tensor, b: torch.Tensor, sparsity: bool) -> None:
         n = a.numel()
@@ -269,10 +354,13 @@ def stream_pair_stats(t0: torch.Tensor, t1: torch.Tensor, *, tols=DEFAULT_TOLS, 
                       kernel: str = "auto") -> dict:
     """Sparsity (SPEC §2) and size (SPEC §3) of one pair, streamed in chunks of the flat tensors.
 
-    On CPU the chunks are shared among ``workers`` threads (default: torch's thread count), each
-    running single-threaded torch ops: intra-op threading on cache-sized chunks costs more than
-    it gives, badly so on a loaded machine. ``kernel``: "auto" (numpy on CPU, torch elsewhere)
-    or "torch" to run the device kernel on CPU (the tests check both give the same numbers).
+    On CPU the chunks are shared among ``workers`` threads (default 1), each running
+    single-threaded torch ops: intra-op threading on cache-sized chunks costs more than it gives,
+    badly so on a loaded machine. Two workers measured no faster than one on the 2-core box
+    (each chunk is ~12 short numpy/torch calls with the GIL taken between them) and used about
+    twice the CPU per byte (bench/bench_sparsity_kernel.py; docs/diff.md), hence the default. ``kernel``: "auto" (numpy on CPU, with the short
+    bf16 pass where it applies; torch elsewhere), "numpy" (the general numpy pass for every
+    dtype) or "torch" to run the device kernel on CPU (the tests check all give the same numbers).
     """
     chunk = chunk or (CUDA_CHUNK if device.startswith("cuda") else CPU_CHUNK)
     a_all, b_all = t0.reshape(-1), t1.reshape(-1)
@@ -282,12 +370,17 @@ def stream_pair_stats(t0: torch.Tensor, t1: torch.Tensor, *, tols=DEFAULT_TOLS, 
         for s in starts:
             acc.update(a_all[s:s + chunk].to(device), b_all[s:s + chunk].to(device), sparsity=sparsity)
         return acc.result(sparsity, size)
-    workers = max(1, min(workers or torch.get_num_threads(), len(starts)))
+    workers = max(1, min(workers or 1, len(starts)))
     accs = [SparsityAccumulator(tols, eta, visible) for _ in range(workers)]
 
+    bf16_pass = kernel == "auto" and accs[0].uses_bf16_pass(a_all, b_all)
+
     def work(i: int) -> None:
+        if bf16_pass:
+            accs[i].update_bf16_chunks(a_all, b_all, starts[i::workers], chunk)
+            return
         for s in starts[i::workers]:
-            accs[i].update_cpu(a_all[s:s + chunk], b_all[s:s + chunk], sparsity=sparsity)
+            accs[i].update_cpu(a_all[s:s + chunk], b_all[s:s + chunk], sparsity=sparsity, fast=False)
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -295,12 +388,22 @@ def stream_pair_stats(t0: torch.Tensor, t1: torch.Tensor, *, tols=DEFAULT_TOLS, 
         if workers == 1:
             work(0)
         else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(work, range(workers)))
+            list(_pool(workers).map(work, range(workers)))
     finally:
         torch.set_num_threads(threads_before)
     for other in accs[1:]:
         accs[0].merge(other)
     return accs[0].result(sparsity, size)
+
+
+_POOLS: dict = {}
+
+
+def _pool(workers: int):
+    """A thread pool kept for the process (starting threads per tensor costs more than a small
+    tensor's whole pass)."""
+    if workers not in _POOLS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="deltalens-sparsity")
+    return _POOLS[workers]
