@@ -10,11 +10,11 @@ import torch
 from scipy.linalg import subspace_angles
 
 from deltalens.results import read_jsonl
+from deltalens.weights.sparsity import bf16_half_ulp
 from deltalens.tracking import (
     TRACKING_FIELDS,
     UpdateStatsCallback,
     bf16_visible_fraction,
-    half_bf16_ulp,
     top_k_angle_deg,
     top_singular_subspaces,
 )
@@ -29,14 +29,14 @@ def next_bf16_up(x: torch.Tensor) -> torch.Tensor:
 def test_half_ulp_closed_form():
     w = torch.tensor([1.0, 1.5, 0.75, -3.0, 2.0**-20])
     expected = torch.tensor([2.0**-8, 2.0**-8, 2.0**-9, 2.0**-7, 2.0**-28])
-    assert torch.equal(half_bf16_ulp(w), expected)
+    assert torch.equal(bf16_half_ulp(w), expected)
 
 
 def test_half_ulp_matches_bf16_bit_increment():
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(1000, generator=g) * 10.0 ** torch.randint(-6, 3, (1000,), generator=g)).to(torch.bfloat16).float()
     ref = 0.5 * (next_bf16_up(w.abs()) - w.abs())
-    assert torch.equal(half_bf16_ulp(w), ref)
+    assert torch.equal(bf16_half_ulp(w), ref)
 
 
 def test_bf16_visible_fraction_planted():

@@ -35,6 +35,8 @@ import torch
 from transformers import TrainerCallback
 
 from deltalens.linalg import principal_angles
+from deltalens.weights.sparsity import bf16_half_ulp
+from deltalens.weights.spectral import default_k as spectral_default_k
 from deltalens.results import append_jsonl
 
 TRACKING_FIELDS = (
@@ -48,30 +50,17 @@ TRACKING_FIELDS = (
 )
 
 
-def half_bf16_ulp(w: torch.Tensor) -> torch.Tensor:
-    """Half the bf16 unit in the last place at each element of ``w`` (float32 result).
-
-    bf16 keeps 8 significant bits, so for |w| in [2^e, 2^(e+1)) the ULP is 2^(e−7); below the
-    smallest normal (2^−126) the subnormal spacing 2^−133 applies; zero uses that spacing too.
-    """
-    w = w.detach().float().abs()
-    _, exponent = torch.frexp(w)  # w = m·2^exponent with m in [0.5, 1): floor(log2 w) = exponent − 1
-    exponent = torch.clamp(exponent - 1, min=-126)
-    ulp = torch.ldexp(torch.ones_like(w), exponent - 7)
-    return 0.5 * ulp
-
-
 def bf16_visible_fraction(w0: torch.Tensor, w1: torch.Tensor) -> float:
     """Fraction of elements with |w1 − w0| ≥ ½·ULP_bf16(w0): the update a bf16 save keeps (SPEC §2)."""
     if w0.shape != w1.shape:
         raise ValueError(f"bf16_visible_fraction needs equal shapes, got {tuple(w0.shape)} and {tuple(w1.shape)}")
     delta = (w1.detach().float() - w0.detach().float()).abs()
-    return float((delta >= half_bf16_ulp(w0)).double().mean())
+    return float((delta >= bf16_half_ulp(w0.detach().float().abs())).double().mean())
 
 
 def default_k(shape: tuple[int, ...]) -> int:
-    """SPEC §4 default k = max(1, ⌈0.01·min(m, n)⌉)."""
-    return max(1, math.ceil(0.01 * min(shape)))
+    """SPEC §4 default k for a matrix of this shape (:func:`deltalens.weights.spectral.default_k`)."""
+    return spectral_default_k(*shape)
 
 
 def top_singular_subspaces(w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
