@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from deltalens.errors import DeltalensError
+from deltalens.weights.sparsity import bitwise_changed
 from deltalens.linalg import (
     chunk_rows,
     chunked_matmul,
@@ -314,12 +315,6 @@ def _check_inputs(w0: torch.Tensor, w1: torch.Tensor, changed: torch.Tensor | No
         raise DeltalensError(f"unknown spectral metric group(s) {sorted(unknown)}; expected some of {list(GROUPS)}")
 
 
-def _bitwise_changed(w0: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
-    """Bitwise update mask of two same-dtype float tensors (−0.0 vs +0.0 counts as changed)."""
-    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[w0.element_size()]
-    return w0.contiguous().view(ints) != w1.contiguous().view(ints)
-
-
 def spectral_metrics(
     w0: torch.Tensor,
     w1: torch.Tensor,
@@ -396,7 +391,7 @@ def spectral_metrics(
         base = rescale_baseline(m_orig, n_orig)
         out.update(rescale_share=share, rescale_baseline=base, rescale_ratio=None if share is None else share / base)
         if changed is None:
-            mask = _bitwise_changed(a0, a1)
+            mask = bitwise_changed(a0, a1)
             method["mask"] = f"bitwise w0 != w1 in the given dtype ({w0.dtype})"
         else:
             mask = changed.T.contiguous() if transposed else changed
