@@ -19,12 +19,12 @@ distribution (temperature 1, no top-p), i.e. log π(completion | prompt).
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from deltalens.errors import DeltalensError
+from deltalens.models import load_model  # noqa: F401 (re-exported)
 
 BACKENDS = ("hf", "openai", "vllm")
 
@@ -56,38 +56,6 @@ def sample_seed(seed: int, problem_id: str, sample_index: int) -> int:
     """A 63-bit seed for one sample, stable across runs, platforms and batchings."""
     digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{sample_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def load_model(model_or_path, tokenizer=None, *, device: str | None = None, dtype: str | None = None):
-    """(model, tokenizer, name) from a model folder or already-loaded objects."""
-    import torch
-
-    if isinstance(model_or_path, (str, os.PathLike)):
-        path = Path(model_or_path)
-        if not (path / "config.json").is_file():
-            raise DeltalensError(f"{path}: not a model folder (config.json not found)")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        if tokenizer is None:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(path)
-            except (OSError, ValueError) as exc:
-                raise DeltalensError(f"{path}: no tokenizer found ({exc.__class__.__name__}); pass one") from None
-        name = path.resolve().name
-    else:
-        model = model_or_path
-        if tokenizer is None:
-            raise DeltalensError("an already-loaded model needs tokenizer=...")
-        name = str(getattr(model.config, "name_or_path", "") or "") or type(model).__name__
-        name = Path(name).name or name
-    if device:
-        model = model.to(device)
-    model.eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, name
 
 
 def eos_ids(model, tokenizer) -> set[int]:

@@ -52,24 +52,10 @@ class KernelOptions:
 
 
 def load_model(source, *, device: str | None = None, tokenizer=None):
-    """``(model, tokenizer)`` from a module (tokenizer as given) or a Hugging Face folder.
+    """``(model, tokenizer)`` in float32 from a module or a folder (:func:`deltalens.models.load_model`)."""
+    from deltalens.models import load_model as load
 
-    A module stays where it is unless ``device`` is given; a folder loads to ``device`` or CPU.
-    """
-    if isinstance(source, torch.nn.Module):
-        return (source if device is None else source.to(device)), tokenizer
-    path = Path(source)
-    if not (path / "config.json").is_file():
-        raise DeltalensError(f"{path}: not a Hugging Face model folder (no config.json)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device or "cpu")
-    model.eval()
-    if tokenizer is None:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise DeltalensError(f"{path}: no tokenizer in the model folder ({exc.__class__.__name__})") from None
+    model, tokenizer, _ = load(source, tokenizer, device=device, dtype="float32", need_tokenizer=False)
     return model, tokenizer
 
 
