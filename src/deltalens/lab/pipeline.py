@@ -29,7 +29,8 @@ from pathlib import Path
 from deltalens.errors import DeltalensError
 from deltalens.lab.config import TEST_POOL, LabConfig, base_hash, default_config, quick_config, run_hash
 from deltalens.lab.release import checkpoint_steps, step_dirname
-from deltalens.lab.tasks import HELDOUT_TASKS, TARGET_TASK, generate_problems
+from deltalens.lab.tasks import generate_problems, task_family
+from deltalens.lab.word_tasks import chat_renderer
 from deltalens.results import append_jsonl, read_json, read_jsonl, write_json, write_text
 
 #: name -> function(LabRun) -> {metric: {arm: [value per seed]}}
@@ -85,11 +86,29 @@ class LabRun:
         return range(self.cfg.seeds)
 
     @property
+    def family(self) -> tuple[str, tuple[str, ...]]:
+        """``(target task, held-out tasks)`` of this run's base."""
+        return task_family(self.cfg.base)
+
+    def pretrained_source(self) -> Path:
+        """The float32 folder a released base (``smollm2``) starts from: converted once into the
+        cache, or into ``OUT/.source`` without one."""
+        from deltalens.lab.smollm2 import converted_folder
+
+        return converted_folder(self.cache_dir if self.cache_dir is not None else self.out / ".source")
+
+    @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from deltalens.lab.tokenizer import build_char_tokenizer
+            if self.cfg.base == "tiny":
+                from deltalens.lab.tokenizer import build_char_tokenizer
 
-            self._tokenizer = build_char_tokenizer(model_max_length=self.cfg.model.max_position_embeddings)
+                self._tokenizer = build_char_tokenizer(model_max_length=self.cfg.model.max_position_embeddings)
+            else:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(self.pretrained_source())
+                self._tokenizer.padding_side = "left"  # the lab's batched samplers pad on the left
         return self._tokenizer
 
     def problems(self, name: str) -> list[dict]:
@@ -134,16 +153,23 @@ def stage_problems(run: LabRun) -> None:
     cfg = run.cfg
     if cfg.n_test > TEST_POOL or cfg.n_heldout > TEST_POOL:
         raise DeltalensError(f"n_test and n_heldout must be ≤ {TEST_POOL}, got {cfg.n_test}, {cfg.n_heldout}")
-    test_pool = generate_problems(TARGET_TASK, TEST_POOL, seed=cfg.base_seed, digits=cfg.digits, split="test")
-    heldout_pool = {t: generate_problems(t, TEST_POOL, seed=cfg.base_seed, digits=cfg.digits, split="test")
-                    for t in HELDOUT_TASKS}
-    train = generate_problems(TARGET_TASK, cfg.n_train, seed=cfg.base_seed, digits=cfg.digits, split="train",
-                              exclude={p["prompt"] for p in test_pool})
+    target, heldout_tasks = run.family
+    # chat tasks: prompts in the model's chat template; no pre-training to exclude them from
+    render = None if cfg.base == "tiny" else chat_renderer(run.tokenizer)
+    heldout_n = TEST_POOL if render is None else cfg.n_heldout
+
+    def make(task, n, split, exclude=()):
+        return generate_problems(task, n, seed=cfg.base_seed, digits=cfg.digits, split=split, exclude=exclude,
+                                 render=render)
+
+    test_pool = make(target, TEST_POOL, "test")
+    heldout_pool = {t: make(t, heldout_n, "test") for t in heldout_tasks}
+    train = make(target, cfg.n_train, "train", exclude={p["prompt"] for p in test_pool})
     files = {
         "target_train": train,
         "target_test": test_pool[: cfg.n_test],
-        "heldout_test": [p for t in HELDOUT_TASKS for p in heldout_pool[t][: cfg.n_heldout]],
-        "excluded_from_pretraining": test_pool + [p for t in HELDOUT_TASKS for p in heldout_pool[t]],
+        "heldout_test": [p for t in heldout_tasks for p in heldout_pool[t][: cfg.n_heldout]],
+        "excluded_from_pretraining": test_pool + [p for t in heldout_tasks for p in heldout_pool[t]],
     }
     for name, rows in files.items():
         write_text(run.problems_dir / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -164,6 +190,8 @@ def stage_base(run: LabRun) -> dict:
     if cached is not None and (cached / "done.json").is_file():
         shutil.copytree(cached, run.base_dir)
         return {"base_hash": key, "from_cache": str(cached)}
+    if run.cfg.base != "tiny":
+        return _released_base(run, key)
     exclude = {p["prompt"] for p in run.problems("excluded_from_pretraining")}
     model = build_tiny_llama(run.cfg.model, seed=run.cfg.base_seed, tokenizer=run.tokenizer)
     task_id = run.task("base: pre-training", run.cfg.pretrain.steps)
@@ -181,6 +209,21 @@ def stage_base(run: LabRun) -> dict:
         shutil.rmtree(cached, ignore_errors=True)
         tmp.rename(cached)
     return {"base_hash": key, "from_cache": None, "final_loss": losses[-1]}
+
+
+def _released_base(run: LabRun, key: str) -> dict:
+    """A released base (``smollm2``): its float32 folder as the master, bf16 as the release."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from deltalens.lab.release import save_hf_folder
+
+    source = run.pretrained_source()
+    shutil.copytree(source, run.base_master)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    save_hf_folder(model, run.tokenizer, run.base_release, dtype=torch.bfloat16)
+    write_json(run.base_dir / "done.json", {"base_hash": key, "source": str(source)})
+    return {"base_hash": key, "from_cache": None, "source": str(source)}
 
 
 def _progress_callback(run: LabRun, task_id):
@@ -213,7 +256,7 @@ def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
     elif arm == "rft":
         base = AutoModelForCausalLM.from_pretrained(run.base_master, dtype=torch.float32)
         samples = sample_completions(base, run.tokenizer, [p["prompt"] for p in train], n=cfg.rft_samples_per_prompt,
-                                     max_new_tokens=cfg.max_completion_length, seed=seed)
+                                     max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=seed)
         rows = rft_rows(train, samples)
         if not rows:
             raise DeltalensError("rft: the base produced no correct sample on the training prompts")
@@ -222,7 +265,7 @@ def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
     append_jsonl(out / "train_rows.jsonl", rows)
     task_id = run.task(f"{arm} seed {seed}", cfg.steps)
     callbacks = [
-        UpdateStatsCallback(out / "tracking.jsonl"),
+        UpdateStatsCallback(out / "tracking.jsonl", tensors=run.cfg.track),
         ReleaseCheckpointCallback(out, run.tokenizer, checkpoint_steps(cfg.steps, cfg.n_checkpoints)),
         _progress_callback(run, task_id),
     ]
@@ -272,6 +315,7 @@ def run_lab(
     out: str | Path,
     *,
     quick: bool = False,
+    base: str = "tiny",
     seeds: int | None = None,
     config: LabConfig | None = None,
     cache_dir: str | Path | None | bool = True,
@@ -281,14 +325,14 @@ def run_lab(
 ) -> dict:
     """Run (or resume) the lab in ``out``; returns ``{"claims": ..., "stages": {name: seconds|"cached"}}``.
 
-    ``config`` overrides the preset chosen by ``quick``; ``cache_dir`` is the base cache
+    ``config`` overrides the preset chosen by ``base`` and ``quick``; ``cache_dir`` is the base cache
     (``True``: :func:`default_cache_dir`, ``None``/``False``: no cache); ``until`` stops after
     the named stage (``"base"``, ``"arms"``, ``"analyses"``, ...).
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    cfg = (config or (quick_config() if quick else default_config())).with_seeds(seeds)
+    cfg = (config or (quick_config(base) if quick else default_config(base))).with_seeds(seeds)
     if cfg.seeds < 1:
         raise DeltalensError(f"--seeds must be ≥ 1, got {cfg.seeds}")
     cache = default_cache_dir() if cache_dir is True else (Path(cache_dir) if cache_dir else None)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+
+from deltalens.lab import word_tasks
 
 TARGET_TASK = "add"
 HELDOUT_TASKS = ("copy", "reverse", "max")
@@ -47,14 +49,31 @@ def make_problem(task: str, rng: random.Random, *, digits: int) -> dict:
     if task == "max":
         a, b = _operand(rng, digits), _operand(rng, digits)
         return {"prompt": f"m:{a},{b}=", "answer": str(max(a, b)), "task": task}
-    raise ValueError(f"unknown task {task!r}; expected one of {ALL_TASKS}")
+    if task in word_tasks.ALL_TASKS:
+        raise ValueError(f"task {task!r} is a chat task: generate it with a render function")
+    raise ValueError(f"unknown task {task!r}; expected one of {ALL_TASKS + word_tasks.ALL_TASKS}")
+
+
+def task_family(base: str) -> tuple[str, tuple[str, ...]]:
+    """``(target task, held-out tasks)`` of the lab on ``base`` (``tiny`` or ``smollm2``)."""
+    if base == "smollm2":
+        return word_tasks.TARGET_TASK, word_tasks.HELDOUT_TASKS
+    return TARGET_TASK, HELDOUT_TASKS
+
+
+def _chat_problem(task: str, rng: random.Random, render: Callable[[str], str]) -> dict:
+    question, answer = word_tasks.make_question(task, rng)
+    return {"prompt": render(question), "answer": answer, "task": task, "question": question}
 
 
 def generate_problems(
-    task: str, n: int, *, seed: int, digits: int, exclude: Iterable[str] = (), split: str = "x"
+    task: str, n: int, *, seed: int, digits: int = 3, exclude: Iterable[str] = (), split: str = "x",
+    render: Callable[[str], str] | None = None,
 ) -> list[dict]:
     """``n`` distinct problems of ``task``, deterministic in ``seed``; prompts in ``exclude`` are skipped.
 
+    Chat tasks (:mod:`deltalens.lab.word_tasks`) need ``render``, which turns the question into
+    the model's prompt (its chat template); their problems also carry the plain ``question``.
     Ids are ``"{task}-{split}-{i:05d}"``. Raises ``ValueError`` when the task cannot supply
     ``n`` distinct prompts.
     """
@@ -66,7 +85,7 @@ def generate_problems(
         attempts += 1
         if attempts > 50 * n + 1000:
             raise ValueError(f"task {task!r} with digits={digits} cannot supply {n} distinct problems")
-        problem = make_problem(task, rng, digits=digits)
+        problem = _chat_problem(task, rng, render) if render is not None else make_problem(task, rng, digits=digits)
         if problem["prompt"] in seen:
             continue
         seen.add(problem["prompt"])
@@ -80,7 +99,10 @@ def base_completion(problem: dict) -> str:
 
 
 def teacher_completion(problem: dict) -> str:
-    """The teacher style for ``add``: reversed digits of the sum, ``>``, the sum (``"861>168"``)."""
+    """The teacher style for ``add``: reversed digits of the sum, ``>``, the sum (``"861>168"``);
+    chat tasks use :func:`deltalens.lab.word_tasks.teacher_completion`."""
+    if problem["task"] in word_tasks.ALL_TASKS:
+        return word_tasks.teacher_completion(problem)
     if problem["task"] != "add":
         return problem["answer"]
     return f"{problem['answer'][::-1]}>{problem['answer']}"
@@ -88,7 +110,10 @@ def teacher_completion(problem: dict) -> str:
 
 def extract_answer(task: str, completion: str) -> str | None:
     """The final answer in ``completion``: for ``add`` and ``max`` the last run of digits, for
-    the others the stripped text; ``None`` when nothing is there."""
+    the others the stripped text; ``None`` when nothing is there. Chat tasks use
+    :func:`deltalens.lab.word_tasks.extract_answer`."""
+    if task in word_tasks.ALL_TASKS:
+        return word_tasks.extract_answer(task, completion)
     text = completion.split("<eos>")[0].strip()
     if task in ("add", "max"):
         match = _LAST_NUMBER.search(text)

