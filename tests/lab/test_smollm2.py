@@ -135,3 +135,37 @@ def test_converted_model_answers_in_its_chat_template(converted):
     assert probs[0]["prompt"].endswith("<|im_start|>assistant\n")
     result = evaluate(converted, probs, tokenizer=tok, verifier=task_verifier("capital"), max_new_tokens=12)
     assert result["tasks"]["capital"]["accuracy"] == 1.0
+
+
+@needs_gguf
+@pytest.mark.slow
+def test_micro_lab_on_smollm2_runs_every_stage(tmp_path, converted):
+    """The `--base smollm2` code path end to end on a micro budget (one step per arm, a handful of
+    problems): real chat prompts through TRL, the sketched eNTK, behaviour and claims."""
+    from dataclasses import replace
+
+    from deltalens.lab.config import quick_config
+    from deltalens.lab.pipeline import run_lab
+    from deltalens.results import read_json, read_jsonl
+
+    quick = quick_config("smollm2")
+    cfg = replace(quick, arms=("sft", "grpo"), arm=replace(quick.arm, steps=1, batch_size=4, num_generations=4,
+                                                           max_completion_length=12, n_checkpoints=1),
+                  n_train=4, n_test=2, n_heldout=1, eval_samples=2, kl_samples=1, n_probes=2, kernel_dim=64,
+                  trait_lines=1)
+    cache = converted.parent  # the module's converted folder doubles as the cache: no second conversion
+    res = run_lab(tmp_path / "lab", config=cfg, cache_dir=cache, show_progress=False)
+    out = tmp_path / "lab"
+    test = read_jsonl(out / "problems" / "target_test.jsonl", required=("id", "prompt", "answer", "task"))
+    assert all(p["prompt"].startswith("<|im_start|>system") and p["task"] == "word-arith" for p in test)
+    heldout = read_jsonl(out / "problems" / "heldout_test.jsonl", required=("task",))
+    assert sorted(p["task"] for p in heldout) == ["antonym", "capital", "plural"]
+    sft_rows = read_jsonl(out / "arms" / "sft" / "seed0" / "train_rows.jsonl", required=("prompt", "completion"))
+    assert all(is_correct({"task": "word-arith", "answer": re.findall(r"\d+", r["completion"])[-1]}, r["completion"])
+               for r in sft_rows)
+    kernel = read_json(out / "analysis" / "grpo-seed0" / "kernel.json")
+    assert kernel["mode"] == "sketch" and kernel["dim"] == 64 and kernel["n_probes"] == 2
+    metrics = read_json(out / "metrics.json")["numbers"]
+    assert set(metrics["pass_at_1"]) == {"base", "sft", "grpo"}
+    assert 0 < metrics["bf16_unchanged_fraction"]["sft"][0] < 1
+    assert len(res["claims"]["claims"]) == 10 and (out / "report.html").is_file()

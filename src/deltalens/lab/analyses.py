@@ -65,7 +65,7 @@ def weights_analysis(run) -> dict:
     numbers: dict = {}
     for arm, seed in arm_seeds(run):
         out = analysis_dir(run, arm, seed)
-        res = run_diff(run.base_release, run.final_release(arm, seed), out=out)
+        res = run_diff(run.base_release, run.final_release(arm, seed), out=out, device=run.cfg.device)
         angles = []
         for row in res.rows:
             by_k = row.get("by_k")
@@ -82,7 +82,8 @@ def weights_analysis(run) -> dict:
 
 
 # ----------------------------------------------------------------------------- behaviour
-def _evaluate_heldout(model_dir: Path, name: str, heldout: list[dict], tokenizer, max_new_tokens: int) -> dict:
+def _evaluate_heldout(model_dir: Path, name: str, heldout: list[dict], tokenizer, max_new_tokens: int,
+                      device: str) -> dict:
     """Greedy accuracy and answer loss per held-out task (each task with its own exact check)."""
     from deltalens.behavior import evaluate
 
@@ -90,7 +91,7 @@ def _evaluate_heldout(model_dir: Path, name: str, heldout: list[dict], tokenizer
     for task in dict.fromkeys(p["task"] for p in heldout):
         suite = [p for p in heldout if p["task"] == task]
         tasks.update(evaluate(model_dir, suite, tokenizer=tokenizer, verifier=task_verifier(task),
-                              max_new_tokens=max_new_tokens, model_name=name)["tasks"])
+                              max_new_tokens=max_new_tokens, model_name=name, device=device)["tasks"])
     return {"model": name, "tasks": tasks,
             "mean_accuracy": math.fsum(t["accuracy"] for t in tasks.values()) / len(tasks),
             "mean_loss": math.fsum(t["mean_loss"] for t in tasks.values()) / len(tasks),
@@ -121,9 +122,9 @@ def behaviour_analysis(run) -> dict:
     for name, _, path in models:
         samples[name] = sample(path, target, n=cfg.eval_samples, tokenizer=tok, temperature=cfg.arm.temperature,
                                max_new_tokens=new_tokens, seed=EVAL_SEED, model_name=name,
-                               verifier=task_verifier(target_task),
+                               verifier=task_verifier(target_task), device=cfg.device,
                                out=run.out / "analysis" / "samples" / f"{name}.jsonl")
-        evals[name] = _evaluate_heldout(path, name, heldout, tok, new_tokens)
+        evals[name] = _evaluate_heldout(path, name, heldout, tok, new_tokens, cfg.device)
         run.advance(task_id)
     write_json(analysis_dir(run, "base") / "eval.json", evals["base"])
     numbers: dict = {}
@@ -139,7 +140,7 @@ def behaviour_analysis(run) -> dict:
         sp = support(samples["base"], samples[name])
         write_json(out / "support.json", sp)
         dv = divergence(run.base_release, path, target, tokenizer=tok, n_samples=cfg.kl_samples,
-                        max_new_tokens=new_tokens, seed=EVAL_SEED, base_name="base", tuned_name=name,
+                        max_new_tokens=new_tokens, seed=EVAL_SEED, base_name="base", tuned_name=name, device=cfg.device,
                         extractor=lambda text: extract_answer(target_task, text))
         write_json(out / "divergence.json", dv)
         divergences.append(dv)
@@ -171,11 +172,15 @@ def kernel_analysis(run) -> dict:
     from deltalens.kernel.run import run_kernel, run_trajectory, write_kernel_outputs
 
     probes = kernel_probes(run)
-    suite = run.problems("target_test")[: run.cfg.n_probes // 2] + run.problems("heldout_test")
+    per_task: dict[str, list[dict]] = {}
+    for p in run.problems("heldout_test"):
+        per_task.setdefault(p["task"], []).append(p)
+    suite = run.problems("target_test")[: run.cfg.n_probes // 2] + [
+        p for lines in per_task.values() for p in lines[: run.cfg.trait_lines]]
     numbers: dict = {}
     task_id = run.task("kernel: eNTK, traits, trajectory", len(arm_seeds(run)))
     for arm, seed in arm_seeds(run):
-        mode = dict(mode=run.cfg.kernel_mode, dim=run.cfg.kernel_dim)
+        mode = dict(mode=run.cfg.kernel_mode, dim=run.cfg.kernel_dim, device=run.cfg.device)
         report, arrays = run_kernel(run.base_master, run.final_master(arm, seed), probes, tokenizer=run.tokenizer,
                                     traits=suite, **mode)
         steps = run.checkpoints(arm, seed, masters=True)

@@ -70,7 +70,7 @@ def random_reward(seed: int) -> Callable[..., list[float]]:
     return bernoulli_reward
 
 
-def _common_args(cfg: ArmConfig, out_dir: Path, seed: int) -> dict:
+def _common_args(cfg: ArmConfig, out_dir: Path, seed: int, device: str) -> dict:
     return dict(
         output_dir=str(out_dir / "trainer"),
         max_steps=cfg.steps,
@@ -88,7 +88,8 @@ def _common_args(cfg: ArmConfig, out_dir: Path, seed: int) -> dict:
         data_seed=seed,
         bf16=False,
         fp16=False,
-        use_cpu=True,
+        use_cpu=device == "cpu",
+        activation_checkpointing=False,  # TRL turns it on by default: one more forward per step, no memory need here
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
@@ -104,6 +105,7 @@ def train_arm(
     seed: int,
     out_dir: Path,
     callbacks: Sequence = (),
+    device: str = "cpu",
 ):
     """Fine-tune a fresh float32 copy of the base at ``base_dir`` as ``arm``; returns the model.
 
@@ -124,7 +126,7 @@ def train_arm(
         from trl import SFTConfig, SFTTrainer
 
         args = SFTConfig(
-            **_common_args(cfg, out_dir, seed),
+            **_common_args(cfg, out_dir, seed, device),
             max_length=cfg.max_length,
             packing=False,
             completion_only_loss=True,
@@ -137,7 +139,7 @@ def train_arm(
         from trl import GRPOConfig, GRPOTrainer
 
         args = GRPOConfig(
-            **_common_args(cfg, out_dir, seed),
+            **_common_args(cfg, out_dir, seed, device),
             num_generations=cfg.num_generations,
             max_completion_length=cfg.max_completion_length,
             temperature=cfg.temperature,

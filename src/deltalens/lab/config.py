@@ -48,6 +48,8 @@ class LabConfig:
     n_probes: int = 64  # eNTK probes (target test problems) for the kernel analysis
     kernel_mode: str = "exact"  # eNTK mode; "sketch" (dimension kernel_dim) where J does not fit
     kernel_dim: int | None = None
+    trait_lines: int | None = None  # lines per held-out task in the trait-kernel suite (None: all)
+    device: str = "cpu"  # where training, sampling and kernels run ("cuda" when the CLI finds one)
     track: tuple[str, ...] | None = None  # tracked matrices (regexes; None: every matrix in the layers)
     quick: bool = False
     extra: dict = field(default_factory=dict)
@@ -63,15 +65,16 @@ def quick_config(base: str = "tiny") -> LabConfig:
     """``--quick``: the same base, shorter arms, one seed, smaller evaluation sets."""
     if base == "smollm2":
         return replace(SMOLLM2, arm=replace(SMOLLM2.arm, steps=SMOLLM2_QUICK_STEPS, n_checkpoints=2),
-                       n_train=64, n_test=12, eval_samples=16, kl_samples=1, n_probes=8, quick=True)
+                       n_train=32, n_test=12, n_heldout=8, eval_samples=16, kl_samples=1, n_probes=8, quick=True)
     _check_base(base)
     return LabConfig(arm=ArmConfig(steps=16, n_checkpoints=4), seeds=1, n_train=256, n_test=40,
                      n_heldout=20, eval_samples=32, kl_samples=2, n_probes=32, quick=True)
 
 
-def default_config(base: str = "tiny") -> LabConfig:
+def default_config(base: str = "tiny", device: str = "cpu") -> LabConfig:
+    """The default run of ``base``; on a GPU the SmolLM2 budget grows (:data:`SMOLLM2_CUDA`)."""
     if base == "smollm2":
-        return SMOLLM2
+        return SMOLLM2_CUDA if device.startswith("cuda") else SMOLLM2
     _check_base(base)
     return LabConfig()
 
@@ -84,15 +87,21 @@ def _check_base(base: str) -> None:
 
 
 #: SmolLM2-135M-Instruct (``--base smollm2``): budgets measured on a 2-core CPU (docs/lab.md).
-SMOLLM2_QUICK_STEPS = 4
+SMOLLM2_QUICK_STEPS = 3
 SMOLLM2 = LabConfig(
     base="smollm2",
-    arm=ArmConfig(steps=24, batch_size=16, num_generations=8, learning_rate=1e-5, max_completion_length=40,
+    arm=ArmConfig(steps=16, batch_size=16, num_generations=8, learning_rate=1e-5, max_completion_length=40,
                   max_length=96, temperature=0.7, n_checkpoints=4, rft_samples_per_prompt=4),
-    seeds=1, n_train=256, n_test=24, n_heldout=20, eval_samples=64, kl_samples=2, n_probes=16,
-    kernel_mode="sketch", kernel_dim=4096,
-    track=(r"layers\.(0|10|20|29)\.",),  # 28 of 210 matrices: a float64 SVD each per step
+    seeds=1, n_train=128, n_test=24, n_heldout=20, eval_samples=64, kl_samples=2, n_probes=16,
+    kernel_mode="sketch", kernel_dim=4096, trait_lines=4,
+    # 9 of 210 matrices (q, v, down in the first, middle and last layer): a float64 SVD each per step
+    track=(r"layers\.(0|15|29)\.(self_attn\.(q|v)_proj|mlp\.down_proj)\.",),
 )
+
+#: The SmolLM2 default on a GPU: the same recipe with ~12× the optimizer steps, 2 seeds, 4× the
+#: test problems and probes (a CPU budget that merely ran faster would waste the card).
+SMOLLM2_CUDA = replace(SMOLLM2, arm=replace(SMOLLM2.arm, steps=200, n_checkpoints=10), seeds=2, n_train=1024,
+                       n_test=64, n_probes=48, device="cuda")
 
 
 def _digest(obj) -> str:

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from deltalens.errors import DeltalensError
@@ -254,7 +254,7 @@ def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
     if arm == "sft":
         rows = sft_rows(train)
     elif arm == "rft":
-        base = AutoModelForCausalLM.from_pretrained(run.base_master, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(run.base_master, dtype=torch.float32).to(run.cfg.device)
         samples = sample_completions(base, run.tokenizer, [p["prompt"] for p in train], n=cfg.rft_samples_per_prompt,
                                      max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=seed)
         rows = rft_rows(train, samples)
@@ -270,7 +270,7 @@ def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
         _progress_callback(run, task_id),
     ]
     _, history = train_arm(arm, base_dir=run.base_master, tokenizer=run.tokenizer, rows=rows, cfg=cfg, seed=seed,
-                           out_dir=out, callbacks=callbacks)
+                           out_dir=out, callbacks=callbacks, device=run.cfg.device)
     shutil.rmtree(out / "trainer", ignore_errors=True)
     write_json(out / "log_history.json", history)
     return {"arm": arm, "seed": seed, "n_train_rows": len(rows),
@@ -316,6 +316,7 @@ def run_lab(
     *,
     quick: bool = False,
     base: str = "tiny",
+    device: str = "cpu",
     seeds: int | None = None,
     config: LabConfig | None = None,
     cache_dir: str | Path | None | bool = True,
@@ -332,7 +333,8 @@ def run_lab(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    cfg = (config or (quick_config(base) if quick else default_config(base))).with_seeds(seeds)
+    cfg = config or (quick_config(base) if quick else default_config(base, device))
+    cfg = replace(cfg, device=device).with_seeds(seeds) if config is None else cfg.with_seeds(seeds)
     if cfg.seeds < 1:
         raise DeltalensError(f"--seeds must be ≥ 1, got {cfg.seeds}")
     cache = default_cache_dir() if cache_dir is True else (Path(cache_dir) if cache_dir else None)
@@ -363,6 +365,19 @@ def run_lab(
             console.log(f"stage {name}: {timings[name]} s")
     claims = read_json(out / "claims.json") if (out / "claims.json").is_file() and stop == len(plan) else None
     return {"out": str(out), "claims": claims, "stages": timings, "config": cfg}
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cpu``/``cuda`` are checked."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise DeltalensError(f"--device: expected cpu, cuda or auto, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeltalensError("--device cuda: torch sees no CUDA device here")
+    return device
 
 
 def _quiet_library_progress_bars() -> None:

@@ -33,7 +33,7 @@ def sample_completions(
     model.eval()
     for start in range(0, len(flat), batch_size):
         chunk = flat[start : start + batch_size]
-        enc = tokenizer(chunk, add_special_tokens=False, padding=True, return_tensors="pt")
+        enc = tokenizer(chunk, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
         torch.manual_seed(generator_seed + start)
         with torch.no_grad():
             gen = model.generate(
