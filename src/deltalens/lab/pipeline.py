@@ -317,6 +317,7 @@ def run_lab(
     quick: bool = False,
     base: str = "tiny",
     device: str = "cpu",
+    threads: int | None = None,
     seeds: int | None = None,
     config: LabConfig | None = None,
     cache_dir: str | Path | None | bool = True,
@@ -326,7 +327,8 @@ def run_lab(
 ) -> dict:
     """Run (or resume) the lab in ``out``; returns ``{"claims": ..., "stages": {name: seconds|"cached"}}``.
 
-    ``config`` overrides the preset chosen by ``base`` and ``quick``; ``cache_dir`` is the base cache
+    ``threads`` sets torch's CPU thread count for the run (results are bitwise reproducible for
+    one thread count). ``config`` overrides the preset chosen by ``base`` and ``quick``; ``cache_dir`` is the base cache
     (``True``: :func:`default_cache_dir`, ``None``/``False``: no cache); ``until`` stops after
     the named stage (``"base"``, ``"arms"``, ``"analyses"``, ...).
     """
@@ -335,6 +337,12 @@ def run_lab(
 
     cfg = config or (quick_config(base) if quick else default_config(base, device))
     cfg = replace(cfg, device=device).with_seeds(seeds) if config is None else cfg.with_seeds(seeds)
+    if threads is not None:
+        if threads < 1:
+            raise DeltalensError(f"--threads must be ≥ 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     if cfg.seeds < 1:
         raise DeltalensError(f"--seeds must be ≥ 1, got {cfg.seeds}")
     cache = default_cache_dir() if cache_dir is True else (Path(cache_dir) if cache_dir else None)
