@@ -5,6 +5,10 @@ Conventions: angles in radians unless a name says ``_deg``; singular values desc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import torch
 
 
@@ -100,16 +104,44 @@ def chunked_matmul(
     x: torch.Tensor,
     *,
     device: str | torch.device = "cpu",
+    minus: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """W @ X for a large m×n ``w`` and a small n×k ``x``, casting ``w`` chunk by chunk to x's dtype
-    and device (so a float64 product never needs a float64 copy of ``w``)."""
+    and device (so a float64 product never needs a float64 copy of ``w``). With ``minus``, W is
+    the difference ``w − minus``, formed chunk by chunk in x's dtype (Δ = W1 − W0 without a copy)."""
     dev = torch.device(device)
     x = x.to(dev)
     out = torch.empty(w.shape[0], x.shape[1], dtype=x.dtype, device=dev)
+    for start, chunk in _row_chunks(w, minus, dev, x.dtype):
+        out[start : start + chunk.shape[0]] = chunk @ x
+    return out
+
+
+def chunked_rmatmul(
+    w: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    device: str | torch.device = "cpu",
+    minus: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Wᵀ @ Y for a large m×n ``w`` and a small m×k ``y``, chunk by chunk in y's dtype; with
+    ``minus`` W is ``w − minus`` (see :func:`chunked_matmul`)."""
+    dev = torch.device(device)
+    y = y.to(dev)
+    out = torch.zeros(w.shape[1], y.shape[1], dtype=y.dtype, device=dev)
+    for start, chunk in _row_chunks(w, minus, dev, y.dtype):
+        out.addmm_(chunk.T, y[start : start + chunk.shape[0]])
+    return out
+
+
+def _row_chunks(w: torch.Tensor, minus: torch.Tensor | None, dev: torch.device, dtype: torch.dtype):
+    """(first row, chunk of w − minus or of w in ``dtype`` on ``dev``) over row chunks of ~32 MiB."""
     step = chunk_rows(w.shape[1])
     for start in range(0, w.shape[0], step):
-        out[start : start + step] = w[start : start + step].to(device=dev, dtype=x.dtype) @ x
-    return out
+        chunk = w[start : start + step].to(device=dev, dtype=dtype)
+        if minus is not None:
+            chunk = chunk - minus[start : start + step].to(device=dev, dtype=dtype)
+        yield start, chunk
 
 
 def eigh_descending(g: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -210,3 +242,111 @@ def spectral_gap(s: torch.Tensor, k: int) -> float:
         raise ValueError(f"spectral_gap needs 1 <= k <= {s.numel()}, got {k}")
     nxt = float(s[k]) if k < s.numel() else 0.0
     return float(s[k - 1]) - nxt
+
+
+@dataclass
+class RitzTriplets:
+    """Top singular triplets of an m×n operator from a p-dimensional right subspace.
+
+    ``u`` m×p, ``s`` (p, descending), ``v`` n×p, all float64; A v_i = s_i u_i holds to rounding.
+    ``residual``: ‖Aᵀu_i − s_i v_i‖ of the Ritz triplets of the last iteration (float32 work; an
+    estimate for the returned, one power step better, triplets). ``iterations``: power steps taken.
+    """
+
+    u: torch.Tensor
+    s: torch.Tensor
+    v: torch.Tensor
+    residual: torch.Tensor
+    iterations: int
+
+    def subspace_error(self, k: int) -> float:
+        """Estimated sin of the largest angle between the computed and the true top-k right (and
+        left) singular subspaces: ‖R_k‖_F / (s_k − s_{k+1}) (Davis–Kahan/Wedin with Ritz values in
+        place of the unknown σ_{k+1}); 1.0 when k is the whole computed width or the gap is zero."""
+        if k >= self.s.numel():
+            return 1.0
+        gap = float(self.s[k - 1] - self.s[k])
+        res = float(torch.linalg.vector_norm(self.residual[:k]))
+        return 1.0 if gap <= 0.0 else min(1.0, res / gap)
+
+
+def ritz_subspace_iteration(
+    matmul: Callable[[torch.Tensor], torch.Tensor],
+    rmatmul: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    *,
+    max_iter: int,
+    k: int = 1,
+    tol: float = 0.0,
+    final_dtype: torch.dtype = torch.float64,
+) -> RitzTriplets:
+    """Top singular triplets of an operator A (m×n) by subspace iteration with Rayleigh–Ritz.  SPEC §3–§5.
+
+    Randomized range finder with power iterations (Halko, Martinsson & Tropp 2011, Alg. 4.4/5.1),
+    warm-startable (``start``: n×p, e.g. a random matrix, or the right singular vectors of a nearby
+    matrix). ``matmul(X)`` = A X (n×p → m×p), ``rmatmul(Y)`` = Aᵀ Y; both follow their argument's
+    dtype, so the iterations run in ``start``'s dtype and the final Rayleigh–Ritz in ``final_dtype``.
+    Each iteration (two passes over A): Y = A Z, X = Aᵀ Y; the Ritz pairs of span(Z) come from the
+    small Gram YᵀY = W Σ² Wᵀ (u_i = Y w_i/σ_i, v_i = Z w_i) and their residuals
+    ‖Aᵀu_i − σ_i v_i‖ = ‖X w_i/σ_i − σ_i Z w_i‖ cost no extra pass; then Z = orth(X). It stops after
+    ``max_iter`` iterations or once the estimated subspace error of the top ``k``
+    (:meth:`RitzTriplets.subspace_error`) is ≤ ``tol``; one more pass gives the returned Ritz
+    triplets. Convergence per iteration goes as (σ_{p+1}/σ_k)²: fast for a decaying spectrum,
+    slow for a flat one (and then the error estimate says so).
+    """
+    with lapack_one_thread(start):
+        z = _cholesky_qr(start)
+    residual = torch.ones(start.shape[1], dtype=torch.float64)
+    it = 0
+    while it < max_iter:
+        it += 1
+        y = matmul(z)
+        x = rmatmul(y)
+        with lapack_one_thread(x):
+            sigma, w = _gram_ritz(y)
+            res = x @ w / sigma.clamp_min(torch.finfo(sigma.dtype).tiny) - (z @ w) * sigma
+            residual = torch.linalg.vector_norm(res, dim=0).to(torch.float64).cpu()
+            z = _cholesky_qr(x)
+        if tol > 0 and RitzTriplets(y, sigma.to(torch.float64).cpu(), z, residual, it).subspace_error(k) <= tol:
+            break
+    with lapack_one_thread(z):
+        z = _cholesky_qr(z.to(final_dtype))
+    y = matmul(z)
+    with lapack_one_thread(y):
+        sigma, w = _gram_ritz(y)
+    u = y @ w / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)
+    return RitzTriplets(u=u, s=sigma.to(torch.float64).cpu(), v=z @ w, residual=residual, iterations=it)
+
+
+def _cholesky_qr(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of span(x) (n×p, n ≥ p) by CholeskyQR2 in float64 (two passes of
+    Q = X R⁻¹ with R = chol(XᵀX); Yamamoto et al. 2015), returned in x's dtype; Householder QR
+    when XᵀX is numerically singular. Much cheaper than Householder for tall-skinny X."""
+    q = x.to(torch.float64)
+    for _ in range(2):
+        r, info = torch.linalg.cholesky_ex(q.T @ q, upper=True)
+        if int(info) != 0:
+            return orthonormal_basis(x)
+        q = torch.linalg.solve_triangular(r, q, upper=True, left=False)
+    return q.to(x.dtype)
+
+
+def _gram_ritz(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(σ descending, W) with YᵀY = W diag(σ²) Wᵀ: the singular values and right vectors of Y."""
+    lam, w = torch.linalg.eigh(y.T @ y)
+    return lam.flip(0).clamp_min(0.0).sqrt(), w.flip(1)
+
+
+@contextmanager
+def lapack_one_thread(t: torch.Tensor):
+    """Run small CPU factorizations (QR of n×p, eigh of p×p) on one thread: LAPACK's threaded
+    versions stall at every barrier when the cores are shared (measured 50× slower here)."""
+    if t.device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
