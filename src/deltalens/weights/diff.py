@@ -195,13 +195,19 @@ def run_diff(base: str | os.PathLike, tuned: str | os.PathLike, *, out: str | os
 
 def _methods(options: DiffOptions) -> dict:
     """How each number is computed, for the record in diff.json."""
+    from deltalens.weights.spectral import FULL_FRAME_MAX as big
+
     return {
         "sparsity": f"stored dtype; bitwise on the integer view; relative η={options.eta}; absolute tol "
                     f"{list(options.tols)}; float32 arithmetic (float64 for float64 inputs)",
         "size": "‖Δ‖_F, ‖Δ‖_F/‖W0‖_F, max|Δ| over finite entries, float32 chunks summed in float64",
-        "rank": "svdvals-float32 (exact)" if options.exact else "gram-eigvalsh-float64 (σ from the float64 Gram matrix)",
+        "rank": "svdvals-float32 (exact)" if options.exact else
+                f"gram-eigvalsh-float64 (σ from the float64 Gram matrix) when min(m, n) ≤ {big}; above it power-top-float32: "
+                "σ1 only, so numerical/effective/energy ranks are null (see each row's rank_method)",
         "spectral": ("exact: float64 torch.linalg.svd of W0, W1, Δ" if options.exact else
-                     "fast: float64 Gram products + eigh on the smaller side (full spectrum, full frame of W0)")
+                     f"fast: float64 Gram products + eigh (full spectrum, full frame of W0) when min(m, n) ≤ {big}; above "
+                     "it randomized top-q subspace iteration (nss and rescale_share over the top q: see nss_scope, "
+                     "rescale_scope)")
                     + "; sine-based principal angles; per-row details in each tensor's 'method'",
         "visibility": "fraction with |Δ| ≥ half a bf16 ULP of w0 (visible_fraction) and 0 < |Δ| < half ULP "
                       "(vanishing_fraction)",

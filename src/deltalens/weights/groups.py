@@ -82,15 +82,35 @@ def aggregated_fields(groups) -> list[AggField]:
 
 def compute_rank(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict:
     """SPEC §3 rank measures of Δ = w1 − w0, with the method that produced σ(Δ)."""
+    from deltalens.weights.spectral import FULL_FRAME_MAX, delta_top_singular_values
+
+    shape = tuple(w0.shape)
+    if not ctx.options.exact and min(shape) > FULL_FRAME_MAX:
+        top = delta_top_singular_values(w0, w1, device=w0.device)
+        sigma1 = float(top.s[0])
+        ctx.extra["delta_spectral"] = sigma1  # the spectral group's Wedin bound reuses it
+        out = rank_mod.rank_measures_top(sigma1, _delta_fro2(w0, w1))
+        out["numerical_rank_fraction"] = None
+        out["rank_method"] = f"power-top-float32 ({top.s.numel()} columns, {top.iterations} iterations; σ1 only)"
+        return out
     delta = ctx.delta
     if ctx.options.exact:
         sigma, method = rank_mod.singular_values_exact(delta), "svdvals-float32"
     else:
         sigma, method = rank_mod.singular_values_gram(delta), "gram-eigvalsh-float64"
-    out = rank_mod.rank_measures(sigma.cpu(), tuple(delta.shape))
-    out["numerical_rank_fraction"] = out["numerical_rank"] / min(delta.shape) if min(delta.shape) else None
+    out = rank_mod.rank_measures(sigma.cpu(), shape)
+    out["numerical_rank_fraction"] = out["numerical_rank"] / min(shape) if min(shape) else None
     out["rank_method"] = method
     return out
+
+
+def _delta_fro2(w0: torch.Tensor, w1: torch.Tensor) -> float:
+    """‖w1 − w0‖_F² summed in float64 over row chunks (no whole-matrix copy of Δ)."""
+    from deltalens.linalg import chunk_rows
+
+    step = chunk_rows(w0.shape[1])
+    return sum(float(torch.linalg.vector_norm(w1[s : s + step] - w0[s : s + step], dtype=torch.float64) ** 2)
+               for s in range(0, w0.shape[0], step))
 
 
 register_group(MetricGroup(
@@ -133,7 +153,8 @@ def compute_spectral(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> 
 
     wanted = tuple(g for g in SPECTRAL_GROUPS if g in ctx.options.metrics)
     out = spectral_metrics(w0, w1, top_k=ctx.options.top_k, exact=ctx.options.exact,
-                           device=ctx.options.device, changed=ctx.changed, groups=wanted)
+                           device=ctx.options.device, changed=ctx.changed, groups=wanted,
+                           delta_spectral=ctx.extra.get("delta_spectral"))
     ctx.extra["spectral"] = True
     if "spectral" in wanted and out["by_k"]:
         first = out["by_k"][min(out["by_k"], key=int)]
@@ -146,12 +167,12 @@ register_group(MetricGroup(
     "spectral",
     (AggField("angle_max_left_deg", "value"), AggField("angle_max_right_deg", "value"), AggField("nss", "value")),
     compute=compute_spectral,
-    row_fields=("by_k", "method"),
+    row_fields=("by_k", "method", "nss_scope"),
 ))
 register_group(MetricGroup(
     "frame",
     (AggField("rescale_share", "value"), AggField("rescale_ratio", "value"),
      AggField("principal_overlap", "value"), AggField("low_overlap", "value")),
     compute=compute_spectral,
-    row_fields=("by_k", "method", "rescale_baseline", "overlap_baseline"),
+    row_fields=("by_k", "method", "rescale_baseline", "rescale_share_upper", "rescale_scope", "overlap_baseline"),
 ))
