@@ -249,8 +249,8 @@ class RitzTriplets:
     """Top singular triplets of an m×n operator from a p-dimensional right subspace.
 
     ``u`` m×p, ``s`` (p, descending), ``v`` n×p, all float64; A v_i = s_i u_i holds to rounding.
-    ``residual``: ‖Aᵀu_i − s_i v_i‖ of the Ritz triplets of the last iteration (float32 work; an
-    estimate for the returned, one power step better, triplets). ``iterations``: power steps taken.
+    ``residual``: ‖Aᵀu_i − s_i v_i‖ of these triplets, computed in the iterations' dtype.
+    ``iterations``: subspace iterations taken (power steps: one fewer).
     """
 
     u: torch.Tensor
@@ -268,6 +268,13 @@ class RitzTriplets:
         gap = float(self.s[k - 1] - self.s[k])
         res = float(torch.linalg.vector_norm(self.residual[:k]))
         return 1.0 if gap <= 0.0 else min(1.0, res / gap)
+
+    def converged(self, k: int, tol: float) -> bool:
+        """Top-k subspace error estimate ≤ ``tol``, and the (k+1)-th Ritz pair's relative residual
+        ≤ ``tol`` (so σ_{k+1}, hence the gap σ_k − σ_{k+1}, is resolved too)."""
+        if self.subspace_error(k) > tol:
+            return False
+        return k >= self.s.numel() or float(self.residual[k]) <= tol * float(self.s[k])
 
 
 def ritz_subspace_iteration(
@@ -288,17 +295,17 @@ def ritz_subspace_iteration(
     dtype, so the iterations run in ``start``'s dtype and the final Rayleigh–Ritz in ``final_dtype``.
     Each iteration (two passes over A): Y = A Z, X = Aᵀ Y; the Ritz pairs of span(Z) come from the
     small Gram YᵀY = W Σ² Wᵀ (u_i = Y w_i/σ_i, v_i = Z w_i) and their residuals
-    ‖Aᵀu_i − σ_i v_i‖ = ‖X w_i/σ_i − σ_i Z w_i‖ cost no extra pass; then Z = orth(X). It stops after
-    ``max_iter`` iterations or once the estimated subspace error of the top ``k``
-    (:meth:`RitzTriplets.subspace_error`) is ≤ ``tol``; one more pass gives the returned Ritz
-    triplets. Convergence per iteration goes as (σ_{p+1}/σ_k)²: fast for a decaying spectrum,
+    ‖Aᵀu_i − σ_i v_i‖ = ‖X w_i/σ_i − σ_i Z w_i‖ cost no extra pass; unless done, Z = orth(X). It
+    stops after ``max_iter`` iterations or once the estimated subspace error of the top ``k`` and
+    the relative residual of the (k+1)-th pair are ≤ ``tol`` (:meth:`RitzTriplets.converged`); one
+    more pass recomputes the Ritz triplets of that last span(Z) in ``final_dtype``, so the
+    residuals belong to the returned triplets. Convergence per iteration goes as (σ_{p+1}/σ_k)²: fast for a decaying spectrum,
     slow for a flat one (and then the error estimate says so).
     """
     with lapack_one_thread(start):
         z = _cholesky_qr(start)
-    residual = torch.ones(start.shape[1], dtype=torch.float64)
     it = 0
-    while it < max_iter:
+    while True:
         it += 1
         y = matmul(z)
         x = rmatmul(y)
@@ -306,9 +313,10 @@ def ritz_subspace_iteration(
             sigma, w = _gram_ritz(y)
             res = x @ w / sigma.clamp_min(torch.finfo(sigma.dtype).tiny) - (z @ w) * sigma
             residual = torch.linalg.vector_norm(res, dim=0).to(torch.float64).cpu()
+            done = it >= max_iter or (tol > 0 and RitzTriplets(y, sigma.to(torch.float64).cpu(), z, residual, it).converged(k, tol))
+            if done:
+                break
             z = _cholesky_qr(x)
-        if tol > 0 and RitzTriplets(y, sigma.to(torch.float64).cpu(), z, residual, it).subspace_error(k) <= tol:
-            break
     with lapack_one_thread(z):
         z = _cholesky_qr(z.to(final_dtype))
     y = matmul(z)

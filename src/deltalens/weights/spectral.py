@@ -165,6 +165,7 @@ class _Frame:
     method: dict
     scope: int | None = None  # None: s0, s1, diag_d cover the full spectrum; else only the top `scope`
     ritz: tuple | None = None  # (RitzTriplets of W0, of W1) in the top-q route, for error estimates
+    nss_pair: tuple | None = None  # top-q route: (σ(W0), σ(W1)) top q, from one common subspace
 
 
 def _frame_exact(a0: torch.Tensor, a1: torch.Tensor, k_max: int, k_v0: int, frame: bool, dev) -> _Frame:
@@ -296,12 +297,12 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
     r1 = ritz_subspace_iteration(*_operator(a1, None, dev), r0.v.to(torch.float32), max_iter=max_iter, k=k_max, tol=tol)
     u0, v0 = r0.u[:, :q], r0.v[:, :q]
     out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
-    delta_fro2 = float("nan")
+    dv, dtu, delta_fro2 = _delta_frame_products(a0, a1, u0, torch.cat([r0.v, r1.v], 1), dev)
     if frame:
-        dv, dtu, delta_fro2 = _delta_frame_products(a0, a1, u0, v0, dev)
-        cross = u0.T @ dv
+        cross = u0.T @ dv[:, :q]
         out.update(diag_d=torch.diagonal(cross).cpu(), row_energy=dtu.square().sum(0).cpu(),
-                   col_energy=dv.square().sum(0).cpu(), cross=cross.cpu())
+                   col_energy=dv[:, :q].square().sum(0).cpu(), cross=cross.cpu())
+    nss_pair = tuple(s[:q] for s in _common_ritz_values(r0, r1, dv[:, :p], dv[:, p:]))
     if delta_spectral is None:
         rd = delta_top_singular_values(a0, a1, device=dev)
         delta_spectral = float(rd.s[0])
@@ -319,7 +320,8 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
         "angles": "top-k Ritz vectors of W0 and W1; sine-based principal angles (Knyazev & Argentati 2002); "
                   "angle_error_deg estimates the error from the Ritz residuals",
         "gap": "Ritz values σ_k − σ_{k+1} of W0",
-        "nss": f"top-{q} Ritz values of W0 and W1 (nss_scope)",
+        "nss": f"top-{q} Ritz values of W0 and W1 (nss_scope), both from the span of their {2 * p} computed right "
+               "vectors, so that their errors largely cancel in the difference",
         "delta_spectral": spec_how,
     }
     if frame:
@@ -327,8 +329,29 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
                              f"rescale_share_upper adds the QQ-block energy at k={q}: a bound on the full-frame value")
     return _Frame(
         s0=r0.s, s1=r1.s, u0=u0, v0=v0, u1=r1.u[:, :q], v1=r1.v[:, :q], delta_fro2=delta_fro2,
-        delta_spectral=delta_spectral, method=method, scope=q, ritz=(r0, r1), **out,
+        delta_spectral=delta_spectral, method=method, scope=q, ritz=(r0, r1), nss_pair=nss_pair, **out,
     )
+
+
+def _common_ritz_values(r0: RitzTriplets, r1: RitzTriplets, dv0: torch.Tensor, dv1: torch.Tensor) -> tuple:
+    """Ritz values of W0 and of W1 from the same subspace span[V0, V1] (float64, descending).
+
+    No pass over the matrices: W0V0 = U0S0 and W1V1 = U1S1 are known, W1V0 = W0V0 + ΔV0 and
+    W0V1 = W1V1 − ΔV1 (``dv0`` = ΔV0, ``dv1`` = ΔV1). An orthonormal basis Q = [V0 V1] T comes from
+    the eigenvectors of [V0 V1]ᵀ[V0 V1] (directions below 1e-10 of the largest dropped: V1 ≈ V0
+    for a small update), and σ(W Q) from the Gram of W Q.
+    """
+    v = torch.cat([r0.v, r1.v], 1)
+    lam, e = torch.linalg.eigh(v.T @ v)
+    keep = lam > 1e-10 * lam.max()
+    t = e[:, keep] / lam[keep].sqrt()
+    y00 = r0.u * r0.s.to(r0.u.device)
+    y11 = r1.u * r1.s.to(r1.u.device)
+    out = []
+    for y in (torch.cat([y00, y11 - dv1], 1), torch.cat([y00 + dv0, y11], 1)):
+        g = t.T @ (y.T @ y) @ t
+        out.append(torch.linalg.eigvalsh(g).flip(0).clamp_min(0.0).sqrt().cpu())
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- overlap (§5)
@@ -474,7 +497,7 @@ def spectral_metrics(
     groups: Sequence[str] = GROUPS,
     overlap_k: int = DEFAULT_OVERLAP_K,
     overlap_alpha: float = DEFAULT_OVERLAP_ALPHA,
-    full_max: int = FULL_FRAME_MAX,
+    full_max: int | None = None,
     max_iter: int = MAX_ITER,
     delta_spectral: float | None = None,
 ) -> dict:
@@ -486,7 +509,7 @@ def spectral_metrics(
     given tensors is used and ``method`` says so.
 
     Routes: ``exact=True``: float64 SVDs (full spectra, full frame). Fast mode with
-    min(m, n) ≤ ``full_max``: float64 Gram + eigh (full spectra, full frame). Fast mode above it:
+    min(m, n) ≤ ``full_max`` (default ``FULL_FRAME_MAX``, read at call time): float64 Gram + eigh (full spectra, full frame). Fast mode above it:
     randomized top-q (q = max(k, overlap_k)) with at most ``max_iter`` power iterations; then
     ``nss`` and ``rescale_share`` cover the top q only (``nss_scope``/``rescale_scope`` say
     ``top-q``, ``rescale_baseline`` is q/(mn), ``rescale_share_upper`` bounds the full-frame value)
@@ -521,7 +544,7 @@ def spectral_metrics(
     k_v0 = max(k_max, k_ov if want_frame else 0)
     if exact:
         fr = _frame_exact(a0, a1, k_max, k_v0, want_frame, dev)
-    elif n <= full_max:
+    elif n <= (FULL_FRAME_MAX if full_max is None else full_max):
         fr = _frame_fast(a0, a1, k_max, k_v0, want_frame, dev)
     else:
         fr = _frame_topq(a0, a1, k_max, max(k_max, k_ov), want_frame, dev, max_iter=max_iter,
@@ -552,7 +575,7 @@ def spectral_metrics(
             )
             if fr.ritz is not None:
                 by_k[str(k)]["angle_error_deg"] = ritz_angle_error_deg(*fr.ritz, k)
-        s0, s1 = (fr.s0, fr.s1) if fr.scope is None else (fr.s0[: fr.scope], fr.s1[: fr.scope])
+        s0, s1 = (fr.s0, fr.s1) if fr.nss_pair is None else fr.nss_pair
         out["nss"] = normalized_spectrum_shift(s0, s1)
         out["nss_scope"] = scope
         method["gap_limited"] = "Wedin bound ‖Δ‖₂/gap_k > 1 (None bound = zero gap)"
