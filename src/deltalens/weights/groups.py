@@ -109,7 +109,7 @@ def _delta_fro2(w0: torch.Tensor, w1: torch.Tensor) -> float:
     from deltalens.linalg import chunk_rows
 
     step = chunk_rows(w0.shape[1])
-    return sum(float(torch.linalg.vector_norm(w1[s : s + step] - w0[s : s + step], dtype=torch.float64) ** 2)
+    return sum(float(torch.linalg.vector_norm(w1[s : s + step].double() - w0[s : s + step].double()) ** 2)
                for s in range(0, w0.shape[0], step))
 
 
