@@ -1,9 +1,10 @@
 """The streaming weight diff (SPEC §1–§3): pair two checkpoints, compute one row per tensor
 with the selected metric groups, aggregate, write ``diff.json`` and ``tensors.parquet``.
 
-Tensors are processed one pair at a time; the anonymous memory in use is a few float32 copies
-of the largest tensor (the chunked sparsity/size pass needs only chunk-sized temporaries; the
-matrix groups hold w0, w1, Δ and a Gram matrix). With ``out`` set, each finished row is
+Tensors are processed one pair at a time; the chunked sparsity/size pass needs only chunk-sized
+temporaries, and the matrix groups get the stored tensors and cast chunk by chunk: above
+min(m, n) = 512 they hold the bitwise mask and a few m×q blocks; below it (small matrices) a
+float32 Δ and n×n Gram matrices. With ``out`` set, each finished row is
 appended to ``out/.cache/rows.jsonl`` with the inputs' fingerprint, so an interrupted run
 resumes where it stopped and gives identical results; the outputs are written atomically,
 ``diff.json`` last.
@@ -96,8 +97,10 @@ def compute_row(pair: TensorPair, t0, t1, options: DiffOptions) -> dict:
             row.setdefault(name, None)
     runnable = [g for g in matrix if not g.only_2d or t0.ndim == 2]
     if runnable:
-        w0 = t0.to(options.device, torch.float32)
-        w1 = t1.to(options.device, torch.float32)
+        # the stored dtype on the device (no copy for a memory-mapped CPU tensor): the groups cast
+        # chunk by chunk; whole float32 copies of a 151936×1536 embedding pair would be 1.9 GB
+        w0 = t0.to(options.device)
+        w1 = t1.to(options.device)
         if stats["nonfinite"]:  # keep the SVD defined; the count stays in the row
             bad = ~(torch.isfinite(w0) & torch.isfinite(w1))
             w0 = w0.masked_fill(bad, 0.0)

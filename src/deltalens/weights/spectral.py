@@ -264,8 +264,8 @@ def delta_top_singular_values(w0: torch.Tensor, w1: torch.Tensor, *, device: str
 
 
 def _delta_frame_products(a0, a1, u: torch.Tensor, v: torch.Tensor, dev) -> tuple:
-    """One pass over row chunks of Δ (float32 products, float64 sums): (ΔV m×q, ΔᵀU n×q, ‖Δ‖²_F),
-    returned in float64."""
+    """One pass over row chunks of Δ (float32 products, float64 sums): (ΔV m×q, ΔᵀU n×q, ‖Δ‖²_F);
+    the products stay float32 (an m×q float64 copy of the embedding's would be hundreds of MB)."""
     vf, uf = v.to(device=dev, dtype=torch.float32), u.to(device=dev, dtype=torch.float32)
     dv = torch.empty(a0.shape[0], v.shape[1], dtype=torch.float32, device=dev)
     dtu = torch.zeros(a0.shape[1], u.shape[1], dtype=torch.float32, device=dev)
@@ -276,7 +276,7 @@ def _delta_frame_products(a0, a1, u: torch.Tensor, v: torch.Tensor, dev) -> tupl
         dv[start : start + step] = d @ vf
         dtu.addmm_(d.T, uf[start : start + step])
         fro2 += float(torch.linalg.vector_norm(d, dtype=torch.float64) ** 2)
-    return dv.double(), dtu.double(), fro2
+    return dv, dtu.double(), fro2
 
 
 def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, delta_spectral: float | None) -> _Frame:
@@ -299,9 +299,11 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
     out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
     dv, dtu, delta_fro2 = _delta_frame_products(a0, a1, u0, torch.cat([r0.v, r1.v], 1), dev)
     if frame:
-        cross = u0.T @ dv[:, :q]
+        dvq = dv[:, :q].double()
+        cross = u0.T @ dvq
         out.update(diag_d=torch.diagonal(cross).cpu(), row_energy=dtu.square().sum(0).cpu(),
-                   col_energy=dv[:, :q].square().sum(0).cpu(), cross=cross.cpu())
+                   col_energy=dvq.square().sum(0).cpu(), cross=cross.cpu())
+        del dvq
     nss_pair = tuple(s[:q] for s in _common_ritz_values(r0, r1, dv[:, :p], dv[:, p:]))
     if delta_spectral is None:
         rd = delta_top_singular_values(a0, a1, device=dev)
@@ -348,9 +350,12 @@ def _common_ritz_values(r0: RitzTriplets, r1: RitzTriplets, dv0: torch.Tensor, d
     y00 = r0.u * r0.s.to(r0.u.device)
     y11 = r1.u * r1.s.to(r1.u.device)
     out = []
-    for y in (torch.cat([y00, y11 - dv1], 1), torch.cat([y00 + dv0, y11], 1)):
-        g = t.T @ (y.T @ y) @ t
-        out.append(torch.linalg.eigvalsh(g).flip(0).clamp_min(0.0).sqrt().cpu())
+    for side in (0, 1):  # W0 [V0 V1] = [y00, y11 − ΔV1]; W1 [V0 V1] = [y00 + ΔV0, y11]
+        a = y00 if side == 0 else y00 + dv0.double()
+        b = y11 - dv1.double() if side == 0 else y11
+        g = torch.cat([torch.cat([a.T @ a, a.T @ b], 1), torch.cat([b.T @ a, b.T @ b], 1)], 0)
+        del a, b
+        out.append(torch.linalg.eigvalsh(t.T @ g @ t).flip(0).clamp_min(0.0).sqrt().cpu())
     return tuple(out)
 
 
