@@ -7,8 +7,8 @@ update rounded back to bf16) and measures, per shape, interleaved and repeated (
 ``--repeats`` rounds is kept for every side, so a burst of load on the shared machine hits no
 side alone):
 
-- fast: what the diff driver runs per 2-D tensor in its default fast mode: the bf16 → float32
-  copies, the §2 sparsity/size pass (``stream_pair_stats``), the §3 rank group and the §4–§5
+- fast: what the diff driver runs per 2-D tensor in its default fast mode: the float32 copies (up
+  to 2²⁶ elements; the embedding stays bf16, cast chunk by chunk), the §2 sparsity/size pass (``stream_pair_stats``), the §3 rank group and the §4–§5
   spectral + frame groups (``compute_rank`` / ``compute_spectral``, default k, overlap k = 64);
 - naive, literal (the issue's wording): both sides in float32, ``torch.linalg.svd`` with its
   default ``full_matrices=True`` of W0, W1 and Δ;
@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
 
-from deltalens.weights.groups import MetricContext, compute_rank, compute_spectral  # noqa: E402
+from deltalens.weights.groups import MetricContext, compute_rank, compute_spectral, matrix_operands  # noqa: E402
 from deltalens.weights.options import make_options  # noqa: E402
 from deltalens.weights.sparsity import stream_pair_stats  # noqa: E402
 
@@ -91,10 +91,10 @@ class AnonPeak:
 
 
 def fast_row(raw0, raw1, options):
-    """The driver's per-tensor work in fast mode (compute_row without file reading)."""
+    """The driver's per-tensor work in fast mode (compute_row without file reading): float32 copies
+    for the matrix groups up to 2²⁶ elements, the stored bf16 tensors above (the embedding)."""
     stats = stream_pair_stats(raw0, raw1, device=options.device)
-    w0 = raw0.to(options.device, torch.float32)
-    w1 = raw1.to(options.device, torch.float32)
+    w0, w1 = matrix_operands(raw0, raw1, options.device)
     ctx = MetricContext("bench", "bench", 0, raw0, raw1, w0, w1, options)
     row = dict(stats)
     row.update(compute_rank(w0, w1, ctx))

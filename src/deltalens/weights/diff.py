@@ -2,9 +2,10 @@
 with the selected metric groups, aggregate, write ``diff.json`` and ``tensors.parquet``.
 
 Tensors are processed one pair at a time; the chunked sparsity/size pass needs only chunk-sized
-temporaries, and the matrix groups get the stored tensors and cast chunk by chunk: above
-min(m, n) = 512 they hold the bitwise mask and a few m×q blocks; below it (small matrices) a
-float32 Δ and n×n Gram matrices. With ``out`` set, each finished row is
+temporaries; the matrix groups get float32 copies of tensors up to 2²⁶ elements and the stored
+tensors above (cast chunk by chunk: no whole float32 copy of an embedding); above
+min(m, n) = 512 they hold the bitwise mask and a few m×q blocks; below it a float32 Δ and n×n
+Gram matrices. With ``out`` set, each finished row is
 appended to ``out/.cache/rows.jsonl`` with the inputs' fingerprint, so an interrupted run
 resumes where it stopped and gives identical results; the outputs are written atomically,
 ``diff.json`` last.
@@ -23,7 +24,14 @@ from deltalens.checkpoints import TensorPair, open_pair, pair_sources
 from deltalens.checkpoints.readahead import ReadAhead
 from deltalens.results import append_jsonl, to_jsonable, write_json, write_parquet, write_text
 from deltalens.weights.aggregate import summarize
-from deltalens.weights.groups import ALWAYS_FIELDS, METRIC_GROUPS, STREAMING_GROUPS, MetricContext, aggregated_fields
+from deltalens.weights.groups import (
+    ALWAYS_FIELDS,
+    METRIC_GROUPS,
+    STREAMING_GROUPS,
+    MetricContext,
+    aggregated_fields,
+    matrix_operands,
+)
 from deltalens.weights.options import DiffOptions, make_options
 from deltalens.weights.sparsity import stream_pair_stats
 
@@ -97,10 +105,7 @@ def compute_row(pair: TensorPair, t0, t1, options: DiffOptions) -> dict:
             row.setdefault(name, None)
     runnable = [g for g in matrix if not g.only_2d or t0.ndim == 2]
     if runnable:
-        # the stored dtype on the device (no copy for a memory-mapped CPU tensor): the groups cast
-        # chunk by chunk; whole float32 copies of a 151936×1536 embedding pair would be 1.9 GB
-        w0 = t0.to(options.device)
-        w1 = t1.to(options.device)
+        w0, w1 = matrix_operands(t0, t1, options.device)
         if stats["nonfinite"]:  # keep the SVD defined; the count stays in the row
             bad = ~(torch.isfinite(w0) & torch.isfinite(w1))
             w0 = w0.masked_fill(bad, 0.0)

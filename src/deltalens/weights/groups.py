@@ -69,6 +69,19 @@ class MetricContext:
 
 
 METRIC_GROUPS: dict[str, MetricGroup] = {}
+FLOAT32_COPY_MAX = 1 << 26  # elements: matrix groups get float32 copies up to this size
+
+
+def matrix_operands(t0: torch.Tensor, t1: torch.Tensor, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the matrix groups get: float32 copies on ``device`` up to ``FLOAT32_COPY_MAX``
+    elements (a cast per pass and chunk would cost more than the products), the stored tensors
+    above it (no whole copy: 2 × 0.9 GB for a 151936×1536 embedding; the groups cast chunk by
+    chunk). Float64 stays float64."""
+    if t0.numel() <= FLOAT32_COPY_MAX:
+        dtype = torch.promote_types(t0.dtype, torch.float32)
+        return t0.to(device, dtype), t1.to(device, dtype)
+    return t0.to(device), t1.to(device)
+
 
 
 def register_group(group: MetricGroup) -> MetricGroup:
@@ -111,7 +124,8 @@ def _delta_fro2(w0: torch.Tensor, w1: torch.Tensor) -> float:
     from deltalens.linalg import chunk_rows
 
     step = chunk_rows(w0.shape[1])
-    return sum(float(torch.linalg.vector_norm(w1[s : s + step].double() - w0[s : s + step].double()) ** 2)
+    dt = torch.promote_types(w0.dtype, torch.float32)  # exact differences for bf16/fp16 inputs
+    return sum(float(torch.linalg.vector_norm(w1[s : s + step].to(dt) - w0[s : s + step].to(dt), dtype=torch.float64) ** 2)
                for s in range(0, w0.shape[0], step))
 
 

@@ -47,6 +47,7 @@ FULL_FRAME_MAX = 512  # fast mode: the full Gram frame when min(m, n) ≤ this, 
 OVERSAMPLE = 16  # extra columns of the randomized subspace beyond q
 MAX_ITER = 6  # power iterations per matrix (W0 cold, W1 warm-started), fewer when converged
 TOL_DEG = 0.01  # stop iterating once the estimated top-k subspace error is below this angle
+MIN_PROGRESS = 0.1  # ... or once two iterations in a row improve on its best by < 10 % (0: never)
 DELTA_WIDTH, DELTA_ITER = 8, 2  # block power iteration on Δ for ‖Δ‖₂
 SELECT_IN_MEMORY_MAX = 1 << 25  # overlaps: select in one float32 buffer up to this many entries
 
@@ -224,7 +225,7 @@ def _frame_fast(a0: torch.Tensor, a1: torch.Tensor, k_max: int, k_v0: int, frame
         out["cross"] = ud @ vk
     u0 = chunked_matmul(a0, vec0[:, :k_max], device=dev) / s0[:k_max].clamp_min(tiny)
     u1 = chunked_matmul(a1, vec1[:, :k_max], device=dev) / s1[:k_max].clamp_min(tiny)
-    eig = "scipy syevr" if g0.device.type == "cpu" else f"torch.linalg.eigh on {g0.device.type}"
+    eig = f"torch.linalg.eigh on {g0.device.type}"
     method = {
         "mode": "fast",
         "frame": f"Gram + eigh float64 on the smaller side (n={n}, {eig}); U = W0 V / σ"
@@ -293,8 +294,11 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
     p = min(n, q + OVERSAMPLE)
     tol = math.sin(math.radians(TOL_DEG))
     start = torch.randn(n, p, generator=torch.Generator().manual_seed(0)).to(dev)
-    r0 = ritz_subspace_iteration(*_operator(a0, None, dev), start, max_iter=max_iter, k=k_max, tol=tol)
-    r1 = ritz_subspace_iteration(*_operator(a1, None, dev), r0.v.to(torch.float32), max_iter=max_iter, k=k_max, tol=tol)
+    # float32 throughout: NSS and diag(UᵀΔV) take their precision from the Δ products, not from
+    # W0V0 and W1V1, whose rounding is shared by both sides of each difference (see _common_ritz_values)
+    stop = dict(max_iter=max_iter, k=k_max, tol=tol, min_progress=MIN_PROGRESS, final_dtype=torch.float32)
+    r0 = ritz_subspace_iteration(*_operator(a0, None, dev), start, **stop)
+    r1 = ritz_subspace_iteration(*_operator(a1, None, dev), r0.v.to(torch.float32), **stop)
     u0, v0 = r0.u[:, :q], r0.v[:, :q]
     out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
     dv, dtu, delta_fro2 = _delta_frame_products(a0, a1, u0, torch.cat([r0.v, r1.v], 1), dev)
@@ -304,7 +308,8 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
         out.update(diag_d=torch.diagonal(cross).cpu(), row_energy=dtu.square().sum(0).cpu(),
                    col_energy=dvq.square().sum(0).cpu(), cross=cross.cpu())
         del dvq
-    nss_pair = tuple(s[:q] for s in _common_ritz_values(r0, r1, dv[:, :p], dv[:, p:]))
+    with lapack_one_thread(dv):
+        nss_pair = tuple(s[:q] for s in _common_ritz_values(r0, r1, dv[:, :p], dv[:, p:]))
     if delta_spectral is None:
         rd = delta_top_singular_values(a0, a1, device=dev)
         delta_spectral = float(rd.s[0])
@@ -317,8 +322,9 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
         "route": f"top-{q}",
         "frame": f"randomized subspace iteration with Rayleigh–Ritz (Halko et al. 2011) on p={p} columns of the smaller "
                  f"side (n={n}): W0 from a seeded Gaussian start ({r0.iterations} iterations), W1 warm-started from W0's "
-                 f"subspace ({r1.iterations}); float32 iterations, float64 Rayleigh–Ritz; stop when the estimated top-"
-                 f"{k_max} subspace error < {TOL_DEG}° or after {max_iter} iterations",
+                 f"subspace ({r1.iterations}); float32 throughout; stop when the estimated top-"
+                 f"{k_max} subspace error < {TOL_DEG}°, when two iterations in a row improve on its best by less "
+                 f"than {MIN_PROGRESS:.0%}, or after {max_iter} iterations",
         "angles": "top-k Ritz vectors of W0 and W1; sine-based principal angles (Knyazev & Argentati 2002); "
                   "angle_error_deg estimates the error from the Ritz residuals",
         "gap": "Ritz values σ_k − σ_{k+1} of W0",
@@ -503,7 +509,7 @@ def spectral_metrics(
     overlap_k: int = DEFAULT_OVERLAP_K,
     overlap_alpha: float = DEFAULT_OVERLAP_ALPHA,
     full_max: int | None = None,
-    max_iter: int = MAX_ITER,
+    max_iter: int | None = None,
     delta_spectral: float | None = None,
 ) -> dict:
     """SPEC §4 (group ``spectral``) and §5 (group ``frame``) for one m×n weight pair.
@@ -530,6 +536,7 @@ def spectral_metrics(
     _check_inputs(w0, w1, changed, groups)
     if not 0.0 < overlap_alpha < 1.0 or overlap_k < 1:
         raise DeltalensError(f"overlap needs k >= 1 and 0 < alpha < 1, got k={overlap_k}, alpha={overlap_alpha}")
+    max_iter = MAX_ITER if max_iter is None else max_iter
     if max_iter < 1:
         raise DeltalensError(f"max_iter must be >= 1, got {max_iter}")
     dev = torch.device(device)
