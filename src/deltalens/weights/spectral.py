@@ -2,12 +2,16 @@
 does the spectrum drift (SPEC §4), and how much of it re-weights the base's own singular
 directions rather than mixing them (SPEC §5)?
 
-Entry point: :func:`spectral_metrics` (tensors in, a JSON-ready dict out; no I/O). Two modes:
+Entry point: :func:`spectral_metrics` (tensors in, a JSON-ready dict out; no I/O). Three routes
+(``method["route"]`` says which ran):
 
-- fast (default): one float64 pass over row chunks builds G0 = W0ᵀW0, C = W0ᵀΔ and E = ΔᵀΔ on
-  the smaller side n (W1ᵀW1 = G0 + C + Cᵀ + E); eigh of G0 gives the full frame of W0 (σ, V;
-  U = W0 V / σ), eigh of W1ᵀW1 the full spectrum and top-k vectors of W1, Lanczos on E gives
-  ‖Δ‖₂. Nothing is randomized; all n singular values are kept, so NSS is the full spectrum.
+- fast, full frame (default when min(m, n) ≤ ``FULL_FRAME_MAX`` = 512): one float64 pass over row
+  chunks builds G0 = W0ᵀW0, C = W0ᵀΔ and E = ΔᵀΔ on the smaller side n (W1ᵀW1 = G0 + C + Cᵀ + E);
+  eigh of G0 gives the full frame of W0 (σ, V; U = W0 V / σ), eigh of W1ᵀW1 the full spectrum and
+  top-k vectors of W1, Lanczos on E gives ‖Δ‖₂. Nothing randomized; NSS over the full spectrum.
+- fast, randomized top-q (default above 512): subspace iteration with Rayleigh–Ritz on
+  q + OVERSAMPLE columns (:func:`_frame_topq`); NSS and rescale_share cover the top q
+  (``nss_scope``/``rescale_scope``), angles come with an error estimate. No SVD-equivalent cost.
 - exact (``exact=True``): ``torch.linalg.svd`` of W0, W1 and Δ in float64 (the reference).
 
 Every formula lives in one small function below, with its SPEC section.
@@ -285,10 +289,11 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
 
     Subspace iteration with Rayleigh–Ritz (:func:`deltalens.linalg.ritz_subspace_iteration`) on
     p = q + OVERSAMPLE columns: W0 from a seeded Gaussian start, W1 warm-started from W0's right
-    subspace (an RL update rotates it by little, so W1 needs few iterations); float32 iterations,
-    float64 final Rayleigh–Ritz. One float64 pass over Δ gives ΔV_q, ΔᵀU_q and ‖Δ‖²_F; a block
-    power iteration gives ‖Δ‖₂ (unless given). Only the top q singular values and the first q
-    diagonal entries of UᵀΔV exist here, so NSS and rescale_share are top-q quantities.
+    subspace (an RL update rotates it by little, so W1 needs few iterations), float32 passes. One
+    float32 pass over Δ gives Δ[V0 V1], ΔᵀU_q and ‖Δ‖²_F (float64 sum); a block power iteration
+    gives ‖Δ‖₂ (unless given). Only the top q singular values and the first q diagonal entries of
+    UᵀΔV exist here, so NSS and rescale_share are top-q quantities (NSS from Ritz values of both
+    matrices in one common subspace, :func:`_common_ritz_values`).
     """
     m, n = a0.shape
     p = min(n, q + OVERSAMPLE)
