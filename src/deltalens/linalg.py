@@ -111,6 +111,8 @@ def chunked_matmul(
     the difference ``w − minus``, formed chunk by chunk in x's dtype (Δ = W1 − W0 without a copy)."""
     dev = torch.device(device)
     x = x.to(dev)
+    if minus is None and w.dtype == x.dtype and w.device == dev:
+        return w @ x  # nothing to cast: one BLAS call
     out = torch.empty(w.shape[0], x.shape[1], dtype=x.dtype, device=dev)
     for start, chunk in _row_chunks(w, minus, dev, x.dtype):
         out[start : start + chunk.shape[0]] = chunk @ x
@@ -128,6 +130,8 @@ def chunked_rmatmul(
     ``minus`` W is ``w − minus`` (see :func:`chunked_matmul`)."""
     dev = torch.device(device)
     y = y.to(dev)
+    if minus is None and w.dtype == y.dtype and w.device == dev:
+        return w.T @ y  # nothing to cast: one BLAS call
     out = torch.zeros(w.shape[1], y.shape[1], dtype=y.dtype, device=dev)
     for start, chunk in _row_chunks(w, minus, dev, y.dtype):
         out.addmm_(chunk.T, y[start : start + chunk.shape[0]])

@@ -372,9 +372,14 @@ def _overlap_reference(w0, mask, k, alpha):
     return princ, low, (princ & mflat).sum() / mflat.sum(), (low & mflat).sum() / mflat.sum()
 
 
+@pytest.mark.parametrize("in_memory", [True, False], ids=["partition", "radix"])
 @pytest.mark.parametrize("exact", MODES)
-def test_overlaps_against_planted_masks(exact, monkeypatch):
+def test_overlaps_against_planted_masks(exact, in_memory, monkeypatch):
+    import deltalens.weights.spectral as spectral
+
     monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 1500)  # several chunks through the radix select
+    if not in_memory:
+        monkeypatch.setattr(spectral, "SELECT_IN_MEMORY_MAX", 0)
     w0, w1 = _random_pair(90, 70, seed=9)
     k, alpha = 6, 0.05
     princ, low, _, _ = _overlap_reference(w0, torch.ones(90, 70, dtype=torch.bool), k, alpha)
@@ -445,10 +450,15 @@ def test_cuda_matches_cpu():
     assert gpu["principal_overlap"] == pytest.approx(cpu["principal_overlap"], abs=0.01)
 
 
-def test_overlap_with_heavy_ties_matches_stable_sort(monkeypatch):
+@pytest.mark.parametrize("in_memory", [True, False], ids=["partition", "radix"])
+def test_overlap_with_heavy_ties_matches_stable_sort(in_memory, monkeypatch):
     """bf16-valued weights tie a lot: the boundary of the low set falls inside a run of equal
     values, and ties are taken in position order, like numpy's stable argsort."""
+    import deltalens.weights.spectral as spectral
+
     monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 700)
+    if not in_memory:
+        monkeypatch.setattr(spectral, "SELECT_IN_MEMORY_MAX", 0)
     g = torch.Generator().manual_seed(14)
     w0 = (0.02 * torch.randn(120, 50, generator=g)).bfloat16().float()
     w0 = torch.round(w0 * 300) / 300  # few distinct values: long runs of ties

@@ -251,9 +251,12 @@ def _operator(w: torch.Tensor, minus: torch.Tensor | None, dev, transpose: bool 
     return (rmul, mul) if transpose else (mul, rmul)
 
 
-def delta_top_singular_values(w0: torch.Tensor, w1: torch.Tensor, *, device: str | torch.device = "cpu") -> RitzTriplets:
+def delta_top_singular_values(
+    w0: torch.Tensor, w1: torch.Tensor, *, device: str | torch.device = "cpu", delta: torch.Tensor | None = None
+) -> RitzTriplets:
     """Top Ritz triplets of Δ = W1 − W0 by block power iteration (``DELTA_WIDTH`` columns, at most
-    ``DELTA_ITER`` iterations, seeded start), Δ formed chunk by chunk, never copied whole.
+    ``DELTA_ITER`` iterations, seeded start). Δ is formed chunk by chunk, never copied whole,
+    unless the caller passes it as ``delta`` (then each pass is one product).
 
     ``s[0]`` is a Ritz value, hence a lower bound on ‖Δ‖₂ = σ1(Δ) (SPEC §3, §4); ``residual[0]``
     says how far the pair is from a singular pair. Wide inputs are handled as Δᵀ (same σ).
@@ -264,7 +267,7 @@ def delta_top_singular_values(w0: torch.Tensor, w1: torch.Tensor, *, device: str
     side = min(m, n)
     width = min(DELTA_WIDTH, side)
     start = torch.randn(side, width, generator=torch.Generator().manual_seed(1)).to(dev)
-    mul, rmul = _operator(w1, w0, dev, transpose)
+    mul, rmul = _operator(w1, w0, dev, transpose) if delta is None else _operator(delta, None, dev, transpose)
     return ritz_subspace_iteration(mul, rmul, start, max_iter=DELTA_ITER, k=1, tol=1e-3, final_dtype=torch.float32)
 
 
@@ -460,13 +463,13 @@ def _overlaps(a0: torch.Tensor, mask: torch.Tensor, left: torch.Tensor, v_k: tor
             yield w.abs().reshape(-1), mask[start : start + step].to(dev).reshape(-1)
 
     mask_size = int(torch.count_nonzero(mask))  # bool .sum() would make an int64 copy of the mask
-    if m * n <= SELECT_IN_MEMORY_MAX:
+    if m * n <= SELECT_IN_MEMORY_MAX:  # one float32 buffer per selection, no chunks
         flat_mask = mask.reshape(-1)
-        hits = [
-            _count_selected_in_memory(torch.cat([v for v, _ in chunks()]), flat_mask, count, largest)
-            for chunks, largest in ((recon_chunks, True), (weight_chunks, False))
-        ]
-        return hits[0], hits[1], mask_size
+        recon = (lk @ vk.T).abs_().reshape(-1)
+        hits_p = _count_selected_in_memory(recon, flat_mask, count, largest=True)
+        del recon
+        weights = a0.to(device=dev, dtype=torch.float32).abs().reshape(-1)
+        return hits_p, _count_selected_in_memory(weights, flat_mask, count, largest=False), mask_size
     return (
         _count_selected_in_mask(recon_chunks, count, largest=True),
         _count_selected_in_mask(weight_chunks, count, largest=False),
