@@ -8,9 +8,9 @@ module, per layer and over the model:
 - ``count``: sum; ``rss``: root of the sum of squares (e.g. ‖Δ‖_F over a module).
 
 Streaming groups (``sparsity``, ``size``) are computed by the driver's chunked pass over the
-stored tensors. Matrix groups have ``compute(w0, w1, ctx) -> dict`` with w0, w1 in the stored
-float dtype on ``ctx.options.device`` (cast them, chunk by chunk for large ones; ``ctx.delta`` is
-Δ in at least float32) and run on 2-D tensors; adding one is a function and a
+stored tensors. Matrix groups have ``compute(w0, w1, ctx) -> dict`` with w0, w1 from
+:func:`matrix_operands` on ``ctx.options.device`` (float32 copies, or for tensors above 2²⁶
+elements the stored dtype: cast those chunk by chunk; ``ctx.delta`` is Δ in at least float32) and run on 2-D tensors; adding one is a function and a
 :func:`register_group` call. Later groups (``spectral``, ``frame``, SPEC §4–§5) read
 ``ctx.options.top_k`` / ``exact`` / ``device`` and ``ctx.changed`` (the bitwise update mask).
 """
@@ -51,7 +51,7 @@ class MetricContext:
     layer: int | None
     raw0: torch.Tensor  # stored dtype, possibly memory-mapped
     raw1: torch.Tensor
-    w0: torch.Tensor  # stored float dtype on the options' device (NaN/Inf zeroed)
+    w0: torch.Tensor  # matrix_operands(): float32, or the stored dtype above 2²⁶ elements; NaN/Inf zeroed
     w1: torch.Tensor
     options: object  # DiffOptions
     extra: dict = field(default_factory=dict)  # scratch shared by groups (e.g. an SVD of W0 computed once)
