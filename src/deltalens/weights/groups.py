@@ -106,7 +106,7 @@ def compute_rank(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict
         top = delta_top_singular_values(w0, w1, device=w0.device, delta=delta)
         sigma1 = float(top.s[0])
         ctx.extra["delta_spectral"] = sigma1  # the spectral group's Wedin bound reuses it
-        fro2 = float(torch.linalg.vector_norm(delta, dtype=torch.float64) ** 2) if small else _delta_fro2(w0, w1)
+        fro2 = float(torch.linalg.vector_norm(delta)) ** 2 if small else _delta_fro2(w0, w1)
         out = rank_mod.rank_measures_top(sigma1, fro2)
         out["numerical_rank_fraction"] = None
         out["rank_method"] = f"power-top-float32 ({top.s.numel()} columns, {top.iterations} iterations; σ1 only)"

@@ -272,7 +272,7 @@ def delta_top_singular_values(
 
 
 def _delta_frame_products(a0, a1, u: torch.Tensor, v: torch.Tensor, dev) -> tuple:
-    """One pass over row chunks of Δ (float32 products, float64 sums): (ΔV m×q, ΔᵀU n×q, ‖Δ‖²_F);
+    """One pass over row chunks of Δ (float32 products, chunk norms summed in float64): (ΔV m×q, ΔᵀU n×q, ‖Δ‖²_F);
     the products stay float32 (an m×q float64 copy of the embedding's would be hundreds of MB)."""
     vf, uf = v.to(device=dev, dtype=torch.float32), u.to(device=dev, dtype=torch.float32)
     dv = torch.empty(a0.shape[0], v.shape[1], dtype=torch.float32, device=dev)
@@ -283,7 +283,7 @@ def _delta_frame_products(a0, a1, u: torch.Tensor, v: torch.Tensor, dev) -> tupl
         d = a1[start : start + step].to(device=dev, dtype=torch.float32) - a0[start : start + step].to(device=dev, dtype=torch.float32)
         dv[start : start + step] = d @ vf
         dtu.addmm_(d.T, uf[start : start + step])
-        fro2 += float(torch.linalg.vector_norm(d, dtype=torch.float64) ** 2)
+        fro2 += float(torch.linalg.vector_norm(d)) ** 2  # float32 per chunk, chunks summed in float64
     return dv, dtu.double(), fro2
 
 
