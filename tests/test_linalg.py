@@ -125,3 +125,70 @@ def test_spectral_gap():
     assert spectral_gap(s, 4) == 1.0  # σ_{k+1} = 0 past the rank
     with pytest.raises(ValueError):
         spectral_gap(s, 5)
+
+
+# ----------------------------------------------------------------------------- randomized top-q
+
+
+from deltalens.linalg import chunked_rmatmul, ritz_subspace_iteration  # noqa: E402
+
+
+def test_chunked_products_with_difference(monkeypatch):
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 40)  # many row chunks
+    rng = np.random.default_rng(5)
+    w0 = rng.standard_normal((45, 8)).astype(np.float32)
+    w1 = (w0 + 0.01 * rng.standard_normal((45, 8))).astype(np.float32)
+    d = w1.astype(np.float64) - w0.astype(np.float64)
+    x, y = rng.standard_normal((8, 3)), rng.standard_normal((45, 3))
+    t0, t1 = torch.from_numpy(w0), torch.from_numpy(w1)
+    np.testing.assert_allclose(chunked_matmul(t1, torch.from_numpy(x), minus=t0).numpy(), d @ x, atol=1e-12)
+    np.testing.assert_allclose(chunked_rmatmul(t1, torch.from_numpy(y), minus=t0).numpy(), d.T @ y, atol=1e-12)
+    np.testing.assert_allclose(chunked_rmatmul(t0, torch.from_numpy(y)).numpy(), w0.astype(np.float64).T @ y, atol=1e-10)
+
+
+def _operator(a):
+    t = torch.from_numpy(a)
+    return (lambda x: t.to(x.dtype) @ x), (lambda y: t.to(y.dtype).T @ y)
+
+
+def test_ritz_subspace_iteration_against_numpy():
+    """A decaying spectrum: the top-k triplets converge to numpy's SVD; Ritz values never exceed
+    the true ones; the error estimate is small and at least the true error."""
+    a = _decaying(300, 120, seed=6)
+    ur, sr, vhr = np.linalg.svd(a, full_matrices=False)
+    k, p = 6, 20
+    start = torch.randn(120, p, generator=torch.Generator().manual_seed(0))
+    r = ritz_subspace_iteration(*_operator(a), start, max_iter=30, k=k, tol=1e-4)
+    assert r.iterations < 30  # stopped on the tolerance (float32 iterations floor it near 1e-6)
+    np.testing.assert_allclose(r.s[:k].numpy(), sr[:k], rtol=1e-9)
+    assert np.all(r.s.numpy() <= sr[:p] * (1 + 1e-12))  # Ritz values are lower bounds (interlacing)
+    err_v = scipy.linalg.subspace_angles(r.v[:, :k].numpy(), vhr[:k].T).max()
+    err_u = scipy.linalg.subspace_angles(r.u[:, :k].numpy(), ur[:, :k]).max()
+    assert max(err_u, err_v) < 1e-5  # radians; float32 iterations
+    assert r.subspace_error(k) < 1e-3
+    np.testing.assert_allclose(a @ r.v.numpy(), r.u.numpy() * r.s.numpy(), atol=1e-9)  # A v = σ u
+    np.testing.assert_allclose(r.v.numpy().T @ r.v.numpy(), np.eye(p), atol=1e-12)
+    # a warm start from the answer converges in one iteration
+    warm = ritz_subspace_iteration(*_operator(a), r.v.float(), max_iter=30, k=k, tol=1e-4)
+    assert warm.iterations == 1
+
+
+def test_ritz_error_estimate_flags_a_flat_spectrum():
+    """Gaussian noise has no gap at k: two iterations leave the top-k subspace unresolved, and the
+    estimate must say so rather than report a converged answer."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((400, 200))
+    r = ritz_subspace_iteration(*_operator(a), torch.randn(200, 24), max_iter=2, k=8, tol=1e-6)
+    _, _, vhr = np.linalg.svd(a, full_matrices=False)
+    true_err = np.sin(scipy.linalg.subspace_angles(r.v[:, :8].numpy(), vhr[:8].T).max())
+    assert true_err > 0.05
+    assert r.subspace_error(8) >= true_err
+
+
+def test_ritz_rank_deficient_operator():
+    """Fewer nonzero singular values than columns: CholeskyQR falls back to Householder QR."""
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((50, 3)) @ rng.standard_normal((3, 30))
+    r = ritz_subspace_iteration(*_operator(a), torch.randn(30, 10), max_iter=3)
+    np.testing.assert_allclose(r.s[:3].numpy(), np.linalg.svd(a, compute_uv=False)[:3], rtol=1e-6)
+    assert float(r.s[3:].abs().max()) < 1e-4 * float(r.s[0])

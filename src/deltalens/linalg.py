@@ -5,6 +5,10 @@ Conventions: angles in radians unless a name says ``_deg``; singular values desc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import torch
 
 
@@ -100,41 +104,62 @@ def chunked_matmul(
     x: torch.Tensor,
     *,
     device: str | torch.device = "cpu",
+    minus: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """W @ X for a large m×n ``w`` and a small n×k ``x``, casting ``w`` chunk by chunk to x's dtype
-    and device (so a float64 product never needs a float64 copy of ``w``)."""
+    and device (so a float64 product never needs a float64 copy of ``w``). With ``minus``, W is
+    the difference ``w − minus``, formed chunk by chunk in x's dtype (Δ = W1 − W0 without a copy)."""
     dev = torch.device(device)
     x = x.to(dev)
+    if minus is None and w.dtype == x.dtype and w.device == dev:
+        return w @ x  # nothing to cast: one BLAS call
     out = torch.empty(w.shape[0], x.shape[1], dtype=x.dtype, device=dev)
+    for start, chunk in _row_chunks(w, minus, dev, x.dtype):
+        out[start : start + chunk.shape[0]] = chunk @ x
+    return out
+
+
+def chunked_rmatmul(
+    w: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    device: str | torch.device = "cpu",
+    minus: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Wᵀ @ Y for a large m×n ``w`` and a small m×k ``y``, chunk by chunk in y's dtype; with
+    ``minus`` W is ``w − minus`` (see :func:`chunked_matmul`)."""
+    dev = torch.device(device)
+    y = y.to(dev)
+    if minus is None and w.dtype == y.dtype and w.device == dev:
+        return w.T @ y  # nothing to cast: one BLAS call
+    out = torch.zeros(w.shape[1], y.shape[1], dtype=y.dtype, device=dev)
+    for start, chunk in _row_chunks(w, minus, dev, y.dtype):
+        out.addmm_(chunk.T, y[start : start + chunk.shape[0]])
+    return out
+
+
+def _row_chunks(w: torch.Tensor, minus: torch.Tensor | None, dev: torch.device, dtype: torch.dtype):
+    """(first row, chunk of w − minus or of w in ``dtype`` on ``dev``) over row chunks of ~32 MiB."""
     step = chunk_rows(w.shape[1])
     for start in range(0, w.shape[0], step):
-        out[start : start + step] = w[start : start + step].to(device=dev, dtype=x.dtype) @ x
-    return out
+        chunk = w[start : start + step].to(device=dev, dtype=dtype)
+        if minus is not None:
+            chunk = chunk - minus[start : start + step].to(device=dev, dtype=dtype)
+        yield start, chunk
 
 
 def eigh_descending(g: torch.Tensor, *, vectors: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Eigen-decomposition of a symmetric matrix with eigenvalues in descending order.
 
-    On CPU this calls LAPACK ``syevr`` through SciPy (several times faster than ``syevd`` on a
-    loaded 2-core machine; ``syevd`` if it fails to converge); elsewhere ``torch.linalg.eigh``. Returns (values, vectors or None)
-    in g's dtype and device.
+    ``torch.linalg.eigh``/``eigvalsh``; on CPU in one thread (:func:`lapack_one_thread`): on the
+    shared 2-core machine the threaded LAPACK took 255 ms for a 256×256 matrix that one thread
+    decomposes in 8 ms. Returns (values, vectors or None) in g's dtype and device.
     """
-    if g.device.type == "cpu":
-        import scipy.linalg
-
-        arr = g.numpy()
-        try:
-            res = scipy.linalg.eigh(arr, eigvals_only=not vectors, driver="evr", check_finite=False)
-        except scipy.linalg.LinAlgError:  # MRRR can fail to converge on pathological input
-            res = scipy.linalg.eigh(arr, eigvals_only=not vectors, driver="evd", check_finite=False)
+    with lapack_one_thread(g):
         if vectors:
-            w, v = res
-            return torch.from_numpy(w[::-1].copy()), torch.from_numpy(v[:, ::-1].copy())
-        return torch.from_numpy(res[::-1].copy()), None
-    if vectors:
-        w, v = torch.linalg.eigh(g)
-        return w.flip(0), v.flip(1)
-    return torch.linalg.eigvalsh(g).flip(0), None
+            w, v = torch.linalg.eigh(g)
+            return w.flip(0), v.flip(1)
+        return torch.linalg.eigvalsh(g).flip(0), None
 
 
 def largest_eigenvalue(g: torch.Tensor) -> float:
@@ -210,3 +235,129 @@ def spectral_gap(s: torch.Tensor, k: int) -> float:
         raise ValueError(f"spectral_gap needs 1 <= k <= {s.numel()}, got {k}")
     nxt = float(s[k]) if k < s.numel() else 0.0
     return float(s[k - 1]) - nxt
+
+
+@dataclass
+class RitzTriplets:
+    """Top singular triplets of an m×n operator from a p-dimensional right subspace.
+
+    ``u`` m×p, ``s`` (p, descending), ``v`` n×p, returned as float64 (computed in the final
+    Rayleigh–Ritz dtype); A v_i = s_i u_i holds to that dtype's rounding.
+    ``residual``: ‖Aᵀu_i − s_i v_i‖ of these triplets, computed in the iterations' dtype.
+    ``iterations``: subspace iterations taken (power steps: one fewer).
+    """
+
+    u: torch.Tensor
+    s: torch.Tensor
+    v: torch.Tensor
+    residual: torch.Tensor
+    iterations: int
+
+    def subspace_error(self, k: int) -> float:
+        """Estimated sin of the largest angle between the computed and the true top-k right (and
+        left) singular subspaces: ‖R_k‖_F / (s_k − s_{k+1}) (Davis–Kahan/Wedin with Ritz values in
+        place of the unknown σ_{k+1}), capped at 1."""
+        return min(1.0, self.convergence_error(k))
+
+    def convergence_error(self, k: int) -> float:
+        """max(‖R_k‖_F / (s_k − s_{k+1}) uncapped, relative residual of the (k+1)-th Ritz pair):
+        small once the top-k subspace and σ_{k+1} (hence the gap) are both resolved; inf when k is
+        the whole computed width or the gap is zero."""
+        if k >= self.s.numel():
+            return float("inf")
+        gap = float(self.s[k - 1] - self.s[k])
+        err = float(torch.linalg.vector_norm(self.residual[:k])) / gap if gap > 0.0 else float("inf")
+        if float(self.s[k]) > 0.0:
+            err = max(err, float(self.residual[k]) / float(self.s[k]))
+        return err
+
+
+def ritz_subspace_iteration(
+    matmul: Callable[[torch.Tensor], torch.Tensor],
+    rmatmul: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    *,
+    max_iter: int,
+    k: int = 1,
+    tol: float = 0.0,
+    min_progress: float = 0.0,
+    final_dtype: torch.dtype = torch.float64,
+) -> RitzTriplets:
+    """Top singular triplets of an operator A (m×n) by subspace iteration with Rayleigh–Ritz.  SPEC §3–§5.
+
+    Randomized range finder with power iterations (Halko, Martinsson & Tropp 2011, Alg. 4.4/5.1),
+    warm-startable (``start``: n×p, e.g. a random matrix, or the right singular vectors of a nearby
+    matrix). ``matmul(X)`` = A X (n×p → m×p), ``rmatmul(Y)`` = Aᵀ Y; both follow their argument's
+    dtype, so the iterations run in ``start``'s dtype and the final Rayleigh–Ritz in ``final_dtype``.
+    Each iteration (two passes over A): Y = A Z, X = Aᵀ Y; the Ritz pairs of span(Z) come from the
+    small Gram YᵀY = W Σ² Wᵀ (u_i = Y w_i/σ_i, v_i = Z w_i) and their residuals
+    ‖Aᵀu_i − σ_i v_i‖ = ‖X w_i/σ_i − σ_i Z w_i‖ cost no extra pass; unless done, Z = orth(X). It
+    stops after ``max_iter`` iterations or once the estimated subspace error of the top ``k`` and
+    the relative residual of the (k+1)-th pair are ≤ ``tol`` (:meth:`RitzTriplets.convergence_error`), or
+    (with ``min_progress`` > 0) once two iterations in a row fail to shrink that error estimate
+    below (1 − min_progress) × its best value so far: a flat spectrum, or float32 rounding, then
+    leaves little to gain (the first iterations from a random start may go either way). One
+    more pass recomputes the Ritz triplets of that last span(Z) in ``final_dtype``, so the
+    residuals belong to the returned triplets. Convergence per iteration goes as (σ_{p+1}/σ_k)²: fast for a decaying spectrum,
+    slow for a flat one (and then the error estimate says so).
+    """
+    with lapack_one_thread(start):
+        z = _cholesky_qr(start)
+    it = 0
+    best, stalls = float("inf"), 0
+    while True:
+        it += 1
+        y = matmul(z)
+        x = rmatmul(y)
+        with lapack_one_thread(x):
+            sigma, w = _gram_ritz(y)
+            res = x @ w / sigma.clamp_min(torch.finfo(sigma.dtype).tiny) - (z @ w) * sigma
+            residual = torch.linalg.vector_norm(res, dim=0).to(torch.float64).cpu()
+            error = RitzTriplets(y, sigma.to(torch.float64).cpu(), z, residual, it).convergence_error(k)
+            stalls = stalls + 1 if error > (1.0 - min_progress) * best else 0
+            best = min(best, error)
+            if it >= max_iter or error <= tol or (min_progress > 0 and stalls >= 2):
+                break
+            z = _cholesky_qr(x)
+    with lapack_one_thread(z):
+        z = _cholesky_qr(z.to(final_dtype))
+    y = matmul(z)
+    with lapack_one_thread(y):
+        sigma, w = _gram_ritz(y)
+    u = y @ w / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)
+    f64 = torch.float64
+    return RitzTriplets(u=u.to(f64), s=sigma.to(f64).cpu(), v=(z @ w).to(f64), residual=residual, iterations=it)
+
+
+def _cholesky_qr(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of span(x) (n×p, n ≥ p) by CholeskyQR2 in float64 (two passes of
+    Q = X R⁻¹ with R = chol(XᵀX); Yamamoto et al. 2015), returned in x's dtype; Householder QR
+    when XᵀX is numerically singular. Much cheaper than Householder for tall-skinny X."""
+    q = x.to(torch.float64)
+    for _ in range(2):
+        r, info = torch.linalg.cholesky_ex(q.T @ q, upper=True)
+        if int(info) != 0:
+            return orthonormal_basis(x)
+        q = torch.linalg.solve_triangular(r, q, upper=True, left=False)
+    return q.to(x.dtype)
+
+
+def _gram_ritz(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(σ descending, W) with YᵀY = W diag(σ²) Wᵀ: the singular values and right vectors of Y."""
+    lam, w = torch.linalg.eigh(y.T @ y)
+    return lam.flip(0).clamp_min(0.0).sqrt(), w.flip(1)
+
+
+@contextmanager
+def lapack_one_thread(t: torch.Tensor):
+    """Run small CPU factorizations (QR of n×p, eigh of p×p) on one thread: LAPACK's threaded
+    versions stall at every barrier when the cores are shared (measured 50× slower here)."""
+    if t.device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

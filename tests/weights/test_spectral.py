@@ -14,6 +14,17 @@ from deltalens.errors import DeltalensError
 from deltalens.weights.spectral import default_k, resolve_k, spectral_metrics
 
 MODES = [pytest.param(False, id="fast"), pytest.param(True, id="exact")]
+# planted tests also run the randomized top-q route of fast mode, forced on small matrices
+# (full_max=0) with q = k (overlap_k=k) so the subspace (q + 16 columns) is smaller than min(m, n)
+ROUTES = MODES + [pytest.param("topq", id="topq")]
+
+
+def _metrics(route, w0, w1, **kw):
+    """spectral_metrics in one of the ROUTES (False = fast default, True = exact, "topq")."""
+    if route == "topq":
+        kw.setdefault("overlap_k", max(kw.get("top_k", (1,))))
+        return spectral_metrics(w0, w1, full_max=0, max_iter=40, **kw)
+    return spectral_metrics(w0, w1, exact=route, **kw)
 
 
 def _orthonormal(rng, m, k):
@@ -59,7 +70,7 @@ def test_resolve_k_rules():
 # ----------------------------------------------------------------------------- planted rotations
 
 
-@pytest.mark.parametrize("exact", MODES)
+@pytest.mark.parametrize("exact", ROUTES)
 @pytest.mark.parametrize("transpose", [False, True], ids=["tall", "wide"])
 def test_planted_rotations_match_scipy(exact, transpose):
     """Rotate top-k left vectors u_i toward u_{k+i} by 0.1°–60°; right vectors by other angles."""
@@ -82,7 +93,7 @@ def test_planted_rotations_match_scipy(exact, transpose):
     t0, t1 = _t(w0), _t(w1)
     if transpose:
         t0, t1 = t0.T.contiguous(), t1.T.contiguous()
-    r = spectral_metrics(t0, t1, top_k=(k,), exact=exact)["by_k"][str(k)]
+    r = _metrics(exact, t0, t1, top_k=(k,))["by_k"][str(k)]
     # reference: numpy float64 SVD of the float32 inputs, then scipy's subspace angles
     u0, _, v0 = _np_svd(t0)
     u1, _, v1 = _np_svd(t1)
@@ -99,12 +110,16 @@ def test_planted_rotations_match_scipy(exact, transpose):
     # gap and Wedin flag against numpy float64
     s_ref = np.linalg.svd(t0.numpy().astype(np.float64), compute_uv=False)
     d2 = np.linalg.norm(t1.numpy().astype(np.float64) - t0.numpy().astype(np.float64), 2)
-    assert r["gap_k"] == pytest.approx(s_ref[k - 1] - s_ref[k], rel=1e-9)
-    assert r["wedin_bound"] == pytest.approx(d2 / (s_ref[k - 1] - s_ref[k]), rel=1e-6)
+    topq = exact == "topq"  # Ritz values (converged to ~1e-8) and a 2-step power iteration on Δ
+    assert r["gap_k"] == pytest.approx(s_ref[k - 1] - s_ref[k], rel=1e-6 if topq else 1e-9)
+    assert r["wedin_bound"] == pytest.approx(d2 / (s_ref[k - 1] - s_ref[k]), rel=1e-3 if topq else 1e-6)
     assert r["gap_limited"] == (d2 / (s_ref[k - 1] - s_ref[k]) > 1)
+    assert ("angle_error_deg" in r) == topq
+    if topq:
+        assert r["angle_error_deg"] < 0.1
 
 
-@pytest.mark.parametrize("exact", MODES)
+@pytest.mark.parametrize("exact", ROUTES)
 @pytest.mark.parametrize("deg", [0.1, 0.5, 2.0, 10.0, 60.0])
 def test_small_rotation_not_gap_limited(exact, deg):
     """One planted rotation at a time, with a gap wide enough that the Wedin bound stays < 1."""
@@ -115,7 +130,7 @@ def test_small_rotation_not_gap_limited(exact, deg):
     u1 = u.copy()
     u1[:, k - 1], u1[:, k] = u[:, k - 1] * math.cos(th) + u[:, k] * math.sin(th), -u[:, k - 1] * math.sin(th) + u[:, k] * math.cos(th)
     t0, t1 = _t(u @ np.diag(s) @ v.T), _t(u1 @ np.diag(s) @ v.T)
-    r = spectral_metrics(t0, t1, top_k=(k,), exact=exact)["by_k"][str(k)]
+    r = _metrics(exact, t0, t1, top_k=(k,))["by_k"][str(k)]
     u0r, _, _ = _np_svd(t0)
     u1r, _, _ = _np_svd(t1)
     ref = np.sort(np.rad2deg(scipy.linalg.subspace_angles(u0r[:, :k], u1r[:, :k])))
@@ -162,6 +177,74 @@ def test_fast_agrees_with_exact_random(shape, seed, monkeypatch):
     assert fast["method"]["mode"] == "fast" and ex["method"]["mode"] == "exact"
 
 
+@pytest.mark.parametrize("shape,seed,scale", [((400, 200), 20, 0.05), ((180, 360), 21, 1e-4)])
+def test_randomized_fast_agrees_with_exact(shape, seed, scale, monkeypatch):
+    """Default fast mode on matrices above FULL_FRAME_MAX (lowered here) runs the randomized top-q
+    route with its default iterations. Like against like: angles, gaps, block shares and overlaps
+    against --exact; NSS and rescale_share against their top-q definitions from numpy's SVD; the
+    upper bound against the exact full-frame rescale_share."""
+    import deltalens.weights.spectral as spectral
+
+    monkeypatch.setattr(spectral, "FULL_FRAME_MAX", 100)
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 5000)  # several row chunks per pass
+    w0, w1 = _random_pair(*shape, seed=seed, scale=scale)
+    ks = (2, 8, 0.05)
+    fast = spectral_metrics(w0, w1, top_k=ks)
+    ex = spectral_metrics(w0, w1, top_k=ks, exact=True)
+    q = 64
+    assert fast["method"]["route"] == f"top-{q}" and ex["method"]["route"] == "full"
+    assert fast["nss_scope"] == fast["rescale_scope"] == f"top-{q}"
+    assert any(not e["gap_limited"] for e in ex["by_k"].values()) == (scale < 1e-3)
+    for k, f in fast["by_k"].items():
+        e = ex["by_k"][k]
+        np.testing.assert_allclose(f["angles_left_deg"], e["angles_left_deg"], atol=0.1)
+        np.testing.assert_allclose(f["angles_right_deg"], e["angles_right_deg"], atol=0.1)
+        if not e["gap_limited"]:  # the error estimate covers the actual error
+            err = np.abs(np.subtract(f["angles_left_deg"], e["angles_left_deg"])).max()
+            assert err <= f["angle_error_deg"] + 1e-6
+        assert f["gap_k"] == pytest.approx(e["gap_k"], rel=1e-4)
+        assert f["gap_limited"] == e["gap_limited"]
+        assert f["wedin_bound"] == pytest.approx(e["wedin_bound"], rel=1e-2)
+        for blk in ("PP", "PQ", "QP", "QQ"):
+            assert f["block_shares"][blk]["share"] == pytest.approx(e["block_shares"][blk]["share"], abs=1e-5)
+    m, n = shape
+    u, s0, v = _np_svd(w0)
+    s1 = np.linalg.svd(w1.numpy().astype(np.float64), compute_uv=False)
+    d = w1.numpy().astype(np.float64) - w0.numpy().astype(np.float64)
+    nss_top = np.linalg.norm(s1[:q] - s0[:q]) / np.linalg.norm(s0[:q])
+    diag = np.einsum("mi,mn,ni->i", u, d, v)
+    assert fast["nss"] == pytest.approx(nss_top, rel=0.01)
+    assert fast["rescale_share"] == pytest.approx(np.sum(diag[:q] ** 2) / np.sum(d**2), abs=0.01, rel=0.01)
+    assert fast["rescale_baseline"] == pytest.approx(q / (m * n))
+    assert ex["rescale_share"] <= fast["rescale_share_upper"] + 1e-9
+    assert fast["principal_overlap"] == pytest.approx(ex["principal_overlap"], abs=0.01)
+    assert fast["low_overlap"] == ex["low_overlap"]
+
+
+def test_rank_group_top_route(monkeypatch):
+    """Fast §3 on a large matrix: σ1 from the power iteration, stable rank and rank-1 share against
+    numpy; the full-spectrum ranks are null, and the spectral group reuses σ1."""
+    import deltalens.weights.spectral as spectral
+    from deltalens.weights.groups import MetricContext, compute_rank, compute_spectral
+    from deltalens.weights.options import make_options
+
+    monkeypatch.setattr(spectral, "FULL_FRAME_MAX", 50)
+    w0, w1 = _random_pair(160, 90, seed=22)
+    ctx = MetricContext("t", "q", 0, w0, w1, w0, w1, make_options())
+    out = compute_rank(w0, w1, ctx)
+    d = w1.numpy().astype(np.float64) - w0.numpy().astype(np.float64)
+    sig = np.linalg.svd(d, compute_uv=False)
+    assert out["delta_spectral"] == pytest.approx(sig[0], rel=1e-4)
+    assert out["stable_rank"] == pytest.approx(np.sum(sig**2) / sig[0] ** 2, rel=1e-3)
+    assert out["rank1_share"] == pytest.approx(sig[0] ** 2 / np.sum(sig**2), rel=1e-3)
+    for name in ("numerical_rank", "numerical_rank_fraction", "effective_rank", "energy_rank_90", "energy_rank_99"):
+        assert out[name] is None
+    assert out["rank_method"].startswith("power-top-float32")
+    row = compute_spectral(w0, w1, ctx)
+    assert "given by the caller" in row["method"]["delta_spectral"]
+    assert row["by_k"]["1"]["wedin_bound"] == pytest.approx(out["delta_spectral"] / row["by_k"]["1"]["gap_k"])
+
+
 def test_exact_rescale_share_matches_numpy_full_frame():
     w0, w1 = _random_pair(50, 30, seed=3)
     u, _, v = _np_svd(w0)
@@ -181,21 +264,34 @@ def test_exact_rescale_share_matches_numpy_full_frame():
 # ----------------------------------------------------------------------------- planted frame answers
 
 
-@pytest.mark.parametrize("exact", MODES)
+@pytest.mark.parametrize("exact", ROUTES)
 def test_pure_rescale(exact):
     m, n = 60, 40
     u, s, v = _planted(m, n, np.linspace(5, 1, n), seed=4)
+    scale = np.linspace(1.3, 0.7, n)
     w0 = u @ np.diag(s) @ v.T
-    w1 = u @ np.diag(s * np.linspace(1.3, 0.7, n)) @ v.T
-    r = spectral_metrics(_t(w0), _t(w1), top_k=(3, 10), exact=exact)
-    assert r["rescale_share"] == pytest.approx(1.0, abs=1e-5)
+    w1 = u @ np.diag(s * scale) @ v.T
+    r = _metrics(exact, _t(w0), _t(w1), top_k=(3, 10))
     for entry in r["by_k"].values():
         assert entry["angle_max_left_deg"] < 1e-3 and entry["angle_max_right_deg"] < 1e-3
-    s1 = s * np.linspace(1.3, 0.7, n)
-    assert r["nss"] == pytest.approx(np.linalg.norm(np.sort(s1)[::-1] - s) / np.linalg.norm(s), rel=1e-4)
+    s1 = s * scale
+    if exact == "topq":  # only the top q = 10 singular values and diagonal entries exist
+        q = 10
+        assert r["nss_scope"] == r["rescale_scope"] == "top-10"
+        d = s * (scale - 1)  # D = UᵀΔV = diag(s(c − 1)) in W0's order
+        assert r["rescale_share"] == pytest.approx(np.sum(d[:q] ** 2) / np.sum(d**2), abs=1e-5)
+        assert r["rescale_baseline"] == pytest.approx(q / (m * n))
+        assert r["rescale_share_upper"] == pytest.approx(1.0, abs=1e-5)  # the rest is diagonal, in QQ
+        top1 = np.sort(s1)[::-1][:q]
+        assert r["nss"] == pytest.approx(np.linalg.norm(top1 - s[:q]) / np.linalg.norm(s[:q]), rel=1e-4)
+    else:
+        assert r["nss_scope"] == r["rescale_scope"] == "full"
+        assert r["rescale_share"] == pytest.approx(1.0, abs=1e-5)
+        assert r["rescale_share_upper"] == r["rescale_share"]
+        assert r["nss"] == pytest.approx(np.linalg.norm(np.sort(s1)[::-1] - s) / np.linalg.norm(s), rel=1e-4)
 
 
-@pytest.mark.parametrize("exact", MODES)
+@pytest.mark.parametrize("exact", ROUTES)
 @pytest.mark.parametrize("deg", [1.0, 20.0, 90.0])
 def test_rotating_one_left_vector(exact, deg):
     """u_j → cos θ u_j + sin θ z with z ⟂ range(W0): one left angle θ, no right angle, NSS 0,
@@ -210,7 +306,7 @@ def test_rotating_one_left_vector(exact, deg):
     u1 = u.copy()
     u1[:, j] = math.cos(th) * u[:, j] + math.sin(th) * z
     t0, t1 = _t(u @ np.diag(s) @ v.T), _t(u1 @ np.diag(s) @ v.T)
-    r = spectral_metrics(t0, t1, top_k=(k,), exact=exact)
+    r = _metrics(exact, t0, t1, top_k=(k,))  # top-q route: j < q, so the one diagonal entry is in scope
     e = r["by_k"][str(k)]
     assert e["angles_left_deg"][-1] == pytest.approx(deg, abs=0.01)
     assert max(e["angles_left_deg"][:-1]) < 0.01
@@ -219,20 +315,21 @@ def test_rotating_one_left_vector(exact, deg):
     assert r["rescale_share"] == pytest.approx((1 - math.cos(th)) / 2, abs=1e-4)
 
 
-@pytest.mark.parametrize("exact", MODES)
+@pytest.mark.parametrize("exact", ROUTES)
 def test_degenerate_spectrum_is_gap_limited(exact):
     m, n, k = 40, 30, 3
     s = np.array([5.0, 4.0, 3.0, 3.0] + list(np.linspace(2, 1, n - 4)))
     u, s, v = _planted(m, n, s, seed=6)
     w0 = u @ np.diag(s) @ v.T
     w1 = w0 + 1e-3 * np.random.default_rng(7).standard_normal((m, n))
-    r = spectral_metrics(_t(w0), _t(w1), top_k=(2, k), exact=exact)
+    r = _metrics(exact, _t(w0), _t(w1), top_k=(2, k))
     assert r["by_k"][str(k)]["gap_limited"] is True
-    assert r["by_k"][str(k)]["gap_k"] == pytest.approx(0.0, abs=1e-5)
+    # Ritz values of a repeated σ stop once the iteration stalls (no gap to converge to)
+    assert r["by_k"][str(k)]["gap_k"] == pytest.approx(0.0, abs=0.02 if exact == "topq" else 1e-5)
     assert r["by_k"]["2"]["gap_limited"] is False
 
 
-@pytest.mark.parametrize("exact", MODES)
+@pytest.mark.parametrize("exact", ROUTES)
 @pytest.mark.parametrize("transpose", [False, True], ids=["tall", "wide"])
 def test_block_shares_match_numpy(exact, transpose):
     w0, w1 = _random_pair(70, 45, seed=8)
@@ -252,10 +349,10 @@ def test_block_shares_match_numpy(exact, transpose):
         "QQ": np.sum((qu @ d @ qv) ** 2) / total,
     }
     base = {"PP": k * k, "PQ": k * (n - k), "QP": (m - k) * k, "QQ": (m - k) * (n - k)}
-    got = spectral_metrics(w0, w1, top_k=(k,), exact=exact)["by_k"][str(k)]["block_shares"]
+    got = _metrics(exact, w0, w1, top_k=(k,))["by_k"][str(k)]["block_shares"]
     assert sum(b["share"] for b in got.values()) == pytest.approx(1.0, abs=1e-9)
     for key in ref:
-        assert got[key]["share"] == pytest.approx(ref[key], abs=1e-7)
+        assert got[key]["share"] == pytest.approx(ref[key], abs=1e-6 if exact == "topq" else 1e-7)  # float32 Ritz
         assert got[key]["baseline"] == pytest.approx(base[key] / (m * n))
 
 
@@ -275,9 +372,14 @@ def _overlap_reference(w0, mask, k, alpha):
     return princ, low, (princ & mflat).sum() / mflat.sum(), (low & mflat).sum() / mflat.sum()
 
 
+@pytest.mark.parametrize("in_memory", [True, False], ids=["partition", "radix"])
 @pytest.mark.parametrize("exact", MODES)
-def test_overlaps_against_planted_masks(exact, monkeypatch):
+def test_overlaps_against_planted_masks(exact, in_memory, monkeypatch):
+    import deltalens.weights.spectral as spectral
+
     monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 1500)  # several chunks through the radix select
+    if not in_memory:
+        monkeypatch.setattr(spectral, "SELECT_IN_MEMORY_MAX", 0)
     w0, w1 = _random_pair(90, 70, seed=9)
     k, alpha = 6, 0.05
     princ, low, _, _ = _overlap_reference(w0, torch.ones(90, 70, dtype=torch.bool), k, alpha)
@@ -348,10 +450,15 @@ def test_cuda_matches_cpu():
     assert gpu["principal_overlap"] == pytest.approx(cpu["principal_overlap"], abs=0.01)
 
 
-def test_overlap_with_heavy_ties_matches_stable_sort(monkeypatch):
+@pytest.mark.parametrize("in_memory", [True, False], ids=["partition", "radix"])
+def test_overlap_with_heavy_ties_matches_stable_sort(in_memory, monkeypatch):
     """bf16-valued weights tie a lot: the boundary of the low set falls inside a run of equal
     values, and ties are taken in position order, like numpy's stable argsort."""
+    import deltalens.weights.spectral as spectral
+
     monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 700)
+    if not in_memory:
+        monkeypatch.setattr(spectral, "SELECT_IN_MEMORY_MAX", 0)
     g = torch.Generator().manual_seed(14)
     w0 = (0.02 * torch.randn(120, 50, generator=g)).bfloat16().float()
     w0 = torch.round(w0 * 300) / 300  # few distinct values: long runs of ties

@@ -1,9 +1,11 @@
 """The streaming weight diff (SPEC §1–§3): pair two checkpoints, compute one row per tensor
 with the selected metric groups, aggregate, write ``diff.json`` and ``tensors.parquet``.
 
-Tensors are processed one pair at a time; the anonymous memory in use is a few float32 copies
-of the largest tensor (the chunked sparsity/size pass needs only chunk-sized temporaries; the
-matrix groups hold w0, w1, Δ and a Gram matrix). With ``out`` set, each finished row is
+Tensors are processed one pair at a time; the chunked sparsity/size pass needs only chunk-sized
+temporaries; the matrix groups get float32 copies of tensors up to 2²⁶ elements and the stored
+tensors above (cast chunk by chunk: no whole float32 copy of an embedding); above
+min(m, n) = 512 they hold the bitwise mask and a few m×q blocks; below it a float32 Δ and n×n
+Gram matrices. With ``out`` set, each finished row is
 appended to ``out/.cache/rows.jsonl`` with the inputs' fingerprint, so an interrupted run
 resumes where it stopped and gives identical results; the outputs are written atomically,
 ``diff.json`` last.
@@ -22,7 +24,14 @@ from deltalens.checkpoints import TensorPair, open_pair, pair_sources
 from deltalens.checkpoints.readahead import ReadAhead
 from deltalens.results import append_jsonl, to_jsonable, write_json, write_parquet, write_text
 from deltalens.weights.aggregate import summarize
-from deltalens.weights.groups import ALWAYS_FIELDS, METRIC_GROUPS, STREAMING_GROUPS, MetricContext, aggregated_fields
+from deltalens.weights.groups import (
+    ALWAYS_FIELDS,
+    METRIC_GROUPS,
+    STREAMING_GROUPS,
+    MetricContext,
+    aggregated_fields,
+    matrix_operands,
+)
 from deltalens.weights.options import DiffOptions, make_options
 from deltalens.weights.sparsity import stream_pair_stats
 
@@ -96,8 +105,7 @@ def compute_row(pair: TensorPair, t0, t1, options: DiffOptions) -> dict:
             row.setdefault(name, None)
     runnable = [g for g in matrix if not g.only_2d or t0.ndim == 2]
     if runnable:
-        w0 = t0.to(options.device, torch.float32)
-        w1 = t1.to(options.device, torch.float32)
+        w0, w1 = matrix_operands(t0, t1, options.device)
         if stats["nonfinite"]:  # keep the SVD defined; the count stays in the row
             bad = ~(torch.isfinite(w0) & torch.isfinite(w1))
             w0 = w0.masked_fill(bad, 0.0)
@@ -195,13 +203,19 @@ def run_diff(base: str | os.PathLike, tuned: str | os.PathLike, *, out: str | os
 
 def _methods(options: DiffOptions) -> dict:
     """How each number is computed, for the record in diff.json."""
+    from deltalens.weights.spectral import FULL_FRAME_MAX as big
+
     return {
         "sparsity": f"stored dtype; bitwise on the integer view; relative η={options.eta}; absolute tol "
                     f"{list(options.tols)}; float32 arithmetic (float64 for float64 inputs)",
         "size": "‖Δ‖_F, ‖Δ‖_F/‖W0‖_F, max|Δ| over finite entries, float32 chunks summed in float64",
-        "rank": "svdvals-float32 (exact)" if options.exact else "gram-eigvalsh-float64 (σ from the float64 Gram matrix)",
+        "rank": "svdvals-float32 (exact)" if options.exact else
+                f"gram-eigvalsh-float64 (σ from the float64 Gram matrix) when min(m, n) ≤ {big}; above it power-top-float32: "
+                "σ1 only, so numerical/effective/energy ranks are null (see each row's rank_method)",
         "spectral": ("exact: float64 torch.linalg.svd of W0, W1, Δ" if options.exact else
-                     "fast: float64 Gram products + eigh on the smaller side (full spectrum, full frame of W0)")
+                     f"fast: float64 Gram products + eigh (full spectrum, full frame of W0) when min(m, n) ≤ {big}; above "
+                     "it randomized top-q subspace iteration (nss and rescale_share over the top q: see nss_scope, "
+                     "rescale_scope)")
                     + "; sine-based principal angles; per-row details in each tensor's 'method'",
         "visibility": "fraction with |Δ| ≥ half a bf16 ULP of w0 (visible_fraction) and 0 < |Δ| < half ULP "
                       "(vanishing_fraction)",

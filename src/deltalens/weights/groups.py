@@ -8,8 +8,9 @@ module, per layer and over the model:
 - ``count``: sum; ``rss``: root of the sum of squares (e.g. ‖Δ‖_F over a module).
 
 Streaming groups (``sparsity``, ``size``) are computed by the driver's chunked pass over the
-stored tensors. Matrix groups have ``compute(w0, w1, ctx) -> dict`` with float32 w0, w1 on
-``ctx.options.device`` and run on 2-D tensors; adding one is a function and a
+stored tensors. Matrix groups have ``compute(w0, w1, ctx) -> dict`` with w0, w1 from
+:func:`matrix_operands` on ``ctx.options.device`` (float32 copies, or for tensors above 2²⁶
+elements the stored dtype: cast those chunk by chunk; ``ctx.delta`` is Δ in at least float32) and run on 2-D tensors; adding one is a function and a
 :func:`register_group` call. Later groups (``spectral``, ``frame``, SPEC §4–§5) read
 ``ctx.options.top_k`` / ``exact`` / ``device`` and ``ctx.changed`` (the bitwise update mask).
 """
@@ -50,7 +51,7 @@ class MetricContext:
     layer: int | None
     raw0: torch.Tensor  # stored dtype, possibly memory-mapped
     raw1: torch.Tensor
-    w0: torch.Tensor  # float32 on the options' device
+    w0: torch.Tensor  # matrix_operands(): float32, or the stored dtype above 2²⁶ elements; NaN/Inf zeroed
     w1: torch.Tensor
     options: object  # DiffOptions
     extra: dict = field(default_factory=dict)  # scratch shared by groups (e.g. an SVD of W0 computed once)
@@ -62,11 +63,25 @@ class MetricContext:
 
     @cached_property
     def delta(self) -> torch.Tensor:
-        """Δ = W1 − W0 in float32."""
-        return self.w1 - self.w0
+        """Δ = W1 − W0 in float32 (float64 for float64 inputs); exact for bf16/fp16 inputs."""
+        dtype = torch.promote_types(self.w0.dtype, torch.float32)
+        return self.w1.to(dtype) - self.w0.to(dtype)
 
 
 METRIC_GROUPS: dict[str, MetricGroup] = {}
+FLOAT32_COPY_MAX = 1 << 26  # elements: matrix groups get float32 copies up to this size
+
+
+def matrix_operands(t0: torch.Tensor, t1: torch.Tensor, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the matrix groups get: float32 copies on ``device`` up to ``FLOAT32_COPY_MAX``
+    elements (a cast per pass and chunk would cost more than the products), the stored tensors
+    above it (no whole copy: 2 × 0.9 GB for a 151936×1536 embedding; the groups cast chunk by
+    chunk). Float64 stays float64."""
+    if t0.numel() <= FLOAT32_COPY_MAX:
+        dtype = torch.promote_types(t0.dtype, torch.float32)
+        return t0.to(device, dtype), t1.to(device, dtype)
+    return t0.to(device), t1.to(device)
+
 
 
 def register_group(group: MetricGroup) -> MetricGroup:
@@ -82,15 +97,39 @@ def aggregated_fields(groups) -> list[AggField]:
 
 def compute_rank(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict:
     """SPEC §3 rank measures of Δ = w1 − w0, with the method that produced σ(Δ)."""
+    from deltalens.weights.spectral import FULL_FRAME_MAX, delta_top_singular_values
+
+    shape = tuple(w0.shape)
+    if not ctx.options.exact and min(shape) > FULL_FRAME_MAX:
+        small = w0.numel() <= FLOAT32_COPY_MAX  # then Δ once, not one subtraction per pass
+        delta = ctx.delta if small else None
+        top = delta_top_singular_values(w0, w1, device=w0.device, delta=delta)
+        sigma1 = float(top.s[0])
+        ctx.extra["delta_spectral"] = sigma1  # the spectral group's Wedin bound reuses it
+        fro2 = float(torch.linalg.vector_norm(delta)) ** 2 if small else _delta_fro2(w0, w1)
+        out = rank_mod.rank_measures_top(sigma1, fro2)
+        out["numerical_rank_fraction"] = None
+        out["rank_method"] = f"power-top-float32 ({top.s.numel()} columns, {top.iterations} iterations; σ1 only)"
+        return out
     delta = ctx.delta
     if ctx.options.exact:
         sigma, method = rank_mod.singular_values_exact(delta), "svdvals-float32"
     else:
         sigma, method = rank_mod.singular_values_gram(delta), "gram-eigvalsh-float64"
-    out = rank_mod.rank_measures(sigma.cpu(), tuple(delta.shape))
-    out["numerical_rank_fraction"] = out["numerical_rank"] / min(delta.shape) if min(delta.shape) else None
+    out = rank_mod.rank_measures(sigma.cpu(), shape)
+    out["numerical_rank_fraction"] = out["numerical_rank"] / min(shape) if min(shape) else None
     out["rank_method"] = method
     return out
+
+
+def _delta_fro2(w0: torch.Tensor, w1: torch.Tensor) -> float:
+    """‖w1 − w0‖_F² summed in float64 over row chunks (no whole-matrix copy of Δ)."""
+    from deltalens.linalg import chunk_rows
+
+    step = chunk_rows(w0.shape[1])
+    dt = torch.promote_types(w0.dtype, torch.float32)  # exact differences for bf16/fp16 inputs
+    return sum(float(torch.linalg.vector_norm(w1[s : s + step].to(dt) - w0[s : s + step].to(dt), dtype=torch.float64) ** 2)
+               for s in range(0, w0.shape[0], step))
 
 
 register_group(MetricGroup(
@@ -133,7 +172,8 @@ def compute_spectral(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> 
 
     wanted = tuple(g for g in SPECTRAL_GROUPS if g in ctx.options.metrics)
     out = spectral_metrics(w0, w1, top_k=ctx.options.top_k, exact=ctx.options.exact,
-                           device=ctx.options.device, changed=ctx.changed, groups=wanted)
+                           device=ctx.options.device, changed=ctx.changed, groups=wanted,
+                           delta_spectral=ctx.extra.get("delta_spectral"))
     ctx.extra["spectral"] = True
     if "spectral" in wanted and out["by_k"]:
         first = out["by_k"][min(out["by_k"], key=int)]
@@ -146,12 +186,12 @@ register_group(MetricGroup(
     "spectral",
     (AggField("angle_max_left_deg", "value"), AggField("angle_max_right_deg", "value"), AggField("nss", "value")),
     compute=compute_spectral,
-    row_fields=("by_k", "method"),
+    row_fields=("by_k", "method", "nss_scope"),
 ))
 register_group(MetricGroup(
     "frame",
     (AggField("rescale_share", "value"), AggField("rescale_ratio", "value"),
      AggField("principal_overlap", "value"), AggField("low_overlap", "value")),
     compute=compute_spectral,
-    row_fields=("by_k", "method", "rescale_baseline", "overlap_baseline"),
+    row_fields=("by_k", "method", "rescale_baseline", "rescale_share_upper", "rescale_scope", "overlap_baseline"),
 ))

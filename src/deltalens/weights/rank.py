@@ -1,11 +1,15 @@
 """Rank of the update from its singular values (SPEC §3).
 
-Two ways to get σ(Δ), recorded in each row as ``rank_method``:
+Three ways to get σ(Δ), recorded in each row as ``rank_method``:
 
 - ``gram-eigvalsh-float64`` (default): G = ΔᵀΔ (or ΔΔᵀ, the smaller side) accumulated in
   float64 over row/column blocks, σ_i = √λ_i(G). Squaring costs half the digits, but float64
   keeps σ_i accurate down to ~1e-8·‖Δ‖_F, far below the numerical-rank threshold
   σ1·max(m, n)·eps(float32). About 10× faster than an SVD for LLM shapes.
+- ``power-top-float32`` (fast mode when min(m, n) > ``spectral.FULL_FRAME_MAX``): σ1 only, a
+  Ritz value from a block power iteration on Δ (shared with the spectral group's Wedin bound);
+  stable rank and rank-1 share use the exact ‖Δ‖_F²; numerical, effective and energy ranks need
+  every σ_i and are None (one SVD-equivalent per matrix: ask for them with ``--exact``).
 - ``svdvals-float32`` (``exact=True``): ``torch.linalg.svdvals`` on Δ in float32, the values
   ``torch.linalg.matrix_rank(Δ.float())`` thresholds.
 """
@@ -66,9 +70,14 @@ def effective_rank(sigma: torch.Tensor) -> float:
 
 def stable_rank(sigma: torch.Tensor) -> float:
     """SPEC §3: ‖Δ‖_F²/σ1² = Σσ_i²/σ1²; 0 for Δ = 0."""
-    if sigma.numel() == 0 or float(sigma[0]) == 0.0:
+    if sigma.numel() == 0:
         return 0.0
-    return float((sigma ** 2).sum() / sigma[0] ** 2)
+    return stable_rank_from(float(sigma[0]), float((sigma.double() ** 2).sum()))
+
+
+def stable_rank_from(sigma1: float, fro2: float) -> float:
+    """SPEC §3: stable rank ‖Δ‖_F²/σ1² from σ1 and ‖Δ‖_F²; 0 for Δ = 0."""
+    return 0.0 if sigma1 == 0.0 else fro2 / sigma1**2
 
 
 def energy_rank(sigma: torch.Tensor, level: float) -> int:
@@ -84,8 +93,26 @@ def energy_rank(sigma: torch.Tensor, level: float) -> int:
 
 def rank1_share(sigma: torch.Tensor) -> float | None:
     """SPEC §3: σ1²/Σσ_i² (AlphaRL 2025); None for Δ = 0."""
-    energy = float((sigma.double() ** 2).sum())
-    return float(sigma[0]) ** 2 / energy if energy > 0 else None
+    return rank1_share_from(float(sigma[0]), float((sigma.double() ** 2).sum()))
+
+
+def rank1_share_from(sigma1: float, fro2: float) -> float | None:
+    """SPEC §3: rank-1 share σ1²/‖Δ‖_F² from σ1 and ‖Δ‖_F²; None for Δ = 0."""
+    return min(1.0, sigma1**2 / fro2) if fro2 > 0 else None
+
+
+def rank_measures_top(sigma1: float, fro2: float) -> dict:
+    """The SPEC §3 fields that need only σ1 and ‖Δ‖_F² (fast mode on large matrices); the
+    full-spectrum ones (numerical, effective, energy ranks) are None: they need every σ_i."""
+    return {
+        "delta_spectral": sigma1,
+        "numerical_rank": None,
+        "effective_rank": None,
+        "stable_rank": stable_rank_from(sigma1, fro2),
+        "energy_rank_90": None,
+        "energy_rank_99": None,
+        "rank1_share": rank1_share_from(sigma1, fro2),
+    }
 
 
 def rank_measures(sigma: torch.Tensor, shape: tuple[int, int]) -> dict:

@@ -2,12 +2,16 @@
 does the spectrum drift (SPEC §4), and how much of it re-weights the base's own singular
 directions rather than mixing them (SPEC §5)?
 
-Entry point: :func:`spectral_metrics` (tensors in, a JSON-ready dict out; no I/O). Two modes:
+Entry point: :func:`spectral_metrics` (tensors in, a JSON-ready dict out; no I/O). Three routes
+(``method["route"]`` says which ran):
 
-- fast (default): one float64 pass over row chunks builds G0 = W0ᵀW0, C = W0ᵀΔ and E = ΔᵀΔ on
-  the smaller side n (W1ᵀW1 = G0 + C + Cᵀ + E); eigh of G0 gives the full frame of W0 (σ, V;
-  U = W0 V / σ), eigh of W1ᵀW1 the full spectrum and top-k vectors of W1, Lanczos on E gives
-  ‖Δ‖₂. Nothing is randomized; all n singular values are kept, so NSS is the full spectrum.
+- fast, full frame (default when min(m, n) ≤ ``FULL_FRAME_MAX`` = 512): one float64 pass over row
+  chunks builds G0 = W0ᵀW0, C = W0ᵀΔ and E = ΔᵀΔ on the smaller side n (W1ᵀW1 = G0 + C + Cᵀ + E);
+  eigh of G0 gives the full frame of W0 (σ, V; U = W0 V / σ), eigh of W1ᵀW1 the full spectrum and
+  top-k vectors of W1, Lanczos on E gives ‖Δ‖₂. Nothing randomized; NSS over the full spectrum.
+- fast, randomized top-q (default above 512): subspace iteration with Rayleigh–Ritz on
+  q + OVERSAMPLE columns (:func:`_frame_topq`); NSS and rescale_share cover the top q
+  (``nss_scope``/``rescale_scope``), angles come with an error estimate. No SVD-equivalent cost.
 - exact (``exact=True``): ``torch.linalg.svd`` of W0, W1 and Δ in float64 (the reference).
 
 Every formula lives in one small function below, with its SPEC section.
@@ -25,12 +29,16 @@ import torch
 from deltalens.errors import DeltalensError
 from deltalens.weights.sparsity import bitwise_changed
 from deltalens.linalg import (
+    RitzTriplets,
     chunk_rows,
     chunked_matmul,
+    chunked_rmatmul,
+    lapack_one_thread,
     eigh_descending,
     gram_products,
     largest_eigenvalue,
     principal_angles,
+    ritz_subspace_iteration,
     singular_values_from_gram,
     spectral_gap,
     wedin_bound,
@@ -39,6 +47,13 @@ from deltalens.linalg import (
 DEFAULT_OVERLAP_K = 64
 DEFAULT_OVERLAP_ALPHA = 0.05
 GROUPS = ("spectral", "frame")
+FULL_FRAME_MAX = 512  # fast mode: the full Gram frame when min(m, n) ≤ this, randomized top-q above
+OVERSAMPLE = 16  # extra columns of the randomized subspace beyond q
+MAX_ITER = 6  # power iterations per matrix (W0 cold, W1 warm-started), fewer when converged
+TOL_DEG = 0.01  # stop iterating once the estimated top-k subspace error is below this angle
+MIN_PROGRESS = 0.1  # ... or once two iterations in a row improve on its best by < 10 % (0: never)
+DELTA_WIDTH, DELTA_ITER = 8, 2  # block power iteration on Δ for ‖Δ‖₂
+SELECT_IN_MEMORY_MAX = 1 << 25  # overlaps: select in one float32 buffer up to this many entries
 
 
 # ----------------------------------------------------------------------------- choosing k
@@ -95,9 +110,21 @@ def rescale_share(diag_d: torch.Tensor, delta_fro2: float) -> float | None:
     return min(1.0, float(diag_d.to(torch.float64).square().sum()) / float(delta_fro2))
 
 
-def rescale_baseline(m: int, n: int) -> float:
-    """Random baseline of rescale_share: min(m, n)/(m·n).  SPEC §5."""
-    return min(m, n) / (m * n)
+def rescale_baseline(m: int, n: int, q: int | None = None) -> float:
+    """Random baseline of rescale_share: min(m, n)/(m·n); q/(m·n) when the share is summed over the
+    first q diagonal entries only (fast mode's top-q scope; E[(UᵀΔV)_ii²] = ‖Δ‖²_F/(mn)).  SPEC §5."""
+    return (min(m, n) if q is None else q) / (m * n)
+
+
+def rescale_share_upper(diag_d: torch.Tensor, qq_energy: float, delta_fro2: float) -> float | None:
+    """Upper bound on the full-frame rescale_share from its first q terms: (Σ_{i≤q} D_ii² + ‖QQ‖²)/‖Δ‖²_F.
+
+    The remaining diagonal entries D_ii, i > q, lie in the QQ block (Q = beyond the top q on both
+    sides), whose squared entries sum to ‖QQ‖² ≥ Σ_{i>q} D_ii².  SPEC §5 (ours).
+    """
+    if delta_fro2 <= 0.0:
+        return None
+    return min(1.0, (float(diag_d.to(torch.float64).square().sum()) + max(0.0, qq_energy)) / float(delta_fro2))
 
 
 def block_shares(pp: float, p_left: float, p_right: float, total: float, k: int, m: int, n: int) -> dict:
@@ -141,6 +168,9 @@ class _Frame:
     col_energy: torch.Tensor | None  # ‖Δ v_j‖², j ≤ K
     cross: torch.Tensor | None  # U_KᵀΔV_K
     method: dict
+    scope: int | None = None  # None: s0, s1, diag_d cover the full spectrum; else only the top `scope`
+    ritz: tuple | None = None  # (RitzTriplets of W0, of W1) in the top-q route, for error estimates
+    nss_pair: tuple | None = None  # top-q route: (σ(W0), σ(W1)) top q, from one common subspace
 
 
 def _frame_exact(a0: torch.Tensor, a1: torch.Tensor, k_max: int, k_v0: int, frame: bool, dev) -> _Frame:
@@ -199,7 +229,7 @@ def _frame_fast(a0: torch.Tensor, a1: torch.Tensor, k_max: int, k_v0: int, frame
         out["cross"] = ud @ vk
     u0 = chunked_matmul(a0, vec0[:, :k_max], device=dev) / s0[:k_max].clamp_min(tiny)
     u1 = chunked_matmul(a1, vec1[:, :k_max], device=dev) / s1[:k_max].clamp_min(tiny)
-    eig = "scipy syevr" if g0.device.type == "cpu" else f"torch.linalg.eigh on {g0.device.type}"
+    eig = f"torch.linalg.eigh on {g0.device.type}"
     method = {
         "mode": "fast",
         "frame": f"Gram + eigh float64 on the smaller side (n={n}, {eig}); U = W0 V / σ"
@@ -212,6 +242,135 @@ def _frame_fast(a0: torch.Tensor, a1: torch.Tensor, k_max: int, k_v0: int, frame
         s0=s0.cpu(), s1=s1.cpu(), u0=u0, v0=vec0[:, :k_v0], u1=u1, v1=vec1[:, :k_max],
         delta_fro2=delta_fro2, delta_spectral=math.sqrt(largest_eigenvalue(e)), method=method, **out,
     )
+
+
+def _operator(w: torch.Tensor, minus: torch.Tensor | None, dev, transpose: bool = False):
+    """(A X, Aᵀ Y) for A = w (or w − minus), or its transpose, by row chunks (no copy of w)."""
+    mul = lambda x: chunked_matmul(w, x, device=dev, minus=minus)  # noqa: E731
+    rmul = lambda y: chunked_rmatmul(w, y, device=dev, minus=minus)  # noqa: E731
+    return (rmul, mul) if transpose else (mul, rmul)
+
+
+def delta_top_singular_values(
+    w0: torch.Tensor, w1: torch.Tensor, *, device: str | torch.device = "cpu", delta: torch.Tensor | None = None
+) -> RitzTriplets:
+    """Top Ritz triplets of Δ = W1 − W0 by block power iteration (``DELTA_WIDTH`` columns, at most
+    ``DELTA_ITER`` iterations, seeded start). Δ is formed chunk by chunk, never copied whole,
+    unless the caller passes it as ``delta`` (then each pass is one product).
+
+    ``s[0]`` is a Ritz value, hence a lower bound on ‖Δ‖₂ = σ1(Δ) (SPEC §3, §4); ``residual[0]``
+    says how far the pair is from a singular pair. Wide inputs are handled as Δᵀ (same σ).
+    """
+    dev = torch.device(device)
+    m, n = w0.shape
+    transpose = m < n
+    side = min(m, n)
+    width = min(DELTA_WIDTH, side)
+    start = torch.randn(side, width, generator=torch.Generator().manual_seed(1)).to(dev)
+    mul, rmul = _operator(w1, w0, dev, transpose) if delta is None else _operator(delta, None, dev, transpose)
+    return ritz_subspace_iteration(mul, rmul, start, max_iter=DELTA_ITER, k=1, tol=1e-3, final_dtype=torch.float32)
+
+
+def _delta_frame_products(a0, a1, u: torch.Tensor, v: torch.Tensor, dev) -> tuple:
+    """One pass over row chunks of Δ (float32 products, chunk norms summed in float64): (ΔV m×q, ΔᵀU n×q, ‖Δ‖²_F);
+    the products stay float32 (an m×q float64 copy of the embedding's would be hundreds of MB)."""
+    vf, uf = v.to(device=dev, dtype=torch.float32), u.to(device=dev, dtype=torch.float32)
+    dv = torch.empty(a0.shape[0], v.shape[1], dtype=torch.float32, device=dev)
+    dtu = torch.zeros(a0.shape[1], u.shape[1], dtype=torch.float32, device=dev)
+    fro2 = 0.0
+    step = chunk_rows(a0.shape[1])
+    for start in range(0, a0.shape[0], step):
+        d = a1[start : start + step].to(device=dev, dtype=torch.float32) - a0[start : start + step].to(device=dev, dtype=torch.float32)
+        dv[start : start + step] = d @ vf
+        dtu.addmm_(d.T, uf[start : start + step])
+        fro2 += float(torch.linalg.vector_norm(d)) ** 2  # float32 per chunk, chunks summed in float64
+    return dv, dtu.double(), fro2
+
+
+def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, delta_spectral: float | None) -> _Frame:
+    """Randomized top-q frame (default fast mode for min(m, n) > FULL_FRAME_MAX).
+
+    Subspace iteration with Rayleigh–Ritz (:func:`deltalens.linalg.ritz_subspace_iteration`) on
+    p = q + OVERSAMPLE columns: W0 from a seeded Gaussian start, W1 warm-started from W0's right
+    subspace (an RL update rotates it by little, so W1 needs few iterations), float32 passes. One
+    float32 pass over Δ gives Δ[V0 V1], ΔᵀU_q and ‖Δ‖²_F (float64 sum); a block power iteration
+    gives ‖Δ‖₂ (unless given). Only the top q singular values and the first q diagonal entries of
+    UᵀΔV exist here, so NSS and rescale_share are top-q quantities (NSS from Ritz values of both
+    matrices in one common subspace, :func:`_common_ritz_values`).
+    """
+    m, n = a0.shape
+    p = min(n, q + OVERSAMPLE)
+    tol = math.sin(math.radians(TOL_DEG))
+    start = torch.randn(n, p, generator=torch.Generator().manual_seed(0)).to(dev)
+    # float32 throughout: NSS and diag(UᵀΔV) take their precision from the Δ products, not from
+    # W0V0 and W1V1, whose rounding is shared by both sides of each difference (see _common_ritz_values)
+    stop = dict(max_iter=max_iter, k=k_max, tol=tol, min_progress=MIN_PROGRESS, final_dtype=torch.float32)
+    r0 = ritz_subspace_iteration(*_operator(a0, None, dev), start, **stop)
+    r1 = ritz_subspace_iteration(*_operator(a1, None, dev), r0.v.to(torch.float32), **stop)
+    u0, v0 = r0.u[:, :q], r0.v[:, :q]
+    out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
+    dv, dtu, delta_fro2 = _delta_frame_products(a0, a1, u0, torch.cat([r0.v, r1.v], 1), dev)
+    if frame:
+        dvq = dv[:, :q].double()
+        cross = u0.T @ dvq
+        out.update(diag_d=torch.diagonal(cross).cpu(), row_energy=dtu.square().sum(0).cpu(),
+                   col_energy=dvq.square().sum(0).cpu(), cross=cross.cpu())
+        del dvq
+    with lapack_one_thread(dv):
+        nss_pair = tuple(s[:q] for s in _common_ritz_values(r0, r1, dv[:, :p], dv[:, p:]))
+    if delta_spectral is None:
+        rd = delta_top_singular_values(a0, a1, device=dev)
+        delta_spectral = float(rd.s[0])
+        spec_how = (f"block power iteration on Δ ({rd.s.numel()} columns, {rd.iterations} iterations; Ritz value, a lower "
+                    f"bound on ‖Δ‖₂, residual {float(rd.residual[0]):.2g})")
+    else:
+        spec_how = "given by the caller (the rank group's power iteration on Δ)"
+    method = {
+        "mode": "fast",
+        "route": f"top-{q}",
+        "frame": f"randomized subspace iteration with Rayleigh–Ritz (Halko et al. 2011) on p={p} columns of the smaller "
+                 f"side (n={n}): W0 from a seeded Gaussian start ({r0.iterations} iterations), W1 warm-started from W0's "
+                 f"subspace ({r1.iterations}); float32 throughout; stop when the estimated top-"
+                 f"{k_max} subspace error < {TOL_DEG}°, when two iterations in a row improve on its best by less "
+                 f"than {MIN_PROGRESS:.0%}, or after {max_iter} iterations",
+        "angles": "top-k Ritz vectors of W0 and W1; sine-based principal angles (Knyazev & Argentati 2002); "
+                  "angle_error_deg estimates the error from the Ritz residuals",
+        "gap": "Ritz values σ_k − σ_{k+1} of W0",
+        "nss": f"top-{q} Ritz values of W0 and W1 (nss_scope), both from the span of their {2 * p} computed right "
+               "vectors, so that their errors largely cancel in the difference",
+        "delta_spectral": spec_how,
+    }
+    if frame:
+        method["rescale"] = (f"first {q} diagonal entries of UᵀΔV (rescale_scope) against baseline q/(mn); "
+                             f"rescale_share_upper adds the QQ-block energy at k={q}: a bound on the full-frame value")
+    return _Frame(
+        s0=r0.s, s1=r1.s, u0=u0, v0=v0, u1=r1.u[:, :q], v1=r1.v[:, :q], delta_fro2=delta_fro2,
+        delta_spectral=delta_spectral, method=method, scope=q, ritz=(r0, r1), nss_pair=nss_pair, **out,
+    )
+
+
+def _common_ritz_values(r0: RitzTriplets, r1: RitzTriplets, dv0: torch.Tensor, dv1: torch.Tensor) -> tuple:
+    """Ritz values of W0 and of W1 from the same subspace span[V0, V1] (float64, descending).
+
+    No pass over the matrices: W0V0 = U0S0 and W1V1 = U1S1 are known, W1V0 = W0V0 + ΔV0 and
+    W0V1 = W1V1 − ΔV1 (``dv0`` = ΔV0, ``dv1`` = ΔV1). An orthonormal basis Q = [V0 V1] T comes from
+    the eigenvectors of [V0 V1]ᵀ[V0 V1] (directions below 1e-10 of the largest dropped: V1 ≈ V0
+    for a small update), and σ(W Q) from the Gram of W Q.
+    """
+    v = torch.cat([r0.v, r1.v], 1)
+    lam, e = torch.linalg.eigh(v.T @ v)
+    keep = lam > 1e-10 * lam.max()
+    t = e[:, keep] / lam[keep].sqrt()
+    y00 = r0.u * r0.s.to(r0.u.device)
+    y11 = r1.u * r1.s.to(r1.u.device)
+    out = []
+    for side in (0, 1):  # W0 [V0 V1] = [y00, y11 − ΔV1]; W1 [V0 V1] = [y00 + ΔV0, y11]
+        a = y00 if side == 0 else y00 + dv0.double()
+        b = y11 - dv1.double() if side == 0 else y11
+        g = torch.cat([torch.cat([a.T @ a, a.T @ b], 1), torch.cat([b.T @ a, b.T @ b], 1)], 0)
+        del a, b
+        out.append(torch.linalg.eigvalsh(t.T @ g @ t).flip(0).clamp_min(0.0).sqrt().cpu())
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- overlap (§5)
@@ -264,17 +423,39 @@ def _count_selected_in_mask(
     return hits
 
 
-def _overlaps(a0: torch.Tensor, mask: torch.Tensor, v_k: torch.Tensor, alpha: float, dev) -> tuple:
-    """(principal hits, low hits, |M|) for M_princ = top-α of |W0 V_k V_kᵀ|, M_low = bottom-α of |W0|."""
+def _count_selected_in_memory(vals: torch.Tensor, mask: torch.Tensor, count: int, largest: bool) -> int:
+    """Exact |S ∩ M| for S = the ``count`` largest (smallest) of the flat float32 ``vals``, ties at
+    the boundary taken in position order (the same set as :func:`_count_selected_in_mask`)."""
+    import numpy as np
+
+    if count <= 0:
+        return 0
+    x = vals.cpu().numpy()
+    mk = mask.cpu().numpy()
+    kth = x.size - count if largest else count - 1
+    boundary = np.partition(x, kth)[kth]
+    beyond = x > boundary if largest else x < boundary
+    hits = int(np.count_nonzero(beyond & mk))
+    need = count - int(np.count_nonzero(beyond))
+    if need > 0:
+        hits += int(np.count_nonzero(mk[np.flatnonzero(x == boundary)[:need]]))
+    return hits
+
+
+def _overlaps(a0: torch.Tensor, mask: torch.Tensor, left: torch.Tensor, v_k: torch.Tensor, alpha: float, dev) -> tuple:
+    """(principal hits, low hits, |M|) for M_princ = top-α of |W0 V_k V_kᵀ| (``left`` = W0 V_k),
+    M_low = bottom-α of |W0|. Up to SELECT_IN_MEMORY_MAX entries the values go into one float32
+    buffer and a partition picks the boundary; above it, the chunked radix select keeps memory at
+    one chunk."""
     m, n = a0.shape
     count = math.ceil(alpha * m * n)
     step = chunk_rows(n)
     vk = v_k.to(device=dev, dtype=torch.float32)
+    lk = left.to(device=dev, dtype=torch.float32)
 
     def recon_chunks():
         for start in range(0, m, step):
-            w = a0[start : start + step].to(device=dev, dtype=torch.float32)
-            yield ((w @ vk) @ vk.T).abs().reshape(-1), mask[start : start + step].to(dev).reshape(-1)
+            yield (lk[start : start + step] @ vk.T).abs_().reshape(-1), mask[start : start + step].to(dev).reshape(-1)
 
     def weight_chunks():
         for start in range(0, m, step):
@@ -282,6 +463,13 @@ def _overlaps(a0: torch.Tensor, mask: torch.Tensor, v_k: torch.Tensor, alpha: fl
             yield w.abs().reshape(-1), mask[start : start + step].to(dev).reshape(-1)
 
     mask_size = int(torch.count_nonzero(mask))  # bool .sum() would make an int64 copy of the mask
+    if m * n <= SELECT_IN_MEMORY_MAX:  # one float32 buffer per selection, no chunks
+        flat_mask = mask.reshape(-1)
+        recon = (lk @ vk.T).abs_().reshape(-1)
+        hits_p = _count_selected_in_memory(recon, flat_mask, count, largest=True)
+        del recon
+        weights = a0.to(device=dev, dtype=torch.float32).abs().reshape(-1)
+        return hits_p, _count_selected_in_memory(weights, flat_mask, count, largest=False), mask_size
     return (
         _count_selected_in_mask(recon_chunks, count, largest=True),
         _count_selected_in_mask(weight_chunks, count, largest=False),
@@ -306,7 +494,9 @@ def _check_inputs(w0: torch.Tensor, w1: torch.Tensor, changed: torch.Tensor | No
     step = chunk_rows(w0.shape[1])  # chunked: isfinite of a whole embedding costs GBs of temporaries
     for w in (w0, w1):
         for start in range(0, w.shape[0], step):
-            if not bool(torch.isfinite(w[start : start + step]).all()):
+            chunk = w[start : start + step]
+            # a chunk's sum is finite unless it holds NaN/Inf (or overflows: then check elementwise)
+            if not math.isfinite(float(chunk.sum())) and not bool(torch.isfinite(chunk).all()):
                 raise DeltalensError("spectral metrics need finite values; the tensor pair contains NaN or Inf")
     if changed is not None and (changed.shape != w0.shape or changed.dtype != torch.bool):
         raise DeltalensError(f"changed mask must be a bool tensor of shape {tuple(w0.shape)}, got {changed.dtype} {tuple(changed.shape)}")
@@ -326,21 +516,37 @@ def spectral_metrics(
     groups: Sequence[str] = GROUPS,
     overlap_k: int = DEFAULT_OVERLAP_K,
     overlap_alpha: float = DEFAULT_OVERLAP_ALPHA,
+    full_max: int | None = None,
+    max_iter: int | None = None,
+    delta_spectral: float | None = None,
 ) -> dict:
     """SPEC §4 (group ``spectral``) and §5 (group ``frame``) for one m×n weight pair.
 
-    ``w0``/``w1``: base and tuned tensors (float; computed in float64). ``top_k``: integers or
-    fractions of min(m, n) (default :func:`default_k`). ``changed``: the bitwise update mask in
-    the stored dtype (for the principal/low overlaps); when None, the bitwise mask of the given
-    tensors is used and ``method`` says so. Returns ``by_k`` {str(k): angles (left = row side, right
-    = column side, degrees), gap_k, wedin_bound, gap_limited, block_shares}, ``nss``,
-    ``rescale_share``, ``rescale_baseline``, ``rescale_ratio``, ``principal_overlap``,
-    ``low_overlap``, ``overlap_baseline`` and ``method``.
+    ``w0``/``w1``: base and tuned tensors (float; any float dtype, cast chunk by chunk). ``top_k``:
+    integers or fractions of min(m, n) (default :func:`default_k`). ``changed``: the bitwise update
+    mask in the stored dtype (for the principal/low overlaps); when None, the bitwise mask of the
+    given tensors is used and ``method`` says so.
+
+    Routes: ``exact=True``: float64 SVDs (full spectra, full frame). Fast mode with
+    min(m, n) ≤ ``full_max`` (default ``FULL_FRAME_MAX``, read at call time): float64 Gram + eigh (full spectra, full frame). Fast mode above it:
+    randomized top-q (q = max(k, overlap_k)) with at most ``max_iter`` power iterations; then
+    ``nss`` and ``rescale_share`` cover the top q only (``nss_scope``/``rescale_scope`` say
+    ``top-q``, ``rescale_baseline`` is q/(mn), ``rescale_share_upper`` bounds the full-frame value)
+    and each ``by_k`` entry has ``angle_error_deg``, the estimated error of its angles.
+    ``delta_spectral``: a known ‖Δ‖₂ (saves the power iteration on Δ in the top-q route).
+
+    Returns ``by_k`` {str(k): angles (left = row side, right = column side, degrees), gap_k,
+    wedin_bound, gap_limited, block_shares}, ``nss``, ``nss_scope``, ``rescale_share``,
+    ``rescale_share_upper``, ``rescale_scope``, ``rescale_baseline``, ``rescale_ratio``,
+    ``principal_overlap``, ``low_overlap``, ``overlap_baseline`` and ``method``.
     """
     groups = tuple(groups)
     _check_inputs(w0, w1, changed, groups)
     if not 0.0 < overlap_alpha < 1.0 or overlap_k < 1:
         raise DeltalensError(f"overlap needs k >= 1 and 0 < alpha < 1, got k={overlap_k}, alpha={overlap_alpha}")
+    max_iter = MAX_ITER if max_iter is None else max_iter
+    if max_iter < 1:
+        raise DeltalensError(f"max_iter must be >= 1, got {max_iter}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeltalensError("device 'cuda' was asked for but torch sees no CUDA device")
@@ -356,19 +562,28 @@ def spectral_metrics(
     k_ov = min(overlap_k, n)
     k_max = max(ks)
     k_v0 = max(k_max, k_ov if want_frame else 0)
-    builder = _frame_exact if exact else _frame_fast
-    fr = builder(a0, a1, k_max, k_v0, want_frame, dev)
+    if exact:
+        fr = _frame_exact(a0, a1, k_max, k_v0, want_frame, dev)
+    elif n <= (FULL_FRAME_MAX if full_max is None else full_max):
+        fr = _frame_fast(a0, a1, k_max, k_v0, want_frame, dev)
+    else:
+        fr = _frame_topq(a0, a1, k_max, max(k_max, k_ov), want_frame, dev, max_iter=max_iter,
+                         delta_spectral=delta_spectral)
+    scope = "full" if fr.scope is None else f"top-{fr.scope}"
 
     by_k: dict[str, dict] = {str(k): {} for k in ks}
     out: dict = {"by_k": by_k}
     method = dict(fr.method)
+    method.setdefault("route", "full")
     method["orientation"] = "left = row side (m), right = column side (n)" + (
         "; computed on the transpose (m < n)" if transposed else ""
     )
     if "spectral" in groups:
+        ortho = fr.ritz is not None  # Ritz vectors are orthonormal to float64 rounding: skip the QR
         for k in ks:
-            rows = angle_summary_deg(principal_angles(fr.u0[:, :k], fr.u1[:, :k]))
-            cols = angle_summary_deg(principal_angles(fr.v0[:, :k], fr.v1[:, :k]))
+            with lapack_one_thread(fr.u0):
+                rows = angle_summary_deg(principal_angles(fr.u0[:, :k], fr.u1[:, :k], orthonormal=ortho))
+                cols = angle_summary_deg(principal_angles(fr.v0[:, :k], fr.v1[:, :k], orthonormal=ortho))
             left, right = (cols, rows) if transposed else (rows, cols)
             gap = spectral_gap(fr.s0, k)
             bound = wedin_bound(fr.delta_spectral, gap)
@@ -378,32 +593,57 @@ def spectral_metrics(
                 angle_mean_left_deg=left["mean"], angle_mean_right_deg=right["mean"],
                 gap_k=gap, wedin_bound=bound if math.isfinite(bound) else None, gap_limited=bool(bound > 1.0),
             )
-        out["nss"] = normalized_spectrum_shift(fr.s0, fr.s1)
+            if fr.ritz is not None:
+                by_k[str(k)]["angle_error_deg"] = ritz_angle_error_deg(*fr.ritz, k)
+        s0, s1 = (fr.s0, fr.s1) if fr.nss_pair is None else fr.nss_pair
+        out["nss"] = normalized_spectrum_shift(s0, s1)
+        out["nss_scope"] = scope
         method["gap_limited"] = "Wedin bound ‖Δ‖₂/gap_k > 1 (None bound = zero gap)"
     if want_frame:
-        for k in ks:
+        energies = {}
+        for k in sorted(set(ks) | ({fr.scope} if fr.scope else set())):
             pp = float(fr.cross[:k, :k].square().sum())
             p_rows = float(fr.row_energy[:k].sum())
             p_cols = float(fr.col_energy[:k].sum())
-            p_left, p_right = (p_cols, p_rows) if transposed else (p_rows, p_cols)
-            by_k[str(k)]["block_shares"] = block_shares(pp, p_left, p_right, fr.delta_fro2, k, m_orig, n_orig)
+            energies[k] = (pp, p_rows, p_cols)
+            if str(k) in by_k:
+                p_left, p_right = (p_cols, p_rows) if transposed else (p_rows, p_cols)
+                by_k[str(k)]["block_shares"] = block_shares(pp, p_left, p_right, fr.delta_fro2, k, m_orig, n_orig)
         share = rescale_share(fr.diag_d, fr.delta_fro2)
-        base = rescale_baseline(m_orig, n_orig)
-        out.update(rescale_share=share, rescale_baseline=base, rescale_ratio=None if share is None else share / base)
+        base = rescale_baseline(m_orig, n_orig, fr.scope)
+        if fr.scope is None:
+            upper = share
+        else:
+            pp, p_rows, p_cols = energies[fr.scope]
+            upper = rescale_share_upper(fr.diag_d, fr.delta_fro2 - p_rows - p_cols + pp, fr.delta_fro2)
+        out.update(rescale_share=share, rescale_share_upper=upper, rescale_scope=scope, rescale_baseline=base,
+                   rescale_ratio=None if share is None else share / base)
         if changed is None:
             mask = bitwise_changed(a0, a1)
             method["mask"] = f"bitwise w0 != w1 in the given dtype ({w0.dtype})"
         else:
             mask = changed.T.contiguous() if transposed else changed
             method["mask"] = "bitwise update mask given by the caller (stored dtype)"
-        hits_p, hits_l, size = _overlaps(a0, mask, fr.v0[:, :k_ov], overlap_alpha, dev)
+        v_ov = fr.v0[:, :k_ov]
+        if fr.scope is None:
+            left_ov = chunked_matmul(a0, v_ov.to(torch.float32), device=dev)
+        else:
+            left_ov = fr.u0[:, :k_ov] * fr.s0[:k_ov].to(fr.u0.device)
+        hits_p, hits_l, size = _overlaps(a0, mask, left_ov, v_ov, overlap_alpha, dev)
         out.update(
             principal_overlap=mask_overlap(hits_p, size), low_overlap=mask_overlap(hits_l, size),
             overlap_baseline=overlap_alpha,
         )
         method["overlap"] = (
-            f"top/bottom alpha={overlap_alpha} (ceil(alpha·mn) entries, exact radix select) of |rank-{k_ov} "
+            f"top/bottom alpha={overlap_alpha} (ceil(alpha·mn) entries, exact selection) of |rank-{k_ov} "
             f"reconstruction of W0| (float32) and of |W0|"
         )
     out["method"] = method
     return out
+
+
+def ritz_angle_error_deg(r0: RitzTriplets, r1: RitzTriplets, k: int) -> float:
+    """Estimated error (degrees) of the top-k principal angles between two computed subspaces:
+    the sum of each computed subspace's estimated angle to its true one (angles obey the triangle
+    inequality), from the Ritz residuals (:meth:`RitzTriplets.subspace_error`).  SPEC §4."""
+    return sum(math.degrees(math.asin(r.subspace_error(k))) for r in (r0, r1))
