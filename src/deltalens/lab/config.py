@@ -65,7 +65,7 @@ def quick_config(base: str = "tiny") -> LabConfig:
     """``--quick``: the same base, shorter arms, one seed, smaller evaluation sets."""
     if base == "smollm2":
         return replace(SMOLLM2, arm=replace(SMOLLM2.arm, steps=SMOLLM2_QUICK_STEPS, n_checkpoints=2),
-                       n_train=32, n_test=12, n_heldout=8, eval_samples=16, kl_samples=1, n_probes=8, quick=True)
+                       n_train=32, n_test=8, n_heldout=8, eval_samples=16, kl_samples=1, n_probes=6, quick=True)
     _check_base(base)
     return LabConfig(arm=ArmConfig(steps=16, n_checkpoints=4), seeds=1, n_train=256, n_test=40,
                      n_heldout=20, eval_samples=32, kl_samples=2, n_probes=32, quick=True)
@@ -90,18 +90,18 @@ def _check_base(base: str) -> None:
 SMOLLM2_QUICK_STEPS = 3
 SMOLLM2 = LabConfig(
     base="smollm2",
-    arm=ArmConfig(steps=16, batch_size=16, num_generations=8, learning_rate=1e-5, max_completion_length=40,
-                  max_length=96, temperature=0.7, n_checkpoints=4, rft_samples_per_prompt=4),
-    seeds=1, n_train=128, n_test=24, n_heldout=20, eval_samples=64, kl_samples=2, n_probes=16,
-    kernel_mode="sketch", kernel_dim=4096, trait_lines=4,
+    arm=ArmConfig(steps=12, batch_size=16, num_generations=8, learning_rate=1e-5, max_completion_length=32,
+                  max_length=96, temperature=0.7, n_checkpoints=2, rft_samples_per_prompt=4),
+    seeds=1, n_train=96, n_test=8, n_heldout=20, eval_samples=64, kl_samples=2, n_probes=8,
+    kernel_mode="sketch", kernel_dim=4096, trait_lines=2,
     # 9 of 210 matrices (q, v, down in the first, middle and last layer): a float64 SVD each per step
     track=(r"layers\.(0|15|29)\.(self_attn\.(q|v)_proj|mlp\.down_proj)\.",),
 )
 
-#: The SmolLM2 default on a GPU: the same recipe with ~12× the optimizer steps, 2 seeds, 4× the
-#: test problems and probes (a CPU budget that merely ran faster would waste the card).
+#: The SmolLM2 default on a GPU: the same recipe with ~17× the optimizer steps, 2 seeds, 8× the
+#: test problems, 6× the probes (a CPU budget that merely ran faster would waste the card).
 SMOLLM2_CUDA = replace(SMOLLM2, arm=replace(SMOLLM2.arm, steps=200, n_checkpoints=10), seeds=2, n_train=1024,
-                       n_test=64, n_probes=48, device="cuda")
+                       n_test=64, n_probes=48, trait_lines=8, device="cuda")
 
 
 def _digest(obj) -> str:
