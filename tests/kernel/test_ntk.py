@@ -93,6 +93,14 @@ def test_contraction_during_the_pass_equals_explicit_jacobian(llama_case, monkey
     assert torch.get_num_threads() == threads
 
 
+def test_pass_threads_auto_is_one_only_for_small_tensors():
+    assert ntk.pass_threads("auto", {"a": 10, "b": ntk.SMALL_TENSOR_NUMEL - 1}) == 1
+    assert ntk.pass_threads("auto", {"a": 10, "b": ntk.SMALL_TENSOR_NUMEL}) is None
+    assert ntk.pass_threads(3, {"a": 10}) == 3 and ntk.pass_threads(None, {"a": 10}) is None
+    with pytest.raises(DeltalensError, match="gradient_threads"):
+        ntk.pass_threads(0, {"a": 10})
+
+
 def test_intra_op_threads_restores_on_error():
     threads = torch.get_num_threads()
     with pytest.raises(RuntimeError), ntk.intra_op_threads(threads + 1):

@@ -110,6 +110,27 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+SMALL_TENSOR_NUMEL = 2**20
+"""``gradient_threads="auto"`` runs the per-example pass on one thread when no parameter tensor
+has this many elements (a ~1M-parameter model: hidden 128)."""
+
+
+def pass_threads(requested: int | str | None, numels: dict[str, int]) -> int | None:
+    """Intra-op threads for the per-example pass: ``requested``, or for ``"auto"`` 1 on small models.
+
+    A small model's per-example ops (a chunk of 16 probes × hidden 128) are too small to share
+    across cores, and each multi-threaded op ends at a barrier that stalls whenever another
+    process holds a core: on the shared 2-core development machine the 1M-parameter pass took
+    1–1.5 s on one thread and 8–49 s on two (``bench/bench_kernel.py``). Larger models keep the
+    caller's setting (``None``).
+    """
+    if requested == "auto":
+        return 1 if max(numels.values()) < SMALL_TENSOR_NUMEL else None
+    if requested is None or (isinstance(requested, int) and requested >= 1):
+        return requested
+    raise DeltalensError(f"gradient_threads: expected a positive integer, 'auto' or None, got {requested!r}")
+
+
 def _write_columns(rows: torch.Tensor, index: slice, grads: dict, names: list[str], numels: dict[str, int]) -> None:
     """Write each block's per-example gradients into its columns of ``rows`` (no concatenated copy)."""
     offset = 0
@@ -186,7 +207,7 @@ def empirical_ntk(
     method: str = "auto",
     exact_strategy: str = "auto",
     spill_dir: str | None = None,
-    gradient_threads: int | None = 1,
+    gradient_threads: int | str | None = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> KernelResult:
     """K_ij = ⟨∇_θ f_i, ∇_θ f_j⟩ over the trainable parameters (or ``params``). SPEC §6.
@@ -198,10 +219,8 @@ def empirical_ntk(
     gradients in both); ``exact_strategy`` (auto|spill|recompute) and ``spill_dir`` say how
     exact mode stays within it when J does not fit. ``gradient_threads`` is torch's intra-op
     thread count for the per-example pass (gradients, copying them into J, sketching; ``None``:
-    the caller's). Its ops are small, and with more threads each one ends at a barrier that
-    stalls whenever another process holds a core: on the shared 2-core machine 1 thread made
-    the pass 5–10× faster (``bench/bench_kernel.py``). The J Jᵀ products, large GEMMs, run with
-    the caller's threads. ``progress(done, total)`` is called after each chunk.
+    the caller's; ``"auto"``: see :func:`pass_threads`). The J Jᵀ products, large GEMMs, run
+    with the caller's threads. ``progress(done, total)`` is called after each chunk.
     """
     named = trainable_parameters(model)
     if params is not None:
@@ -244,6 +263,7 @@ def empirical_ntk(
 
     used = None
     caller_threads = torch.get_num_threads()
+    gradient_threads = pass_threads(gradient_threads, numels)
     if strategy == "spill":
         used = _pick_method(method, max(1, min(chunk_size, budget // max(1, 4 * n_params * itemsize))))
         kernel += _spilled_kernel(model, output_fn, batch, groups, numels, budget, chunk_size, used, gradient_threads,
