@@ -77,7 +77,7 @@ def worker(args) -> None:
     from deltalens.kernel import completion_logprob, empirical_ntk
 
     torch.set_num_threads(args.threads)
-    gradient_threads = None if args.gradient_threads == 0 else args.gradient_threads
+    gradient_threads = {"auto": "auto", "0": None}.get(args.gradient_threads) or int(args.gradient_threads)
     device = args.device
     model = build_model("1m" if args.worker in ("exact", "recipe") else "100m").to(device)
     batch = build_batch(args.n, model.config.vocab_size, device)
@@ -163,8 +163,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternating repeats of the exact-mode runs (median reported)")
     parser.add_argument("--recipe-threads", type=int, nargs="+", default=None,
                         help="torch threads of the recipe runs (default: --threads); the first is the reference for ratios")
-    parser.add_argument("--gradient-threads", type=int, default=1,
-                        help="empirical_ntk's gradient_threads (0: leave torch's --threads setting)")
+    parser.add_argument("--gradient-threads", default="auto",
+                        help="empirical_ntk's gradient_threads: auto (default), 0 (torch's --threads setting) or a count")
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--budget-mb", type=float, nargs="+", default=[2048.0, 256.0],
                         help="exact-mode memory budgets to run (each against the one recipe run)")
@@ -198,7 +198,7 @@ def main() -> None:
                 r = summary[f"recipe@{t}"]
                 print(f"[exact] n={n}, P={r['n_params']:,}: torch.func recipe (vmap(jacrev) + einsum), torch threads {t}: "
                       f"{r['describe']}")
-            grad_threads = args.gradient_threads or args.threads
+            grad_threads = {"0": args.threads}.get(args.gradient_threads, args.gradient_threads)
             for budget in args.budget_mb:
                 ours = summary[f"ours{budget:g}"]
                 diff = float(torch.linalg.norm(torch.load(f"{tmp}/ours{budget:g}.pt") - k_recipe) / torch.linalg.norm(k_recipe))
