@@ -11,6 +11,11 @@
     python bench/bench_kernel.py --size quick        # a few minutes on 2 cores
     python bench/bench_kernel.py --size full         # the issue's sizes
     python bench/bench_kernel.py --threads 2         # pin torch to 2 threads
+    python bench/bench_kernel.py --size full --part exact --repeats 5 --budget-mb 2048 --recipe-threads 2 1
+
+The exact-mode runs alternate (recipe, ours, recipe, ours, ...) and each configuration is
+summarised by its median time with the spread (min–max) and its median peak RSS: the
+development machine is shared, so single runs are noisy.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import resource
 import subprocess
 import sys
@@ -71,6 +77,7 @@ def worker(args) -> None:
     from deltalens.kernel import completion_logprob, empirical_ntk
 
     torch.set_num_threads(args.threads)
+    gradient_threads = {"auto": "auto", "0": None}.get(args.gradient_threads) or int(args.gradient_threads)
     device = args.device
     model = build_model("1m" if args.worker in ("exact", "recipe") else "100m").to(device)
     batch = build_batch(args.n, model.config.vocab_size, device)
@@ -99,7 +106,7 @@ def worker(args) -> None:
     else:
         result = empirical_ntk(model, completion_logprob, batch, mode="sketch" if args.worker == "sketch" else "exact",
                                dim=args.dim, memory_budget_mb=args.budget_mb[0], chunk_size=args.chunk,
-                               progress=progress)
+                               gradient_threads=gradient_threads, progress=progress)
         kernel = result.matrix
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     if args.save:
@@ -119,10 +126,26 @@ def worker(args) -> None:
     print(json.dumps(out))
 
 
-def run_worker(name: str, n: int, args, save: str | None = None, budget: float = 512.0) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--n", str(n), "--threads", str(args.threads),
+def summarise(runs: list[dict]) -> dict:
+    """Medians (time, CPU time, peak RSS) of repeated runs of one configuration, and a one-line description."""
+    out = dict(runs[0])
+    for key in ("seconds", "cpu_seconds", "peak_rss_mb", "cuda_peak_mb"):
+        if key in out:
+            out[key] = statistics.median(r[key] for r in runs)
+    out["above_mb"] = statistics.median(r["peak_rss_mb"] - r["rss_before_mb"] for r in runs)
+    times = sorted(r["seconds"] for r in runs)
+    each = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+    out["describe"] = (f"median {out['seconds']:.2f} s over {len(runs)} runs (min {times[0]:.2f}, max {times[-1]:.2f}; "
+                       f"in order: {each}), median CPU {out['cpu_seconds']:.2f} s, "
+                       f"median peak RSS {out['peak_rss_mb']:.0f} MB ({out['above_mb']:.0f} MB above model+data)")
+    return out
+
+
+def run_worker(name: str, n: int, args, save: str | None = None, budget: float = 512.0,
+               threads: int | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, "--n", str(n), "--threads", str(threads or args.threads),
            "--dim", str(args.dim), "--budget-mb", str(budget), "--chunk", str(args.chunk),
-           "--device", args.device]
+           "--gradient-threads", str(args.gradient_threads), "--device", args.device]
     if save:
         cmd += ["--save", save]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -137,7 +160,11 @@ def main() -> None:
     parser.add_argument("--size", choices=["quick", "full"], default="quick")
     parser.add_argument("--part", choices=["all", "exact", "sketch"], default="all")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1, help="alternating repeats of the exact-mode runs (best time kept)")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating repeats of the exact-mode runs (median reported)")
+    parser.add_argument("--recipe-threads", type=int, nargs="+", default=None,
+                        help="torch threads of the recipe runs (default: --threads); the first is the reference for ratios")
+    parser.add_argument("--gradient-threads", default="auto",
+                        help="empirical_ntk's gradient_threads: auto (default), 0 (torch's --threads setting) or a count")
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--budget-mb", type=float, nargs="+", default=[2048.0, 256.0],
                         help="exact-mode memory budgets to run (each against the one recipe run)")
@@ -153,34 +180,39 @@ def main() -> None:
     print(f"bench_kernel: size={args.size}, torch threads={args.threads}, device={args.device}, cpus={os.cpu_count()}")
     if args.part in ("all", "exact"):
         n = args.n or (256 if args.size == "full" else 64)
+        recipe_threads = args.recipe_threads or [args.threads]
         with tempfile.TemporaryDirectory() as tmp:
-            # alternate the runs and keep each configuration's fastest: the machine is shared
+            # alternate the runs: the machine is shared, so neighbouring runs see similar load
             runs: dict[str, list[dict]] = {}
             for _ in range(args.repeats):
-                runs.setdefault("recipe", []).append(run_worker("recipe", n, args, save=f"{tmp}/recipe.pt"))
+                for t in recipe_threads:
+                    runs.setdefault(f"recipe@{t}", []).append(
+                        run_worker("recipe", n, args, save=f"{tmp}/recipe.pt", threads=t))
                 for budget in args.budget_mb:
                     runs.setdefault(f"ours{budget:g}", []).append(
                         run_worker("exact", n, args, save=f"{tmp}/ours{budget:g}.pt", budget=budget))
             k_recipe = torch.load(f"{tmp}/recipe.pt")
-            recipe = min(runs["recipe"], key=lambda r: r["seconds"])
-            times = ", ".join(f"{r['seconds']:.1f}" for r in runs["recipe"])
-            print(f"[exact] n={n}, P={recipe['n_params']:,}: torch.func recipe (vmap(jacrev) + einsum) "
-                  f"best of [{times}] s = {recipe['seconds']:.2f} s, peak RSS {recipe['peak_rss_mb']:.0f} MB "
-                  f"({recipe['peak_rss_mb'] - recipe['rss_before_mb']:.0f} MB above model+data)")
+            summary = {key: summarise(values) for key, values in runs.items()}
+            ref = summary[f"recipe@{recipe_threads[0]}"]
+            for t in recipe_threads:
+                r = summary[f"recipe@{t}"]
+                print(f"[exact] n={n}, P={r['n_params']:,}: torch.func recipe (vmap(jacrev) + einsum), torch threads {t}: "
+                      f"{r['describe']}")
+            grad_threads = {"0": args.threads}.get(args.gradient_threads, args.gradient_threads)
             for budget in args.budget_mb:
-                ours = min(runs[f"ours{budget:g}"], key=lambda r: r["seconds"])
-                times = ", ".join(f"{r['seconds']:.1f}" for r in runs[f"ours{budget:g}"])
+                ours = summary[f"ours{budget:g}"]
                 diff = float(torch.linalg.norm(torch.load(f"{tmp}/ours{budget:g}.pt") - k_recipe) / torch.linalg.norm(k_recipe))
-                print(f"[exact] deltalens exact, budget {budget:g} MB (groups={ours['groups']}, {ours['strategy']}, {ours['method']}): "
-                      f"best of [{times}] s = {ours['seconds']:.2f} s, peak RSS {ours['peak_rss_mb']:.0f} MB "
-                      f"({ours['peak_rss_mb'] - ours['rss_before_mb']:.0f} MB above model+data); "
-                      f"time ratio ours/recipe {ours['seconds'] / recipe['seconds']:.3f} (CPU-time ratio "
-                      f"{ours['cpu_seconds'] / recipe['cpu_seconds']:.3f}), "
-                      f"peak RSS ratio {ours['peak_rss_mb'] / recipe['peak_rss_mb']:.3f}, "
-                      f"above-baseline ratio {(ours['peak_rss_mb'] - ours['rss_before_mb']) / max(1.0, recipe['peak_rss_mb'] - recipe['rss_before_mb']):.3f}; "
-                      f"relative ‖K_ours − K_recipe‖_F = {diff:.2e}")
+                print(f"[exact] deltalens exact, budget {budget:g} MB (groups={ours['groups']}, {ours['strategy']}, "
+                      f"{ours['method']}; torch threads {args.threads}, gradient pass {grad_threads}): {ours['describe']}")
+                for t in recipe_threads:
+                    r = summary[f"recipe@{t}"]
+                    print(f"[exact]   against the recipe at {t} thread(s): median time ratio ours/recipe "
+                          f"{ours['seconds'] / r['seconds']:.3f} (CPU-time ratio {ours['cpu_seconds'] / r['cpu_seconds']:.3f}), "
+                          f"median peak RSS ratio {ours['peak_rss_mb'] / r['peak_rss_mb']:.3f} "
+                          f"(above model+data {ours['above_mb'] / max(1.0, r['above_mb']):.3f})")
+                print(f"[exact]   relative ‖K_ours − K_recipe‖_F = {diff:.2e}")
                 if args.device == "cuda":
-                    print(f"[exact] CUDA peak allocated: ours {ours['cuda_peak_mb']:.0f} MB, recipe {recipe['cuda_peak_mb']:.0f} MB")
+                    print(f"[exact] CUDA peak allocated: ours {ours['cuda_peak_mb']:.0f} MB, recipe {ref['cuda_peak_mb']:.0f} MB")
     if args.part in ("all", "sketch"):
         target = 128
         n = args.n or (target if args.size == "full" else 8)

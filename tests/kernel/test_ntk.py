@@ -10,7 +10,8 @@ from models import TinyMLP, mlp_output
 
 from deltalens.errors import DeltalensError
 from deltalens.kernel import CountSketch, completion_logprob, empirical_ntk, encode_probes
-from deltalens.kernel.ntk import sketch_error_estimate
+from deltalens.kernel import ntk
+from deltalens.kernel.ntk import sketch_error_estimate, symmetrize_upper, upper_gram
 
 
 def reference_jacobian(model, output_fn, batch) -> torch.Tensor:
@@ -67,6 +68,45 @@ def test_exact_equals_explicit_jacobian_transformer(llama_case):
     result = empirical_ntk(model, completion_logprob, batch)
     assert rel(result.matrix, jac @ jac.T) < 1e-5
     assert result.n_groups == 1
+
+
+@pytest.mark.parametrize("block", [1, 3, 5, 64])
+def test_upper_gram_against_numpy(block):
+    """Blocked upper-triangle Gram + symmetrize equals numpy's float64 R Rᵀ, for blocks that do not divide n."""
+    import numpy as np
+
+    r = np.random.default_rng(3).standard_normal((11, 40))
+    part = torch.zeros(11, 11, dtype=torch.float64)
+    upper_gram(torch.from_numpy(r), part, block)
+    np.testing.assert_allclose(symmetrize_upper(part).numpy(), r @ r.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("chunk", "block"), [(2, 3), (3, 2), (1, 1), (4, 64)])
+def test_contraction_during_the_pass_equals_explicit_jacobian(llama_case, monkeypatch, chunk, block):
+    """Chunks and contraction blocks that straddle each other still give J Jᵀ; torch's thread count is restored."""
+    model, batch, jac, _, _ = llama_case
+    monkeypatch.setattr(ntk, "GRAM_BLOCK_ROWS", block)
+    threads = torch.get_num_threads()
+    result = empirical_ntk(model, completion_logprob, batch, chunk_size=chunk, gradient_threads=threads + 1)
+    assert rel(result.matrix, jac @ jac.T) < 1e-5
+    assert torch.equal(result.matrix, result.matrix.T)
+    assert torch.get_num_threads() == threads
+
+
+def test_pass_threads_auto_is_one_only_for_small_tensors():
+    assert ntk.pass_threads("auto", {"a": 10, "b": ntk.SMALL_TENSOR_NUMEL - 1}) == 1
+    assert ntk.pass_threads("auto", {"a": 10, "b": ntk.SMALL_TENSOR_NUMEL}) is None
+    assert ntk.pass_threads(3, {"a": 10}) == 3 and ntk.pass_threads(None, {"a": 10}) is None
+    with pytest.raises(DeltalensError, match="gradient_threads"):
+        ntk.pass_threads(0, {"a": 10})
+
+
+def test_intra_op_threads_restores_on_error():
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError), ntk.intra_op_threads(threads + 1):
+        assert torch.get_num_threads() == threads + 1
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == threads
 
 
 @pytest.mark.parametrize("strategy", ["spill", "recompute"])

@@ -17,11 +17,12 @@ modes), which is what the trait prediction (J·Δθ) and gradient alignment (J·
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +69,70 @@ def exact_rounding_estimate(n_params: int, dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) * math.sqrt(n_params)
 
 
+GRAM_BLOCK_ROWS = 64
+"""Rows of J contracted per step of :func:`add_upper_gram`. On the benchmark's 256 × 1M J (2 threads,
+shared machine, 3 runs each) 64 took 0.81–1.27 s, 32 took 0.98–1.44 s, 128 took 0.90–1.38 s and
+one full J Jᵀ 1.12–1.63 s; on one thread 64 took 1.11–1.37 s against 1.40–1.77 s for J Jᵀ."""
+
+
+def add_upper_gram(kernel: torch.Tensor, rows: torch.Tensor, start: int, stop: int) -> None:
+    """K[:stop, start:stop] += R[:stop] R[start:stop]ᵀ: the upper-triangle columns of K = R Rᵀ (SPEC §6) for rows start..stop.
+
+    Called for consecutive row ranges that cover R, it fills K's upper triangle (and the
+    diagonal blocks in full) with (b + 1)/(2b) of the multiply-adds of R Rᵀ for b equal
+    ranges (5/8 for n = 256 in blocks of 64) — a blocked SYRK. Rows
+    after ``stop`` may still be unwritten. Complete K with :func:`symmetrize_upper`.
+    """
+    kernel[:stop, start:stop].addmm_(rows[:stop], rows[start:stop].T)
+
+
+def upper_gram(rows: torch.Tensor, kernel: torch.Tensor, block: int = GRAM_BLOCK_ROWS) -> None:
+    """Accumulate the upper triangle of R Rᵀ into ``kernel`` (n×n, R's dtype), ``block`` rows at a time."""
+    n = rows.shape[0]
+    for start in range(0, n, block):
+        add_upper_gram(kernel, rows, start, min(start + block, n))
+
+
+def symmetrize_upper(kernel: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose upper triangle (diagonal included) is ``kernel``'s."""
+    return kernel.triu() + kernel.triu(1).T
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with torch's intra-op thread count set to ``threads`` (``None``: unchanged), then restore it."""
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+SMALL_TENSOR_NUMEL = 2**20
+"""``gradient_threads="auto"`` runs the per-example pass on one thread when no parameter tensor
+has this many elements (a ~1M-parameter model: hidden 128)."""
+
+
+def pass_threads(requested: int | str | None, numels: dict[str, int]) -> int | None:
+    """Intra-op threads for the per-example pass: ``requested``, or for ``"auto"`` 1 on small models.
+
+    A small model's per-example ops (a chunk of 16 probes × hidden 128) are too small to share
+    across cores, and each multi-threaded op ends at a barrier that stalls whenever another
+    process holds a core: on the shared 2-core development machine the 1M-parameter pass took
+    1–1.5 s on one thread and 8–49 s on two (``bench/bench_kernel.py``). Larger models keep the
+    caller's setting (``None``).
+    """
+    if requested == "auto":
+        return 1 if max(numels.values()) < SMALL_TENSOR_NUMEL else None
+    if requested is None or (isinstance(requested, int) and requested >= 1):
+        return requested
+    raise DeltalensError(f"gradient_threads: expected a positive integer, 'auto' or None, got {requested!r}")
+
+
 def _write_columns(rows: torch.Tensor, index: slice, grads: dict, names: list[str], numels: dict[str, int]) -> None:
     """Write each block's per-example gradients into its columns of ``rows`` (no concatenated copy)."""
     offset = 0
@@ -85,7 +150,8 @@ def _exact_strategy(requested: str, jacobian_bytes: int, spill_dir: str | None) 
     return "spill" if jacobian_bytes < 0.5 * free else "recompute"
 
 
-def _spilled_kernel(model, output_fn, batch, groups, numels, budget, chunk_size, method, spill_dir, add_jv, progress) -> torch.Tensor:
+def _spilled_kernel(model, output_fn, batch, groups, numels, budget, chunk_size, method, threads, spill_dir, add_jv,
+                    progress) -> torch.Tensor:
     """One gradient pass writing each group's n × P_g slice of J to a file; then Σ_g J_g J_gᵀ."""
     names = [k for g in groups for k in g]
     ref = next(iter(model.parameters()))
@@ -98,23 +164,26 @@ def _spilled_kernel(model, output_fn, batch, groups, numels, budget, chunk_size,
         paths = [f"{tmp}/group{g}.bin" for g in range(len(groups))]
         files = [open(p, "wb") for p in paths]
         try:
-            for index, grads in per_example_gradients(model, output_fn, batch, names, chunk_size=chunk, method=method):
-                for fh, group in zip(files, groups):
-                    slab = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in group], dim=1)
-                    fh.write(slab.cpu().contiguous().view(torch.uint8).numpy().tobytes())
-                add_jv(index, grads, names)
-                if progress is not None:
-                    progress(index.stop, n)
-                del grads
+            with intra_op_threads(threads):
+                for index, grads in per_example_gradients(model, output_fn, batch, names, chunk_size=chunk, method=method):
+                    for fh, group in zip(files, groups):
+                        slab = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in group], dim=1)
+                        fh.write(slab.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                    add_jv(index, grads, names)
+                    if progress is not None:
+                        progress(index.stop, n)
+                    del grads
         finally:
             for fh in files:
                 fh.close()
         for path, group in zip(paths, groups):
             width = sum(numels[k] for k in group)
             rows = torch.from_file(path, shared=False, size=n * width, dtype=dtype).view(n, width).to(device)
-            kernel += (rows @ rows.T).double()
+            part = torch.zeros(n, n, dtype=dtype, device=device)
+            upper_gram(rows, part)
+            kernel += part.double()
             del rows
-    return kernel
+    return symmetrize_upper(kernel)
 
 
 def _pick_method(method: str, chunk: int) -> str:
@@ -140,6 +209,7 @@ def empirical_ntk(
     method: str = "auto",
     exact_strategy: str = "auto",
     spill_dir: str | None = None,
+    gradient_threads: int | str | None = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> KernelResult:
     """K_ij = ⟨∇_θ f_i, ∇_θ f_j⟩ over the trainable parameters (or ``params``). SPEC §6.
@@ -149,8 +219,10 @@ def empirical_ntk(
     dict {name: tensor}; the result's ``jv[label]`` is J·v (float64, exact in both modes).
     ``memory_budget_mb`` bounds the gradient buffers (J slices in exact mode, per-chunk
     gradients in both); ``exact_strategy`` (auto|spill|recompute) and ``spill_dir`` say how
-    exact mode stays within it when J does not fit. ``progress(done, total)`` is called after
-    each chunk.
+    exact mode stays within it when J does not fit. ``gradient_threads`` is torch's intra-op
+    thread count for the per-example pass (gradients, copying them into J, sketching; ``None``:
+    the caller's; ``"auto"``: see :func:`pass_threads`). The J Jᵀ products, large GEMMs, run
+    with the caller's threads. ``progress(done, total)`` is called after each chunk.
     """
     named = trainable_parameters(model)
     if params is not None:
@@ -192,10 +264,12 @@ def empirical_ntk(
                 jv[label][index] += g @ vec[k].reshape(-1).to(device=device, dtype=torch.float64)
 
     used = None
+    caller_threads = torch.get_num_threads()
+    gradient_threads = pass_threads(gradient_threads, numels)
     if strategy == "spill":
         used = _pick_method(method, max(1, min(chunk_size, budget // max(1, 4 * n_params * itemsize))))
-        kernel += _spilled_kernel(model, output_fn, batch, groups, numels, budget, chunk_size, used, spill_dir,
-                                  add_jv, progress)
+        kernel += _spilled_kernel(model, output_fn, batch, groups, numels, budget, chunk_size, used, gradient_threads,
+                                  spill_dir, add_jv, progress)
     else:
         passes = len(groups)
         done = 0
@@ -208,20 +282,29 @@ def empirical_ntk(
                 rows = torch.empty(n, group_numel, dtype=dtype, device=device)
             else:
                 rows = torch.zeros(n, dim, dtype=dtype, device=device)
-            for index, grads in per_example_gradients(model, output_fn, batch, names, chunk_size=chunk, method=used):
-                if mode == "exact":
-                    _write_columns(rows, index, grads, names, numels)
-                else:
-                    for k in names:
-                        rows[index] += sketch.project(k, grads[k])
-                add_jv(index, grads, names)
-                done += index.stop - index.start
-                if progress is not None:
-                    progress(done, passes * n)
-            kernel += (rows @ rows.T).double()
-            del rows
+            part = torch.zeros(n, n, dtype=dtype, device=device)
+            contracted = 0  # rows [0, contracted) are in part's upper triangle
+            with intra_op_threads(gradient_threads):
+                for index, grads in per_example_gradients(model, output_fn, batch, names, chunk_size=chunk, method=used):
+                    if mode == "exact":
+                        _write_columns(rows, index, grads, names, numels)
+                    else:
+                        for k in names:
+                            rows[index] += sketch.project(k, grads[k])
+                    add_jv(index, grads, names)
+                    del grads
+                    # contract each finished block of rows against all rows before it while the pass goes on
+                    if index.stop - contracted >= GRAM_BLOCK_ROWS or index.stop == n:
+                        with intra_op_threads(caller_threads):
+                            add_upper_gram(part, rows, contracted, index.stop)
+                        contracted = index.stop
+                    done += index.stop - index.start
+                    if progress is not None:
+                        progress(done, passes * n)
+            kernel += part.double()
+            del rows, part
+        kernel = symmetrize_upper(kernel)
 
-    kernel = (kernel + kernel.T) / 2
     if mode == "exact":
         err, err_method = exact_rounding_estimate(n_params, dtype), f"exact; rounding only, eps({dtype})·√P"
     else:
