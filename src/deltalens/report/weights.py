@@ -281,7 +281,7 @@ def _rescale_plot(have):
     methods = agg.method_text((r for _, run in have for r in agg.matrix_rows(_tensors(run))), "frame")
     return render(fig, title="Rescale share by layer against its random baseline",
                   alt="Line chart by layer of the share of update energy on the base's own singular directions, with "
-                      "dashed random baselines min(m,n)/(mn): " + "; ".join(alt) + ".",
+                      "dashed random baselines (rescale_baseline: min(m,n)/(mn) for the full frame, q/(mn) in the top-q scope): " + "; ".join(alt) + ".",
                   provenance=f"diff.json fields rescale_share, rescale_baseline of {', '.join(r.label for _, r in have)}; "
                              f"method {methods}; SPEC §5; pooled per layer weighted by ‖Δ‖_F² (delta_fro²).")
 
