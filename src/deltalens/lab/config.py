@@ -65,7 +65,8 @@ def quick_config(base: str = "tiny") -> LabConfig:
     """``--quick``: the same base, shorter arms, one seed, smaller evaluation sets."""
     if base == "smollm2":
         return replace(SMOLLM2, arm=replace(SMOLLM2.arm, steps=SMOLLM2_QUICK_STEPS, n_checkpoints=2),
-                       n_train=32, n_test=8, n_heldout=8, eval_samples=16, kl_samples=1, n_probes=6, quick=True)
+                       n_train=16, n_test=6, n_heldout=5, eval_samples=8, kl_samples=1, n_probes=4, trait_lines=1,
+                       quick=True)
     _check_base(base)
     return LabConfig(arm=ArmConfig(steps=16, n_checkpoints=4), seeds=1, n_train=256, n_test=40,
                      n_heldout=20, eval_samples=32, kl_samples=2, n_probes=32, quick=True)
@@ -87,7 +88,7 @@ def _check_base(base: str) -> None:
 
 
 #: SmolLM2-135M-Instruct (``--base smollm2``): budgets measured on a 2-core CPU (docs/lab.md).
-SMOLLM2_QUICK_STEPS = 3
+SMOLLM2_QUICK_STEPS = 2
 SMOLLM2 = LabConfig(
     base="smollm2",
     arm=ArmConfig(steps=12, batch_size=16, num_generations=8, learning_rate=1e-5, max_completion_length=32,
