@@ -93,7 +93,15 @@ def test_contraction_during_the_pass_equals_explicit_jacobian(llama_case, monkey
     assert torch.get_num_threads() == threads
 
 
-def test_pass_threads_auto_is_one_only_for_small_tensors():
+def test_pass_threads_auto_is_one_only_for_small_tensors_on_a_busy_machine(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert not ntk.machine_busy()
+    assert ntk.pass_threads("auto", {"a": 10, "b": ntk.SMALL_TENSOR_NUMEL - 1}) is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 1.0, 1.0))
+    assert ntk.machine_busy()
     assert ntk.pass_threads("auto", {"a": 10, "b": ntk.SMALL_TENSOR_NUMEL - 1}) == 1
     assert ntk.pass_threads("auto", {"a": 10, "b": ntk.SMALL_TENSOR_NUMEL}) is None
     assert ntk.pass_threads(3, {"a": 10}) == 3 and ntk.pass_threads(None, {"a": 10}) is None
