@@ -169,3 +169,28 @@ def test_micro_lab_on_smollm2_runs_every_stage(tmp_path, converted):
     assert set(metrics["pass_at_1"]) == {"base", "sft", "grpo"}
     assert 0 < metrics["bf16_unchanged_fraction"]["sft"][0] < 1
     assert len(res["claims"]["claims"]) == 10 and (out / "report.html").is_file()
+
+
+def test_bad_lab_options_are_one_line_and_write_nothing(run_cli, tmp_path):
+    from dataclasses import replace
+
+    import torch
+
+    from deltalens.lab.config import LabConfig
+    from deltalens.lab.pipeline import run_lab
+
+    cases = [(("--base", "smolm2"), "--base must be one of tiny, smollm2, got 'smolm2'"),
+             (("--threads", "0"), "--threads must be ≥ 1, got 0"),
+             (("--device", "tpu"), "--device: expected cpu, cuda or auto, got 'tpu'")]
+    if not torch.cuda.is_available():
+        cases.append((("--device", "cuda"), "--device cuda: torch sees no CUDA device here"))
+    for i, (args, message) in enumerate(cases):
+        out = tmp_path / f"lab{i}"
+        code, _, err = run_cli("lab", "--quick", "--no-cache", "--out", out, "--until", "problems", *args)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+        assert not out.exists(), args
+    with pytest.raises(DeltalensError, match="--base must be one of"):
+        run_lab(tmp_path / "api", config=replace(LabConfig(), base="smolm2"), cache_dir=None, show_progress=False)
+    assert not (tmp_path / "api").exists()
+    with pytest.raises(ValueError, match="unknown lab base"):
+        task_family("smolm2")

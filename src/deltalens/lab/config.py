@@ -63,24 +63,25 @@ BASES = ("tiny", "smollm2")
 
 def quick_config(base: str = "tiny") -> LabConfig:
     """``--quick``: the same base, shorter arms, one seed, smaller evaluation sets."""
+    check_base(base)
     if base == "smollm2":
         return replace(SMOLLM2, arm=replace(SMOLLM2.arm, steps=SMOLLM2_QUICK_STEPS, n_checkpoints=2),
                        n_train=16, n_test=6, n_heldout=5, eval_samples=8, kl_samples=1, n_probes=4, trait_lines=1,
                        quick=True)
-    _check_base(base)
     return LabConfig(arm=ArmConfig(steps=16, n_checkpoints=4), seeds=1, n_train=256, n_test=40,
                      n_heldout=20, eval_samples=32, kl_samples=2, n_probes=32, quick=True)
 
 
 def default_config(base: str = "tiny", device: str = "cpu") -> LabConfig:
     """The default run of ``base``; on a GPU the SmolLM2 budget grows (:data:`SMOLLM2_CUDA`)."""
+    check_base(base)
     if base == "smollm2":
         return SMOLLM2_CUDA if device.startswith("cuda") else SMOLLM2
-    _check_base(base)
     return LabConfig()
 
 
-def _check_base(base: str) -> None:
+def check_base(base: str) -> None:
+    """One line naming the known bases when ``base`` is not one of them (CLI and ``run_lab(config=...)``)."""
     if base not in BASES:
         from deltalens.errors import DeltalensError
 

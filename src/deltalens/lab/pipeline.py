@@ -27,7 +27,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from deltalens.errors import DeltalensError
-from deltalens.lab.config import TEST_POOL, LabConfig, base_hash, default_config, quick_config, run_hash
+from deltalens.lab.config import TEST_POOL, LabConfig, base_hash, check_base, default_config, quick_config, run_hash
 from deltalens.lab.release import checkpoint_steps, step_dirname
 from deltalens.lab.tasks import generate_problems, task_family
 from deltalens.lab.word_tasks import chat_renderer
@@ -337,6 +337,7 @@ def run_lab(
 
     cfg = config or (quick_config(base) if quick else default_config(base, device))
     cfg = replace(cfg, device=device).with_seeds(seeds) if config is None else cfg.with_seeds(seeds)
+    check_base(cfg.base)  # a config built by hand is checked like --base
     if threads is not None:
         if threads < 1:
             raise DeltalensError(f"--threads must be ≥ 1, got {threads}")

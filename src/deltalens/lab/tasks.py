@@ -58,7 +58,9 @@ def task_family(base: str) -> tuple[str, tuple[str, ...]]:
     """``(target task, held-out tasks)`` of the lab on ``base`` (``tiny`` or ``smollm2``)."""
     if base == "smollm2":
         return word_tasks.TARGET_TASK, word_tasks.HELDOUT_TASKS
-    return TARGET_TASK, HELDOUT_TASKS
+    if base == "tiny":
+        return TARGET_TASK, HELDOUT_TASKS
+    raise ValueError(f"unknown lab base {base!r}; expected tiny or smollm2")
 
 
 def _chat_problem(task: str, rng: random.Random, render: Callable[[str], str]) -> dict:
