@@ -128,3 +128,17 @@ def test_bad_input_is_one_line(folders, run_cli, case, expected):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("deltalens: error:") and expected in lines[0]
     assert not (out / "kernel.json").exists()
+
+
+def test_trajectory_with_traits_matches_the_pair_run(folders):
+    """One trajectory call yields run_kernel's base-vs-last comparison and trait block exactly (the
+    lab now makes only this call, so each kernel is computed once)."""
+    from deltalens.kernel.run import run_kernel, run_trajectory
+
+    root, (base, tuned, last), probes = folders
+    suite = [{"task": t, "prompt": f"{t} {i}:", "completion": str(i)} for t in ("a", "b") for i in range(2)]
+    pair, pair_arrays = run_kernel(base, last, probes, traits=suite)
+    traj, traj_arrays = run_trajectory([base, tuned, last], probes, traits=suite)
+    assert traj["comparison"] == pair["comparison"] and traj["traits"] == pair["traits"]
+    for name in ("base", "tuned", "traits_base", "traits_tuned"):
+        assert torch.equal(traj_arrays[name], pair_arrays[name]), name

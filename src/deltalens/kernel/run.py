@@ -198,19 +198,25 @@ def run_trajectory(
     *,
     out=None,
     tokenizer=None,
+    traits=None,
     progress: Progress | None = None,
     **options,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Kernel of the base (``models[0]``) and of each checkpoint; every checkpoint vs base and vs previous."""
+    """Kernel of the base (``models[0]``) and of each checkpoint; every checkpoint vs base and vs previous.
+
+    The report also holds :func:`run_kernel`'s fields for base vs the last checkpoint (and, with
+    ``traits``, its trait block), so one call serves both without computing those kernels twice.
+    """
     if len(models) < 2:
         raise DeltalensError("--trajectory: give the base and at least one checkpoint")
     opts = KernelOptions(**options)
     device, top_r, options = opts.device, opts.top_r, opts.ntk()
     output_fn = output_function(opts.output)
     lines, what = _read_lines(probes, "probes")
-    model, tok = load_model(models[0], device=device, tokenizer=tokenizer)
-    batch = _encode(tok, model, lines, what)
-    results = [_kernel(model, output_fn, batch, "base kernel", progress, **options)]
+    model0, tok = load_model(models[0], device=device, tokenizer=tokenizer)
+    batch = _encode(tok, model0, lines, what)
+    suite = _encode_suite(tok, model0, traits) if traits is not None else None  # bad input fails before any work
+    results = [_kernel(model0, output_fn, batch, "base kernel", progress, **options)]
     names = []
     for i, source in enumerate(models[1:], 1):
         model, _ = load_model(source, device=device, tokenizer=tok)
@@ -223,6 +229,10 @@ def run_trajectory(
     report["trajectory"] = kernel_trajectory(results[0].matrix, [r.matrix for r in results[1:]], names, top_r)
     arrays = {"base": results[0].matrix, "tuned": results[-1].matrix}
     arrays.update({f"checkpoint_{i}": r.matrix for i, r in enumerate(results[1:], 1)})
+    if suite is not None:
+        block, trait_arrays = _traits(model0, model, suite, progress, top_r, options)
+        report["traits"] = block
+        arrays.update(trait_arrays)
     if out is not None:
         write_kernel_outputs(out, report, arrays)
     return report, arrays

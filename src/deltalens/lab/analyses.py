@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from deltalens.lab.tasks import extract_answer
+from deltalens.errors import DeltalensError
 from deltalens.results import write_json
 
 EVAL_SEED = 1234  # one sampling seed for every model: common random numbers across arms
@@ -165,11 +166,12 @@ def kernel_probes(run) -> list[dict]:
 
 
 def kernel_analysis(run) -> dict:
-    """SPEC §6 on the float32 masters: exact eNTK of the completion log-likelihood on the probes,
-    base vs each arm's final master, the trait kernel over the target and held-out tasks, and the
-    trajectory over the arm's saved checkpoints. kernel_rescale_share: the comparison's
-    ``rescale_share``."""
-    from deltalens.kernel.run import run_kernel, run_trajectory, write_kernel_outputs
+    """SPEC §6 on the float32 masters: the eNTK of the completion log-likelihood on the probes
+    (exact, or sketched per ``cfg.kernel_mode``), base vs each arm's final master, the trait
+    kernel over the target and held-out tasks, and the trajectory over the arm's saved
+    checkpoints, all from one :func:`run_trajectory` call (each kernel computed once).
+    kernel_rescale_share: the comparison's ``rescale_share``."""
+    from deltalens.kernel.run import run_trajectory, write_kernel_outputs
 
     probes = kernel_probes(run)
     per_task: dict[str, list[dict]] = {}
@@ -180,12 +182,11 @@ def kernel_analysis(run) -> dict:
     numbers: dict = {}
     task_id = run.task("kernel: eNTK, traits, trajectory", len(arm_seeds(run)))
     for arm, seed in arm_seeds(run):
-        mode = dict(mode=run.cfg.kernel_mode, dim=run.cfg.kernel_dim, device=run.cfg.device)
-        report, arrays = run_kernel(run.base_master, run.final_master(arm, seed), probes, tokenizer=run.tokenizer,
-                                    traits=suite, **mode)
         steps = run.checkpoints(arm, seed, masters=True)
-        traj, _ = run_trajectory([run.base_master, *steps], probes, tokenizer=run.tokenizer, **mode)
-        report["trajectory"] = traj["trajectory"]
+        if not steps or steps[-1] != run.final_master(arm, seed):
+            raise DeltalensError(f"{run.arm_dir(arm, seed)}: the final master is missing; re-run the arm")
+        report, arrays = run_trajectory([run.base_master, *steps], probes, tokenizer=run.tokenizer, traits=suite,
+                                        mode=run.cfg.kernel_mode, dim=run.cfg.kernel_dim, device=run.cfg.device)
         write_kernel_outputs(analysis_dir(run, arm, seed), report, arrays)
         _append(numbers, "kernel_rescale_share", arm, report["comparison"]["rescale_share"])
         run.advance(task_id)
