@@ -139,27 +139,13 @@ def run_kernel(
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Kernels of base and tuned on the probes, their comparison, and optionally the trait kernels.
 
-    ``options``: the fields of :class:`KernelOptions`.
+    ``options``: the fields of :class:`KernelOptions`. The two-model case of :func:`run_trajectory`
+    without its per-checkpoint fields.
     """
-    opts = KernelOptions(**options)
-    device, top_r, options = opts.device, opts.top_r, opts.ntk()
-    output_fn = output_function(opts.output)
-    lines, what = _read_lines(probes, "probes")
-    model0, tok = load_model(base, device=device, tokenizer=tokenizer)
-    batch = _encode(tok, model0, lines, what)
-    suite = _encode_suite(tok, model0, traits) if traits is not None else None  # bad input fails before any work
-    k0 = _kernel(model0, output_fn, batch, "base kernel", progress, **options)
-    model1, _ = load_model(tuned, device=device, tokenizer=tok)
-    k1 = _kernel(model1, output_fn, batch, "tuned kernel", progress, **options)
-    report = _header(k0, len(lines), opts.output)
-    report.update(base=_side(k0, base), tuned=_side(k1, tuned))
-    report["comparison"] = compare_kernels(k0.matrix, k1.matrix, top_r)
-    report["error_estimate"] = max(k0.error_estimate, k1.error_estimate)
-    arrays = {"base": k0.matrix, "tuned": k1.matrix}
-    if suite is not None:
-        block, trait_arrays = _traits(model0, model1, suite, progress, top_r, options)
-        report["traits"] = block
-        arrays.update(trait_arrays)
+    report, arrays = run_trajectory([base, tuned], probes, tokenizer=tokenizer, traits=traits, progress=progress,
+                                    **options)
+    del report["trajectory"]
+    arrays = {k: v for k, v in arrays.items() if not k.startswith("checkpoint_")}
     if out is not None:
         write_kernel_outputs(out, report, arrays)
     return report, arrays
@@ -221,7 +207,8 @@ def run_trajectory(
     for i, source in enumerate(models[1:], 1):
         model, _ = load_model(source, device=device, tokenizer=tok)
         names.append(str(source) if isinstance(source, (str, Path)) else f"checkpoint_{i}")
-        results.append(_kernel(model, output_fn, batch, f"checkpoint {i}", progress, **options))
+        label = "tuned kernel" if len(models) == 2 else f"checkpoint {i}"
+        results.append(_kernel(model, output_fn, batch, label, progress, **options))
     report = _header(results[0], len(lines), opts.output)
     report.update(base=_side(results[0], models[0]), tuned=_side(results[-1], models[-1]))
     report["comparison"] = compare_kernels(results[0].matrix, results[-1].matrix, top_r)
