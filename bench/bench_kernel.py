@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--budget-mb", type=float, nargs="+", default=[2048.0, 256.0],
                         help="exact-mode memory budgets to run (each against the one recipe run)")
-    parser.add_argument("--chunk", type=int, default=16)
+    parser.add_argument("--chunk", type=int, default=64, help="empirical_ntk chunk_size (its default: 64)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--worker", choices=["exact", "recipe", "sketch"], default=None)

@@ -11,7 +11,7 @@ from models import TinyMLP, mlp_output
 from deltalens.errors import DeltalensError
 from deltalens.kernel import CountSketch, completion_logprob, empirical_ntk, encode_probes
 from deltalens.kernel import ntk
-from deltalens.kernel.ntk import sketch_error_estimate, symmetrize_upper, upper_gram
+from deltalens.kernel.ntk import add_chunk_gram, sketch_error_estimate, symmetrize_upper, upper_gram
 
 
 def reference_jacobian(model, output_fn, batch) -> torch.Tensor:
@@ -78,6 +78,23 @@ def test_upper_gram_against_numpy(block):
     r = np.random.default_rng(3).standard_normal((11, 40))
     part = torch.zeros(11, 11, dtype=torch.float64)
     upper_gram(torch.from_numpy(r), part, block)
+    np.testing.assert_allclose(symmetrize_upper(part).numpy(), r @ r.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sizes", [(11,), (4, 4, 3), (1, 5, 2, 3)])
+def test_chunk_gram_against_numpy(sizes):
+    """Chunk-pair products over per-tensor column blocks, then symmetrize, equal numpy's float64 R Rᵀ."""
+    import numpy as np
+
+    r = np.random.default_rng(4).standard_normal((11, 40))
+    cuts = (0, 7, 8, 25, 40)  # four parameter blocks of unequal width
+    part = torch.zeros(11, 11, dtype=torch.float64)
+    kept, start = [], 0
+    for size in sizes:
+        rows = torch.from_numpy(r[start : start + size])
+        kept.append((slice(start, start + size), [rows[:, a:b] for a, b in zip(cuts, cuts[1:])]))
+        add_chunk_gram(part, kept)
+        start += size
     np.testing.assert_allclose(symmetrize_upper(part).numpy(), r @ r.T, rtol=1e-12, atol=1e-12)
 
 

@@ -83,7 +83,7 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed of the sketch's random p
 Output = Annotated[str, typer.Option("--output", help="Per-probe scalar: logprob (completion log-likelihood) | loss (mean token NLL).")]
 Device = Annotated[str, typer.Option("--device", help="cpu | cuda.")]
 Budget = Annotated[float, typer.Option("--memory-budget-mb", help="Bound on gradient buffers (exact mode sweeps parameters in groups that fit).")]
-Chunk = Annotated[int, typer.Option("--chunk-size", help="Examples per vmap chunk.")]
+Chunk = Annotated[int, typer.Option("--chunk-size", help="Examples per gradient chunk (vmap), capped by --memory-budget-mb; in exact mode also the block of the J Jᵀ product.")]
 
 
 def _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size) -> dict:
@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         output: Output = "logprob",
         device: Device = "cpu",
         memory_budget_mb: Budget = 512.0,
-        chunk_size: Chunk = 16,
+        chunk_size: Chunk = 64,
     ) -> None:
         """Empirical NTK of two checkpoints on probes, and whether the fine-tune rescaled or rotated it (SPEC §6)."""
         from deltalens.kernel.run import run_kernel, run_trajectory
@@ -154,7 +154,7 @@ def register(app: typer.Typer) -> None:
         output: Output = "logprob",
         device: Device = "cpu",
         memory_budget_mb: Budget = 512.0,
-        chunk_size: Chunk = 16,
+        chunk_size: Chunk = 64,
     ) -> None:
         """Share of a dataset's function-space push J·ḡ_D on the top-r kernel eigenvectors vs r/n (SPEC §6)."""
         from deltalens.kernel.run import run_align

@@ -70,7 +70,7 @@ def exact_rounding_estimate(n_params: int, dtype: torch.dtype) -> float:
 
 
 GRAM_BLOCK_ROWS = 64
-"""Rows of J contracted per step of :func:`add_upper_gram`. On the benchmark's 256 × 1M J (2 threads,
+"""Rows of the sketch (and of a spilled J slice) contracted per step of :func:`add_upper_gram`. On the benchmark's 256 × 1M J (2 threads,
 shared machine, 3 runs each) 64 took 0.81–1.27 s, 32 took 0.98–1.44 s, 128 took 0.90–1.38 s and
 one full J Jᵀ 1.12–1.63 s; on one thread 64 took 1.11–1.37 s against 1.40–1.77 s for J Jᵀ."""
 
@@ -84,6 +84,22 @@ def add_upper_gram(kernel: torch.Tensor, rows: torch.Tensor, start: int, stop: i
     after ``stop`` may still be unwritten. Complete K with :func:`symmetrize_upper`.
     """
     kernel[:stop, start:stop].addmm_(rows[:stop], rows[start:stop].T)
+
+
+def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list[torch.Tensor]]]) -> None:
+    """K[rows_j, rows_c] += Σ_b J_{j,b} J_{c,b}ᵀ for the last chunk c against every chunk j ≤ c (SPEC §6).
+
+    ``chunks`` holds the rows of J as the gradient pass produced them: (example slice, one
+    chunk × P_b block per parameter tensor b), never copied into one n × P matrix. Called after
+    each new chunk, it fills K's upper triangle (diagonal blocks in full) — a blocked SYRK whose
+    blocks are the chunks (5/8 of the multiply-adds of J Jᵀ for 4 equal chunks). Complete K with
+    :func:`symmetrize_upper`.
+    """
+    last, new_blocks = chunks[-1]
+    for index, blocks in chunks:
+        out = kernel[index, last]
+        for a, b in zip(blocks, new_blocks):
+            out.addmm_(a, b.T)
 
 
 def upper_gram(rows: torch.Tensor, kernel: torch.Tensor, block: int = GRAM_BLOCK_ROWS) -> None:
@@ -145,14 +161,6 @@ def pass_threads(requested: int | str | None, numels: dict[str, int]) -> int | N
     if requested is None or (isinstance(requested, int) and requested >= 1):
         return requested
     raise DeltalensError(f"gradient_threads: expected a positive integer, 'auto' or None, got {requested!r}")
-
-
-def _write_columns(rows: torch.Tensor, index: slice, grads: dict, names: list[str], numels: dict[str, int]) -> None:
-    """Write each block's per-example gradients into its columns of ``rows`` (no concatenated copy)."""
-    offset = 0
-    for k in names:
-        rows[index, offset : offset + numels[k]] = grads[k].reshape(grads[k].shape[0], -1)
-        offset += numels[k]
 
 
 def _exact_strategy(requested: str, jacobian_bytes: int, spill_dir: str | None) -> str:
@@ -219,7 +227,7 @@ def empirical_ntk(
     params: list[str] | None = None,
     vectors: dict[str, dict[str, torch.Tensor]] | None = None,
     memory_budget_mb: float = 512.0,
-    chunk_size: int = 16,
+    chunk_size: int = 64,
     method: str = "auto",
     exact_strategy: str = "auto",
     spill_dir: str | None = None,
@@ -234,9 +242,11 @@ def empirical_ntk(
     ``memory_budget_mb`` bounds the gradient buffers (J slices in exact mode, per-chunk
     gradients in both); ``exact_strategy`` (auto|spill|recompute) and ``spill_dir`` say how
     exact mode stays within it when J does not fit. ``gradient_threads`` is torch's intra-op
-    thread count for the per-example pass (gradients, copying them into J, sketching; ``None``:
-    the caller's; ``"auto"``: see :func:`pass_threads`). The J Jᵀ products, large GEMMs, run
-    with the caller's threads. ``progress(done, total)`` is called after each chunk.
+    thread count for the per-example pass (gradients, sketching; ``None``: the caller's;
+    ``"auto"``: see :func:`pass_threads`). The J Jᵀ products, large GEMMs, run with the caller's
+    threads. ``chunk_size`` examples go through one vmap (fewer when the budget says so); in
+    exact mode the chunks are also the blocks of J Jᵀ (:func:`add_chunk_gram`), so chunks much
+    smaller than 64 make small, slow products. ``progress(done, total)`` is called after each chunk.
     """
     named = trainable_parameters(model)
     if params is not None:
@@ -292,31 +302,33 @@ def empirical_ntk(
             # per-chunk gradients (chunk × P_g) take at most a quarter of the budget
             chunk = max(1, min(chunk_size, budget // max(1, 4 * group_numel * itemsize)))
             used = _pick_method(method, chunk)
-            if mode == "exact":
-                rows = torch.empty(n, group_numel, dtype=dtype, device=device)
-            else:
-                rows = torch.zeros(n, dim, dtype=dtype, device=device)
+            # exact: J's rows stay the per-chunk gradient blocks the pass returns (no n × P_g copy);
+            # sketch: the n × d sketched rows
+            kept: list[tuple[slice, list[torch.Tensor]]] = []
+            rows = None if mode == "exact" else torch.zeros(n, dim, dtype=dtype, device=device)
             part = torch.zeros(n, n, dtype=dtype, device=device)
-            contracted = 0  # rows [0, contracted) are in part's upper triangle
+            contracted = 0  # sketch: rows [0, contracted) are in part's upper triangle
             with intra_op_threads(gradient_threads):
                 for index, grads in per_example_gradients(model, output_fn, batch, names, chunk_size=chunk, method=used):
+                    add_jv(index, grads, names)
+                    # contract each new chunk (exact) or block of rows (sketch) against all rows before it
                     if mode == "exact":
-                        _write_columns(rows, index, grads, names, numels)
+                        kept.append((index, [grads[k].reshape(grads[k].shape[0], -1) for k in names]))
+                        with intra_op_threads(caller_threads):
+                            add_chunk_gram(part, kept)
                     else:
                         for k in names:
                             rows[index] += sketch.project(k, grads[k])
-                    add_jv(index, grads, names)
+                        if index.stop - contracted >= GRAM_BLOCK_ROWS or index.stop == n:
+                            with intra_op_threads(caller_threads):
+                                add_upper_gram(part, rows, contracted, index.stop)
+                            contracted = index.stop
                     del grads
-                    # contract each finished block of rows against all rows before it while the pass goes on
-                    if index.stop - contracted >= GRAM_BLOCK_ROWS or index.stop == n:
-                        with intra_op_threads(caller_threads):
-                            add_upper_gram(part, rows, contracted, index.stop)
-                        contracted = index.stop
                     done += index.stop - index.start
                     if progress is not None:
                         progress(done, passes * n)
             kernel += part.double()
-            del rows, part
+            del rows, part, kept
         kernel = symmetrize_upper(kernel)
 
     if mode == "exact":

@@ -44,7 +44,7 @@ class KernelOptions:
     output: str = "logprob"
     device: str | None = None
     memory_budget_mb: float = 512.0
-    chunk_size: int = 16
+    chunk_size: int = 64
 
     def ntk(self) -> dict:
         """The subset passed on to ``empirical_ntk``."""
