@@ -97,7 +97,7 @@ def fast_row(raw0, raw1, options):
     for the matrix groups up to 2²⁶ elements, the stored bf16 tensors above (the embedding)."""
     stats = stream_pair_stats(raw0, raw1, device=options.device)
     w0, w1 = matrix_operands(raw0, raw1, options.device)
-    ctx = MetricContext("bench", "bench", 0, raw0, raw1, w0, w1, options)
+    ctx = MetricContext.after_stream(stats, "bench", "bench", 0, raw0, raw1, w0, w1, options)
     row = dict(stats)
     row.update(compute_rank(w0, w1, ctx))
     row.update(compute_spectral(w0, w1, ctx))

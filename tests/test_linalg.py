@@ -130,7 +130,7 @@ def test_spectral_gap():
 # ----------------------------------------------------------------------------- randomized top-q
 
 
-from deltalens.linalg import chunked_rmatmul, ritz_subspace_iteration  # noqa: E402
+from deltalens.linalg import chunked_normal_matmul, chunked_rmatmul, ritz_subspace_iteration  # noqa: E402
 
 
 def test_chunked_products_with_difference(monkeypatch):
@@ -144,6 +144,10 @@ def test_chunked_products_with_difference(monkeypatch):
     np.testing.assert_allclose(chunked_matmul(t1, torch.from_numpy(x), minus=t0).numpy(), d @ x, atol=1e-12)
     np.testing.assert_allclose(chunked_rmatmul(t1, torch.from_numpy(y), minus=t0).numpy(), d.T @ y, atol=1e-12)
     np.testing.assert_allclose(chunked_rmatmul(t0, torch.from_numpy(y)).numpy(), w0.astype(np.float64).T @ y, atol=1e-10)
+    tx = torch.from_numpy(x)
+    for w, ref in ((chunked_normal_matmul(t1, tx, minus=t0), d), (chunked_normal_matmul(t0.double(), tx), w0.astype(np.float64))):
+        np.testing.assert_allclose(w[0].numpy(), ref @ x, atol=1e-12)  # one pass: (W X, WᵀW X)
+        np.testing.assert_allclose(w[1].numpy(), ref.T @ (ref @ x), atol=1e-10)
 
 
 def _operator(a):

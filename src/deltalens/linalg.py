@@ -138,6 +138,29 @@ def chunked_rmatmul(
     return out
 
 
+def chunked_normal_matmul(
+    w: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    device: str | torch.device = "cpu",
+    minus: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W X, Wᵀ W X) in one pass over row chunks of ``w`` (each chunk cast once, not once per
+    product), in x's dtype; with ``minus`` W is ``w − minus`` (see :func:`chunked_matmul`)."""
+    dev = torch.device(device)
+    x = x.to(dev)
+    if minus is None and w.dtype == x.dtype and w.device == dev:
+        y = w @ x
+        return y, w.T @ y
+    y = torch.empty(w.shape[0], x.shape[1], dtype=x.dtype, device=dev)
+    out = torch.zeros(w.shape[1], x.shape[1], dtype=x.dtype, device=dev)
+    for start, chunk in _row_chunks(w, minus, dev, x.dtype):
+        part = y[start : start + chunk.shape[0]]
+        torch.mm(chunk, x, out=part)
+        out.addmm_(chunk.T, part)
+    return y, out
+
+
 def _row_chunks(w: torch.Tensor, minus: torch.Tensor | None, dev: torch.device, dtype: torch.dtype):
     """(first row, chunk of w − minus or of w in ``dtype`` on ``dev``) over row chunks of ~32 MiB."""
     step = chunk_rows(w.shape[1])
@@ -282,6 +305,7 @@ def ritz_subspace_iteration(
     tol: float = 0.0,
     min_progress: float = 0.0,
     final_dtype: torch.dtype = torch.float64,
+    normal: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> RitzTriplets:
     """Top singular triplets of an operator A (m×n) by subspace iteration with Rayleigh–Ritz.  SPEC §3–§5.
 
@@ -296,9 +320,11 @@ def ritz_subspace_iteration(
     the relative residual of the (k+1)-th pair are ≤ ``tol`` (:meth:`RitzTriplets.convergence_error`), or
     (with ``min_progress`` > 0) once two iterations in a row fail to shrink that error estimate
     below (1 − min_progress) × its best value so far: a flat spectrum, or float32 rounding, then
-    leaves little to gain (the first iterations from a random start may go either way). One
-    more pass recomputes the Ritz triplets of that last span(Z) in ``final_dtype``, so the
-    residuals belong to the returned triplets. Convergence per iteration goes as (σ_{p+1}/σ_k)²: fast for a decaying spectrum,
+    leaves little to gain (the first iterations from a random start may go either way). When
+    ``final_dtype`` differs from the iterations' dtype, one more pass recomputes the Ritz
+    triplets of that last span(Z) in ``final_dtype``; otherwise the last iteration's are
+    returned. Either way the residuals belong to the returned triplets. ``normal(Z)`` =
+    (A Z, Aᵀ A Z) in one pass over A, if given, replaces the two passes of an iteration. Convergence per iteration goes as (σ_{p+1}/σ_k)²: fast for a decaying spectrum,
     slow for a flat one (and then the error estimate says so).
     """
     with lapack_one_thread(start):
@@ -307,8 +333,11 @@ def ritz_subspace_iteration(
     best, stalls = float("inf"), 0
     while True:
         it += 1
-        y = matmul(z)
-        x = rmatmul(y)
+        if normal is None:
+            y = matmul(z)
+            x = rmatmul(y)
+        else:
+            y, x = normal(z)
         with lapack_one_thread(x):
             sigma, w = _gram_ritz(y)
             res = x @ w / sigma.clamp_min(torch.finfo(sigma.dtype).tiny) - (z @ w) * sigma
@@ -319,11 +348,12 @@ def ritz_subspace_iteration(
             if it >= max_iter or error <= tol or (min_progress > 0 and stalls >= 2):
                 break
             z = _cholesky_qr(x)
-    with lapack_one_thread(z):
-        z = _cholesky_qr(z.to(final_dtype))
-    y = matmul(z)
-    with lapack_one_thread(y):
-        sigma, w = _gram_ritz(y)
+    if z.dtype != final_dtype:
+        with lapack_one_thread(z):
+            z = _cholesky_qr(z.to(final_dtype))
+        y = matmul(z)
+        with lapack_one_thread(y):
+            sigma, w = _gram_ritz(y)
     u = y @ w / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)
     f64 = torch.float64
     return RitzTriplets(u=u.to(f64), s=sigma.to(f64).cpu(), v=(z @ w).to(f64), residual=residual, iterations=it)

@@ -240,6 +240,13 @@ def test_rank_group_top_route(monkeypatch):
     for name in ("numerical_rank", "numerical_rank_fraction", "effective_rank", "energy_rank_90", "energy_rank_99"):
         assert out[name] is None
     assert out["rank_method"].startswith("power-top-float32")
+    # through the streaming pass's ‖Δ‖_F (as the driver does): the same measures, no pass of its own
+    from deltalens.weights.sparsity import stream_pair_stats
+
+    streamed = MetricContext.after_stream(stream_pair_stats(w0, w1), "t", "q", 0, w0, w1, w0, w1, make_options())
+    assert streamed.extra["delta_fro2"] == pytest.approx(np.sum(sig**2), rel=1e-6)
+    again = compute_rank(w0, w1, streamed)
+    assert again["stable_rank"] == pytest.approx(out["stable_rank"], rel=1e-6)
     row = compute_spectral(w0, w1, ctx)
     assert "given by the caller" in row["method"]["delta_spectral"]
     assert row["by_k"]["1"]["wedin_bound"] == pytest.approx(out["delta_spectral"] / row["by_k"]["1"]["gap_k"])

@@ -111,7 +111,7 @@ def compute_row(pair: TensorPair, t0, t1, options: DiffOptions) -> dict:
             w0 = w0.masked_fill(bad, 0.0)
             w1 = w1.masked_fill(bad, 0.0)
             row["nonfinite_zeroed_for"] = [g.name for g in runnable]
-        ctx = MetricContext(pair.name, pair.module, pair.layer, t0, t1, w0, w1, options)
+        ctx = MetricContext.after_stream(stats, pair.name, pair.module, pair.layer, t0, t1, w0, w1, options)
         for g in runnable:
             row.update(g.compute(w0, w1, ctx))
     return to_jsonable(row)

@@ -56,6 +56,16 @@ class MetricContext:
     options: object  # DiffOptions
     extra: dict = field(default_factory=dict)  # scratch shared by groups (e.g. an SVD of W0 computed once)
 
+    @classmethod
+    def after_stream(cls, stats: dict, *args) -> "MetricContext":
+        """The context of a tensor whose streaming pass (sparsity/size) gave ``stats``: its
+        ‖Δ‖_F² (over finite entries, where the matrix groups' zeroed operands agree) is kept in
+        ``extra["delta_fro2"]``, so a group needing it makes no pass of its own."""
+        ctx = cls(*args)
+        if stats.get("delta_fro") is not None:
+            ctx.extra["delta_fro2"] = stats["delta_fro"] ** 2
+        return ctx
+
     @cached_property
     def changed(self) -> torch.Tensor:
         """Bitwise update mask (SPEC §2), bool, on the options' device."""
@@ -106,7 +116,9 @@ def compute_rank(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict
         top = delta_top_singular_values(w0, w1, device=w0.device, delta=delta)
         sigma1 = float(top.s[0])
         ctx.extra["delta_spectral"] = sigma1  # the spectral group's Wedin bound reuses it
-        fro2 = float(torch.linalg.vector_norm(delta)) ** 2 if small else _delta_fro2(w0, w1)
+        fro2 = ctx.extra.get("delta_fro2")
+        if fro2 is None:
+            fro2 = float(torch.linalg.vector_norm(delta)) ** 2 if small else _delta_fro2(w0, w1)
         out = rank_mod.rank_measures_top(sigma1, fro2)
         out["numerical_rank_fraction"] = None
         out["rank_method"] = f"power-top-float32 ({top.s.numel()} columns, {top.iterations} iterations; σ1 only)"

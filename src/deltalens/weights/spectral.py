@@ -32,6 +32,7 @@ from deltalens.linalg import (
     RitzTriplets,
     chunk_rows,
     chunked_matmul,
+    chunked_normal_matmul,
     chunked_rmatmul,
     lapack_one_thread,
     eigh_descending,
@@ -244,11 +245,15 @@ def _frame_fast(a0: torch.Tensor, a1: torch.Tensor, k_max: int, k_v0: int, frame
     )
 
 
-def _operator(w: torch.Tensor, minus: torch.Tensor | None, dev, transpose: bool = False):
-    """(A X, Aᵀ Y) for A = w (or w − minus), or its transpose, by row chunks (no copy of w)."""
+def _operator(w: torch.Tensor, minus: torch.Tensor | None, dev, transpose: bool = False) -> dict:
+    """:func:`ritz_subspace_iteration`'s operator arguments for A = w (or w − minus), or its
+    transpose, by row chunks (no copy of w): ``matmul`` (A X), ``rmatmul`` (Aᵀ Y) and, for A = w
+    or w − minus, ``normal`` ((A X, AᵀA X) in one pass, each chunk cast once)."""
     mul = lambda x: chunked_matmul(w, x, device=dev, minus=minus)  # noqa: E731
     rmul = lambda y: chunked_rmatmul(w, y, device=dev, minus=minus)  # noqa: E731
-    return (rmul, mul) if transpose else (mul, rmul)
+    if transpose:  # (Aᵀ)ᵀAᵀ = A Aᵀ needs all of Aᵀ Y before A(·): no one-pass form over row chunks
+        return dict(matmul=rmul, rmatmul=mul)
+    return dict(matmul=mul, rmatmul=rmul, normal=lambda x: chunked_normal_matmul(w, x, device=dev, minus=minus))
 
 
 def delta_top_singular_values(
@@ -267,8 +272,8 @@ def delta_top_singular_values(
     side = min(m, n)
     width = min(DELTA_WIDTH, side)
     start = torch.randn(side, width, generator=torch.Generator().manual_seed(1)).to(dev)
-    mul, rmul = _operator(w1, w0, dev, transpose) if delta is None else _operator(delta, None, dev, transpose)
-    return ritz_subspace_iteration(mul, rmul, start, max_iter=DELTA_ITER, k=1, tol=1e-3, final_dtype=torch.float32)
+    op = _operator(w1, w0, dev, transpose) if delta is None else _operator(delta, None, dev, transpose)
+    return ritz_subspace_iteration(start=start, max_iter=DELTA_ITER, k=1, tol=1e-3, final_dtype=torch.float32, **op)
 
 
 def _delta_frame_products(a0, a1, u: torch.Tensor, v: torch.Tensor, dev) -> tuple:
@@ -305,8 +310,8 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
     # float32 throughout: NSS and diag(UᵀΔV) take their precision from the Δ products, not from
     # W0V0 and W1V1, whose rounding is shared by both sides of each difference (see _common_ritz_values)
     stop = dict(max_iter=max_iter, k=k_max, tol=tol, min_progress=MIN_PROGRESS, final_dtype=torch.float32)
-    r0 = ritz_subspace_iteration(*_operator(a0, None, dev), start, **stop)
-    r1 = ritz_subspace_iteration(*_operator(a1, None, dev), r0.v.to(torch.float32), **stop)
+    r0 = ritz_subspace_iteration(start=start, **_operator(a0, None, dev), **stop)
+    r1 = ritz_subspace_iteration(start=r0.v.to(torch.float32), **_operator(a1, None, dev), **stop)
     u0, v0 = r0.u[:, :q], r0.v[:, :q]
     out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
     dv, dtu, delta_fro2 = _delta_frame_products(a0, a1, u0, torch.cat([r0.v, r1.v], 1), dev)
