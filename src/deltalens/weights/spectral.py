@@ -297,8 +297,8 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
 
     Subspace iteration with Rayleigh–Ritz (:func:`deltalens.linalg.ritz_subspace_iteration`) on
     p = q + OVERSAMPLE columns: W0 from a seeded Gaussian start, W1 warm-started from W0's right
-    subspace (an RL update rotates it by little, so W1 needs few iterations), float32 passes. One
-    float32 pass over Δ gives Δ[V0 V1], ΔᵀU_q and ‖Δ‖²_F (float64 sum); a block power iteration
+    subspace (an RL update rotates it by little, so W1 needs few iterations), float32 iterations of
+    one pass over the matrix each. One float32 pass over Δ gives Δ[V0 V1], ΔᵀU_q and ‖Δ‖²_F (float64 sum); a block power iteration
     gives ‖Δ‖₂ (unless given). Only the top q singular values and the first q diagonal entries of
     UᵀΔV exist here, so NSS and rescale_share are top-q quantities (NSS from Ritz values of both
     matrices in one common subspace, :func:`_common_ritz_values`).
@@ -321,8 +321,7 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
         out.update(diag_d=torch.diagonal(cross).cpu(), row_energy=dtu.square().sum(0).cpu(),
                    col_energy=dvq.square().sum(0).cpu(), cross=cross.cpu())
         del dvq
-    with lapack_one_thread(dv):
-        nss_pair = tuple(s[:q] for s in _common_ritz_values(r0, r1, dv[:, :p], dv[:, p:]))
+    nss_pair = tuple(s[:q] for s in _common_ritz_values(r0, r1, dv[:, :p], dv[:, p:]))
     if delta_spectral is None:
         rd = delta_top_singular_values(a0, a1, device=dev)
         delta_spectral = float(rd.s[0])
@@ -363,19 +362,23 @@ def _common_ritz_values(r0: RitzTriplets, r1: RitzTriplets, dv0: torch.Tensor, d
     for a small update), and σ(W Q) from the Gram of W Q.
     """
     v = torch.cat([r0.v, r1.v], 1)
-    lam, e = torch.linalg.eigh(v.T @ v)
+    with lapack_one_thread(v):
+        lam, e = torch.linalg.eigh(v.T @ v)
     keep = lam > 1e-10 * lam.max()
     t = e[:, keep] / lam[keep].sqrt()
-    y00 = r0.u * r0.s.to(r0.u.device)
-    y11 = r1.u * r1.s.to(r1.u.device)
-    out = []
-    for side in (0, 1):  # W0 [V0 V1] = [y00, y11 − ΔV1]; W1 [V0 V1] = [y00 + ΔV0, y11]
-        a = y00 if side == 0 else y00 + dv0.double()
-        b = y11 - dv1.double() if side == 0 else y11
-        g = torch.cat([torch.cat([a.T @ a, a.T @ b], 1), torch.cat([b.T @ a, b.T @ b], 1)], 0)
-        del a, b
-        out.append(torch.linalg.eigvalsh(t.T @ g @ t).flip(0).clamp_min(0.0).sqrt().cpu())
-    return tuple(out)
+    s0, s1 = r0.s.to(r0.u.device), r1.s.to(r1.u.device)
+    width = r0.u.shape[1] + r1.u.shape[1]
+    grams = [torch.zeros(width, width, dtype=torch.float64, device=r0.u.device) for _ in range(2)]
+    step = chunk_rows(2 * width)  # float64 row chunks: no m × 2p copies (hundreds of MB for an embedding)
+    for start in range(0, r0.u.shape[0], step):
+        rows = slice(start, start + step)
+        y00, y11 = r0.u[rows] * s0, r1.u[rows] * s1
+        for side, g in enumerate(grams):  # W0 [V0 V1] = [y00, y11 − ΔV1]; W1 [V0 V1] = [y00 + ΔV0, y11]
+            wq = torch.cat([y00, y11 - dv1[rows]] if side == 0 else [y00 + dv0[rows], y11], 1)
+            g.addmm_(wq.T, wq)
+        del y00, y11, wq
+    with lapack_one_thread(t):
+        return tuple(torch.linalg.eigvalsh(t.T @ g @ t).flip(0).clamp_min(0.0).sqrt().cpu() for g in grams)
 
 
 # ----------------------------------------------------------------------------- overlap (§5)
