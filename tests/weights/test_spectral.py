@@ -191,6 +191,12 @@ def test_randomized_fast_agrees_with_exact(shape, seed, scale, monkeypatch):
     ks = (2, 8, 0.05)
     fast = spectral_metrics(w0, w1, top_k=ks)
     ex = spectral_metrics(w0, w1, top_k=ks, exact=True)
+    given = spectral_metrics(w0, w1, top_k=ks, delta=w1 - w0)  # Δ read, not formed chunk by chunk: same numbers
+    assert given["nss"] == pytest.approx(fast["nss"], rel=1e-6)
+    assert given["rescale_share"] == pytest.approx(fast["rescale_share"], rel=1e-5)
+    np.testing.assert_allclose(given["by_k"]["8"]["angles_left_deg"], fast["by_k"]["8"]["angles_left_deg"], atol=1e-6)
+    with pytest.raises(DeltalensError, match="delta must have the pair's shape"):
+        spectral_metrics(w0, w1, delta=(w1 - w0).T)
     q = 64
     assert fast["method"]["route"] == f"top-{q}" and ex["method"]["route"] == "full"
     assert fast["nss_scope"] == fast["rescale_scope"] == f"top-{q}"

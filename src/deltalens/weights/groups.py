@@ -185,7 +185,8 @@ def compute_spectral(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> 
     wanted = tuple(g for g in SPECTRAL_GROUPS if g in ctx.options.metrics)
     out = spectral_metrics(w0, w1, top_k=ctx.options.top_k, exact=ctx.options.exact,
                            device=ctx.options.device, changed=ctx.changed, groups=wanted,
-                           delta_spectral=ctx.extra.get("delta_spectral"))
+                           delta_spectral=ctx.extra.get("delta_spectral"),
+                           delta=ctx.delta if w0.numel() <= FLOAT32_COPY_MAX else None)
     ctx.extra["spectral"] = True
     if "spectral" in wanted and out["by_k"]:
         first = out["by_k"][min(out["by_k"], key=int)]

@@ -276,23 +276,28 @@ def delta_top_singular_values(
     return ritz_subspace_iteration(start=start, max_iter=DELTA_ITER, k=1, tol=1e-3, final_dtype=torch.float32, **op)
 
 
-def _delta_frame_products(a0, a1, u: torch.Tensor, v: torch.Tensor, dev) -> tuple:
+def _delta_frame_products(a0, a1, u: torch.Tensor, v: torch.Tensor, dev, delta: torch.Tensor | None = None) -> tuple:
     """One pass over row chunks of Δ (float32 products, chunk norms summed in float64): (ΔV m×q, ΔᵀU n×q, ‖Δ‖²_F);
-    the products stay float32 (an m×q float64 copy of the embedding's would be hundreds of MB)."""
+    the products stay float32 (an m×q float64 copy of the embedding's would be hundreds of MB).
+    Δ's rows are formed chunk by chunk from a1 − a0, or read from ``delta`` when the caller has it."""
     vf, uf = v.to(device=dev, dtype=torch.float32), u.to(device=dev, dtype=torch.float32)
     dv = torch.empty(a0.shape[0], v.shape[1], dtype=torch.float32, device=dev)
     dtu = torch.zeros(a0.shape[1], u.shape[1], dtype=torch.float32, device=dev)
     fro2 = 0.0
     step = chunk_rows(a0.shape[1])
     for start in range(0, a0.shape[0], step):
-        d = a1[start : start + step].to(device=dev, dtype=torch.float32) - a0[start : start + step].to(device=dev, dtype=torch.float32)
+        if delta is not None:
+            d = delta[start : start + step].to(device=dev, dtype=torch.float32)
+        else:
+            d = a1[start : start + step].to(device=dev, dtype=torch.float32) - a0[start : start + step].to(device=dev, dtype=torch.float32)
         dv[start : start + step] = d @ vf
         dtu.addmm_(d.T, uf[start : start + step])
         fro2 += float(torch.linalg.vector_norm(d)) ** 2  # float32 per chunk, chunks summed in float64
     return dv, dtu.double(), fro2
 
 
-def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, delta_spectral: float | None) -> _Frame:
+def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, delta_spectral: float | None,
+                delta: torch.Tensor | None = None) -> _Frame:
     """Randomized top-q frame (default fast mode for min(m, n) > FULL_FRAME_MAX).
 
     Subspace iteration with Rayleigh–Ritz (:func:`deltalens.linalg.ritz_subspace_iteration`) on
@@ -314,7 +319,7 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
     r1 = ritz_subspace_iteration(start=r0.v.to(torch.float32), **_operator(a1, None, dev), **stop)
     u0, v0 = r0.u[:, :q], r0.v[:, :q]
     out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
-    dv, dtu, delta_fro2 = _delta_frame_products(a0, a1, u0, torch.cat([r0.v, r1.v], 1), dev)
+    dv, dtu, delta_fro2 = _delta_frame_products(a0, a1, u0, torch.cat([r0.v, r1.v], 1), dev, delta)
     if frame:
         dvq = dv[:, :q].double()
         cross = u0.T @ dvq
@@ -323,7 +328,7 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
         del dvq
     nss_pair = tuple(s[:q] for s in _common_ritz_values(r0, r1, dv[:, :p], dv[:, p:]))
     if delta_spectral is None:
-        rd = delta_top_singular_values(a0, a1, device=dev)
+        rd = delta_top_singular_values(a0, a1, device=dev, delta=delta)
         delta_spectral = float(rd.s[0])
         spec_how = (f"block power iteration on Δ ({rd.s.numel()} columns, {rd.iterations} iterations; Ritz value, a lower "
                     f"bound on ‖Δ‖₂, residual {float(rd.residual[0]):.2g})")
@@ -527,6 +532,7 @@ def spectral_metrics(
     full_max: int | None = None,
     max_iter: int | None = None,
     delta_spectral: float | None = None,
+    delta: torch.Tensor | None = None,
 ) -> dict:
     """SPEC §4 (group ``spectral``) and §5 (group ``frame``) for one m×n weight pair.
 
@@ -542,6 +548,8 @@ def spectral_metrics(
     ``top-q``, ``rescale_baseline`` is q/(mn), ``rescale_share_upper`` bounds the full-frame value)
     and each ``by_k`` entry has ``angle_error_deg``, the estimated error of its angles.
     ``delta_spectral``: a known ‖Δ‖₂ (saves the power iteration on Δ in the top-q route).
+    ``delta``: Δ = w1 − w0 in at least float32, when the caller has it (the top-q route then reads
+    it instead of subtracting chunk by chunk).
 
     Returns ``by_k`` {str(k): angles (left = row side, right = column side, degrees), gap_k,
     wedin_bound, gap_limited, block_shares}, ``nss``, ``nss_scope``, ``rescale_share``,
@@ -550,6 +558,8 @@ def spectral_metrics(
     """
     groups = tuple(groups)
     _check_inputs(w0, w1, changed, groups)
+    if delta is not None and tuple(delta.shape) != tuple(w0.shape):
+        raise DeltalensError(f"delta must have the pair's shape {tuple(w0.shape)}, got {tuple(delta.shape)}")
     if not 0.0 < overlap_alpha < 1.0 or overlap_k < 1:
         raise DeltalensError(f"overlap needs k >= 1 and 0 < alpha < 1, got k={overlap_k}, alpha={overlap_alpha}")
     max_iter = MAX_ITER if max_iter is None else max_iter
@@ -576,7 +586,7 @@ def spectral_metrics(
         fr = _frame_fast(a0, a1, k_max, k_v0, want_frame, dev)
     else:
         fr = _frame_topq(a0, a1, k_max, max(k_max, k_ov), want_frame, dev, max_iter=max_iter,
-                         delta_spectral=delta_spectral)
+                         delta_spectral=delta_spectral, delta=None if delta is None else (delta.T if transposed else delta))
     scope = "full" if fr.scope is None else f"top-{fr.scope}"
 
     by_k: dict[str, dict] = {str(k): {} for k in ks}
