@@ -55,7 +55,7 @@ MIN_PROGRESS = 0.1  # ... or once two iterations in a row improve on its best by
 DELTA_WIDTH, DELTA_ITER = 8, 2  # block power iteration on Δ for ‖Δ‖₂
 SELECT_SAMPLE = (16, 1 << 16, 1 << 21)  # overlaps: the bracket's sample, 1/16 of the entries within these bounds
 SELECT_Z = 5.0  # ... its half-width in standard errors of the sample's boundary fraction
-SELECT_CANDIDATES = (32, 1 << 24)  # ... at most 1/32 of the entries (or 2^16 if more; 2^24 at most) inside it
+SELECT_CANDIDATES = (32, 1 << 16, 1 << 24)  # ... at most 1/32 of the entries kept inside it, within these bounds
 
 
 # ----------------------------------------------------------------------------- choosing k
@@ -558,7 +558,8 @@ def _count_selected(
     sample = rows((2 * torch.arange(r, device=mask.device) + 1) * m // (2 * r), torch.empty(r, n, device=mask.device))
     lo, hi = _selection_bracket(sample, m * n, count, largest)
     del sample
-    cap = min(SELECT_CANDIDATES[1], max(lo_s, m * n // SELECT_CANDIDATES[0]))
+    part, floor, ceiling = SELECT_CANDIDATES
+    cap = min(ceiling, max(floor, m * n // part))
     hits = _count_selected_in_bracket(chunks, count, largest, lo, hi, cap)
     if hits is not None:
         return hits
