@@ -379,13 +379,16 @@ SELECT_PATHS = ["one-chunk", "bracket", "radix"]
 def _select_path(monkeypatch, path, chunk_elements):
     """Steer the overlap selection: "one-chunk" (defaults: the whole matrix is one chunk and the
     sample), "bracket" (``chunk_elements`` per chunk, a strided sample of 1/16 of the rows) or
-    "radix" (no room for candidates: every selection falls back to the radix select). Off the
-    defaults, the candidates are capped at 1/8 of the entries (no floor)."""
+    "radix" (no room for candidates: every selection falls back to the radix select) or
+    "torch-ops" (as "bracket", with torch's elementwise ops instead of numpy's, as on a GPU). Off
+    the defaults, the candidates are capped at 1/8 of the entries (no floor)."""
     if path == "one-chunk":
         return
     monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", chunk_elements)
     monkeypatch.setattr(spectral, "SELECT_SAMPLE", (16, 1, 1 << 21))
     monkeypatch.setattr(spectral, "SELECT_CANDIDATES", (8, 1, 0 if path == "radix" else 1 << 24))
+    if path == "torch-ops":
+        monkeypatch.setattr(spectral, "_on_host", lambda t: False)
 
 
 @pytest.mark.parametrize("path", SELECT_PATHS)
@@ -502,7 +505,7 @@ def _select_data(kind, m, n, rng):
     return x.astype(np.float32)
 
 
-@pytest.mark.parametrize("path", SELECT_PATHS)
+@pytest.mark.parametrize("path", SELECT_PATHS + ["torch-ops"])
 @pytest.mark.parametrize("kind", ["random", "bf16", "zeros", "adversarial"])
 def test_count_selected_matches_stable_sort(kind, path, monkeypatch):
     """The selection behind both overlaps against a numpy stable argsort, for count = 1, 5 %, and
@@ -526,11 +529,11 @@ def test_count_selected_matches_stable_sort(kind, path, monkeypatch):
             assert got == _stable_hits(x.ravel(), mask.ravel(), count, largest), (count, largest)
             if path == "radix":
                 assert fallbacks
-            elif path == "bracket" and kind == "random":
+            elif path in ("bracket", "torch-ops") and kind == "random":
                 assert not fallbacks
-            elif path == "bracket" and kind == "adversarial" and 1 < count < x.size:  # the sample lies
+            elif path in ("bracket", "torch-ops") and kind == "adversarial" and 1 < count < x.size:  # the sample lies
                 assert fallbacks
-            elif path == "bracket" and kind == "zeros" and 1 < count < x.size and not largest:  # 30 % ties
+            elif path in ("bracket", "torch-ops") and kind == "zeros" and 1 < count < x.size and not largest:  # 30 % ties
                 assert fallbacks
     # the bracket itself: a sample of the rows brackets the true boundary of random data
     count = math.ceil(0.05 * x.size)

@@ -425,16 +425,38 @@ def _count_selected_in_mask(
     return hits
 
 
-def _abs_into(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out = |src| (float32, same shape; src may be out itself). On CPU numpy does it in one
-    pass from a float32 source (as fast as torch on one thread, and with no thread-pool barrier
-    to stall on when the cores are shared: torch's two-thread abs_ measured 8x slower there)."""
-    if out.device.type == "cpu" and src.dtype == torch.float32:
-        import numpy as np
+def _on_host(t: torch.Tensor) -> bool:
+    """Whether the overlap selection works on ``t`` (a CPU tensor) with numpy rather than torch:
+    numpy's compares and extraction measured 3-4x torch's on one thread, its abs as fast, and it
+    has no thread-pool barrier to stall on when the cores are shared (torch's two-thread abs_
+    measured 8x slower there)."""
+    return t.device.type == "cpu"
 
-        np.abs(src.numpy(), out=out.numpy())
-        return out
-    return out.copy_(src).abs_()  # (a no-op copy when src is out)
+
+def _abs_into(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = |src| (float32, same shape; src may be out itself), in one pass where numpy can."""
+    if not _on_host(out):
+        return out.copy_(src).abs_()  # (a no-op copy when src is out)
+    import numpy as np
+
+    if src.dtype != torch.float32:  # bf16/fp16: torch casts, numpy takes the abs in place
+        src = out.copy_(src)
+    np.abs(src.numpy(), out=out.numpy())
+    return out
+
+
+def _chunk_ops(host: bool) -> dict:
+    """The elementwise operations of :func:`_count_selected_in_bracket`, from numpy or torch (same
+    calling convention: ``op(a, b, out=buffer)``)."""
+    import numpy as np
+
+    if host:
+        return dict(gt=np.greater, ge=np.greater_equal, lt=np.less, le=np.less_equal, and_=np.bitwise_and,
+                    xor=np.bitwise_xor, nnz=np.count_nonzero, where=np.flatnonzero, to_host=lambda a: a,
+                    bools=lambda size, like: np.empty(size, dtype=bool))
+    return dict(gt=torch.gt, ge=torch.ge, lt=torch.lt, le=torch.le, and_=torch.bitwise_and, xor=torch.bitwise_xor,
+                nnz=torch.count_nonzero, where=lambda a: torch.nonzero(a).flatten(), to_host=lambda a: a.cpu().numpy(),
+                bools=lambda size, like: torch.empty(size, dtype=torch.bool, device=like.device))
 
 
 def _count_selected_in_memory(vals, mask, count: int, largest: bool) -> int:
@@ -496,35 +518,41 @@ def _count_selected_in_bracket(
     values beyond number b ≤ count ≤ b + |candidates|, S is those b plus the ``count − b``
     largest (smallest) candidates, ties in position order (:func:`_count_selected_in_memory` on
     the candidates), the same set as a stable sort of everything gives. Memory: one chunk and
-    the candidates (5 bytes each, at most ``cap``). On CPU the chunk is handled by numpy (its
-    compares and extraction measured 3-4x torch's, with no thread-pool barriers)."""
+    the candidates (5 bytes each, at most ``cap``). Numpy or torch ops (:func:`_on_host`)."""
     import numpy as np
-
-    def nnz(a) -> int:
-        return int(np.count_nonzero(a) if isinstance(a, np.ndarray) else torch.count_nonzero(a))
-
-    def host(a):
-        return a if isinstance(a, np.ndarray) else a.cpu().numpy()
 
     beyond = hits = kept = 0
     cand_vals, cand_mask = [], []
+    ops = None
     for vals, mask in chunks():
-        if vals.device.type == "cpu":
+        if ops is None:  # two bool buffers of a chunk's size, reused (fresh ones fault their pages in)
+            host = _on_host(vals)
+            ops = _chunk_ops(host)
+            out_buf, band_buf = ops["bools"](len(vals), vals), ops["bools"](len(vals), vals)
+        if host:
             vals, mask = vals.numpy(), mask.numpy()
-        out = vals > hi if largest else vals < lo
-        b = nnz(out)
+        size = len(vals)
+        out, band = out_buf[:size], band_buf[:size]
+        if largest:
+            ops["gt"](vals, hi, out=out)
+        else:
+            ops["lt"](vals, lo, out=out)
+        b = int(ops["nnz"](out))
         if b:
             beyond += b
             if beyond > count:  # the boundary is beyond the bracket
                 return None
-            hits += nnz(out & mask)
-        band = (vals >= lo if largest else vals <= hi) ^ out  # lo <= value <= hi (out lies inside)
-        idx = np.flatnonzero(band) if isinstance(band, np.ndarray) else torch.nonzero(band).flatten()
+            hits += int(ops["nnz"](ops["and_"](out, mask, out=band)))
+        if largest:
+            ops["ge"](vals, lo, out=band)
+        else:
+            ops["le"](vals, hi, out=band)
+        idx = ops["where"](ops["xor"](band, out, out=band))  # lo <= value <= hi (out lies inside)
         kept += len(idx)
         if kept > cap:  # too many candidates (a mass of ties, or a wide bracket)
             return None
-        cand_vals.append(host(vals[idx]))
-        cand_mask.append(host(mask[idx]))
+        cand_vals.append(ops["to_host"](vals[idx]))
+        cand_mask.append(ops["to_host"](mask[idx]))
     if beyond + kept < count:  # the boundary is short of the bracket
         return None
     if count == beyond:
