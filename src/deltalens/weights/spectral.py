@@ -53,7 +53,7 @@ MAX_ITER = 6  # power iterations per matrix (W0 cold, W1 warm-started), fewer wh
 TOL_DEG = 0.01  # stop iterating once the estimated top-k subspace error is below this angle
 MIN_PROGRESS = 0.1  # ... or once two iterations in a row improve on its best by < 10 % (0: never)
 DELTA_WIDTH, DELTA_ITER = 8, 2  # block power iteration on Δ for ‖Δ‖₂
-SELECT_SAMPLE = (16, 1 << 16, 1 << 21)  # overlaps: the bracket's sample, 1/16 of the entries within these bounds
+SELECT_SAMPLE = (32, 1 << 16, 1 << 21)  # overlaps: the bracket's sample, 1/32 of the entries within these bounds
 SELECT_Z = 5.0  # ... its half-width in standard errors of the sample's boundary fraction
 SELECT_CANDIDATES = (32, 1 << 16, 1 << 24)  # ... at most 1/32 of the entries kept inside it, within these bounds
 
@@ -566,7 +566,7 @@ def _count_selected(
     """Exact |S ∩ M|, S = the ``count`` largest (smallest) entries of the m×n non-negative float32
     matrix whose rows ``rows(index, out)`` writes into the float32 buffer ``out`` (ties in
     position order). One pass over row chunks inside a bracket estimated from a strided sample
-    of 1/16 of the rows (:func:`_selection_bracket`, :func:`_count_selected_in_bracket`); when the
+    of 1/32 of the rows (:func:`_selection_bracket`, :func:`_count_selected_in_bracket`); when the
     sample missed or the bracket held too many values, the three-pass radix select
     (:func:`_count_selected_in_mask`). One chunk buffer is reused throughout (a fresh 16 MB
     buffer per chunk costs its page faults every time)."""
