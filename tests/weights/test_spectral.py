@@ -10,6 +10,7 @@ import scipy.linalg
 import torch
 
 import deltalens.linalg as linalg
+import deltalens.weights.spectral as spectral
 from deltalens.errors import DeltalensError
 from deltalens.weights.spectral import default_k, resolve_k, spectral_metrics
 
@@ -385,14 +386,29 @@ def _overlap_reference(w0, mask, k, alpha):
     return princ, low, (princ & mflat).sum() / mflat.sum(), (low & mflat).sum() / mflat.sum()
 
 
-@pytest.mark.parametrize("in_memory", [True, False], ids=["partition", "radix"])
-@pytest.mark.parametrize("exact", MODES)
-def test_overlaps_against_planted_masks(exact, in_memory, monkeypatch):
-    import deltalens.weights.spectral as spectral
+SELECT_PATHS = ["one-chunk", "bracket", "radix"]
+SAMPLE_PART = 16  # off the defaults, the bracket's sample is every 16th row
 
-    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 1500)  # several chunks through the radix select
-    if not in_memory:
-        monkeypatch.setattr(spectral, "SELECT_IN_MEMORY_MAX", 0)
+
+def _select_path(monkeypatch, path, chunk_elements):
+    """Steer the overlap selection. "one-chunk": the defaults (a small matrix is one chunk, and
+    the sample is all of it). Otherwise ``chunk_elements`` per chunk, a strided sample of
+    1/SAMPLE_PART of the rows, candidates capped at 1/8 of the entries (no floor), and
+    "bracket": as is; "radix": no room for candidates, every selection falls back to the radix
+    select; "torch-ops": as "bracket" with torch's elementwise ops instead of numpy's (the GPU path)."""
+    if path == "one-chunk":
+        return
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(spectral, "SELECT_SAMPLE", (SAMPLE_PART, 1, 1 << 21))
+    monkeypatch.setattr(spectral, "SELECT_CANDIDATES", (8, 1, 0 if path == "radix" else 1 << 24))
+    if path == "torch-ops":
+        monkeypatch.setattr(spectral, "_on_host", lambda t: False)
+
+
+@pytest.mark.parametrize("path", SELECT_PATHS)
+@pytest.mark.parametrize("exact", MODES)
+def test_overlaps_against_planted_masks(exact, path, monkeypatch):
+    _select_path(monkeypatch, path, 1500)
     w0, w1 = _random_pair(90, 70, seed=9)
     k, alpha = 6, 0.05
     princ, low, _, _ = _overlap_reference(w0, torch.ones(90, 70, dtype=torch.bool), k, alpha)
@@ -463,15 +479,11 @@ def test_cuda_matches_cpu():
     assert gpu["principal_overlap"] == pytest.approx(cpu["principal_overlap"], abs=0.01)
 
 
-@pytest.mark.parametrize("in_memory", [True, False], ids=["partition", "radix"])
-def test_overlap_with_heavy_ties_matches_stable_sort(in_memory, monkeypatch):
+@pytest.mark.parametrize("path", SELECT_PATHS)
+def test_overlap_with_heavy_ties_matches_stable_sort(path, monkeypatch):
     """bf16-valued weights tie a lot: the boundary of the low set falls inside a run of equal
     values, and ties are taken in position order, like numpy's stable argsort."""
-    import deltalens.weights.spectral as spectral
-
-    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 700)
-    if not in_memory:
-        monkeypatch.setattr(spectral, "SELECT_IN_MEMORY_MAX", 0)
+    _select_path(monkeypatch, path, 700)
     g = torch.Generator().manual_seed(14)
     w0 = (0.02 * torch.randn(120, 50, generator=g)).bfloat16().float()
     w0 = torch.round(w0 * 300) / 300  # few distinct values: long runs of ties
@@ -485,6 +497,88 @@ def test_overlap_with_heavy_ties_matches_stable_sort(in_memory, monkeypatch):
     assert np.sum(flat == np.sort(flat)[count - 1]) > 10  # the boundary is really tied
     m = mask.numpy().ravel()
     assert r["low_overlap"] == pytest.approx((low & m).sum() / m.sum(), abs=1e-12)
+
+
+def _stable_hits(x, mask, count, largest):
+    """Reference |S ∩ M|: S = the first ``count`` of numpy's stable argsort (descending for the
+    largest: argsort of −x, stable, keeps position order among equal values)."""
+    order = np.argsort(-x if largest else x, kind="stable")[:count]
+    return int(mask[order].sum())
+
+
+def _select_data(kind, m, n, rng):
+    x = np.abs(0.02 * rng.standard_normal((m, n))).astype(np.float32)
+    if kind == "bf16":  # few distinct values near the boundary: long runs of ties
+        x = torch.from_numpy(x).bfloat16().float().numpy()
+        x = np.round(x * 3000) / 3000
+    elif kind == "zeros":  # a mass of exact zeros, more than the low set: the boundary is 0
+        x[rng.random((m, n)) < 0.3] = 0.0
+    elif kind == "adversarial":  # the strided sample rows are the largest: the sample misplaces the bracket
+        r = math.ceil(m / SAMPLE_PART)
+        x[(2 * np.arange(r) + 1) * m // (2 * r)] += 1.0
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("path", SELECT_PATHS + ["torch-ops"])
+@pytest.mark.parametrize("kind", ["random", "bf16", "zeros", "adversarial"])
+def test_count_selected_matches_stable_sort(kind, path, monkeypatch):
+    """The selection behind both overlaps against a numpy stable argsort, for count = 1, 5 %, and
+    all entries, largest and smallest; and it takes the path it should: one pass when the sample's
+    bracket holds the boundary, the radix select when it misses or holds too many values."""
+    _select_path(monkeypatch, path, 8000)
+    fallbacks = []
+    radix = spectral._count_selected_in_mask
+    monkeypatch.setattr(spectral, "_count_selected_in_mask", lambda *a: fallbacks.append(1) or radix(*a))
+    rng = np.random.default_rng(["random", "bf16", "zeros", "adversarial"].index(kind))
+    m, n = 400, 157
+    x = _select_data(kind, m, n, rng)
+    mask = rng.random((m, n)) < 0.5
+    xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+    if kind == "zeros":
+        assert np.sum(x == 0) > 0.05 * x.size
+    if kind == "bf16":  # the 5 % boundaries really fall in runs of ties
+        srt = np.sort(x.ravel())
+        k5 = math.ceil(0.05 * x.size)
+        assert np.sum(x == srt[k5 - 1]) > 10 and np.sum(x == srt[x.size - k5]) > 10
+    for count in (1, math.ceil(0.05 * x.size), x.size):
+        for largest in (True, False):
+            fallbacks.clear()
+            got = spectral._count_selected(lambda i, out: out.copy_(xt[i]), mt, count, largest)
+            assert got == _stable_hits(x.ravel(), mask.ravel(), count, largest), (count, largest)
+            if path == "radix":
+                assert fallbacks
+            elif path in ("bracket", "torch-ops") and kind == "random":
+                assert not fallbacks
+            elif path in ("bracket", "torch-ops") and kind == "adversarial" and 1 < count < x.size:  # the sample lies
+                assert fallbacks
+            elif path in ("bracket", "torch-ops") and kind == "zeros" and 1 < count < x.size and not largest:  # 30 % ties
+                assert fallbacks
+    # the bracket itself: a sample of the rows brackets the true boundary of random data
+    count = math.ceil(0.05 * x.size)
+    if kind == "random":
+        lo, hi = spectral._selection_bracket(xt[::16], x.size, count, largest=True)
+        assert lo <= np.sort(x.ravel())[x.size - count] <= hi
+
+
+def test_count_selected_with_a_bracket_that_misses(monkeypatch):
+    """A zero-width bracket (SELECT_Z = 0, a small sample) misses the boundary of random data
+    most of the time; whatever the sample, the answer is exact (the radix select takes over)."""
+    monkeypatch.setattr(spectral, "SELECT_Z", 0.0)
+    monkeypatch.setattr(spectral, "SELECT_SAMPLE", (64, 1, 1 << 21))
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 10000)
+    calls = []
+    radix = spectral._count_selected_in_mask
+    monkeypatch.setattr(spectral, "_count_selected_in_mask", lambda *a: calls.append(1) or radix(*a))
+    rng = np.random.default_rng(5)
+    for trial in range(6):
+        x = np.abs(rng.standard_normal((300, 101))).astype(np.float32)
+        mask = rng.random(x.shape) < 0.5
+        xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+        for largest in (True, False):
+            count = int(rng.integers(1, x.size))
+            got = spectral._count_selected(lambda i, out: out.copy_(xt[i]), mt, count, largest)
+            assert got == _stable_hits(x.ravel(), mask.ravel(), count, largest)
+    assert calls  # the fallback did run
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1e-6])
