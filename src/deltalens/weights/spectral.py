@@ -705,7 +705,10 @@ def spectral_metrics(
     if dev.type != "cpu":  # one host-to-device copy instead of one per pass over the chunks
         w0, w1 = w0.to(dev), w1.to(dev)
         changed = None if changed is None else changed.to(dev)
-    a0, a1 = (w0.T.contiguous(), w1.T.contiguous()) if transposed else (w0, w1)
+    # the transpose of a wide matrix: a view when products read it whole (BLAS takes it transposed),
+    # a row-major copy when passes cast it chunk by chunk (row chunks of a view would be strided)
+    whole = w0.dtype in (torch.float32, torch.float64) and w1.dtype == w0.dtype
+    a0, a1 = ((w0.T, w1.T) if whole else (w0.T.contiguous(), w1.T.contiguous())) if transposed else (w0, w1)
     m, n = a0.shape
     ks = sorted({resolve_k(s, m_orig, n_orig) for s in top_k}) or [default_k(m_orig, n_orig)]
     want_frame = "frame" in groups
@@ -769,17 +772,20 @@ def spectral_metrics(
         out.update(rescale_share=share, rescale_share_upper=upper, rescale_scope=scope, rescale_baseline=base,
                    rescale_ratio=None if share is None else share / base)
         if changed is None:
-            mask = bitwise_changed(a0, a1)
+            mask = bitwise_changed(w0, w1)
             method["mask"] = f"bitwise w0 != w1 in the given dtype ({w0.dtype})"
         else:
-            mask = changed.T.contiguous() if transposed else changed
+            mask = changed
             method["mask"] = "bitwise update mask given by the caller (stored dtype)"
         v_ov = fr.v0[:, :k_ov]
         if fr.scope is None:
             left_ov = chunked_matmul(a0, v_ov.to(torch.float32), device=dev)
         else:
             left_ov = fr.u0[:, :k_ov] * fr.s0[:k_ov].to(fr.u0.device)
-        hits_p, hits_l, size = _overlaps(a0, mask, left_ov, v_ov, overlap_alpha, dev)
+        # in the stored orientation (row chunks of the tensor as given; ties in its flat order):
+        # the reconstruction of W0 = (left V_kᵀ)ᵀ = V_k leftᵀ when the frame is of the transpose
+        factors = (v_ov, left_ov) if transposed else (left_ov, v_ov)
+        hits_p, hits_l, size = _overlaps(w0, mask, *factors, overlap_alpha, dev)
         out.update(
             principal_overlap=mask_overlap(hits_p, size), low_overlap=mask_overlap(hits_l, size),
             overlap_baseline=overlap_alpha,
