@@ -23,9 +23,10 @@ the q and gate timings at n = 1536 (an SVD of a tall m×n matrix costs ≈ c₁n
 naive embedding cannot run at all (its U would be 151936² float32 = 86 GiB), so it is priced as the
 reduced one: a lower bound, which favours the naive side. Everything extrapolated says so.
 
-Memory: a sampler thread reads RssAnon from /proc/self/status every 2 ms during each fast call;
-the report gives the peak anonymous memory of the whole process (inputs included) and what the
-call added over its inputs. CUDA: max allocated bytes instead.
+Memory: a sampler thread reads RssAnon from /proc/self/status every 2 ms during one extra fast
+call per shape (the timed calls run without it: its thread would take the GIL from the chunk
+loops); the report gives the peak anonymous memory of the whole process (inputs included) and
+what the call added over its inputs. CUDA: max allocated bytes instead.
 """
 
 from __future__ import annotations
@@ -125,17 +126,31 @@ def threads(n):
 
 
 def timed(fn, device):
+    """(seconds, result) of one call."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, out
+
+
+def record_memory(entry: dict, fn, device) -> dict:
+    """One extra call of ``fn`` under the memory sampler (CUDA: peak allocated bytes): its peak
+    anonymous memory and what it added over its inputs go into ``entry``. Timed calls run without
+    the sampler, whose thread wakes every 2 ms and would take the GIL from the chunk loops."""
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     with AnonPeak() as mem:
-        t = time.perf_counter()
         out = fn()
         if device == "cuda":
             torch.cuda.synchronize()
-        dt = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else mem.peak
-    return dt, peak, mem.base, out
+    entry["fast_peak_anon_mib"] = peak / 2**20
+    entry["fast_added_mib"] = (peak - mem.base) / 2**20
+    return out
 
 
 def main(argv=None):
@@ -167,14 +182,12 @@ def main(argv=None):
     for i, (name, shape) in enumerate(LAYER_SHAPES.items()):
         raw0, raw1 = synthetic_pair(shape, seed=i)
         entry = {"shape": shape, "fast": [], "literal": [], "reduced": []}
-        row = None
+        row = record_memory(entry, lambda: fast_row(raw0, raw1, options), dev)
         for _ in range(args.repeats):
             for n_threads in thread_counts:
-                dt, peak, base, row = timed(threads(n_threads)(lambda: fast_row(raw0, raw1, options)), dev)
+                dt, row = timed(threads(n_threads)(lambda: fast_row(raw0, raw1, options)), dev)
                 entry["fast"].append(dt)
                 entry[f"fast_{n_threads}_threads"] = min(entry.get(f"fast_{n_threads}_threads", dt), dt)
-                entry["fast_peak_anon_mib"] = max(entry.get("fast_peak_anon_mib", 0), peak / 2**20)
-                entry["fast_added_mib"] = max(entry.get("fast_added_mib", 0), (peak - base) / 2**20)
             if name in NAIVE_SUBSET:
                 for n_threads in naive_threads:
                     entry["literal"].append(timed(threads(n_threads)(lambda: naive(raw0, raw1, dev, True)), dev)[0])
@@ -198,11 +211,9 @@ def main(argv=None):
     if not args.no_embedding:
         raw0, raw1 = synthetic_pair((VOCAB, HIDDEN), seed=99)
         entry = {"shape": (VOCAB, HIDDEN), "fast": []}
+        record_memory(entry, lambda: fast_row(raw0, raw1, options), dev)
         for _ in range(args.repeats):
-            dt, peak, base, row = timed(lambda: fast_row(raw0, raw1, options), dev)
-            entry["fast"].append(dt)
-            entry["fast_peak_anon_mib"] = max(entry.get("fast_peak_anon_mib", 0), peak / 2**20)
-            entry["fast_added_mib"] = max(entry.get("fast_added_mib", 0), (peak - base) / 2**20)
+            entry["fast"].append(timed(lambda: fast_row(raw0, raw1, options), dev)[0])
         entry["inputs_bf16_mib"] = 2 * raw0.numel() * 2 / 2**20
         del raw0, raw1
         slope = {s: (best("gate", s) - best("q", s)) / (INTER - HIDDEN) for s in ("literal", "reduced")}
