@@ -111,10 +111,10 @@ def chunked_matmul(
     the difference ``w − minus``, formed chunk by chunk in x's dtype (Δ = W1 − W0 without a copy)."""
     dev = torch.device(device)
     x = x.to(dev)
-    if minus is None and w.dtype == x.dtype and w.device == dev:
-        return w @ x  # nothing to cast: one BLAS call
+    if _as_stored(w, minus, x.dtype, dev):
+        return w @ x
     out = torch.empty(w.shape[0], x.shape[1], dtype=x.dtype, device=dev)
-    for start, chunk in _row_chunks(w, minus, dev, x.dtype):
+    for start, chunk in row_chunks(w, minus, dev, x.dtype):
         out[start : start + chunk.shape[0]] = chunk @ x
     return out
 
@@ -130,10 +130,10 @@ def chunked_rmatmul(
     ``minus`` W is ``w − minus`` (see :func:`chunked_matmul`)."""
     dev = torch.device(device)
     y = y.to(dev)
-    if minus is None and w.dtype == y.dtype and w.device == dev:
-        return w.T @ y  # nothing to cast: one BLAS call
+    if _as_stored(w, minus, y.dtype, dev):
+        return w.T @ y
     out = torch.zeros(w.shape[1], y.shape[1], dtype=y.dtype, device=dev)
-    for start, chunk in _row_chunks(w, minus, dev, y.dtype):
+    for start, chunk in row_chunks(w, minus, dev, y.dtype):
         out.addmm_(chunk.T, y[start : start + chunk.shape[0]])
     return out
 
@@ -149,20 +149,26 @@ def chunked_normal_matmul(
     product), in x's dtype; with ``minus`` W is ``w − minus`` (see :func:`chunked_matmul`)."""
     dev = torch.device(device)
     x = x.to(dev)
-    if minus is None and w.dtype == x.dtype and w.device == dev:
+    if _as_stored(w, minus, x.dtype, dev):
         y = w @ x
         return y, w.T @ y
     y = torch.empty(w.shape[0], x.shape[1], dtype=x.dtype, device=dev)
     out = torch.zeros(w.shape[1], x.shape[1], dtype=x.dtype, device=dev)
-    for start, chunk in _row_chunks(w, minus, dev, x.dtype):
+    for start, chunk in row_chunks(w, minus, dev, x.dtype):
         part = y[start : start + chunk.shape[0]]
         torch.mm(chunk, x, out=part)
         out.addmm_(chunk.T, part)
     return y, out
 
 
-def _row_chunks(w: torch.Tensor, minus: torch.Tensor | None, dev: torch.device, dtype: torch.dtype):
-    """(first row, chunk of w − minus or of w in ``dtype`` on ``dev``) over row chunks of ~32 MiB."""
+def _as_stored(w: torch.Tensor, minus: torch.Tensor | None, dtype: torch.dtype, dev: torch.device) -> bool:
+    """Whether ``w`` can go to BLAS whole (nothing to subtract or cast: one call, no chunks)."""
+    return minus is None and w.dtype == dtype and w.device == dev
+
+
+def row_chunks(w: torch.Tensor, minus: torch.Tensor | None, dev: str | torch.device, dtype: torch.dtype):
+    """(first row, chunk of w − minus or of w in ``dtype`` on ``dev``) over row chunks of ~32 MiB:
+    the one place a large stored matrix (or Δ = w − minus, never copied whole) is cast."""
     step = chunk_rows(w.shape[1])
     for start in range(0, w.shape[0], step):
         chunk = w[start : start + step].to(device=dev, dtype=dtype)
@@ -324,8 +330,9 @@ def ritz_subspace_iteration(
     ``final_dtype`` differs from the iterations' dtype, one more pass recomputes the Ritz
     triplets of that last span(Z) in ``final_dtype``; otherwise the last iteration's are
     returned. Either way the residuals belong to the returned triplets. ``normal(Z)`` =
-    (A Z, Aᵀ A Z) in one pass over A, if given, replaces the two passes of an iteration. Convergence per iteration goes as (σ_{p+1}/σ_k)²: fast for a decaying spectrum,
-    slow for a flat one (and then the error estimate says so).
+    (A Z, Aᵀ A Z) in one pass over A, if given, replaces the two passes of an iteration.
+    Convergence per iteration goes as (σ_{p+1}/σ_k)²: fast for a decaying spectrum, slow for a
+    flat one (and then the error estimate says so).
     """
     with lapack_one_thread(start):
         z = _cholesky_qr(start)

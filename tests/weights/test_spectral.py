@@ -254,6 +254,18 @@ def test_rank_group_top_route(monkeypatch):
     assert streamed.extra["delta_fro2"] == pytest.approx(np.sum(sig**2), rel=1e-6)
     again = compute_rank(w0, w1, streamed)
     assert again["stable_rank"] == pytest.approx(out["stable_rank"], rel=1e-6)
+    # above FLOAT32_COPY_MAX (an embedding): stored bf16 operands, Δ formed chunk by chunk, no Δ in memory
+    import deltalens.weights.groups as groups_mod
+
+    monkeypatch.setattr(groups_mod, "FLOAT32_COPY_MAX", 100)
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 900)
+    b0, b1 = w0.bfloat16(), w1.bfloat16()
+    big = MetricContext("t", "q", 0, b0, b1, b0, b1, make_options())
+    assert big.delta_in_memory is None
+    sig_b = np.linalg.svd(b1.double().numpy() - b0.double().numpy(), compute_uv=False)
+    chunked = compute_rank(b0, b1, big)
+    assert chunked["stable_rank"] == pytest.approx(np.sum(sig_b**2) / sig_b[0] ** 2, rel=1e-3)
+    assert chunked["delta_spectral"] == pytest.approx(sig_b[0], rel=1e-4)
     row = compute_spectral(w0, w1, ctx)
     assert "given by the caller" in row["method"]["delta_spectral"]
     assert row["by_k"]["1"]["wedin_bound"] == pytest.approx(out["delta_spectral"] / row["by_k"]["1"]["gap_k"])

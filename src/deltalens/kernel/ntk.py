@@ -70,20 +70,15 @@ def exact_rounding_estimate(n_params: int, dtype: torch.dtype) -> float:
 
 
 GRAM_BLOCK_ROWS = 64
-"""Rows of the sketch (and of a spilled J slice) contracted per step of :func:`add_upper_gram`. On the benchmark's 256 × 1M J (2 threads,
-shared machine, 3 runs each) 64 took 0.81–1.27 s, 32 took 0.98–1.44 s, 128 took 0.90–1.38 s and
-one full J Jᵀ 1.12–1.63 s; on one thread 64 took 1.11–1.37 s against 1.40–1.77 s for J Jᵀ."""
+"""Rows contracted per step of :func:`upper_gram` (the sketch's rows, a spilled J slice). On a
+256 × 1M J (2 threads, shared machine, 3 runs each) 64 took 0.81–1.27 s, 32 took 0.98–1.44 s,
+128 took 0.90–1.38 s and one full J Jᵀ 1.12–1.63 s; on one thread 64 took 1.11–1.37 s against
+1.40–1.77 s for J Jᵀ."""
 
-
-def add_upper_gram(kernel: torch.Tensor, rows: torch.Tensor, start: int, stop: int) -> None:
-    """K[:stop, start:stop] += R[:stop] R[start:stop]ᵀ: the upper-triangle columns of K = R Rᵀ (SPEC §6) for rows start..stop.
-
-    Called for consecutive row ranges that cover R, it fills K's upper triangle (and the
-    diagonal blocks in full) with (b + 1)/(2b) of the multiply-adds of R Rᵀ for b equal
-    ranges (5/8 for n = 256 in blocks of 64) — a blocked SYRK. Rows
-    after ``stop`` may still be unwritten. Complete K with :func:`symmetrize_upper`.
-    """
-    kernel[:stop, start:stop].addmm_(rows[:stop], rows[start:stop].T)
+DEFAULT_CHUNK = 64
+"""Examples per gradient chunk (``chunk_size``); in exact mode also the block of J Jᵀ
+(:func:`add_chunk_gram`): 64×64 products, at the same time as the ``torch.func`` recipe's
+256×256 ones for 5/8 of its flops (``bench/bench_kernel.py``)."""
 
 
 def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list[torch.Tensor]]]) -> None:
@@ -102,11 +97,19 @@ def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list[torch.Te
             out.addmm_(a, b.T)
 
 
-def upper_gram(rows: torch.Tensor, kernel: torch.Tensor, block: int = GRAM_BLOCK_ROWS) -> None:
-    """Accumulate the upper triangle of R Rᵀ into ``kernel`` (n×n, R's dtype), ``block`` rows at a time."""
+def upper_gram(rows: torch.Tensor, kernel: torch.Tensor, block: int | None = None) -> None:
+    """Accumulate the upper triangle of K = R Rᵀ (SPEC §6) into ``kernel`` (n×n, R's dtype), ``block``
+    rows at a time (default ``GRAM_BLOCK_ROWS``): K[:stop, start:stop] += R[:stop] R[start:stop]ᵀ.
+
+    This fills K's upper triangle (and the diagonal blocks in full) with (b + 1)/(2b) of the
+    multiply-adds of R Rᵀ for b equal blocks (5/8 for n = 256 in blocks of 64) — a blocked SYRK.
+    Complete K with :func:`symmetrize_upper`.
+    """
     n = rows.shape[0]
+    block = block or GRAM_BLOCK_ROWS
     for start in range(0, n, block):
-        add_upper_gram(kernel, rows, start, min(start + block, n))
+        stop = min(start + block, n)
+        kernel[:stop, start:stop].addmm_(rows[:stop], rows[start:stop].T)
 
 
 def symmetrize_upper(kernel: torch.Tensor) -> torch.Tensor:
@@ -149,7 +152,7 @@ def pass_threads(requested: int | str | None, numels: dict[str, int]) -> int | N
     """Intra-op threads for the per-example pass: ``requested``, or for ``"auto"`` 1 on small
     models when the machine is busy (1-minute load average ≥ cores + 1), else the caller's.
 
-    A small model's per-example ops (a chunk of 16 probes × hidden 128) are too small to share
+    A small model's per-example ops (a chunk of 64 probes × hidden 128) are too small to share
     across cores, and each multi-threaded op ends at a barrier that stalls whenever another
     process holds a core: on the shared 2-core development machine the 1M-parameter pass took
     1–1.5 s on one thread and 8–49 s on two (``bench/bench_kernel.py``). On the same machine idle,
@@ -227,7 +230,7 @@ def empirical_ntk(
     params: list[str] | None = None,
     vectors: dict[str, dict[str, torch.Tensor]] | None = None,
     memory_budget_mb: float = 512.0,
-    chunk_size: int = 64,
+    chunk_size: int = DEFAULT_CHUNK,
     method: str = "auto",
     exact_strategy: str = "auto",
     spill_dir: str | None = None,
@@ -302,16 +305,15 @@ def empirical_ntk(
             # per-chunk gradients (chunk × P_g) take at most a quarter of the budget
             chunk = max(1, min(chunk_size, budget // max(1, 4 * group_numel * itemsize)))
             used = _pick_method(method, chunk)
-            # exact: J's rows stay the per-chunk gradient blocks the pass returns (no n × P_g copy);
-            # sketch: the n × d sketched rows
+            # exact: J's rows stay the per-chunk gradient blocks the pass returns (no n × P_g copy),
+            # each new chunk contracted against those before it; sketch: the n × d sketched rows,
+            # contracted once at the end (they are small)
             kept: list[tuple[slice, list[torch.Tensor]]] = []
             rows = None if mode == "exact" else torch.zeros(n, dim, dtype=dtype, device=device)
             part = torch.zeros(n, n, dtype=dtype, device=device)
-            contracted = 0  # sketch: rows [0, contracted) are in part's upper triangle
             with intra_op_threads(gradient_threads):
                 for index, grads in per_example_gradients(model, output_fn, batch, names, chunk_size=chunk, method=used):
                     add_jv(index, grads, names)
-                    # contract each new chunk (exact) or block of rows (sketch) against all rows before it
                     if mode == "exact":
                         kept.append((index, [grads[k].reshape(grads[k].shape[0], -1) for k in names]))
                         with intra_op_threads(caller_threads):
@@ -319,14 +321,12 @@ def empirical_ntk(
                     else:
                         for k in names:
                             rows[index] += sketch.project(k, grads[k])
-                        if index.stop - contracted >= GRAM_BLOCK_ROWS or index.stop == n:
-                            with intra_op_threads(caller_threads):
-                                add_upper_gram(part, rows, contracted, index.stop)
-                            contracted = index.stop
                     del grads
                     done += index.stop - index.start
                     if progress is not None:
                         progress(done, passes * n)
+            if rows is not None:
+                upper_gram(rows, part)
             kernel += part.double()
             del rows, part, kept
         kernel = symmetrize_upper(kernel)

@@ -19,7 +19,7 @@ from deltalens.errors import DeltalensError
 from deltalens.kernel.align import alignment_share, mean_loss_gradient
 from deltalens.kernel.compare import compare_kernels, kernel_spectrum
 from deltalens.kernel.gradients import trainable_parameters
-from deltalens.kernel.ntk import KernelResult, empirical_ntk
+from deltalens.kernel.ntk import DEFAULT_CHUNK, KernelResult, empirical_ntk
 from deltalens.kernel.outputs import completion_loss, encode_probes, evaluate_outputs, model_context_length, output_function
 from deltalens.kernel.traits import averaging_matrix, suite_to_probes, trait_changes, trait_kernel
 from deltalens.kernel.trajectory import kernel_trajectory
@@ -44,7 +44,7 @@ class KernelOptions:
     output: str = "logprob"
     device: str | None = None
     memory_budget_mb: float = 512.0
-    chunk_size: int = 64
+    chunk_size: int = DEFAULT_CHUNK
 
     def ntk(self) -> dict:
         """The subset passed on to ``empirical_ntk``."""

@@ -71,6 +71,12 @@ class MetricContext:
         """Bitwise update mask (SPEC §2), bool, on the options' device."""
         return bitwise_changed(self.raw0, self.raw1).to(self.w0.device)
 
+    @property
+    def delta_in_memory(self) -> torch.Tensor | None:
+        """:attr:`delta` when the operands are in-memory float32 copies (≤ ``FLOAT32_COPY_MAX``
+        elements; then one Δ serves every pass), None above (groups form Δ chunk by chunk)."""
+        return self.delta if self.w0.numel() <= FLOAT32_COPY_MAX else None
+
     @cached_property
     def delta(self) -> torch.Tensor:
         """Δ = W1 − W0 in float32 (float64 for float64 inputs); exact for bf16/fp16 inputs."""
@@ -93,7 +99,6 @@ def matrix_operands(t0: torch.Tensor, t1: torch.Tensor, device: str) -> tuple[to
     return t0.to(device), t1.to(device)
 
 
-
 def register_group(group: MetricGroup) -> MetricGroup:
     """Add (or replace) a metric group in the registry; returns it."""
     METRIC_GROUPS[group.name] = group
@@ -111,14 +116,13 @@ def compute_rank(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict
 
     shape = tuple(w0.shape)
     if not ctx.options.exact and min(shape) > FULL_FRAME_MAX:
-        small = w0.numel() <= FLOAT32_COPY_MAX  # then Δ once, not one subtraction per pass
-        delta = ctx.delta if small else None
+        delta = ctx.delta_in_memory
         top = delta_top_singular_values(w0, w1, device=w0.device, delta=delta)
         sigma1 = float(top.s[0])
         ctx.extra["delta_spectral"] = sigma1  # the spectral group's Wedin bound reuses it
         fro2 = ctx.extra.get("delta_fro2")
         if fro2 is None:
-            fro2 = float(torch.linalg.vector_norm(delta)) ** 2 if small else _delta_fro2(w0, w1)
+            fro2 = float(torch.linalg.vector_norm(delta)) ** 2 if delta is not None else _delta_fro2(w0, w1)
         out = rank_mod.rank_measures_top(sigma1, fro2)
         out["numerical_rank_fraction"] = None
         out["rank_method"] = f"power-top-float32 ({top.s.numel()} columns, {top.iterations} iterations; σ1 only)"
@@ -136,12 +140,10 @@ def compute_rank(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict
 
 def _delta_fro2(w0: torch.Tensor, w1: torch.Tensor) -> float:
     """‖w1 − w0‖_F² summed in float64 over row chunks (no whole-matrix copy of Δ)."""
-    from deltalens.linalg import chunk_rows
+    from deltalens.linalg import row_chunks
 
-    step = chunk_rows(w0.shape[1])
     dt = torch.promote_types(w0.dtype, torch.float32)  # exact differences for bf16/fp16 inputs
-    return sum(float(torch.linalg.vector_norm(w1[s : s + step].to(dt) - w0[s : s + step].to(dt), dtype=torch.float64) ** 2)
-               for s in range(0, w0.shape[0], step))
+    return sum(float(torch.linalg.vector_norm(d, dtype=torch.float64)) ** 2 for _, d in row_chunks(w1, w0, w0.device, dt))
 
 
 register_group(MetricGroup(
@@ -186,7 +188,7 @@ def compute_spectral(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> 
     out = spectral_metrics(w0, w1, top_k=ctx.options.top_k, exact=ctx.options.exact,
                            device=ctx.options.device, changed=ctx.changed, groups=wanted,
                            delta_spectral=ctx.extra.get("delta_spectral"),
-                           delta=ctx.delta if w0.numel() <= FLOAT32_COPY_MAX else None)
+                           delta=ctx.delta_in_memory)
     ctx.extra["spectral"] = True
     if "spectral" in wanted and out["by_k"]:
         first = out["by_k"][min(out["by_k"], key=int)]

@@ -40,6 +40,7 @@ from deltalens.linalg import (
     largest_eigenvalue,
     principal_angles,
     ritz_subspace_iteration,
+    row_chunks,
     singular_values_from_gram,
     spectral_gap,
     wedin_bound,
@@ -281,19 +282,15 @@ def delta_top_singular_values(
 def _delta_frame_products(a0, a1, u: torch.Tensor, v: torch.Tensor, dev, delta: torch.Tensor | None = None) -> tuple:
     """One pass over row chunks of Δ (float32 products, chunk norms summed in float64): (ΔV m×q, ΔᵀU n×q, ‖Δ‖²_F);
     the products stay float32 (an m×q float64 copy of the embedding's would be hundreds of MB).
-    Δ's rows are formed chunk by chunk from a1 − a0, or read from ``delta`` when the caller has it."""
+    Δ's rows are read from ``delta`` when the caller has it, else formed chunk by chunk as a1 − a0."""
     vf, uf = v.to(device=dev, dtype=torch.float32), u.to(device=dev, dtype=torch.float32)
     dv = torch.empty(a0.shape[0], v.shape[1], dtype=torch.float32, device=dev)
     dtu = torch.zeros(a0.shape[1], u.shape[1], dtype=torch.float32, device=dev)
     fro2 = 0.0
-    step = chunk_rows(a0.shape[1])
-    for start in range(0, a0.shape[0], step):
-        if delta is not None:
-            d = delta[start : start + step].to(device=dev, dtype=torch.float32)
-        else:
-            d = a1[start : start + step].to(device=dev, dtype=torch.float32) - a0[start : start + step].to(device=dev, dtype=torch.float32)
-        dv[start : start + step] = d @ vf
-        dtu.addmm_(d.T, uf[start : start + step])
+    w, minus = (a1, a0) if delta is None else (delta, None)
+    for start, d in row_chunks(w, minus, dev, torch.float32):
+        dv[start : start + d.shape[0]] = d @ vf
+        dtu.addmm_(d.T, uf[start : start + d.shape[0]])
         fro2 += float(torch.linalg.vector_norm(d)) ** 2  # float32 per chunk, chunks summed in float64
     return dv, dtu.double(), fro2
 
@@ -305,8 +302,8 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
     Subspace iteration with Rayleigh–Ritz (:func:`deltalens.linalg.ritz_subspace_iteration`) on
     p = q + OVERSAMPLE columns: W0 from a seeded Gaussian start, W1 warm-started from W0's right
     subspace (an RL update rotates it by little, so W1 needs few iterations), float32 iterations of
-    one pass over the matrix each. One float32 pass over Δ gives Δ[V0 V1], ΔᵀU_q and ‖Δ‖²_F (float64 sum); a block power iteration
-    gives ‖Δ‖₂ (unless given). Only the top q singular values and the first q diagonal entries of
+    one pass over the matrix each. One float32 pass over Δ gives Δ[V0 V1], ΔᵀU_q and ‖Δ‖²_F
+    (float64 sum); a block power iteration gives ‖Δ‖₂ (unless given). Only the top q singular values and the first q diagonal entries of
     UᵀΔV exist here, so NSS and rescale_share are top-q quantities (NSS from Ritz values of both
     matrices in one common subspace, :func:`_common_ritz_values`).
     """
@@ -608,9 +605,10 @@ def _count_selected(
 
 
 def _overlaps(a0: torch.Tensor, mask: torch.Tensor, left: torch.Tensor, v_k: torch.Tensor, alpha: float, dev) -> tuple:
-    """(principal hits, low hits, |M|) for M_princ = top-α of |W0 V_k V_kᵀ| (``left`` = W0 V_k),
-    M_low = bottom-α of |W0|, each by :func:`_count_selected` (one pass over row chunks; memory
-    one chunk plus the candidates)."""
+    """(principal hits, low hits, |M|) for M_princ = top-α of |left v_kᵀ| (the rank-k
+    reconstruction of W0 = ``a0``, as two factors in a0's orientation), M_low = bottom-α of |W0|,
+    each by :func:`_count_selected` (one pass over row chunks; memory one chunk plus the
+    candidates)."""
     m, n = a0.shape
     count = math.ceil(alpha * m * n)
     vk_t = v_k.to(device=dev, dtype=torch.float32).T
