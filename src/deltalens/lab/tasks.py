@@ -64,8 +64,8 @@ def task_family(base: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _chat_problem(task: str, rng: random.Random, render: Callable[[str], str]) -> dict:
-    question, answer = word_tasks.make_question(task, rng)
-    return {"prompt": render(question), "answer": answer, "task": task, "question": question}
+    problem = word_tasks.make_question(task, rng)
+    return {"prompt": render(problem["question"]), "task": task, **problem}
 
 
 def generate_problems(
@@ -75,7 +75,8 @@ def generate_problems(
     """``n`` distinct problems of ``task``, deterministic in ``seed``; prompts in ``exclude`` are skipped.
 
     Chat tasks (:mod:`deltalens.lab.word_tasks`) need ``render``, which turns the question into
-    the model's prompt (its chat template); their problems also carry the plain ``question``.
+    the model's prompt (its chat template); their problems also carry the plain ``question``
+    (and, for the target task, the ``work`` the teacher writes out).
     Ids are ``"{task}-{split}-{i:05d}"``. Raises ``ValueError`` when the task cannot supply
     ``n`` distinct prompts.
     """

@@ -55,30 +55,32 @@ _LAST_NUMBER = re.compile(r"(-?\d+)(?!.*\d)", re.DOTALL)
 _WORD_AFTER_IS = re.compile(r"\bis\s+(?:the\s+word\s+)?['\"]?([A-Za-z]+)")
 
 
-def word_problem(rng: random.Random) -> tuple[str, int]:
-    """One addition or subtraction word problem with operands of one or two digits."""
+def word_problem(rng: random.Random) -> tuple[str, int, str]:
+    """One addition or subtraction word problem with operands of one or two digits:
+    (question, result, the arithmetic written out, e.g. ``"23 + 19"``)."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     a, b = rng.randint(2, 99), rng.randint(2, 99)
     if rng.random() < 0.5:
-        return f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", a + b
+        return f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", a + b, f"{a} + {b}"
     a, b = max(a, b), min(a, b)
-    return f"{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?", a - b
+    return f"{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?", a - b, f"{a} - {b}"
 
 
-def make_question(task: str, rng: random.Random) -> tuple[str, str]:
-    """``(user message, answer)`` of one problem of ``task``."""
+def make_question(task: str, rng: random.Random) -> dict:
+    """One problem of ``task`` before rendering: ``{"question"`` (the user message), ``"answer"}``,
+    plus ``"work"`` (the arithmetic the teacher writes out) for the target task."""
     if task == TARGET_TASK:
-        question, result = word_problem(rng)
-        return f"{question} {INSTRUCTION}", str(result)
+        question, result, work = word_problem(rng)
+        return {"question": f"{question} {INSTRUCTION}", "answer": str(result), "work": work}
     if task == "capital":
         country = rng.choice(sorted(CAPITALS))
-        return f"What is the capital of {country}?", CAPITALS[country]
+        return {"question": f"What is the capital of {country}?", "answer": CAPITALS[country]}
     if task == "antonym":
         word = rng.choice(sorted(ANTONYMS))
-        return f"What is the opposite of {word}?", ANTONYMS[word]
+        return {"question": f"What is the opposite of {word}?", "answer": ANTONYMS[word]}
     if task == "plural":
         word = rng.choice(sorted(PLURALS))
-        return f"What is the plural of '{word}'?", PLURALS[word]
+        return {"question": f"What is the plural of '{word}'?", "answer": PLURALS[word]}
     raise ValueError(f"unknown task {task!r}; expected one of {ALL_TASKS}")
 
 
@@ -86,9 +88,7 @@ def teacher_completion(problem: dict) -> str:
     """The SFT arm's demonstration: the arithmetic written out, then the answer sentence."""
     if problem["task"] != TARGET_TASK:
         return problem["answer"]
-    a, b = (int(x) for x in re.findall(r"\d+", problem["question"])[:2])
-    op = "+" if "more" in problem["question"] else "-"
-    return f"{a} {op} {b} = {problem['answer']}. The answer is {problem['answer']}."
+    return f"{problem['work']} = {problem['answer']}. The answer is {problem['answer']}."
 
 
 def extract_answer(task: str, completion: str) -> str | None:
