@@ -2,8 +2,8 @@
 
     PYTHONPATH=src python bench/bench_overlap.py [--repeats 3] [--threads 1 2] [--shapes kv q gate embed]
 
-For each shape (Qwen2.5-1.5B's k/v, q/o, gate/up/down and embedding, tall as ``_overlaps`` sees
-them; gate and embed by default): W0 = 0.02·randn rounded to bf16 (handed over as float32, as
+For each shape (Qwen2.5-1.5B's k/v, q/o, gate/up/down and embedding, tall; ``_overlaps`` selects in
+the stored orientation, whose cost is the same; gate and embed by default): W0 = 0.02·randn rounded to bf16 (handed over as float32, as
 the diff driver does up to 2²⁶ elements; the 151936×1536 embedding stays bf16), the update mask
 a random 50 %, the rank-64 reconstruction W0 V Vᵀ from a random orthonormal V (left = W0 V),
 α = 0.05. Times, per thread count, the best of ``--repeats`` interleaved rounds of
@@ -33,7 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
 from deltalens.linalg import chunk_rows  # noqa: E402
 from deltalens.weights import spectral  # noqa: E402
 
-SHAPES = {  # as _overlaps sees them: tall (a wide matrix is transposed first)
+SHAPES = {  # tall; a wide matrix (k/v, down) costs the same in its stored orientation
     "kv": (1536, 256, torch.float32), "q": (1536, 1536, torch.float32),
     "gate": (8960, 1536, torch.float32), "embed": (151936, 1536, torch.bfloat16),
 }
