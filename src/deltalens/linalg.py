@@ -161,6 +161,75 @@ def chunked_normal_matmul(
     return y, out
 
 
+def chunked_pair_normal_matmul(
+    w0: torch.Tensor,
+    w1: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(W0 X, Δ X, W0ᵀW0 X, W1ᵀW1 X, ‖Δ‖²_F) with Δ = W1 − W0, in one pass over row chunks of both
+    (each chunk cast once to x's dtype, Δ formed there), for the common-subspace Rayleigh–Ritz of
+    a weight pair (SPEC §4). W1 X is computed as W0 X + Δ X and W1's chunk as W0's + Δ's, so
+    identical inputs give bitwise identical products for both sides (Δ = 0 exactly)."""
+    dev = torch.device(device)
+    x = x.to(dev)
+    m, n = w0.shape
+    y0 = torch.empty(m, x.shape[1], dtype=x.dtype, device=dev)
+    yd = torch.empty_like(y0)
+    g0 = torch.zeros(n, x.shape[1], dtype=x.dtype, device=dev)
+    g1 = torch.zeros_like(g0)
+    fro2 = 0.0
+    for (start, a), (_, d) in zip(row_chunks(w0, None, dev, x.dtype), row_chunks(w1, w0, dev, x.dtype)):
+        rows = slice(start, start + a.shape[0])
+        torch.mm(a, x, out=y0[rows])
+        torch.mm(d, x, out=yd[rows])
+        g0.addmm_(a.T, y0[rows])
+        g1.addmm_((a + d).T, y0[rows] + yd[rows])
+        fro2 += float(d.square().sum())
+    return y0, yd, g0, g1, fro2
+
+
+def rayleigh_ritz(x: torch.Tensor, wx: torch.Tensor, gx: torch.Tensor) -> "RitzTriplets":
+    """Ritz triplets of an m×n operator W from the orthonormal n×s basis ``x``, given W X (m×s)
+    and WᵀW X (n×s): (W X)ᵀ(W X) = Y diag(σ²) Yᵀ, v_i = X y_i, u_i = W X y_i / σ_i, and the
+    residuals ‖Wᵀu_i − σ_i v_i‖ = ‖WᵀW X y_i / σ_i − σ_i X y_i‖, all in x's dtype (no pass over W).
+    Halko, Martinsson & Tropp 2011 §5; the residual gives the Davis–Kahan/Wedin error estimate
+    (:meth:`RitzTriplets.subspace_error`).  SPEC §4."""
+    with lapack_one_thread(x):
+        sigma, y = _gram_ritz(wx)
+        scale = sigma.clamp_min(torch.finfo(sigma.dtype).tiny)
+        v = x @ y
+        residual = torch.linalg.vector_norm((gx @ y) / scale - v * sigma, dim=0)
+    f64 = torch.float64
+    return RitzTriplets(u=((wx @ y) / scale).to(f64), s=sigma.to(f64).cpu(), v=v.to(f64),
+                        residual=residual.to(f64).cpu(), iterations=0)
+
+
+def orthonormal_extension(basis: torch.Tensor, new: torch.Tensor, *, drop: float = 1e-8) -> torch.Tensor:
+    """An orthonormal basis of the part of span(``new``) orthogonal to the orthonormal ``basis``
+    (n×s): ``new`` scaled so its longest column is 1, projected off ``basis`` twice (classical
+    Gram–Schmidt twice, Giraud et al. 2005), then orthonormalized by the eigenvectors of its Gram
+    matrix; directions whose norm after projection is below ``drop`` are left out (inside
+    span(basis), or rounding noise), and at most n − s are kept; a last
+    projection and CholeskyQR2 restore orthogonality to rounding. n×t, t ≥ 0."""
+    room = basis.shape[0] - basis.shape[1]
+    top = float(torch.linalg.vector_norm(new, dim=0).max()) if new.numel() else 0.0
+    if room <= 0 or top == 0.0:
+        return new[:, :0]
+    z = new / top  # one scale for all: a column of rounding noise stays small and is dropped below
+    for _ in range(2):
+        z = z - basis @ (basis.T @ z)
+    with lapack_one_thread(z):
+        lam, e = torch.linalg.eigh(z.T @ z)
+        good = (lam > drop * drop) & (torch.arange(len(lam), device=lam.device) >= len(lam) - room)
+        q = (z @ e[:, good]) / lam[good].sqrt()
+        if q.shape[1] == 0:
+            return q
+        q = q - basis @ (basis.T @ q)  # the division by small √λ amplified what remained of span(basis)
+        return _cholesky_qr(q)
+
+
 def _as_stored(w: torch.Tensor, minus: torch.Tensor | None, dtype: torch.dtype, dev: torch.device) -> bool:
     """Whether ``w`` can go to BLAS whole (nothing to subtract or cast: one call, no chunks)."""
     return minus is None and w.dtype == dtype and w.device == dev

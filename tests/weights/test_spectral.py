@@ -204,11 +204,13 @@ def test_randomized_fast_agrees_with_exact(shape, seed, scale, monkeypatch):
     assert any(not e["gap_limited"] for e in ex["by_k"].values()) == (scale < 1e-3)
     for k, f in fast["by_k"].items():
         e = ex["by_k"][k]
-        np.testing.assert_allclose(f["angles_left_deg"], e["angles_left_deg"], atol=0.1)
-        np.testing.assert_allclose(f["angles_right_deg"], e["angles_right_deg"], atol=0.1)
-        if not e["gap_limited"]:  # the error estimate covers the actual error
-            err = np.abs(np.subtract(f["angles_left_deg"], e["angles_left_deg"])).max()
-            assert err <= f["angle_error_deg"] + 1e-6
+        if f["unresolved"]:  # only an ill-posed k may stay unresolved (a defined one escalates)
+            assert e["gap_limited"] and f["angle_error_deg"] > 0.01
+            continue
+        np.testing.assert_allclose(f["angles_left_deg"], e["angles_left_deg"], atol=0.01)
+        np.testing.assert_allclose(f["angles_right_deg"], e["angles_right_deg"], atol=0.01)
+        err = np.abs(np.subtract(f["angles_left_deg"], e["angles_left_deg"])).max()
+        assert err <= f["angle_error_deg"] + 1e-9  # the error estimate covers the actual error
         assert f["gap_k"] == pytest.approx(e["gap_k"], rel=1e-4)
         assert f["gap_limited"] == e["gap_limited"]
         assert f["wedin_bound"] == pytest.approx(e["wedin_bound"], rel=1e-2)

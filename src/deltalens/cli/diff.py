@@ -51,10 +51,18 @@ def render_diff(result, title: str | None = None) -> None:
     console.print("unchanged fractions: bitwise / relative (η={}) / absolute; stored dtypes: {}; rank: {}".format(
         result.options["eta"], ", ".join(sorted({r["dtype"] for r in result.rows})), result.options["methods"]["rank"]
         if "rank" in result.options["metrics"] else "not computed"))
-    if "angle_max_left_deg_max" in s:
+    if "angle_max_left_deg_max" in s or s.get("angles_unresolved"):
         console.print("max ∠L/∠R: largest principal angle (degrees) between top-k singular subspaces of W0 and W1 at "
                       "the smallest requested k; NSS: normalized spectrum shift; rescale: share of ‖Δ‖² on diag(UᵀΔV) "
                       "(propensity), resc./rand.: that share over its random baseline (SPEC §4–§5)")
+        if s.get("angles_unresolved"):
+            names = [r["name"] for r in result.rows if r.get("angles_unresolved")]
+            console.print(f"[bold yellow]unresolved:[/] the angles of {s['angles_unresolved']} tensor(s) could not be "
+                          f"resolved to 0.01° by the fast route and are left out of every column above "
+                          f"({', '.join(names[:6])}{', …' if len(names) > 6 else ''}); --exact computes them")
+        if s.get("angles_gap_limited"):
+            console.print(f"gap-limited: {s['angles_gap_limited']} tensor(s) have a top-k subspace that ‖Δ‖₂ can "
+                          "rotate arbitrarily (Wedin bound ‖Δ‖₂/gap_k > 1): their angles are ill-posed")
     if s.get("nonfinite"):
         bad = [f"{r['name']} ({r['nonfinite']})" for r in result.rows if r.get("nonfinite")]
         console.print(f"[bold red]warning:[/] {s['nonfinite']} non-finite values (NaN/Inf) in: {', '.join(bad[:8])}")

@@ -183,7 +183,7 @@ def _sparsity_plot(have: list[tuple[int, Run]]):
 def _angle_plot(have: list[tuple[int, Run]], choice: agg.KChoice):
     ncols = len(have)
     fig, axes = new_figure(2, ncols, width=min(4.6 * ncols + 1.5, 14), height=6.2, sharey=True)
-    gap_limited = total = 0
+    gap_limited = total = unresolved = 0
     alt = []
     handles = {}
     for c, (i, run) in enumerate(have):
@@ -196,7 +196,10 @@ def _angle_plot(have: list[tuple[int, Run]], choice: agg.KChoice):
                 xs, ys, gl = [], [], []
                 for layer, group in layers.items():
                     entries = [choice.entry(r) for r in group]
-                    entries = [e for e in entries if math.isfinite(as_float(e.get(f"angle_max_{side}_deg")))]
+                    if side == "left":
+                        unresolved += sum(1 for e in entries if e.get("unresolved"))
+                    entries = [e for e in entries if not e.get("unresolved")
+                               and math.isfinite(as_float(e.get(f"angle_max_{side}_deg")))]
                     if not entries:
                         continue
                     top = max(entries, key=lambda e: as_float(e.get(f"angle_max_{side}_deg")))
@@ -229,7 +232,8 @@ def _angle_plot(have: list[tuple[int, Run]], choice: agg.KChoice):
         provenance=f"diff.json by_k ({choice.label}) of {', '.join(r.label for _, r in have)}; "
                    f"method {agg.method_text((r for _, run in have for r in _tensors(run)), 'angles')}; "
                    f"angles from sines (SPEC §4); {total} layer×module points per side, {gap_limited} of the left ones "
-                   f"gap-limited (Wedin bound ≥ 1, circled red); the max over a layer's tensors of one module kind.")
+                   f"gap-limited (Wedin bound ≥ 1, circled red); {unresolved} tensor(s) unresolved by the fast route "
+                   f"(angle error estimate above 0.01°) left out; the max over a layer's tensors of one module kind.")
 
 
 def _nss_plot(have):

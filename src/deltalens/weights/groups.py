@@ -178,7 +178,9 @@ def compute_spectral(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> 
     Both groups share one frame of W0 and W1, so the first of them to run computes every selected
     §4–§5 quantity and caches it in ``ctx.extra``; the other returns nothing new. For per-module
     and per-layer aggregation the row also gets flat ``angle_max_left_deg`` /
-    ``angle_max_right_deg``: the max angles at the smallest k requested for this tensor.
+    ``angle_max_right_deg``: the max angles at the smallest k requested for this tensor (None when
+    that k is ``unresolved``: aggregates leave it out), and the counts ``angles_unresolved`` and
+    ``angles_gap_limited`` (0 or 1 per tensor, summed by the aggregates).
     """
     if "spectral" in ctx.extra:
         return {}
@@ -192,14 +194,18 @@ def compute_spectral(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> 
     ctx.extra["spectral"] = True
     if "spectral" in wanted and out["by_k"]:
         first = out["by_k"][min(out["by_k"], key=int)]
-        out["angle_max_left_deg"] = first.get("angle_max_left_deg")
-        out["angle_max_right_deg"] = first.get("angle_max_right_deg")
+        unresolved = bool(first.get("unresolved"))  # left out of every aggregate, and counted
+        out["angle_max_left_deg"] = None if unresolved else first.get("angle_max_left_deg")
+        out["angle_max_right_deg"] = None if unresolved else first.get("angle_max_right_deg")
+        out["angles_unresolved"] = int(unresolved)
+        out["angles_gap_limited"] = int(bool(first.get("gap_limited")))
     return out
 
 
 register_group(MetricGroup(
     "spectral",
-    (AggField("angle_max_left_deg", "value"), AggField("angle_max_right_deg", "value"), AggField("nss", "value")),
+    (AggField("angle_max_left_deg", "value"), AggField("angle_max_right_deg", "value"), AggField("nss", "value"),
+     AggField("angles_unresolved", "count"), AggField("angles_gap_limited", "count")),
     compute=compute_spectral,
     row_fields=("by_k", "method", "nss_scope"),
 ))

@@ -80,8 +80,8 @@ def _plot_angles(tensors: pd.DataFrame, out_dir: pathlib.Path, title: str) -> li
     rows = []
     for _, row in df.iterrows():
         entry = _first_k_entry(row["by_k"])
-        if entry is None or "angle_max_left_deg" not in entry[1]:
-            continue
+        if entry is None or "angle_max_left_deg" not in entry[1] or entry[1].get("unresolved"):
+            continue  # unresolved angles (fast route, error estimate above 0.01°) are not plotted
         k, e = entry
         rows.append({"layer": row["layer"], "module": str(row["module"]), "k": k,
                      "left": e["angle_max_left_deg"], "right": e["angle_max_right_deg"],

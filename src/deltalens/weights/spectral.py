@@ -33,9 +33,12 @@ from deltalens.linalg import (
     chunk_rows,
     chunked_matmul,
     chunked_normal_matmul,
+    chunked_pair_normal_matmul,
     chunked_rmatmul,
     lapack_one_thread,
     eigh_descending,
+    orthonormal_extension,
+    rayleigh_ritz,
     gram_products,
     largest_eigenvalue,
     principal_angles,
@@ -49,11 +52,14 @@ from deltalens.linalg import (
 DEFAULT_OVERLAP_K = 64
 DEFAULT_OVERLAP_ALPHA = 0.05
 GROUPS = ("spectral", "frame")
-FULL_FRAME_MAX = 512  # fast mode: the full Gram frame when min(m, n) ≤ this, randomized top-q above
+FULL_FRAME_MAX = 1024  # fast mode: the full Gram frame when min(m, n) ≤ this, randomized top-q above
 OVERSAMPLE = 16  # extra columns of the randomized subspace beyond q
-MAX_ITER = 6  # power iterations per matrix (W0 cold, W1 warm-started), fewer when converged
+MAX_ITER = 6  # float32 subspace iterations on W0 for the top-q route's starting subspace, fewer when converged
 TOL_DEG = 0.01  # stop iterating once the estimated top-k subspace error is below this angle
 MIN_PROGRESS = 0.1  # ... or once two iterations in a row improve on its best by < 10 % (0: never)
+CHANGE_SAFETY = 2.0  # top-q: a growth step's largest angle change, times this, estimates the remaining error
+GROW_ROUNDS = 4  # top-q: at most this many growth steps of the common subspace (block Davidson)
+GRAM_ESCALATE_MAX = 2048  # top-q: an unresolved, not gap-limited angle re-runs the full Gram frame when n ≤ this
 DELTA_WIDTH, DELTA_ITER = 8, 2  # block power iteration on Δ for ‖Δ‖₂
 SELECT_SAMPLE = (32, 1 << 16, 1 << 21)  # overlaps: the bracket's sample, 1/32 of the entries within these bounds
 SELECT_Z = 5.0  # ... its half-width in standard errors of the sample's boundary fraction
@@ -173,8 +179,9 @@ class _Frame:
     cross: torch.Tensor | None  # U_KᵀΔV_K
     method: dict
     scope: int | None = None  # None: s0, s1, diag_d cover the full spectrum; else only the top `scope`
-    ritz: tuple | None = None  # (RitzTriplets of W0, of W1) in the top-q route, for error estimates
+    ritz: tuple | None = None  # (RitzTriplets of W0, of W1) in the top-q route
     nss_pair: tuple | None = None  # top-q route: (σ(W0), σ(W1)) top q, from one common subspace
+    angle_errors: dict | None = None  # top-q route: {k: estimated error of the top-k angles, degrees}
 
 
 def _frame_exact(a0: torch.Tensor, a1: torch.Tensor, k_max: int, k_v0: int, frame: bool, dev) -> _Frame:
@@ -279,53 +286,95 @@ def delta_top_singular_values(
     return ritz_subspace_iteration(start=start, max_iter=DELTA_ITER, k=1, tol=1e-3, final_dtype=torch.float32, **op)
 
 
-def _delta_frame_products(a0, a1, u: torch.Tensor, v: torch.Tensor, dev, delta: torch.Tensor | None = None) -> tuple:
-    """One pass over row chunks of Δ (float32 products, chunk norms summed in float64): (ΔV m×q, ΔᵀU n×q, ‖Δ‖²_F);
-    the products stay float32 (an m×q float64 copy of the embedding's would be hundreds of MB).
-    Δ's rows are read from ``delta`` when the caller has it, else formed chunk by chunk as a1 − a0."""
-    vf, uf = v.to(device=dev, dtype=torch.float32), u.to(device=dev, dtype=torch.float32)
-    dv = torch.empty(a0.shape[0], v.shape[1], dtype=torch.float32, device=dev)
+def _delta_transpose_products(a0, a1, u: torch.Tensor, dev, delta: torch.Tensor | None = None) -> torch.Tensor:
+    """ΔᵀU (n×q, float64) in one float32 pass over row chunks of Δ (read from ``delta`` when the
+    caller has it, else formed chunk by chunk as a1 − a0)."""
+    uf = u.to(device=dev, dtype=torch.float32)
     dtu = torch.zeros(a0.shape[1], u.shape[1], dtype=torch.float32, device=dev)
-    fro2 = 0.0
     w, minus = (a1, a0) if delta is None else (delta, None)
     for start, d in row_chunks(w, minus, dev, torch.float32):
-        dv[start : start + d.shape[0]] = d @ vf
         dtu.addmm_(d.T, uf[start : start + d.shape[0]])
-        fro2 += float(torch.linalg.vector_norm(d)) ** 2  # float32 per chunk, chunks summed in float64
-    return dv, dtu.double(), fro2
+    return dtu.double()
 
 
-def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, delta_spectral: float | None,
-                delta: torch.Tensor | None = None) -> _Frame:
+def _common_ritz(a0, a1, basis: torch.Tensor, ks: Sequence[int], dev, *, rounds: int, delta_spectral: float) -> tuple:
+    """Ritz triplets of W0 and of W1 from one common subspace, grown until every top-k rotation
+    in ``ks`` is resolved to ``TOL_DEG`` or ``rounds`` growth steps are spent.  SPEC §4.
+
+    Both matrices are projected on the same orthonormal float64 basis X (W1X = W0X + ΔX from one
+    pass, :func:`deltalens.linalg.chunked_pair_normal_matmul`), so identical inputs give identical
+    triplets (angles exactly 0) and the rounding of W0X is shared by both sides of every
+    difference. Each step adds the residual directions WᵀWv_i/σ_i − σ_i v_i of the top
+    k_max + 1 Ritz pairs of both matrices (a block Davidson/Krylov step: it captures the
+    rotation's components outside X, which plain subspace iteration leaves out), one more pass
+    over the new columns only. The error estimate of the top-k angles is the smaller of the
+    Davis–Kahan/Wedin bound from both Ritz residuals (:func:`ritz_angle_error_deg`) and
+    ``CHANGE_SAFETY`` × the largest change of any top-k angle (left or right) in the last step;
+    growth stops once every estimate is ≤ ``TOL_DEG`` (gap-limited k aside: Wedin bound
+    ``delta_spectral``/gap_k > 1 with W0's Ritz gap), after ``rounds`` steps, or when X spans
+    everything. Returns (triplets of W0, of W1, {k: estimated angle error, degrees},
+    steps taken, the basis X, ΔX, ‖Δ‖²_F)."""
+    k_need = min(max(ks) + 1, basis.shape[0])
+    wx0, dx, gx0, gx1, fro2 = chunked_pair_normal_matmul(a0, a1, basis, device=dev)
+    step = 0
+    previous = None
+    while True:
+        t0 = rayleigh_ritz(basis, wx0, gx0)
+        t1 = rayleigh_ritz(basis, wx0 + dx, gx1)
+        angles = {k: _pair_angles_deg(t0, t1, k) for k in ks}
+        errors = {k: ritz_angle_error_deg(t0, t1, k) for k in ks}
+        if previous is not None:  # the change since the last step estimates what further steps would change
+            errors = {k: min(errors[k], CHANGE_SAFETY * float((angles[k] - previous[k]).abs().max())) for k in ks}
+        previous = angles
+        # a gap-limited k (Wedin bound > 1 with W0's Ritz gap) has no well-posed answer to resolve
+        open_ks = [k for k in ks if errors[k] > TOL_DEG and wedin_bound(delta_spectral, spectral_gap(t0.s, k)) <= 1.0]
+        if not open_ks or step >= rounds or basis.shape[1] >= basis.shape[0]:
+            return t0, t1, errors, step, basis, dx, fro2
+        resid = []
+        for t, gx in ((t0, gx0), (t1, gx1)):
+            sig = t.s[:k_need].to(basis)
+            y_v = t.v[:, :k_need]
+            resid.append(((gx @ (basis.T @ y_v)) / sig.clamp_min(torch.finfo(sig.dtype).tiny)) - y_v * sig)
+        new = orthonormal_extension(basis, torch.cat(resid, 1))
+        if new.shape[1] == 0:
+            return t0, t1, errors, step, basis, dx, fro2
+        w, d, g0, g1, _ = chunked_pair_normal_matmul(a0, a1, new, device=dev)
+        basis, wx0, dx = torch.cat([basis, new], 1), torch.cat([wx0, w], 1), torch.cat([dx, d], 1)
+        gx0, gx1 = torch.cat([gx0, g0], 1), torch.cat([gx1, g1], 1)
+        step += 1
+
+
+def _pair_angles_deg(t0: RitzTriplets, t1: RitzTriplets, k: int) -> torch.Tensor:
+    """Top-k principal angles (degrees) of the left and of the right Ritz subspaces, concatenated."""
+    with lapack_one_thread(t0.v):
+        return torch.rad2deg(torch.cat([principal_angles(t0.u[:, :k], t1.u[:, :k], orthonormal=True),
+                                        principal_angles(t0.v[:, :k], t1.v[:, :k], orthonormal=True)])).cpu()
+
+
+def _frame_topq(a0, a1, ks: Sequence[int], q: int, frame: bool, dev, *, max_iter: int,
+                delta_spectral: float | None, delta: torch.Tensor | None = None) -> _Frame:
     """Randomized top-q frame (default fast mode for min(m, n) > FULL_FRAME_MAX).
 
-    Subspace iteration with Rayleigh–Ritz (:func:`deltalens.linalg.ritz_subspace_iteration`) on
-    p = q + OVERSAMPLE columns: W0 from a seeded Gaussian start, W1 warm-started from W0's right
-    subspace (an RL update rotates it by little, so W1 needs few iterations), float32 iterations of
-    one pass over the matrix each. One float32 pass over Δ gives Δ[V0 V1], ΔᵀU_q and ‖Δ‖²_F
-    (float64 sum); a block power iteration gives ‖Δ‖₂ (unless given). Only the top q singular values and the first q diagonal entries of
-    UᵀΔV exist here, so NSS and rescale_share are top-q quantities (NSS from Ritz values of both
-    matrices in one common subspace, :func:`_common_ritz_values`).
+    A starting subspace from p = q + OVERSAMPLE columns for each matrix: subspace iteration with
+    Rayleigh–Ritz (:func:`deltalens.linalg.ritz_subspace_iteration`, float32 passes), W0 from a
+    seeded Gaussian start, W1 warm-started from W0's result. Then W0 and W1 are both Rayleigh–Ritz-projected on one common float64 subspace that
+    grows by their residual directions until each top-k rotation's error estimate is below
+    ``TOL_DEG`` (:func:`_common_ritz`); ``by_k[k]["unresolved"]`` says where it is not. The same
+    subspace gives the top-q Ritz values of both (NSS, ``nss_scope``) and W0's frame; ΔV comes
+    from the common pass, ΔᵀU_q from one float32 pass over Δ; a block power iteration gives
+    ‖Δ‖₂ (unless given). Only the top q of UᵀΔV's diagonal exist here, so rescale_share is a
+    top-q quantity.
     """
     m, n = a0.shape
+    k_max = max(ks)
     p = min(n, q + OVERSAMPLE)
     tol = math.sin(math.radians(TOL_DEG))
     start = torch.randn(n, p, generator=torch.Generator().manual_seed(0)).to(dev)
-    # float32 throughout: NSS and diag(UᵀΔV) take their precision from the Δ products, not from
-    # W0V0 and W1V1, whose rounding is shared by both sides of each difference (see _common_ritz_values)
     stop = dict(max_iter=max_iter, k=k_max, tol=tol, min_progress=MIN_PROGRESS, final_dtype=torch.float32)
     r0 = ritz_subspace_iteration(start=start, **_operator(a0, None, dev), **stop)
     r1 = ritz_subspace_iteration(start=r0.v.to(torch.float32), **_operator(a1, None, dev), **stop)
-    u0, v0 = r0.u[:, :q], r0.v[:, :q]
-    out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
-    dv, dtu, delta_fro2 = _delta_frame_products(a0, a1, u0, torch.cat([r0.v, r1.v], 1), dev, delta)
-    if frame:
-        dvq = dv[:, :q].double()
-        cross = u0.T @ dvq
-        out.update(diag_d=torch.diagonal(cross).cpu(), row_energy=dtu.square().sum(0).cpu(),
-                   col_energy=dvq.square().sum(0).cpu(), cross=cross.cpu())
-        del dvq
-    nss_pair = tuple(s[:q] for s in _common_ritz_values(r0, r1, dv[:, :p], dv[:, p:]))
+    with lapack_one_thread(r0.v):  # both matrices' subspaces: W1's top-q may have moved far from W0's
+        basis = _orthonormal_columns(torch.cat([r0.v, r1.v], 1).to(device=dev, dtype=torch.float64))
     if delta_spectral is None:
         rd = delta_top_singular_values(a0, a1, device=dev, delta=delta)
         delta_spectral = float(rd.s[0])
@@ -333,56 +382,45 @@ def _frame_topq(a0, a1, k_max: int, q: int, frame: bool, dev, *, max_iter: int, 
                     f"bound on ‖Δ‖₂, residual {float(rd.residual[0]):.2g})")
     else:
         spec_how = "given by the caller (the rank group's power iteration on Δ)"
+    t0, t1, errors, steps, basis, dx, delta_fro2 = _common_ritz(a0, a1, basis, ks, dev, rounds=GROW_ROUNDS,
+                                                                delta_spectral=delta_spectral)
+    width = basis.shape[1]
+    u0, v0 = t0.u[:, :q], t0.v[:, :q]
+    out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
+    dv = dx @ (basis.T @ v0)  # ΔV_q = (ΔX)(Xᵀ V_q): V_q lies in span(X)
+    if frame:
+        dtu = _delta_transpose_products(a0, a1, u0, dev, delta)
+        cross = u0.T @ dv
+        out.update(diag_d=torch.diagonal(cross).cpu(), row_energy=dtu.square().sum(0).cpu(),
+                   col_energy=dv.square().sum(0).cpu(), cross=cross.cpu())
     method = {
         "mode": "fast",
         "route": f"top-{q}",
-        "frame": f"randomized subspace iteration with Rayleigh–Ritz (Halko et al. 2011) on p={p} columns of the smaller "
-                 f"side (n={n}): W0 from a seeded Gaussian start ({r0.iterations} iterations), W1 warm-started from W0's "
-                 f"subspace ({r1.iterations}); float32 throughout; stop when the estimated top-"
-                 f"{k_max} subspace error < {TOL_DEG}°, when two iterations in a row improve on its best by less "
-                 f"than {MIN_PROGRESS:.0%}, or after {max_iter} iterations",
-        "angles": "top-k Ritz vectors of W0 and W1; sine-based principal angles (Knyazev & Argentati 2002); "
-                  "angle_error_deg estimates the error from the Ritz residuals",
+        "frame": f"starting subspace: randomized subspace iteration with Rayleigh–Ritz (Halko et al. 2011) on p={p} "
+                 f"columns of the smaller side (n={n}) per matrix, float32: W0 from a seeded Gaussian start "
+                 f"({r0.iterations} iterations), W1 warm-started from W0's ({r1.iterations}); then W0 and W1 Rayleigh–Ritz-projected in float64 on one common subspace, grown "
+                 f"{steps} time(s) by both matrices' top-{k_max + 1} residual directions (block Davidson) to "
+                 f"{width} columns, until each top-k angle's error estimate < {TOL_DEG}° (at most {GROW_ROUNDS} steps)",
+        "angles": "top-k Ritz vectors of W0 and W1 from the common subspace; sine-based principal angles (Knyazev & "
+                  "Argentati 2002); angle_error_deg bounds the error from both Ritz residuals (Davis–Kahan with "
+                  f"Ritz gaps); unresolved when it exceeds {TOL_DEG}°",
         "gap": "Ritz values σ_k − σ_{k+1} of W0",
-        "nss": f"top-{q} Ritz values of W0 and W1 (nss_scope), both from the span of their {2 * p} computed right "
-               "vectors, so that their errors largely cancel in the difference",
+        "nss": f"top-{q} Ritz values of W0 and W1 (nss_scope) from the common subspace",
         "delta_spectral": spec_how,
     }
     if frame:
         method["rescale"] = (f"first {q} diagonal entries of UᵀΔV (rescale_scope) against baseline q/(mn); "
                              f"rescale_share_upper adds the QQ-block energy at k={q}: a bound on the full-frame value")
     return _Frame(
-        s0=r0.s, s1=r1.s, u0=u0, v0=v0, u1=r1.u[:, :q], v1=r1.v[:, :q], delta_fro2=delta_fro2,
-        delta_spectral=delta_spectral, method=method, scope=q, ritz=(r0, r1), nss_pair=nss_pair, **out,
+        s0=t0.s, s1=t1.s, u0=u0, v0=v0, u1=t1.u[:, :q], v1=t1.v[:, :q], delta_fro2=delta_fro2,
+        delta_spectral=delta_spectral, method=method, scope=q, ritz=(t0, t1),
+        nss_pair=(t0.s[:q], t1.s[:q]), angle_errors=errors, **out,
     )
 
 
-def _common_ritz_values(r0: RitzTriplets, r1: RitzTriplets, dv0: torch.Tensor, dv1: torch.Tensor) -> tuple:
-    """Ritz values of W0 and of W1 from the same subspace span[V0, V1] (float64, descending).
-
-    No pass over the matrices: W0V0 = U0S0 and W1V1 = U1S1 are known, W1V0 = W0V0 + ΔV0 and
-    W0V1 = W1V1 − ΔV1 (``dv0`` = ΔV0, ``dv1`` = ΔV1). An orthonormal basis Q = [V0 V1] T comes from
-    the eigenvectors of [V0 V1]ᵀ[V0 V1] (directions below 1e-10 of the largest dropped: V1 ≈ V0
-    for a small update), and σ(W Q) from the Gram of W Q.
-    """
-    v = torch.cat([r0.v, r1.v], 1)
-    with lapack_one_thread(v):
-        lam, e = torch.linalg.eigh(v.T @ v)
-    keep = lam > 1e-10 * lam.max()
-    t = e[:, keep] / lam[keep].sqrt()
-    s0, s1 = r0.s.to(r0.u.device), r1.s.to(r1.u.device)
-    width = r0.u.shape[1] + r1.u.shape[1]
-    grams = [torch.zeros(width, width, dtype=torch.float64, device=r0.u.device) for _ in range(2)]
-    step = chunk_rows(2 * width)  # float64 row chunks: no m × 2p copies (hundreds of MB for an embedding)
-    for start in range(0, r0.u.shape[0], step):
-        rows = slice(start, start + step)
-        y00, y11 = r0.u[rows] * s0, r1.u[rows] * s1
-        for side, g in enumerate(grams):  # W0 [V0 V1] = [y00, y11 − ΔV1]; W1 [V0 V1] = [y00 + ΔV0, y11]
-            wq = torch.cat([y00, y11 - dv1[rows]] if side == 0 else [y00 + dv0[rows], y11], 1)
-            g.addmm_(wq.T, wq)
-        del y00, y11, wq
-    with lapack_one_thread(t):
-        return tuple(torch.linalg.eigvalsh(t.T @ g @ t).flip(0).clamp_min(0.0).sqrt().cpu() for g in grams)
+def _orthonormal_columns(x: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of span(x) in x's dtype (an empty basis extended by x's columns)."""
+    return orthonormal_extension(x[:, :0], x)
 
 
 # ----------------------------------------------------------------------------- overlap (§5)
@@ -718,8 +756,14 @@ def spectral_metrics(
     elif n <= (FULL_FRAME_MAX if full_max is None else full_max):
         fr = _frame_fast(a0, a1, k_max, k_v0, want_frame, dev)
     else:
-        fr = _frame_topq(a0, a1, k_max, max(k_max, k_ov), want_frame, dev, max_iter=max_iter,
+        fr = _frame_topq(a0, a1, ks, max(k_max, k_ov), want_frame, dev, max_iter=max_iter,
                          delta_spectral=delta_spectral, delta=None if delta is None else (delta.T if transposed else delta))
+        need = [k for k, e in fr.angle_errors.items() if e > TOL_DEG and not _gap_limited(fr, k)]
+        if need and n <= GRAM_ESCALATE_MAX:  # a subspace that is defined but not resolved: the exact Gram frame
+            why = (f"escalated from top-{max(k_max, k_ov)}: estimated angle error "
+                   + ", ".join(f"{fr.angle_errors[k]:.2g}° at k={k}" for k in need) + f" > {TOL_DEG}°")
+            fr = _frame_fast(a0, a1, k_max, k_v0, want_frame, dev)
+            fr.method["route"] = f"full ({why})"
     scope = "full" if fr.scope is None else f"top-{fr.scope}"
 
     by_k: dict[str, dict] = {str(k): {} for k in ks}
@@ -744,12 +788,18 @@ def spectral_metrics(
                 angle_mean_left_deg=left["mean"], angle_mean_right_deg=right["mean"],
                 gap_k=gap, wedin_bound=bound if math.isfinite(bound) else None, gap_limited=bool(bound > 1.0),
             )
-            if fr.ritz is not None:
-                by_k[str(k)]["angle_error_deg"] = ritz_angle_error_deg(*fr.ritz, k)
+            if fr.angle_errors is not None:
+                err = fr.angle_errors[k]
+                by_k[str(k)]["angle_error_deg"] = err
+                by_k[str(k)]["unresolved"] = bool(err > TOL_DEG)
+            else:
+                by_k[str(k)]["unresolved"] = False
         s0, s1 = (fr.s0, fr.s1) if fr.nss_pair is None else fr.nss_pair
         out["nss"] = normalized_spectrum_shift(s0, s1)
         out["nss_scope"] = scope
         method["gap_limited"] = "Wedin bound ‖Δ‖₂/gap_k > 1 (None bound = zero gap)"
+        method["unresolved"] = (f"top-q route only: the angles' estimated error exceeds {TOL_DEG}° (left out of "
+                                "aggregates, plots and claims, and counted)")
     if want_frame:
         energies = {}
         for k in sorted(set(ks) | ({fr.scope} if fr.scope else set())):
@@ -794,6 +844,11 @@ def spectral_metrics(
         )
     out["method"] = method
     return out
+
+
+def _gap_limited(fr: _Frame, k: int) -> bool:
+    """Whether the Wedin bound ‖Δ‖₂/gap_k of the frame's W0 exceeds 1 (top-k subspace ill-posed).  SPEC §4."""
+    return wedin_bound(fr.delta_spectral, spectral_gap(fr.s0, k)) > 1.0
 
 
 def ritz_angle_error_deg(r0: RitzTriplets, r1: RitzTriplets, k: int) -> float:
