@@ -42,9 +42,11 @@ def passk_cmd(
     rows = [[kk] + [result["models"][n]["pass_at_k"][i] if kk in result["models"][n]["k"] else None
                     for n in names] for i, kk in enumerate(ks)]
     _table("pass@k", ["k"] + names, rows)
-    if result["crossover"]:
-        print(f"crossover k* ({result['crossover']['base']} overtakes {result['crossover']['tuned']}): "
-              f"{result['crossover']['k']}")
+    cross = result["crossover"]
+    if cross and cross["k"] is not None:
+        print(f"crossover k* ({cross['base']} overtakes {cross['tuned']}): {cross['k']}")
+    elif cross:
+        print(f"no crossover k* ({cross['base']} vs {cross['tuned']}): {cross['reason']}")
     print(f"wrote {out / 'passk.json'} and {out / 'passk.png'}")
 
 
