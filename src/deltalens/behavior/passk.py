@@ -180,7 +180,7 @@ def plot_passk(result: Mapping, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deltalens.results import _atomic_write_bytes
+    from deltalens.results import write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, m in result["models"].items():
@@ -199,4 +199,4 @@ def plot_passk(result: Mapping, path) -> None:
     fig.tight_layout()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
     plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())

@@ -244,7 +244,7 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     ``"module:function"`` or a callable, applied to each finished batch.
     """
     from deltalens.behavior.formats import as_problems
-    from deltalens.results import append_jsonl
+    from deltalens.results import append_jsonl, check_output_file
 
     if backend not in BACKENDS:
         raise DeltalensError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -252,6 +252,8 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
                          seed=seed, batch_size=batch_size, stop=list(stop or []))
     cfg.check()
     probs = as_problems(problems, need_answer=verifier is not None)
+    if out is not None:
+        check_output_file(out, what="samples file")
 
     if backend == "hf":
         model, tokenizer, default_name = load_model(model_or_path, tokenizer, device=device, dtype=dtype)

@@ -32,8 +32,9 @@ def passk_cmd(
 ) -> None:
     """pass@k curves with bootstrap intervals and the crossover k* (writes DIR/passk.json, DIR/passk.png)."""
     from deltalens.behavior.passk import passk, plot_passk
-    from deltalens.results import write_json
+    from deltalens.results import check_output_dir, write_json
 
+    check_output_dir(out, ["passk.json", "passk.png"])
     result = passk(samples, problems=problems, ks=k or None, base=base, tuned=tuned, n_boot=n_boot, seed=seed)
     write_json(out / "passk.json", result)
     plot_passk(result, out / "passk.png")
@@ -59,8 +60,9 @@ def support_cmd(
 ) -> None:
     """Support P/E/S/O counts, SRR, NDR, SDS, NSCR and epsilon (writes DIR/support.json)."""
     from deltalens.behavior.support import support
-    from deltalens.results import write_json
+    from deltalens.results import check_output_dir, write_json
 
+    check_output_dir(out, ["support.json"])
     res = support(base, tuned, k=k, zeta=zeta)
     write_json(out / "support.json", res)
     c = res["counts"]
@@ -81,10 +83,10 @@ def verify_cmd(
     import json
 
     from deltalens.behavior.verify import verify
-    from deltalens.results import to_jsonable, write_text
+    from deltalens.results import check_output_file, to_jsonable, write_text
 
+    target = check_output_file(out or samples, what="verified samples file")
     rows = verify(samples, problems, method=method, timeout=timeout, progress=True)
-    target = out or samples
     write_text(target, "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))
     n_ok = sum(bool(r["correct"]) for r in rows)
     print(f"{n_ok}/{len(rows)} samples correct ({method}); wrote {target}")
@@ -141,8 +143,9 @@ def divergence_cmd(
 ) -> None:
     """Forward/reverse KL (exact over the vocabulary), entropies, cross-perplexity (DIR/divergence.json)."""
     from deltalens.behavior.divergence import divergence
-    from deltalens.results import write_json
+    from deltalens.results import check_output_dir, write_json
 
+    check_output_dir(out, ["divergence.json"])
     res = divergence(base, tuned, prompts, n_samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
                      top_p=top_p, seed=seed, batch_size=batch_size, stop=stop or None, device=device)
     write_json(out / "divergence.json", res)
@@ -170,8 +173,9 @@ def evaluate_cmd(
 ) -> None:
     """Accuracy (greedy, verified) and mean loss per task of a suite."""
     from deltalens.behavior.evaluate import evaluate
-    from deltalens.results import write_json
+    from deltalens.results import check_output_file, write_json
 
+    check_output_file(out, what="evaluation file")
     res = evaluate(model, suite, verifier=verify, max_new_tokens=max_new_tokens, batch_size=batch_size,
                    stop=stop or None, device=device, model_name=model_name)
     write_json(out, res)
@@ -190,8 +194,9 @@ def forgetting_cmd(
 ) -> None:
     """Relate each tuned model's drop on held-out tasks to its KL from the base (fit and R^2)."""
     from deltalens.behavior.evaluate import forgetting
-    from deltalens.results import read_json, write_json
+    from deltalens.results import check_output_dir, read_json, write_json
 
+    check_output_dir(out, ["forgetting.json"])
     res = forgetting(read_json(base_eval), [read_json(p) for p in evals], [read_json(p) for p in divergences],
                      kl=kl, tasks=task or None)
     write_json(out / "forgetting.json", res)

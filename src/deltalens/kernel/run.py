@@ -23,7 +23,7 @@ from deltalens.kernel.ntk import DEFAULT_CHUNK, KernelResult, empirical_ntk
 from deltalens.kernel.outputs import completion_loss, encode_probes, evaluate_outputs, model_context_length, output_function
 from deltalens.kernel.traits import averaging_matrix, suite_to_probes, trait_changes, trait_kernel
 from deltalens.kernel.trajectory import kernel_trajectory
-from deltalens.results import _atomic_write_bytes, read_jsonl, write_json
+from deltalens.results import check_output_dir, read_jsonl, write_bytes, write_json
 
 Progress = Callable[[str, int, int], None]
 
@@ -115,6 +115,48 @@ def parameter_delta(base: torch.nn.Module, tuned: torch.nn.Module) -> dict[str, 
     return delta
 
 
+def check_same_model(sources: Sequence) -> None:
+    """Before any kernel is computed: every checkpoint must be the base's model (same parameter
+    names and shapes, read from the safetensors headers of folders or from loaded modules), since
+    one tokenizer encodes the probes for all and kernels of different models are not comparable
+    here. Raises one :class:`DeltalensError` line naming the checkpoint and the first difference."""
+    shapes = [_parameter_shapes(s) for s in sources]
+    base = shapes[0]
+    for source, other in zip(sources[1:], shapes[1:]):
+        if base is None or other is None or base["kind"] != other["kind"]:
+            continue  # a folder and a module name tied weights differently: not compared by name
+        label = source if isinstance(source, (str, Path)) else type(source).__name__
+        if base.get("model_type") != other.get("model_type"):
+            raise DeltalensError(f"{label}: model type {other.get('model_type')!r} differs from the base's "
+                                 f"{base.get('model_type')!r}; kernel compares a base with its own fine-tunes")
+        a, b = base["shapes"], other["shapes"]
+        tied_head = {"lm_head.weight"}  # saved only where the head is not tied to the embedding
+        for name in sorted((set(a) | set(b)) - (tied_head - (set(a) & set(b)))):
+            if a.get(name) != b.get(name):
+                seen = "missing" if name not in b else f"shape {list(b[name])}"
+                want = "absent in the base" if name not in a else f"shape {list(a[name])} in the base"
+                raise DeltalensError(f"{label}: parameter '{name}' is {seen}, {want}; "
+                                     "kernel compares a base with its own fine-tunes (one architecture)")
+
+
+def _parameter_shapes(source) -> dict | None:
+    """``{"model_type", "shapes": {canonical name: shape}}`` of a model folder (headers only) or a module."""
+    from deltalens.checkpoints import canonical_name, open_checkpoint
+
+    if isinstance(source, (str, Path)):
+        from deltalens.models import check_model_folder
+
+        check_model_folder(Path(source))  # one line for a missing, config-only or corrupted folder
+        ckpt = open_checkpoint(source)
+        shapes = {key: info.shape for key, info in ckpt.infos.items()}
+        return {"model_type": ckpt.config.get("model_type"), "shapes": shapes, "kind": "folder"}
+    if isinstance(source, torch.nn.Module):
+        config = getattr(source, "config", None)
+        shapes = {canonical_name(n): tuple(p.shape) for n, p in source.named_parameters()}
+        return {"model_type": getattr(config, "model_type", None), "shapes": shapes, "kind": "module"}
+    return None
+
+
 def write_kernel_outputs(out, report: dict, arrays: dict[str, torch.Tensor], json_name: str = "kernel.json") -> Path:
     """Write ``kernels.npz`` then the JSON report (last, so its presence means a complete run)."""
     import numpy as np
@@ -122,7 +164,7 @@ def write_kernel_outputs(out, report: dict, arrays: dict[str, torch.Tensor], jso
     out = Path(out)
     buf = io.BytesIO()
     np.savez(buf, **{k: v.double().numpy() for k, v in arrays.items()})
-    _atomic_write_bytes(out / "kernels.npz", buf.getvalue())
+    write_bytes(out / "kernels.npz", buf.getvalue())
     return write_json(out / json_name, report)
 
 
@@ -142,6 +184,8 @@ def run_kernel(
     ``options``: the fields of :class:`KernelOptions`. The two-model case of :func:`run_trajectory`
     without its per-checkpoint fields.
     """
+    if out is not None:
+        check_output_dir(out, ["kernel.json", "kernels.npz"])
     report, arrays = run_trajectory([base, tuned], probes, tokenizer=tokenizer, traits=traits, progress=progress,
                                     **options)
     del report["trajectory"]
@@ -198,7 +242,10 @@ def run_trajectory(
     opts = KernelOptions(**options)
     device, top_r, options = opts.device, opts.top_r, opts.ntk()
     output_fn = output_function(opts.output)
+    if out is not None:
+        check_output_dir(out, ["kernel.json", "kernels.npz"])
     lines, what = _read_lines(probes, "probes")
+    check_same_model(models)
     model0, tok = load_model(models[0], device=device, tokenizer=tokenizer)
     batch = _encode(tok, model0, lines, what)
     suite = _encode_suite(tok, model0, traits) if traits is not None else None  # bad input fails before any work
@@ -239,6 +286,8 @@ def run_align(
     opts = KernelOptions(**options)
     device = opts.device
     output_fn = output_function(opts.output)
+    if out is not None:
+        check_output_dir(out, ["align.json", "kernels.npz"])
     probe_lines, probe_what = _read_lines(probes, "probes")
     data_lines, data_what = _read_lines(data, "data")
     net, tok = load_model(model, device=device, tokenizer=tokenizer)
