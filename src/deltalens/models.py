@@ -105,5 +105,5 @@ def check_same_vocabulary(base, tuned, base_label: str, tuned_label: str) -> Non
     :class:`DeltalensError` line naming both sizes otherwise."""
     v0, v1 = vocabulary_size(base), vocabulary_size(tuned)
     if v0 is not None and v1 is not None and v0 != v1:
-        raise DeltalensError(f"{tuned_label}: vocabulary of {v1} tokens, but the base {base_label} has {v0}; "
-                             "both models must share one tokenizer")
+        raise DeltalensError(f"{tuned_label}: the two models have different vocabularies ({v1} tokens; the base "
+                             f"{base_label} has {v0}); both must share one tokenizer")

@@ -117,7 +117,7 @@ def check_output_dir(folder: str | os.PathLike, files: Iterable[str] = (), *, wh
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise DeltalensError(f"{folder}: expected an {what}, but it is a file")
+        raise DeltalensError(f"{folder}: the {what} is a file, not a folder")
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -138,7 +138,7 @@ def check_output_file(path: str | os.PathLike, *, what: str = "output file") -> 
     writable), before any work starts; one :class:`DeltalensError` line otherwise."""
     path = Path(path)
     if path.is_dir():
-        raise DeltalensError(f"{path}: expected an {what}, but it is a folder")
+        raise DeltalensError(f"{path}: the {what} is a folder, not a file")
     check_output_dir(path.parent, what=f"folder of the {what}")
     return path
 

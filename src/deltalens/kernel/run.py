@@ -140,19 +140,19 @@ def check_same_model(sources: Sequence) -> None:
 
 
 def _parameter_shapes(source) -> dict | None:
-    """``{"model_type", "shapes": {canonical name: shape}}`` of a model folder (headers only) or a module."""
-    from deltalens.checkpoints import canonical_name, open_checkpoint
+    """``{"model_type", "shapes": {name: shape}}`` of a model folder (stored names, headers only) or a module."""
+    from deltalens.checkpoints import open_checkpoint
 
     if isinstance(source, (str, Path)):
         from deltalens.models import check_model_folder
 
         check_model_folder(Path(source))  # one line for a missing, config-only or corrupted folder
         ckpt = open_checkpoint(source)
-        shapes = {key: info.shape for key, info in ckpt.infos.items()}
+        shapes = {info.name: info.shape for info in ckpt.infos.values()}
         return {"model_type": ckpt.config.get("model_type"), "shapes": shapes, "kind": "folder"}
     if isinstance(source, torch.nn.Module):
         config = getattr(source, "config", None)
-        shapes = {canonical_name(n): tuple(p.shape) for n, p in source.named_parameters()}
+        shapes = {n: tuple(p.shape) for n, p in source.named_parameters()}
         return {"model_type": getattr(config, "model_type", None), "shapes": shapes, "kind": "module"}
     return None
 
