@@ -214,6 +214,26 @@ def test_output_file_in_a_read_only_folder(command, world, run_cli, tmp_path):
         ro.chmod(0o755)
 
 
+@pytest.mark.parametrize("command", DIR_COMMANDS + FILE_COMMANDS)
+def test_read_only_place_as_the_kernel_reports_it(command, world, run_cli, tmp_path, monkeypatch):
+    """Where root makes chmod meaningless: the write the check tries fails as on a read-only folder."""
+    import tempfile
+
+    real = tempfile.mkstemp
+    ro = tmp_path / "ro"
+    ro.mkdir()
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == ro:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    argv = (_dir_commands(world)[command][0](ro / "out") if command in DIR_COMMANDS
+            else _file_commands(world)[command](ro / "out.json"))
+    _expect_one_line(run_cli, argv, [ro, "not writable (Permission denied)"], world["root"], tmp_path)
+
+
 # ---- model folders that cannot be loaded -------------------------------------------------------
 
 def _model_commands(w, out):
