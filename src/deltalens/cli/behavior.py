@@ -110,21 +110,39 @@ def sample_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (hf)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (hf)."),
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm only."),
+    no_server_check: bool = typer.Option(False, "--no-server-check", help="openai: skip the probe that refuses a server ignoring temperature (for a model that really is that sure)."),
 ) -> None:
     """Draw n samples per problem (resumable; records completion, n_tokens, finish_reason, logprob)."""
     import os
 
-    from deltalens.behavior.sampling import sample
+    from deltalens.behavior.sampling import sample, sampling_record_path
 
+    record = sampling_record_path(out)
+    before = record.stat().st_mtime_ns if record.is_file() else None
     rows = sample(model, problems, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                   seed=seed, batch_size=batch_size, stop=stop or None, backend=backend, out=out,
                   model_name=model_name, verifier=verify, device=device, dtype=dtype, base_url=base_url,
-                  api_key=os.environ.get("OPENAI_API_KEY"), progress=True,
+                  api_key=os.environ.get("OPENAI_API_KEY"), progress=True, check_server=not no_server_check,
                   backend_options={"tensor_parallel_size": tensor_parallel_size} if backend == "vllm" else None)
+    if record.is_file() and record.stat().st_mtime_ns != before:
+        _print_honoured(record)
     msg = f"{len(rows)} samples in {out}"
     if verify:
         msg += f"; {sum(bool(r['correct']) for r in rows)} verified correct ({verify})"
     print(msg)
+
+
+def _print_honoured(record: Path) -> None:
+    """One line on what the openai server honoured (the last check in ``S.jsonl.sampling.json``)."""
+    from deltalens.results import read_json
+
+    honoured = read_json(record)["runs"][-1]["honoured"]
+    words = {True: "yes", False: "NO", None: "unknown"}
+    print("server honoured: " + ", ".join(f"{k} {words[v]}" for k, v in honoured.items()) + f" (details: {record})")
+    if honoured.get("seed") is False:
+        print("warning: the server ignores seed: a resumed or repeated run does not reproduce these samples")
+    if honoured.get("logprobs") is False:
+        print("warning: the server returns no log-probabilities: 'logprob' is null in these samples")
 
 
 def divergence_cmd(
