@@ -80,7 +80,9 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files of :func:`write_bytes` in ``folder`` whose writer has died
-    (a ``kill -9`` mid-write); ones of live processes are left alone. Returns what was removed."""
+    (a ``kill -9`` mid-write); ones of live processes are left alone (as seen from this pid
+    namespace: a writer in another container sharing the folder would look dead). Returns what
+    was removed."""
     removed = []
     for tmp in Path(folder).glob(".*.tmp"):
         parts = tmp.name[: -len(".tmp")].rsplit(".", 2)
@@ -96,8 +98,8 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 def _probe_writable(folder: Path, what: str) -> None:
     """Try to create (and remove) a file in ``folder``: permission bits alone do not tell (root,
     ACLs, read-only mounts)."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".deltalens-write-check.", dir=folder)
+    try:  # named like write_bytes' temporaries, so one left by a kill right here is swept as well
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(Path("deltalens-write-check")), suffix=".tmp", dir=folder)
     except OSError as exc:
         raise DeltalensError(f"{folder}: {what} is not writable ({exc.strerror or type(exc).__name__})") from None
     os.close(fd)
