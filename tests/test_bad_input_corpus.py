@@ -62,6 +62,14 @@ def world(tmp_path_factory):
         weights = root / name / "model.safetensors"
         weights.write_bytes(damage(weights.read_bytes()))
         w[name] = root / name
+    sharded = build_tiny_llama(TinyConfig(max_position_embeddings=32), tokenizer=tok, seed=0)
+    sharded.save_pretrained(root / "missing_shard", max_shard_size="200KB")
+    tok.save_pretrained(root / "missing_shard")
+    second = sorted((root / "missing_shard").glob("model-00002-of-*.safetensors"))
+    assert len(second) == 1
+    second[0].unlink()
+    w["missing_shard"] = root / "missing_shard"
+    w["missing"] = root / "no_such_model"
     (root / "config_only").mkdir()
     shutil.copy(w["good"] / "config.json", root / "config_only" / "config.json")
     w["config_only"] = root / "config_only"
@@ -254,6 +262,8 @@ BAD_MODELS = {
     "truncated": ("model.safetensors", "not a readable safetensors file"),
     "random_bytes": ("model.safetensors", "not a readable safetensors file"),
     "config_only": ("config_only", "model.safetensors"),
+    "missing_shard": ("model.safetensors.index.json", "model-00002-of-"),
+    "missing": ("no_such_model", "does not exist"),
 }
 
 
