@@ -280,8 +280,18 @@ def test_unreadable_model_folder(bad, command, world, run_cli, tmp_path):
 def test_kernel_refuses_another_architecture_before_any_work(world, run_cli, tmp_path):
     argv = ["kernel", world["good"], world["other_arch"], "--probes", world["probes"], "--out", tmp_path / "out"]
     # the base has layers 0-1; the other model adds layer 2: named, with what was expected
-    _expect_one_line(run_cli, argv, [world["other_arch"], "model.layers.2.", "absent in the base", "one architecture"],
-                     world["root"], tmp_path)
+    _expect_one_line(run_cli, argv, [world["other_arch"], "tensor 'model.layers.2.", "is only in the checkpoint",
+                                     "one architecture"], world["root"], tmp_path)
+
+
+def test_kernel_refuses_a_checkpoint_with_other_shapes(world, run_cli, tmp_path):
+    from deltalens.lab.tiny_model import TinyConfig, build_tiny_llama
+
+    wide = tmp_path / "narrower_mlp"  # intermediate size 96 where the base has 128
+    build_tiny_llama(TinyConfig(max_position_embeddings=32, intermediate_size=96), seed=0).save_pretrained(wide)
+    argv = ["kernel", world["good"], wide, "--probes", world["probes"], "--out", tmp_path / "out"]
+    _expect_one_line(run_cli, argv, [wide, "shape mismatch 'model.layers.0.mlp.down_proj.weight' base [64, 128] vs "
+                                     "tuned [64, 96]", "one architecture"], world["root"], tmp_path)
 
 
 def test_divergence_refuses_another_vocabulary(world, run_cli, tmp_path):

@@ -116,45 +116,35 @@ def parameter_delta(base: torch.nn.Module, tuned: torch.nn.Module) -> dict[str, 
 
 
 def check_same_model(sources: Sequence) -> None:
-    """Before any kernel is computed: every checkpoint must be the base's model (same parameter
-    names and shapes, read from the safetensors headers of folders or from loaded modules), since
-    one tokenizer encodes the probes for all and kernels of different models are not comparable
-    here. Raises one :class:`DeltalensError` line naming the checkpoint and the first difference."""
-    shapes = [_parameter_shapes(s) for s in sources]
-    base = shapes[0]
-    for source, other in zip(sources[1:], shapes[1:]):
-        if base is None or other is None or base["kind"] != other["kind"]:
-            continue  # a folder and a module name tied weights differently: not compared by name
-        label = source if isinstance(source, (str, Path)) else type(source).__name__
-        if base.get("model_type") != other.get("model_type"):
-            raise DeltalensError(f"{label}: model type {other.get('model_type')!r} differs from the base's "
-                                 f"{base.get('model_type')!r}; kernel compares a base with its own fine-tunes")
-        a, b = base["shapes"], other["shapes"]
-        tied_head = {"lm_head.weight"}  # saved only where the head is not tied to the embedding
-        for name in sorted((set(a) | set(b)) - (tied_head - (set(a) & set(b)))):
-            if a.get(name) != b.get(name):
-                seen = "missing" if name not in b else f"shape {list(b[name])}"
-                want = "absent in the base" if name not in a else f"shape {list(a[name])} in the base"
-                raise DeltalensError(f"{label}: parameter '{name}' is {seen}, {want}; "
-                                     "kernel compares a base with its own fine-tunes (one architecture)")
+    """Before any kernel is computed: every checkpoint folder must hold the base folder's model,
+    since one tokenizer encodes the probes for all. Tensors are paired from the safetensors
+    headers as the weight diff pairs them (:func:`deltalens.checkpoints.pair_sources`: a
+    vocabulary resize is allowed, any other shape mismatch is not), and a tensor on one side only
+    or another ``model_type`` is refused too. Loaded modules are the caller's and are not
+    compared. Raises one :class:`DeltalensError` line naming the checkpoint and what differs."""
+    from deltalens.checkpoints import open_checkpoint, pair_sources
+    from deltalens.models import check_model_folder
 
-
-def _parameter_shapes(source) -> dict | None:
-    """``{"model_type", "shapes": {name: shape}}`` of a model folder (stored names, headers only) or a module."""
-    from deltalens.checkpoints import open_checkpoint
-
-    if isinstance(source, (str, Path)):
-        from deltalens.models import check_model_folder
-
-        check_model_folder(Path(source))  # one line for a missing, config-only or corrupted folder
-        ckpt = open_checkpoint(source)
-        shapes = {info.name: info.shape for info in ckpt.infos.values()}
-        return {"model_type": ckpt.config.get("model_type"), "shapes": shapes, "kind": "folder"}
-    if isinstance(source, torch.nn.Module):
-        config = getattr(source, "config", None)
-        shapes = {n: tuple(p.shape) for n, p in source.named_parameters()}
-        return {"model_type": getattr(config, "model_type", None), "shapes": shapes, "kind": "module"}
-    return None
+    folders = [Path(s) for s in sources if isinstance(s, (str, Path))]
+    for folder in folders:
+        check_model_folder(folder)  # one line for a missing, config-only or corrupted folder
+    if len(folders) != len(sources):
+        return
+    base = open_checkpoint(folders[0], role="base")
+    why = "kernel compares a base with its own fine-tunes (one architecture)"
+    for folder in folders[1:]:
+        other = open_checkpoint(folder)
+        if base.config.get("model_type") != other.config.get("model_type"):
+            raise DeltalensError(f"{folder}: model type {other.config.get('model_type')!r} differs from the base's "
+                                 f"{base.config.get('model_type')!r}; {why}")
+        try:
+            pairing = pair_sources(base, other)
+        except DeltalensError as exc:
+            raise DeltalensError(f"{folder}: {exc}; {why}") from None
+        for side, names in (("base", pairing.unmatched["base_only"]), ("checkpoint", pairing.unmatched["tuned_only"])):
+            if names:
+                raise DeltalensError(f"{folder}: tensor '{names[0]}' is only in the {side}"
+                                     f"{f' (and {len(names) - 1} more)' if len(names) > 1 else ''}; {why}")
 
 
 def write_kernel_outputs(out, report: dict, arrays: dict[str, torch.Tensor], json_name: str = "kernel.json") -> Path:
