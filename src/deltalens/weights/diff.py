@@ -150,7 +150,7 @@ def _earlier_run(out: Path, fingerprint: dict) -> list[str] | None:
                  for d in _differences(old, fingerprint)]
         return list(dict.fromkeys(names)) or None
     if (out / "diff.json").exists():
-        return ["unknown (diff.json without its resume cache)"]
+        return ["unknown: a diff.json without its resume cache"]
     return None
 
 
@@ -179,7 +179,7 @@ def _load_cache(out: Path, fingerprint: dict, overwrite: bool) -> tuple[dict[str
         return rows, None
     if differs is not None and not overwrite:
         raise DeltalensError(
-            f"{out}: holds a diff of other inputs or options (differs in: {', '.join(differs)}); "
+            f"{out}: holds an earlier diff that this run would replace (it differs in: {', '.join(differs)}); "
             "pass --overwrite (overwrite=True) to replace it, or choose another --out")
     if cache.exists():
         shutil.rmtree(cache)
