@@ -23,17 +23,22 @@ def load_model(source, tokenizer=None, *, device: str | None = None, dtype: str 
 
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not (path / "config.json").is_file():
-            raise DeltalensError(f"{path}: not a model folder (config.json not found)")
+        check_model_folder(path)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except Exception as exc:  # transformers raises OSError, ValueError, KeyError, RuntimeError, ... for bad folders
+            raise DeltalensError(f"{path}: cannot load as a causal language model ({_first_line(exc)})") from None
         if tokenizer is None:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path)
-            except (OSError, ValueError) as exc:
-                raise DeltalensError(f"{path}: no tokenizer found ({exc.__class__.__name__}); pass one") from None
+            except Exception as exc:
+                raise DeltalensError(
+                    f"{path}: no usable tokenizer in the model folder (expected tokenizer.json or tokenizer_config.json "
+                    f"with its vocabulary; save the tokenizer of the model it was trained from there; {_first_line(exc)})"
+                ) from None
         name = path.resolve().name
     else:
         model = source
@@ -48,3 +53,57 @@ def load_model(source, tokenizer=None, *, device: str | None = None, dtype: str 
     if tokenizer is not None and tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, name
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def check_model_folder(path: Path) -> None:
+    """Check, before anything is loaded, that ``path`` is a model folder whose weights can be read:
+    a ``config.json`` holding a JSON object, and safetensors weights whose headers and sizes are
+    intact (through :func:`deltalens.checkpoints.open_checkpoint`, which names the bad file). A
+    folder holding only pickle weights is left to ``from_pretrained`` (``weights_only`` loading).
+    Raises one :class:`DeltalensError` line naming the file and what was expected.
+    """
+    import json
+
+    from deltalens.checkpoints.sources import PICKLE_SUFFIXES, open_checkpoint
+
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is a file"
+        raise DeltalensError(f"{path}: expected a model folder (config.json and weights), but it {what}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise DeltalensError(f"{path}: not a model folder (config.json not found)")
+    try:
+        parsed = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DeltalensError(f"{config}: not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(parsed, dict):
+        raise DeltalensError(f"{config}: expected a model config (a JSON object), got {type(parsed).__name__}")
+    if not any(path.glob("*.safetensors")) and any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir()):
+        return
+    if not any(path.glob("*.safetensors")):
+        raise DeltalensError(f"{path}: config.json but no weights (expected model.safetensors, or "
+                             "model.safetensors.index.json and its shards)")
+    open_checkpoint(path)  # headers and file sizes: a truncated or corrupted file fails here, by name
+
+
+def vocabulary_size(model) -> int | None:
+    """Rows of the output layer (the logits' last dimension), else ``config.vocab_size``."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def check_same_vocabulary(base, tuned, base_label: str, tuned_label: str) -> None:
+    """Two models scored on one tokenizer's tokens must have the same output vocabulary; one
+    :class:`DeltalensError` line naming both sizes otherwise."""
+    v0, v1 = vocabulary_size(base), vocabulary_size(tuned)
+    if v0 is not None and v1 is not None and v0 != v1:
+        raise DeltalensError(f"{tuned_label}: the two models have different vocabularies ({v1} tokens; the base "
+                             f"{base_label} has {v0}); both must share one tokenizer")

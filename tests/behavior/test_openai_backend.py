@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -109,14 +110,22 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(503, {"error": "warming up"})
         if self.path != "/v1/completions" or body.get("model") != "stub":
             return self._reply(400, {"error": f"unknown model {body.get('model')}"})
+        if "logprobs" in body and srv.mode == "rejects logprobs":
+            return self._reply(400, {"error": "logprobs is not supported"})
+        if srv.mode == "sure":  # a model that puts all its mass on one answer: identical, logprob ~ 0
+            return self._reply(200, {"choices": [{"text": "2", "finish_reason": "stop",
+                                                  "logprobs": {"tokens": ["2"], "token_logprobs": [-1e-4]}}],
+                                     "usage": {"completion_tokens": 1}})
+        temperature = 0.0 if srv.mode.startswith("greedy") else body["temperature"]  # transformers serve's way
+        seed = random.randrange(2 ** 31) if srv.mode == "ignores seed" else body["seed"]
         with srv.lock:  # one generation at a time on the shared model
             rows = sample(srv.model, [{"id": "x", "prompt": body["prompt"]}], n=1, tokenizer=srv.tok,
-                          temperature=body["temperature"], top_p=body["top_p"], seed=body["seed"],
-                          max_new_tokens=body["max_tokens"])
-        r = rows[0]
+                          temperature=temperature, top_p=body["top_p"], seed=seed, max_new_tokens=body["max_tokens"])
+        r = rows[0]  # its logprob is the model's own (temperature 1), also for a greedy completion
+        logprobs = ({"tokens": list(r["completion"]), "token_logprobs": [r["logprob"]] + [0.0] * (r["n_tokens"] - 1)}
+                    if "logprobs" in body and srv.mode not in ("greedy", "rejects logprobs") else None)
         self._reply(200, {"object": "text_completion", "choices": [{
-            "index": 0, "text": r["completion"], "finish_reason": r["finish_reason"],
-            "logprobs": {"tokens": list(r["completion"]), "token_logprobs": [r["logprob"]] + [0.0] * (r["n_tokens"] - 1)}}],
+            "index": 0, "text": r["completion"], "finish_reason": r["finish_reason"], "logprobs": logprobs}],
             "usage": {"completion_tokens": r["n_tokens"]}})
 
     def _reply(self, code, obj):
@@ -132,6 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
 def stub_server(tok, random_model):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.lock, srv.requests, srv.failures, srv.model, srv.tok = threading.Lock(), [], 0, random_model, tok
+    srv.mode = "samples"  # or: greedy (no logprobs), greedy with logprobs, ignores seed, rejects logprobs, sure
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     yield srv
@@ -144,7 +154,8 @@ def test_stub_server_retries_concurrency_and_logprobs(tmp_path, stub_server, run
     url = f"http://127.0.0.1:{stub_server.server_address[1]}/v1"
     rows = sample("stub", PROBLEMS, n=4, backend="openai", base_url=url, max_new_tokens=4, temperature=0.9,
                   seed=1, batch_size=8)
-    assert len(stub_server.requests) == 8 + 3 and stub_server.failures == 0
+    # 8 samples, 3 retried 503s, and the server check's 5 probes (2 problems x 2 seeds, one seed again)
+    assert len(stub_server.requests) == 8 + 3 + 5 and stub_server.failures == 0
     assert {r["model"] for r in rows} == {"stub"} and all(r["n_tokens"] == 4 for r in rows)
     # token_logprobs are summed (the stub puts the whole sum on the first token, zeros after)
     assert all(isinstance(r["logprob"], float) and r["logprob"] < 0 for r in rows)
@@ -176,3 +187,70 @@ def test_vllm_backend_is_optional(tmp_path):
         pass
     with pytest.raises(DeltalensError, match=r"deltalens\[vllm\]"):
         sample(str(tmp_path), PROBLEMS, backend="vllm")
+
+
+def _sample_cli(run_cli, tmp_path, url, *extra):
+    tmp_path.mkdir(exist_ok=True)
+    probs = write_jsonl(tmp_path / "p.jsonl", PROBLEMS)
+    out = tmp_path / "s.jsonl"
+    return (*run_cli("sample", "stub", "--backend", "openai", "--base-url", url, "--problems", probs, "-n", "2",
+                     "--max-new-tokens", "6", "--temperature", "1.0", "--out", out, *extra), out)
+
+
+def test_server_that_samples_is_recorded_as_honouring_everything(tmp_path, stub_server, run_cli):
+    url = f"http://127.0.0.1:{stub_server.server_address[1]}/v1"
+    code, stdout, err, out = _sample_cli(run_cli, tmp_path, url)
+    assert code == 0, err
+    record = json.loads((tmp_path / "s.jsonl.sampling.json").read_text())["runs"][-1]
+    assert record["honoured"] == {"logprobs": True, "max_tokens": True, "stop": None, "top_p": None,
+                                  "temperature": True, "seed": True}
+    assert record["evidence"]["identical_completions_for_two_seeds"] is False
+    assert all(b["logprobs"] == 1 for b in stub_server.requests)  # asked for in every request
+    assert "server honoured: logprobs yes" in stdout and "temperature yes" in stdout and "warning" not in stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and all(isinstance(r["logprob"], float) for r in rows)
+
+
+@pytest.mark.parametrize("mode, needle", [("greedy", "returns no log-probabilities"),
+                                          ("greedy with logprobs", "the chance of that would be")])
+def test_server_that_ignores_temperature_is_refused(mode, needle, tmp_path, stub_server, run_cli):
+    stub_server.mode = mode
+    url = f"http://127.0.0.1:{stub_server.server_address[1]}/v1"
+    code, stdout, err, out = _sample_cli(run_cli, tmp_path, url)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err
+    assert "ignores temperature" in lines[0] and "on each of 2 problems" in lines[0] and needle in lines[0]
+    assert "--temperature 0" in lines[0] and "vLLM" in lines[0]
+    assert not out.exists() and not (tmp_path / "s.jsonl.sampling.json").exists()
+    assert len(stub_server.requests) <= 4  # refused after the probes, before any sample
+    # greedy decoding asked for is what such a server gives: no refusal
+    code, _, err, out = _sample_cli(run_cli, tmp_path, url, "--temperature", "0")
+    assert code == 0, err
+    assert len(out.read_text().splitlines()) == 4
+
+
+def test_model_that_is_sure_is_not_mistaken_for_a_greedy_server(tmp_path, stub_server, run_cli):
+    stub_server.mode = "sure"  # identical completions, but the model gives each probability ~1
+    url = f"http://127.0.0.1:{stub_server.server_address[1]}/v1"
+    code, stdout, err, out = _sample_cli(run_cli, tmp_path, url)
+    assert code == 0, err
+    record = json.loads((tmp_path / "s.jsonl.sampling.json").read_text())["runs"][-1]
+    assert record["honoured"]["temperature"] is None and record["evidence"]["joint_probability_if_sampling"] > 0.99
+
+
+def test_ignored_seed_and_refused_logprobs_are_recorded_and_said(tmp_path, stub_server, run_cli):
+    url = f"http://127.0.0.1:{stub_server.server_address[1]}/v1"
+    stub_server.mode = "ignores seed"
+    code, stdout, err, _ = _sample_cli(run_cli, tmp_path / "a", url)
+    assert code == 0, err
+    record = json.loads((tmp_path / "a" / "s.jsonl.sampling.json").read_text())["runs"][-1]
+    assert record["honoured"]["seed"] is False and record["honoured"]["temperature"] is True
+    assert "ignores seed" in stdout
+    stub_server.mode, stub_server.requests = "rejects logprobs", []
+    code, stdout, err, out = _sample_cli(run_cli, tmp_path / "b", url)
+    assert code == 0, err
+    record = json.loads((tmp_path / "b" / "s.jsonl.sampling.json").read_text())["runs"][-1]
+    assert record["honoured"]["logprobs"] is False and record["logprobs_requested"] is False
+    assert "logprobs" not in stub_server.requests[-1]  # the samples were asked for without it
+    assert all(json.loads(line)["logprob"] is None for line in out.read_text().splitlines())
+    assert "no log-probabilities" in stdout

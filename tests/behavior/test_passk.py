@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from behavior_helpers import samples_rows, write_jsonl
 
-from deltalens.behavior.passk import bootstrap_ci, crossover_k, k_grid, pass_at_k, pass_at_k_curve, passk
+from deltalens.behavior.passk import bootstrap_ci, crossover, crossover_k, k_grid, pass_at_k, pass_at_k_curve, passk
 from deltalens.errors import DeltalensError
 
 
@@ -102,6 +102,32 @@ def test_crossover():
     assert crossover_k(tuned, base) is None
     # base ahead at 2 then behind at 4 then ahead at 8: only the final stretch counts
     assert crossover_k({"k": [1, 2, 4, 8], "pass_at_k": [0, .6, .6, .9]}, tuned) == 8
+
+
+def test_no_crossover_when_the_base_leads_everywhere():
+    # the base is ahead at every k: the curves never cross, so no k* (the old rule said k* = 1)
+    base = {"k": [1, 2, 4], "pass_at_k": [0.3, 0.5, 0.7]}
+    tuned = {"k": [1, 2, 4], "pass_at_k": [0.2, 0.3, 0.4]}
+    k, reason = crossover(base, tuned)
+    assert k is None and "ahead at every common k" in reason
+    k, reason = crossover(tuned, base)
+    assert k is None and "not ahead at the largest common k (4)" in reason
+    # one shared k with the base ahead: no k below it, so nothing is crossed either
+    assert crossover({"k": [1], "pass_at_k": [0.5]}, {"k": [1], "pass_at_k": [0.1]})[0] is None
+
+
+def test_passk_records_why_there_is_no_crossover(tmp_path, run_cli):
+    # base solves every problem with every sample; tuned never solves p0 and half the samples of
+    # p1, p2: pass@k base 1, tuned 1/3, 1/2 + ..., 2/3 -> the base leads at k = 1, 2, 4
+    base = {f"p{i}": [True] * 4 for i in range(3)}
+    tuned = {f"p{i}": [i > 0 and j < 2 for j in range(4)] for i in range(3)}
+    b = write_jsonl(tmp_path / "base.jsonl", samples_rows("base", base))
+    t = write_jsonl(tmp_path / "tuned.jsonl", samples_rows("tuned", tuned))
+    code, out, err = run_cli("passk", b, t, "--out", tmp_path / "o", "--n-boot", "20")
+    assert code == 0, err
+    cross = json.loads((tmp_path / "o" / "passk.json").read_text())["crossover"]
+    assert cross["k"] is None and "ahead at every common k" in cross["reason"]
+    assert "no crossover k*" in out
 
 
 def _files(tmp_path):

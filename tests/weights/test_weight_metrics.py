@@ -124,8 +124,11 @@ def test_numerical_rank_matches_torch_matrix_rank():
 
 def test_zero_update_rank_fields():
     out = R.rank_measures(R.singular_values_gram(torch.zeros(5, 3)), (5, 3))
-    assert out == {"delta_spectral": 0.0, "numerical_rank": 0, "effective_rank": 0.0, "stable_rank": 0.0,
+    # the ratios are 0/0 for Δ = 0: undefined, so null, all three alike (not 0, which reads as a real rank)
+    assert out == {"delta_spectral": 0.0, "numerical_rank": 0, "effective_rank": None, "stable_rank": None,
                    "energy_rank_90": 0, "energy_rank_99": 0, "rank1_share": None}
+    top = R.rank_measures_top(0.0, 0.0)  # the fast route on large matrices says the same
+    assert top["stable_rank"] is None and top["rank1_share"] is None and top["effective_rank"] is None
 
 
 def test_overlap_counts_closed_form():

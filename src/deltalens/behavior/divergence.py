@@ -10,6 +10,7 @@ next-token KLs. Entropy and perplexity follow Yue et al. 2025 §4.1.
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Sequence
 
@@ -149,10 +150,13 @@ def divergence(base, tuned, prompts, *, tokenizer=None, n_samples: int = 4, max_
     from deltalens.behavior.formats import as_problems
     from deltalens.behavior.sampling import SamplingConfig, hf_generate, load_model
     from deltalens.behavior.verify import extract_number
+    from deltalens.models import check_same_vocabulary
 
     probs = as_problems(prompts, need_answer=False)
     m0, tok0, name0 = load_model(base, tokenizer, device=device)
     m1, _, name1 = load_model(tuned, tok0, device=device)
+    check_same_vocabulary(m0, m1, str(base) if isinstance(base, (str, os.PathLike)) else name0,
+                          str(tuned) if isinstance(tuned, (str, os.PathLike)) else name1)
     name0, name1 = base_name or name0, tuned_name or name1
     if name0 == name1:
         name0, name1 = f"{name0} (base)", f"{name1} (tuned)"

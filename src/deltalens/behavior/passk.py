@@ -96,23 +96,34 @@ def pass_at_k_curve(flags: Mapping[str, Sequence[bool]], *, ks: Sequence[int] | 
             "ci_high": hi.tolist(), "n_problems": len(flags), "n_min": n_min}
 
 
-def crossover_k(base: Mapping, tuned: Mapping) -> int | None:
-    """Smallest k from which the base model's pass@k stays above the tuned model's.
+def crossover(base: Mapping, tuned: Mapping) -> tuple[int | None, str | None]:
+    """``(k*, reason)``: the k at which the base model's pass@k overtakes the tuned model's.
 
     Both curves are dicts with ``k`` and ``pass_at_k``; only their common k are compared.
-    k* is the smallest common k such that base > tuned at k and at every larger common k;
-    ``None`` when the base is not ahead at the largest common k (no crossover).
+    k* is the smallest common k such that base > tuned at k and at every larger common k, and
+    base ≤ tuned at the common k just below it: the curves cross there. ``k*`` is ``None`` with
+    a one-line ``reason`` when they do not cross: the base is not ahead at the largest common
+    k, or it is ahead at every common k (it leads throughout; nothing is overtaken).
     """
     b = dict(zip(base["k"], base["pass_at_k"]))
     t = dict(zip(tuned["k"], tuned["pass_at_k"]))
     common = sorted(set(b) & set(t))
-    k_star = None
-    for k in reversed(common):
+    if not common:
+        return None, "no common k"
+    if not b[common[-1]] > t[common[-1]]:
+        return None, f"the base is not ahead at the largest common k ({common[-1]})"
+    k_star = common[-1]
+    for k in reversed(common[:-1]):
         if b[k] > t[k]:
             k_star = k
         else:
-            break
-    return k_star
+            return k_star, None
+    return None, f"the base is ahead at every common k ({common[0]}..{common[-1]}): the curves do not cross"
+
+
+def crossover_k(base: Mapping, tuned: Mapping) -> int | None:
+    """k* of :func:`crossover` (``None`` when the curves do not cross)."""
+    return crossover(base, tuned)[0]
 
 
 def passk(samples, *, problems=None, ks: Sequence[int] | None = None, base: str | None = None,
@@ -150,8 +161,12 @@ def passk(samples, *, problems=None, ks: Sequence[int] | None = None, base: str 
         if set(flags[base]) != set(flags[tuned]):
             missing = sorted(set(flags[base]) ^ set(flags[tuned]))[0]
             raise DeltalensError(f"problem {missing!r} has samples from only one of {base!r} and {tuned!r}")
-        result["crossover"] = {"base": base, "tuned": tuned, "k": crossover_k(models[base], models[tuned]),
-                               "rule": "smallest common k from which base pass@k > tuned pass@k at every larger k"}
+        k_star, reason = crossover(models[base], models[tuned])
+        result["crossover"] = {"base": base, "tuned": tuned, "k": k_star,
+                               "rule": "smallest common k from which base pass@k > tuned pass@k at every larger k, "
+                                       "with base <= tuned at the common k below it (the curves cross)"}
+        if reason is not None:
+            result["crossover"]["reason"] = reason
     return result
 
 
@@ -165,7 +180,7 @@ def plot_passk(result: Mapping, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deltalens.results import _atomic_write_bytes
+    from deltalens.results import write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, m in result["models"].items():
@@ -184,4 +199,4 @@ def plot_passk(result: Mapping, path) -> None:
     fig.tight_layout()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
     plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())

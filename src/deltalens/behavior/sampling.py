@@ -234,17 +234,20 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
            stop: list[str] | None = None, backend: str = "hf", out=None, model_name: str | None = None,
            verifier=None, device: str | None = None, dtype: str | None = None, base_url: str | None = None,
            api_key: str | None = None, max_retries: int = 5, request_timeout: float = 120.0,
-           progress: bool = False, backend_options: dict | None = None) -> list[dict]:
+           progress: bool = False, backend_options: dict | None = None, check_server: bool = True) -> list[dict]:
     """Draw ``n`` samples per problem and return every sample row (SPEC §7 samples format).
 
     ``model_or_path``: a model folder or a loaded ``PreTrainedModel`` (hf), a model folder
     (vllm), or the served model's name (openai, with ``base_url``). ``problems``: a problems
     file or list (answers optional unless ``verifier`` is given). ``out``: a samples JSONL
     that is resumed and appended to. ``verifier``: ``"numeric"``, ``"math-verify"``,
-    ``"module:function"`` or a callable, applied to each finished batch.
+    ``"module:function"`` or a callable, applied to each finished batch. ``check_server``
+    (openai): probe the server first and refuse one that ignores temperature
+    (:func:`deltalens.behavior.openai_backend.check_server`); what it honoured is appended to
+    ``OUT.sampling.json``.
     """
     from deltalens.behavior.formats import as_problems
-    from deltalens.results import append_jsonl
+    from deltalens.results import append_jsonl, check_output_file
 
     if backend not in BACKENDS:
         raise DeltalensError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -252,19 +255,19 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
                          seed=seed, batch_size=batch_size, stop=list(stop or []))
     cfg.check()
     probs = as_problems(problems, need_answer=verifier is not None)
+    if out is not None:
+        check_output_file(out, what="samples file")
 
     if backend == "hf":
         model, tokenizer, default_name = load_model(model_or_path, tokenizer, device=device, dtype=dtype)
         gen = lambda jobs: hf_generate(model, tokenizer, jobs, cfg)  # noqa: E731
     elif backend == "openai":
-        from deltalens.behavior.openai_backend import openai_generate
-
         if not base_url:
             raise DeltalensError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
         default_name = str(model_or_path)
-        gen = lambda jobs: openai_generate(  # noqa: E731
-            base_url, str(model_or_path), jobs, cfg, api_key=api_key, max_retries=max_retries,
-            timeout=request_timeout)
+        gen = lambda jobs: _openai_checked(  # noqa: E731
+            base_url, str(model_or_path), probs, jobs, cfg, out=out, check=check_server,
+            api_key=api_key, max_retries=max_retries, timeout=request_timeout)
     else:
         from deltalens.behavior.vllm_backend import vllm_generate
 
@@ -304,6 +307,33 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     from deltalens.behavior.formats import read_samples
 
     return [r for rs in read_samples(out).by_id.values() for r in rs]
+
+
+def sampling_record_path(out) -> Path:
+    """Where :func:`sample` records what an openai server honoured: ``S.jsonl.sampling.json``."""
+    out = Path(out)
+    return out.with_name(out.name + ".sampling.json")
+
+
+def _openai_checked(base_url, model, problems, jobs, cfg, *, out, check: bool, api_key, max_retries, timeout):
+    """The openai backend's batches, after :func:`check_server` (when ``check`` and there is work)."""
+    from deltalens.behavior.openai_backend import check_server, completions_url, openai_generate, post_json
+    from deltalens.results import read_json, write_json
+
+    if not jobs:
+        return
+    url = completions_url(base_url)
+    logprobs = True
+    if check:
+        record = check_server(url, model, problems, cfg, post=lambda body: post_json(
+            url, body, api_key=api_key, timeout=timeout, max_retries=max_retries))
+        logprobs = record["logprobs_requested"]
+        if out is not None:
+            path = sampling_record_path(out)
+            runs = read_json(path).get("runs", []) if path.is_file() else []
+            write_json(path, {"runs": runs + [{"backend": "openai", "url": url, "model": model, **record}]})
+    yield from openai_generate(base_url, model, jobs, cfg, api_key=api_key, max_retries=max_retries,
+                               timeout=timeout, logprobs=logprobs)
 
 
 class _progress:

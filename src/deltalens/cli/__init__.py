@@ -54,5 +54,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"deltalens: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
-        print("deltalens: interrupted; finished work is kept and a re-run resumes from it", file=sys.stderr)
+        _say_interrupted()
         raise SystemExit(130) from None
+    except SystemExit as exc:  # typer turns Ctrl-C into a silent exit 130 (KeyboardInterrupt -> Exit(130))
+        if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
+            _say_interrupted()
+            raise SystemExit(130) from None
+        raise
+
+
+def _say_interrupted() -> None:
+    print("deltalens: interrupted; finished work is kept and a re-run resumes from it", file=sys.stderr)

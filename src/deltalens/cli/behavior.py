@@ -32,8 +32,9 @@ def passk_cmd(
 ) -> None:
     """pass@k curves with bootstrap intervals and the crossover k* (writes DIR/passk.json, DIR/passk.png)."""
     from deltalens.behavior.passk import passk, plot_passk
-    from deltalens.results import write_json
+    from deltalens.results import check_output_dir, write_json
 
+    check_output_dir(out, ["passk.json", "passk.png"])
     result = passk(samples, problems=problems, ks=k or None, base=base, tuned=tuned, n_boot=n_boot, seed=seed)
     write_json(out / "passk.json", result)
     plot_passk(result, out / "passk.png")
@@ -42,9 +43,11 @@ def passk_cmd(
     rows = [[kk] + [result["models"][n]["pass_at_k"][i] if kk in result["models"][n]["k"] else None
                     for n in names] for i, kk in enumerate(ks)]
     _table("pass@k", ["k"] + names, rows)
-    if result["crossover"]:
-        print(f"crossover k* ({result['crossover']['base']} overtakes {result['crossover']['tuned']}): "
-              f"{result['crossover']['k']}")
+    cross = result["crossover"]
+    if cross and cross["k"] is not None:
+        print(f"crossover k* ({cross['base']} overtakes {cross['tuned']}): {cross['k']}")
+    elif cross:
+        print(f"no crossover k* ({cross['base']} vs {cross['tuned']}): {cross['reason']}")
     print(f"wrote {out / 'passk.json'} and {out / 'passk.png'}")
 
 
@@ -57,8 +60,9 @@ def support_cmd(
 ) -> None:
     """Support P/E/S/O counts, SRR, NDR, SDS, NSCR and epsilon (writes DIR/support.json)."""
     from deltalens.behavior.support import support
-    from deltalens.results import write_json
+    from deltalens.results import check_output_dir, write_json
 
+    check_output_dir(out, ["support.json"])
     res = support(base, tuned, k=k, zeta=zeta)
     write_json(out / "support.json", res)
     c = res["counts"]
@@ -79,10 +83,10 @@ def verify_cmd(
     import json
 
     from deltalens.behavior.verify import verify
-    from deltalens.results import to_jsonable, write_text
+    from deltalens.results import check_output_file, to_jsonable, write_text
 
+    target = check_output_file(out or samples, what="verified samples file")
     rows = verify(samples, problems, method=method, timeout=timeout, progress=True)
-    target = out or samples
     write_text(target, "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))
     n_ok = sum(bool(r["correct"]) for r in rows)
     print(f"{n_ok}/{len(rows)} samples correct ({method}); wrote {target}")
@@ -106,21 +110,39 @@ def sample_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (hf)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (hf)."),
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm only."),
+    no_server_check: bool = typer.Option(False, "--no-server-check", help="openai: skip the probe that refuses a server ignoring temperature (for a model that really is that sure)."),
 ) -> None:
     """Draw n samples per problem (resumable; records completion, n_tokens, finish_reason, logprob)."""
     import os
 
-    from deltalens.behavior.sampling import sample
+    from deltalens.behavior.sampling import sample, sampling_record_path
 
+    record = sampling_record_path(out)
+    before = record.stat().st_mtime_ns if record.is_file() else None
     rows = sample(model, problems, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                   seed=seed, batch_size=batch_size, stop=stop or None, backend=backend, out=out,
                   model_name=model_name, verifier=verify, device=device, dtype=dtype, base_url=base_url,
-                  api_key=os.environ.get("OPENAI_API_KEY"), progress=True,
+                  api_key=os.environ.get("OPENAI_API_KEY"), progress=True, check_server=not no_server_check,
                   backend_options={"tensor_parallel_size": tensor_parallel_size} if backend == "vllm" else None)
+    if record.is_file() and record.stat().st_mtime_ns != before:
+        _print_honoured(record)
     msg = f"{len(rows)} samples in {out}"
     if verify:
         msg += f"; {sum(bool(r['correct']) for r in rows)} verified correct ({verify})"
     print(msg)
+
+
+def _print_honoured(record: Path) -> None:
+    """One line on what the openai server honoured (the last check in ``S.jsonl.sampling.json``)."""
+    from deltalens.results import read_json
+
+    honoured = read_json(record)["runs"][-1]["honoured"]
+    words = {True: "yes", False: "NO", None: "unknown"}
+    print("server honoured: " + ", ".join(f"{k} {words[v]}" for k, v in honoured.items()) + f" (details: {record})")
+    if honoured.get("seed") is False:
+        print("warning: the server ignores seed: a resumed or repeated run does not reproduce these samples")
+    if honoured.get("logprobs") is False:
+        print("warning: the server returns no log-probabilities: 'logprob' is null in these samples")
 
 
 def divergence_cmd(
@@ -139,8 +161,9 @@ def divergence_cmd(
 ) -> None:
     """Forward/reverse KL (exact over the vocabulary), entropies, cross-perplexity (DIR/divergence.json)."""
     from deltalens.behavior.divergence import divergence
-    from deltalens.results import write_json
+    from deltalens.results import check_output_dir, write_json
 
+    check_output_dir(out, ["divergence.json"])
     res = divergence(base, tuned, prompts, n_samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
                      top_p=top_p, seed=seed, batch_size=batch_size, stop=stop or None, device=device)
     write_json(out / "divergence.json", res)
@@ -168,8 +191,9 @@ def evaluate_cmd(
 ) -> None:
     """Accuracy (greedy, verified) and mean loss per task of a suite."""
     from deltalens.behavior.evaluate import evaluate
-    from deltalens.results import write_json
+    from deltalens.results import check_output_file, write_json
 
+    check_output_file(out, what="evaluation file")
     res = evaluate(model, suite, verifier=verify, max_new_tokens=max_new_tokens, batch_size=batch_size,
                    stop=stop or None, device=device, model_name=model_name)
     write_json(out, res)
@@ -188,8 +212,9 @@ def forgetting_cmd(
 ) -> None:
     """Relate each tuned model's drop on held-out tasks to its KL from the base (fit and R^2)."""
     from deltalens.behavior.evaluate import forgetting
-    from deltalens.results import read_json, write_json
+    from deltalens.results import check_output_dir, read_json, write_json
 
+    check_output_dir(out, ["forgetting.json"])
     res = forgetting(read_json(base_eval), [read_json(p) for p in evals], [read_json(p) for p in divergences],
                      kl=kl, tasks=task or None)
     write_json(out / "forgetting.json", res)

@@ -119,13 +119,29 @@ def register(app: typer.Typer) -> None:
         plots: bool = typer.Option(False, "--plots", help="Write per-layer PNG/SVG plots (angles, sparsity, NSS, rescale share) to OUT."),
         report: bool = typer.Option(False, "--report", help="Write a self-contained OUT/report.html."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a diff of other inputs or options already in OUT (without it: an error; the same run resumes)."),
     ) -> None:
         """Stream two checkpoints and report where, and how much, the fine-tune changed them."""
+        from deltalens.results import check_output_dir
         from deltalens.weights.api import diff as diff_fn
 
+        extra = []
+        if plots:
+            from deltalens.weights.plots import PLOT_FILES
+
+            extra += PLOT_FILES
+        if report:
+            extra.append("report.html")
+        check_output_dir(out, extra)  # diff.json and its cache are checked by the library
         result = diff_fn(base, tuned, out=out, metrics=metrics, tols=tol, eta=eta, visible_dtype=visible_dtype,
-                         top_k=top_k, exact=exact, device=device, allow_pickle=allow_pickle, progress=not quiet)
+                         top_k=top_k, exact=exact, device=device, allow_pickle=allow_pickle, progress=not quiet,
+                         overwrite=overwrite)
         render_diff(result)
+        if result.resumed:
+            print(f"resumed: {result.resumed} of {len(result.rows)} tensors were taken from an earlier run in {out} "
+                  "with the same inputs and options")
+        if result.replaced:
+            print(f"replaced the earlier diff in {out} (it differed in: {', '.join(result.replaced)})")
         print(f"wrote {out}/diff.json and {out}/tensors.parquet")
         if plots:
             from deltalens.weights.plots import write_diff_plots
@@ -146,8 +162,10 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Pairwise overlap of the runs' update masks (o1, o2, Jaccard, with random baselines)."""
+        from deltalens.results import check_output_dir
         from deltalens.weights.api import overlap as overlap_fn
 
+        check_output_dir(out, ["overlap.json", "overlap.parquet"])
         result = overlap_fn(base, *runs, out=out, allow_pickle=allow_pickle, progress=not quiet)
         render_overlap(result)
         print(f"wrote {out}/overlap.json and {out}/overlap.parquet")
@@ -158,8 +176,10 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
         """Build a tiny base model and SFT-like, RL-like and LoRA fine-tunes in code, then diff them."""
+        from deltalens.results import check_output_dir
         from deltalens.weights.demo import run_demo
 
+        check_output_dir(out)
         result = run_demo(out, progress=not quiet)
         for name, r in result["diffs"].items():
             render_diff(r, title=f"{name} vs base  ({out}/{name}-vs-base)")

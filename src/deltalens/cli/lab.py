@@ -28,7 +28,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train SFT and RLVR arms from one base on CPU, measure them, say which claims hold."""
         from deltalens.lab.pipeline import resolve_device, run_lab
+        from deltalens.results import check_output_dir
 
+        check_output_dir(out)
         cache = False if no_cache else (cache_dir if cache_dir is not None else True)
         result = run_lab(out, quick=quick, base=base, device=resolve_device(device), threads=threads, seeds=seeds, cache_dir=cache, until=until)
         _render(result)

@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write one self-contained HTML page from diff/passk/support/divergence/kernel/claims/tracking outputs."""
         from deltalens.report import discover_runs, write_report
+        from deltalens.results import check_output_file
 
+        check_output_file(out, what="report file")
         runs = discover_runs(run_dirs)
         path = write_report(runs, out, title=title)
         for run in runs:

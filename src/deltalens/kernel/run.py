@@ -23,7 +23,7 @@ from deltalens.kernel.ntk import DEFAULT_CHUNK, KernelResult, empirical_ntk
 from deltalens.kernel.outputs import completion_loss, encode_probes, evaluate_outputs, model_context_length, output_function
 from deltalens.kernel.traits import averaging_matrix, suite_to_probes, trait_changes, trait_kernel
 from deltalens.kernel.trajectory import kernel_trajectory
-from deltalens.results import _atomic_write_bytes, read_jsonl, write_json
+from deltalens.results import check_output_dir, read_jsonl, write_bytes, write_json
 
 Progress = Callable[[str, int, int], None]
 
@@ -115,6 +115,38 @@ def parameter_delta(base: torch.nn.Module, tuned: torch.nn.Module) -> dict[str, 
     return delta
 
 
+def check_same_model(sources: Sequence) -> None:
+    """Before any kernel is computed: every checkpoint folder must hold the base folder's model,
+    since one tokenizer encodes the probes for all. Tensors are paired from the safetensors
+    headers as the weight diff pairs them (:func:`deltalens.checkpoints.pair_sources`: a
+    vocabulary resize is allowed, any other shape mismatch is not), and a tensor on one side only
+    or another ``model_type`` is refused too. Loaded modules are the caller's and are not
+    compared. Raises one :class:`DeltalensError` line naming the checkpoint and what differs."""
+    from deltalens.checkpoints import open_checkpoint, pair_sources
+    from deltalens.models import check_model_folder
+
+    folders = [Path(s) for s in sources if isinstance(s, (str, Path))]
+    for folder in folders:
+        check_model_folder(folder)  # one line for a missing, config-only or corrupted folder
+    if len(folders) != len(sources):
+        return
+    base = open_checkpoint(folders[0], role="base")
+    why = "kernel compares a base with its own fine-tunes (one architecture)"
+    for folder in folders[1:]:
+        other = open_checkpoint(folder)
+        if base.config.get("model_type") != other.config.get("model_type"):
+            raise DeltalensError(f"{folder}: model type {other.config.get('model_type')!r} differs from the base's "
+                                 f"{base.config.get('model_type')!r}; {why}")
+        try:
+            pairing = pair_sources(base, other)
+        except DeltalensError as exc:
+            raise DeltalensError(f"{folder}: {exc}; {why}") from None
+        for side, names in (("base", pairing.unmatched["base_only"]), ("checkpoint", pairing.unmatched["tuned_only"])):
+            if names:
+                raise DeltalensError(f"{folder}: tensor '{names[0]}' is only in the {side}"
+                                     f"{f' (and {len(names) - 1} more)' if len(names) > 1 else ''}; {why}")
+
+
 def write_kernel_outputs(out, report: dict, arrays: dict[str, torch.Tensor], json_name: str = "kernel.json") -> Path:
     """Write ``kernels.npz`` then the JSON report (last, so its presence means a complete run)."""
     import numpy as np
@@ -122,7 +154,7 @@ def write_kernel_outputs(out, report: dict, arrays: dict[str, torch.Tensor], jso
     out = Path(out)
     buf = io.BytesIO()
     np.savez(buf, **{k: v.double().numpy() for k, v in arrays.items()})
-    _atomic_write_bytes(out / "kernels.npz", buf.getvalue())
+    write_bytes(out / "kernels.npz", buf.getvalue())
     return write_json(out / json_name, report)
 
 
@@ -142,6 +174,8 @@ def run_kernel(
     ``options``: the fields of :class:`KernelOptions`. The two-model case of :func:`run_trajectory`
     without its per-checkpoint fields.
     """
+    if out is not None:
+        check_output_dir(out, ["kernel.json", "kernels.npz"])
     report, arrays = run_trajectory([base, tuned], probes, tokenizer=tokenizer, traits=traits, progress=progress,
                                     **options)
     del report["trajectory"]
@@ -198,7 +232,10 @@ def run_trajectory(
     opts = KernelOptions(**options)
     device, top_r, options = opts.device, opts.top_r, opts.ntk()
     output_fn = output_function(opts.output)
+    if out is not None:
+        check_output_dir(out, ["kernel.json", "kernels.npz"])
     lines, what = _read_lines(probes, "probes")
+    check_same_model(models)
     model0, tok = load_model(models[0], device=device, tokenizer=tokenizer)
     batch = _encode(tok, model0, lines, what)
     suite = _encode_suite(tok, model0, traits) if traits is not None else None  # bad input fails before any work
@@ -239,6 +276,8 @@ def run_align(
     opts = KernelOptions(**options)
     device = opts.device
     output_fn = output_function(opts.output)
+    if out is not None:
+        check_output_dir(out, ["align.json", "kernels.npz"])
     probe_lines, probe_what = _read_lines(probes, "probes")
     data_lines, data_what = _read_lines(data, "data")
     net, tok = load_model(model, device=device, tokenizer=tokenizer)

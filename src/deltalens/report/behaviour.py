@@ -105,7 +105,7 @@ def _crossover_text(run: Run) -> str:
     if not cross:
         return "not recorded"
     k = cross.get("k")
-    where = f"at k = {k}" if k is not None else "none within the measured k"
+    where = f"at k = {k}" if k is not None else f"nowhere ({cross.get('reason') or 'no crossing within the measured k'})"
     rule = f" (rule: {cross['rule']})" if cross.get("rule") else ""
     return f"{cross.get('base', '?')} overtakes {cross.get('tuned', '?')} {where}{rule}"
 

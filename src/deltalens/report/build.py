@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from pathlib import Path
 
 from deltalens.report import behaviour, kernel, lab, weights
 from deltalens.report.html import Section, esc, page, table
 from deltalens.report.inputs import INPUT_FILES, Run, discover_runs
-from deltalens.results import write_text
+from deltalens.results import check_output_file, write_text
 
 #: Section ids in page order; every page has all of them, saying what is absent where needed.
 SECTION_IDS = ("runs", "weights", "behaviour", "kernel", "training", "claims")
@@ -51,15 +50,15 @@ def build_report(run_dirs: list[str | Path] | str | Path, out: str | Path, *, ti
     """
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
+    check_output_file(out, what="report file")
     return write_report(discover_runs(list(run_dirs)), out, title=title)
 
 
 def write_report(runs: list[Run], out: str | Path, *, title: str | None = None) -> Path:
     """Render ``runs`` (from :func:`discover_runs`) and write the page atomically to ``out``."""
     default = "deltalens report: " + ", ".join(dict.fromkeys(r.label.split("/")[0] for r in runs))
-    path = write_text(out, render_html(runs, title=title or default))
-    os.chmod(path, 0o644)  # a page to send to colleagues: readable like any document, not 0600 like a temp file
-    return path
+    check_output_file(out, what="report file")
+    return write_text(out, render_html(runs, title=title or default))  # the umask's mode, like every output
 
 
 def write_run_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

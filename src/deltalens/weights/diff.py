@@ -22,7 +22,8 @@ from pathlib import Path
 
 from deltalens.checkpoints import TensorPair, open_pair, pair_sources
 from deltalens.checkpoints.readahead import ReadAhead
-from deltalens.results import append_jsonl, to_jsonable, write_json, write_parquet, write_text
+from deltalens.errors import DeltalensError
+from deltalens.results import append_jsonl, check_output_dir, to_jsonable, write_json, write_parquet, write_text
 from deltalens.weights.aggregate import summarize
 from deltalens.weights.groups import (
     ALWAYS_FIELDS,
@@ -55,6 +56,8 @@ class DiffResult:
     resized: list[dict] = field(default_factory=list)
     tied: list[str] = field(default_factory=list)
     out: Path | None = None
+    resumed: int = 0  # rows taken from an interrupted earlier run of the same inputs and options
+    replaced: list[str] | None = None  # what an earlier run in ``out`` that this one replaced did differently
 
     @property
     def tensors(self):
@@ -121,16 +124,47 @@ def _fingerprint(base_src, tuned_src, options: DiffOptions) -> dict:
     return to_jsonable({"base": base_src.fingerprint(), "tuned": tuned_src.fingerprint(), "options": options.to_dict()})
 
 
-def _load_cache(out: Path, fingerprint: dict) -> dict[str, dict]:
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields in which two fingerprints (or option dicts) differ."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [prefix.rstrip(".") or "value"] if old != new else []
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        if key not in old or key not in new:
+            out.append(prefix + str(key))
+        else:
+            out += _differences(old[key], new[key], f"{prefix}{key}.")
+    return out
+
+
+def _earlier_run(out: Path, fingerprint: dict) -> list[str] | None:
+    """What an earlier run in ``out`` did differently (dotted field names), or None when there is
+    none or it is this same run (same inputs' files and options: it resumes)."""
+    key_path = out / CACHE_DIR / CACHE_KEY
+    if key_path.is_file():
+        try:
+            old = json.loads(key_path.read_text())
+        except json.JSONDecodeError:
+            return ["the resume cache's fingerprint (unreadable)"]
+        names = [f"{d.split('.')[0]} files" if d.startswith(("base", "tuned")) else d
+                 for d in _differences(old, fingerprint)]
+        return list(dict.fromkeys(names)) or None
+    if (out / "diff.json").exists():
+        return ["unknown: a diff.json without its resume cache"]
+    return None
+
+
+def _load_cache(out: Path, fingerprint: dict, overwrite: bool) -> tuple[dict[str, dict], list[str] | None]:
+    """``(rows already computed for this run, what a replaced earlier run did differently)``.
+
+    An earlier run of other inputs or options in ``out`` is replaced only with ``overwrite``;
+    otherwise that is a :class:`DeltalensError` naming what differs."""
     cache = out / CACHE_DIR
     key_path, rows_path = cache / CACHE_KEY, cache / CACHE_ROWS
-    if key_path.is_file() and rows_path.is_file():
-        try:
-            same = json.loads(key_path.read_text()) == fingerprint
-        except json.JSONDecodeError:
-            same = False
-        if same:
-            rows, good, cut = {}, [], False
+    differs = _earlier_run(out, fingerprint)
+    if differs is None and key_path.is_file():
+        rows, good, cut = {}, [], False
+        if rows_path.is_file():
             with rows_path.open() as fh:
                 for line in fh:
                     try:
@@ -140,39 +174,53 @@ def _load_cache(out: Path, fingerprint: dict) -> dict[str, dict]:
                         break
                     rows[row["name"]] = row
                     good.append(line if line.endswith("\n") else line + "\n")
-            if cut:
-                write_text(rows_path, "".join(good))
-            return rows
+        if cut:
+            write_text(rows_path, "".join(good))
+        return rows, None
+    if differs is not None and not overwrite:
+        raise DeltalensError(
+            f"{out}: holds an earlier diff that this run would replace (it differs in: {', '.join(differs)}); "
+            "pass --overwrite (overwrite=True) to replace it, or choose another --out")
     if cache.exists():
         shutil.rmtree(cache)
     for stale in ("diff.json", "tensors.parquet"):
         (out / stale).unlink(missing_ok=True)
     write_json(key_path, fingerprint)
-    return {}
+    return {}, differs
 
 
 def run_diff(base: str | os.PathLike, tuned: str | os.PathLike, *, out: str | os.PathLike | None = None,
              options: DiffOptions | None = None, progress: bool = False,
-             on_row: Callable[[dict], None] | None = None, **kwargs) -> DiffResult:
+             on_row: Callable[[dict], None] | None = None, overwrite: bool = True, **kwargs) -> DiffResult:
     """Diff two checkpoints (SPEC §1–§3); with ``out`` write diff.json and tensors.parquet there.
+
+    A run of the same inputs (files unchanged) and options in ``out`` is resumed (``resumed``
+    counts the rows it gave). A run of other inputs or options there is replaced when
+    ``overwrite`` (the library's default; ``replaced`` then says what differed), and is a
+    :class:`DeltalensError` otherwise (the command line's default: ``--overwrite``).
 
     ``kwargs`` are :func:`make_options` arguments (metrics, tols, eta, visible_dtype, top_k,
     exact, device, allow_pickle) when ``options`` is not given. ``on_row`` is called after each
     newly computed row (after it is cached).
     """
     options = options or make_options(**kwargs)
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        check_output_dir(out_path, ["diff.json", "tensors.parquet"])
     base_src, tuned_src = open_pair(base, tuned, allow_pickle=options.allow_pickle)
     pairing = pair_sources(base_src, tuned_src)
-    out_path = Path(out) if out is not None else None
     cached: dict[str, dict] = {}
+    replaced = None
     if out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
-        cached = _load_cache(out_path, _fingerprint(base_src, tuned_src, options))
+        cached, replaced = _load_cache(out_path, _fingerprint(base_src, tuned_src, options), overwrite)
+    resumed = sum(p.name in cached for p in pairing.pairs)
     rows = []
     from deltalens.weights.progress import TensorProgress
 
     todo = [p for p in pairing.pairs if p.name not in cached]
-    with TensorProgress(pairing.pairs, enabled=progress, label="diff") as bar, ReadAhead(base_src, tuned_src) as ahead:
+    label = f"diff (resuming: {resumed} of {len(pairing.pairs)} tensors done earlier)" if resumed else "diff"
+    with TensorProgress(pairing.pairs, enabled=progress, label=label) as bar, ReadAhead(base_src, tuned_src) as ahead:
         for pair in pairing.pairs:
             row = cached.get(pair.name)
             if row is None:
@@ -194,6 +242,7 @@ def run_diff(base: str | os.PathLike, tuned: str | os.PathLike, *, out: str | os
                  "methods": _methods(options)},
         summary=to_jsonable(summarize(rows, fields)), rows=rows, skipped=pairing.skipped,
         unmatched=pairing.unmatched, resized=pairing.resized, tied=pairing.tied, out=out_path,
+        resumed=resumed, replaced=replaced,
     )
     if out_path is not None:
         write_parquet(out_path / "tensors.parquet", result.tensors)

@@ -11,6 +11,8 @@ import warnings
 import pandas as pd
 
 MODULE_ORDER = ("q", "k", "v", "o", "gate", "up", "down", "embed", "norm", "lm_head", "other")
+PLOT_FILES = tuple(f"{stem}.{ext}" for stem in ("principal_angles", "sparsity_bf16", "nss", "rescale_share")
+                   for ext in ("png", "svg"))  # what write_diff_plots may write (checked before a diff starts)
 
 
 def _figure():
@@ -23,13 +25,17 @@ def _figure():
 
 
 def _save(fig, out_dir: pathlib.Path, stem: str) -> list[pathlib.Path]:
+    """Render in memory, then write atomically (results.write_bytes): never a half-written
+    picture, and a temporary left by a kill is one the next run's output check removes."""
+    import io
+
+    from deltalens.results import write_bytes
+
     paths = []
     for ext in ("png", "svg"):
-        path = out_dir / f"{stem}.{ext}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-        tmp.replace(path)  # atomic: never a half-written picture
-        paths.append(path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
+        paths.append(write_bytes(out_dir / f"{stem}.{ext}", buf.getvalue()))
     return paths
 
 
@@ -162,8 +168,9 @@ def write_diff_plots(tensors: pd.DataFrame, out_dir, *, title: str = "") -> list
     Pictures: principal_angles (SPEC §4), sparsity_bf16 (§2), nss (§4), rescale_share (§5).
     Tensors outside numbered layers (embeddings, final norm, lm_head) are not drawn.
     """
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from deltalens.results import check_output_dir
+
+    out_dir = check_output_dir(out_dir, PLOT_FILES)
     if "layer" in tensors.columns and not tensors.empty:
         tensors = tensors.copy()
         tensors["layer"] = tensors["layer"].astype(object).map(lambda v: None if pd.isna(v) else int(v))

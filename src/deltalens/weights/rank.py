@@ -59,29 +59,31 @@ def numerical_rank(sigma: torch.Tensor, shape: tuple[int, int]) -> int:
     return int((sigma > tol).sum())
 
 
-def effective_rank(sigma: torch.Tensor) -> float:
-    """SPEC §3 (Roy & Vetterli 2007): exp(−Σ p_i log p_i), p_i = σ_i/Σσ_j; 0 for Δ = 0."""
+def effective_rank(sigma: torch.Tensor) -> float | None:
+    """SPEC §3 (Roy & Vetterli 2007): exp(−Σ p_i log p_i), p_i = σ_i/Σσ_j; None for Δ = 0
+    (p is undefined: 0/0)."""
     total = float(sigma.sum())
     if total == 0.0:
-        return 0.0
+        return None
     p = sigma[sigma > 0] / total
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def stable_rank(sigma: torch.Tensor) -> float:
-    """SPEC §3: ‖Δ‖_F²/σ1² = Σσ_i²/σ1²; 0 for Δ = 0."""
+def stable_rank(sigma: torch.Tensor) -> float | None:
+    """SPEC §3: ‖Δ‖_F²/σ1² = Σσ_i²/σ1²; None for Δ = 0 (0/0)."""
     if sigma.numel() == 0:
-        return 0.0
+        return None
     return stable_rank_from(float(sigma[0]), float((sigma.double() ** 2).sum()))
 
 
-def stable_rank_from(sigma1: float, fro2: float) -> float:
-    """SPEC §3: stable rank ‖Δ‖_F²/σ1² from σ1 and ‖Δ‖_F²; 0 for Δ = 0."""
-    return 0.0 if sigma1 == 0.0 else fro2 / sigma1**2
+def stable_rank_from(sigma1: float, fro2: float) -> float | None:
+    """SPEC §3: stable rank ‖Δ‖_F²/σ1² from σ1 and ‖Δ‖_F²; None for Δ = 0 (0/0, like the rank-1 share)."""
+    return None if sigma1 == 0.0 else fro2 / sigma1**2
 
 
 def energy_rank(sigma: torch.Tensor, level: float) -> int:
-    """SPEC §3: smallest r with Σ_{i≤r} σ_i² ≥ level·Σσ_i²; 0 for Δ = 0."""
+    """SPEC §3: smallest r with Σ_{i≤r} σ_i² ≥ level·Σσ_i²; 0 for Δ = 0 (r = 0 meets 0 ≥ 0: defined,
+    like the numerical rank 0 of a zero matrix; the ratios stable, effective rank and rank-1 share are 0/0 there)."""
     energy = sigma.double() ** 2
     total = float(energy.sum())
     if total == 0.0:
