@@ -186,7 +186,7 @@ def chunked_pair_normal_matmul(
         torch.mm(d, x, out=yd[rows])
         g0.addmm_(a.T, y0[rows])
         g1.addmm_((a + d).T, y0[rows] + yd[rows])
-        fro2 += float(d.square().sum())
+        fro2 += float(torch.linalg.vector_norm(d)) ** 2  # per-chunk norm in x's dtype, summed in float64
     return y0, yd, g0, g1, fro2
 
 

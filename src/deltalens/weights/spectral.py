@@ -57,6 +57,7 @@ OVERSAMPLE = 16  # extra columns of the randomized subspace beyond q
 MAX_ITER = 6  # float32 subspace iterations on W0 for the top-q route's starting subspace, fewer when converged
 TOL_DEG = 0.01  # stop iterating once the estimated top-k subspace error is below this angle
 MIN_PROGRESS = 0.1  # ... or once two iterations in a row improve on its best by < 10 % (0: never)
+PAIR_DTYPE = torch.float32  # top-q: the products of the common-subspace pass (its small problems are float64)
 CHANGE_SAFETY = 2.0  # top-q: a growth step's largest angle change, times this, estimates the remaining error
 GROW_ROUNDS = 4  # top-q: at most this many growth steps of the common subspace (block Davidson)
 GRAM_ESCALATE_MAX = 2048  # top-q: an unresolved, not gap-limited angle re-runs the full Gram frame when n ≤ this
@@ -315,7 +316,9 @@ def _common_ritz(a0, a1, basis: torch.Tensor, ks: Sequence[int], dev, *, rounds:
     everything. Returns (triplets of W0, of W1, {k: estimated angle error, degrees},
     steps taken, the basis X, ΔX, ‖Δ‖²_F)."""
     k_need = min(max(ks) + 1, basis.shape[0])
-    wx0, dx, gx0, gx1, fro2 = chunked_pair_normal_matmul(a0, a1, basis, device=dev)
+    pair = lambda x: [t if isinstance(t, float) else t.double()  # noqa: E731
+                      for t in chunked_pair_normal_matmul(a0, a1, x.to(PAIR_DTYPE), device=dev)]
+    wx0, dx, gx0, gx1, fro2 = pair(basis)
     step = 0
     previous = None
     while True:
@@ -338,7 +341,7 @@ def _common_ritz(a0, a1, basis: torch.Tensor, ks: Sequence[int], dev, *, rounds:
         new = orthonormal_extension(basis, torch.cat(resid, 1))
         if new.shape[1] == 0:
             return t0, t1, errors, step, basis, dx, fro2
-        w, d, g0, g1, _ = chunked_pair_normal_matmul(a0, a1, new, device=dev)
+        w, d, g0, g1, _ = pair(new)
         basis, wx0, dx = torch.cat([basis, new], 1), torch.cat([wx0, w], 1), torch.cat([dx, d], 1)
         gx0, gx1 = torch.cat([gx0, g0], 1), torch.cat([gx1, g1], 1)
         step += 1
