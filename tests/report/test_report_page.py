@@ -171,7 +171,7 @@ def test_energy_pooling_equals_the_share_of_the_concatenated_update():
         num += diag2
         den += fro2
     rows.append({"rescale_share": None, "delta_fro": None, "numel": 9})  # a NaN-bearing tensor: left out
-    pooled = agg.pool(rows, agg.field("rescale_share"), agg.energy_weight)
+    pooled = agg.pool(rows, "rescale_share", "energy")
     assert pooled.value == pytest.approx(num / den, rel=1e-12)
     assert (pooled.used, pooled.skipped) == (3, 1)
 
@@ -180,7 +180,7 @@ def test_parameter_pooling_equals_the_unchanged_count_over_all_parameters():
     rng = np.random.default_rng(1)
     masks = [rng.random(size) < p for size, p in ((100, 0.9), (37, 0.2), (512, 0.5))]
     rows = [{"unchanged_bitwise": float(mk.mean()), "numel": mk.size} for mk in masks]
-    pooled = agg.pool(rows, agg.field("unchanged_bitwise"), agg.numel_weight).value
+    pooled = agg.pool(rows, "unchanged_bitwise", "params").value
     assert pooled == pytest.approx(sum(int(mk.sum()) for mk in masks) / sum(mk.size for mk in masks), rel=1e-12)
 
 

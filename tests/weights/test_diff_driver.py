@@ -155,3 +155,33 @@ def test_demo_runs(run_cli, tmp_path):
     sft = json.loads((tmp_path / "demo" / "sft-vs-base" / "diff.json").read_text())["summary"]
     assert rl["unchanged_bitwise"] > 0.7 > 0.3 > sft["unchanged_bitwise"]
     assert (tmp_path / "demo" / "overlap" / "overlap.json").is_file()
+
+
+def test_one_pooling_everywhere(run_cli, tmp_path, monkeypatch):
+    """The rescale share pooled over a run is one number, ‖Δ‖²-weighted, in diff.json's summary
+    (whole model and per module), the terminal table, the report's pooling and the plots' per-layer
+    pooling: each checked against a numpy Σ s·‖Δ‖²/Σ ‖Δ‖² of the tensor rows (independent)."""
+    from deltalens.report import aggregate as report_agg
+    from deltalens.weights.aggregate import pool
+
+    monkeypatch.setenv("COLUMNS", "300")  # a table wide enough that no cell is cut
+    b, t = _pair(tmp_path)
+    code, out, err = run_cli("diff", b, t, "--out", tmp_path / "o", "--quiet")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "o" / "diff.json").read_text())
+    mats = [r for r in doc["tensors"] if len(r["shape"]) == 2 and r.get("rescale_share") is not None]
+    share = np.array([r["rescale_share"] for r in mats])
+    energy = np.array([r["delta_fro"] for r in mats]) ** 2
+    want = float((share * energy).sum() / energy.sum())
+    s = doc["summary"]
+    assert s["rescale_share_energy_weighted"] == pytest.approx(want, rel=1e-12)
+    assert "rescale_share_mean" not in s  # no second, unweighted definition under the same label
+    q = [r for r in mats if r["module"] == "q"]
+    want_q = sum(r["rescale_share"] * r["delta_fro"] ** 2 for r in q) / sum(r["delta_fro"] ** 2 for r in q)
+    assert s["by_module"]["q"]["rescale_share_energy_weighted"] == pytest.approx(want_q, rel=1e-12)
+    assert report_agg.pool(doc["tensors"], "rescale_share", "energy").value == pytest.approx(want, rel=1e-12)
+    layer1 = [r for r in mats if r["layer"] == 1]
+    want_l1 = sum(r["rescale_share"] * r["delta_fro"] ** 2 for r in layer1) / sum(r["delta_fro"] ** 2 for r in layer1)
+    assert pool(layer1, "rescale_share", "energy").value == pytest.approx(want_l1, rel=1e-12)
+    all_row = next(line for line in out.splitlines() if line.strip("│ ").startswith("all"))
+    assert f"{want:.3g}" in all_row

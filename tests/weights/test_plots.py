@@ -19,7 +19,7 @@ def _table(with_spectral=True, by_k_as_json=False):
                 by_k = {"2": {"angle_max_left_deg": 1.0 + layer, "angle_max_right_deg": 0.5 * layer,
                               "gap_limited": layer == 2}, "1": None}  # as a parquet struct pads an absent k
                 row.update(by_k=json.dumps(by_k) if by_k_as_json else by_k, nss=1e-3 * (layer + 1),
-                           rescale_share=0.01 * (layer + 1), rescale_baseline=0.001)
+                           rescale_share=0.01 * (layer + 1), rescale_baseline=0.001, delta_fro=0.1 * (layer + 1))
             rows.append(row)
     rows.append({"name": "model.embed_tokens.weight", "module": "embed", "layer": None, "numel": 512,
                  "unchanged_bitwise": 0.9})

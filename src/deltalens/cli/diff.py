@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-_MODULE_ORDER = ("q", "k", "v", "o", "gate", "up", "down", "embed", "norm", "lm_head", "other")
 
 
 def _pct(x) -> str:
@@ -23,6 +22,8 @@ def render_diff(result, title: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from deltalens.weights.aggregate import ordered_modules
+
     console = Console(width=max(Console().width, 130))
     s = result.summary
     tol_keys = list((s.get("unchanged_absolute") or {}).keys())
@@ -34,12 +35,13 @@ def render_diff(result, title: str | None = None) -> None:
     extra = [("visible_fraction", "bf16 vis."), ("delta_rel_mean", "‖Δ‖/‖W0‖"), ("stable_rank_mean", "st. rank"),
              ("effective_rank_mean", "eff. rank"), ("rank1_share_mean", "σ1² share"),
              ("angle_max_left_deg_max", "max ∠L°"), ("angle_max_right_deg_max", "max ∠R°"), ("nss_mean", "NSS"),
-             ("rescale_share_mean", "rescale"), ("rescale_ratio_mean", "resc./rand."), ("nonfinite", "NaN/Inf")]
+             ("rescale_share_energy_weighted", "rescale"), ("rescale_ratio_energy_weighted", "resc./rand."),
+             ("nonfinite", "NaN/Inf")]
     extra = [(k, label) for k, label in extra if k in s]
     for _, label in extra:
         table.add_column(label, justify="right")
     by_module = s.get("by_module", {})
-    order = [m for m in _MODULE_ORDER if m in by_module] + [m for m in by_module if m not in _MODULE_ORDER]
+    order = ordered_modules(by_module)
     for name, agg in [(m, by_module[m]) for m in order] + [("all", s)]:
         cells = [name, str(agg["tensors"]), f"{agg['numel']:,}", _pct(agg.get("unchanged_bitwise")),
                  _pct(agg.get("unchanged_relative"))]
@@ -53,8 +55,9 @@ def render_diff(result, title: str | None = None) -> None:
         if "rank" in result.options["metrics"] else "not computed"))
     if "angle_max_left_deg_max" in s or s.get("angles_unresolved"):
         console.print("max ∠L/∠R: largest principal angle (degrees) between top-k singular subspaces of W0 and W1 at "
-                      "the smallest requested k; NSS: normalized spectrum shift; rescale: share of ‖Δ‖² on diag(UᵀΔV) "
-                      "(propensity), resc./rand.: that share over its random baseline (SPEC §4–§5)")
+                      "the smallest requested k (max over tensors); NSS: normalized spectrum shift (mean over tensors); rescale: "
+                      "share of ‖Δ‖² on diag(UᵀΔV) (propensity), pooled weighted by ‖Δ‖²; resc./rand.: that share "
+                      "over its equally pooled random baseline (SPEC §4–§5)")
         if s.get("angles_unresolved"):
             names = [r["name"] for r in result.rows if r.get("angles_unresolved")]
             console.print(f"[bold yellow]unresolved:[/] the angles of {s['angles_unresolved']} tensor(s) could not be "

@@ -1,6 +1,6 @@
-"""Pooling per-tensor rows of ``diff.json`` into per-layer and per-module numbers for plots.
-
-Two poolings, each the one right for its quantity:
+"""The report's view of pooled ``diff.json`` rows: the pooling itself, its weightings and the
+module order come from :mod:`deltalens.weights.aggregate` (the one place that pools); this module
+adds the report's k choices and method texts. The poolings:
 
 - fractions of *parameters* (unchanged fractions, SPEC §2) pool weighted by ``numel``:
   Σ_t numel_t·f_t / Σ_t numel_t, the parameter-weighted fraction of the tensors pooled;
@@ -14,87 +14,21 @@ Rows whose value or weight is missing or non-finite are left out of a pool (and 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from deltalens.report.inputs import as_float
+from deltalens.weights import aggregate as wagg
 
-#: Module kinds in the order the page shows them (the ``module`` field of a tensor row).
-MODULE_ORDER = ("q", "k", "v", "o", "gate", "up", "down", "embed", "norm", "lm_head", "other")
-
-
-@dataclass(frozen=True)
-class Pooled:
-    """A pooled value and how many rows went into it / were left out."""
-
-    value: float
-    used: int
-    skipped: int
-
-
-def pool(rows: Iterable[dict], value: Callable[[dict], float], weight: Callable[[dict], float]) -> Pooled:
-    """Weighted mean Σ w·v / Σ w over the rows where both v and w are finite and w > 0."""
-    num = den = 0.0
-    used = skipped = 0
-    for row in rows:
-        v, w = value(row), weight(row)
-        if not (math.isfinite(v) and math.isfinite(w)) or w <= 0:
-            skipped += 1
-            continue
-        num += w * v
-        den += w
-        used += 1
-    return Pooled(num / den if den > 0 else math.nan, used, skipped)
-
-
-def numel_weight(row: dict) -> float:
-    return as_float(row.get("numel"))
-
-
-def energy_weight(row: dict) -> float:
-    """‖Δ‖_F² of the tensor (``delta_fro`` squared)."""
-    fro = as_float(row.get("delta_fro"))
-    return fro * fro
-
-
-def field(name: str) -> Callable[[dict], float]:
-    return lambda row: as_float(row.get(name))
+MODULE_ORDER, Pooled, pool = wagg.MODULE_ORDER, wagg.Pooled, wagg.pool  # the one pooling module
+modules_of, by_layer, by_module, ordered_modules = wagg.modules_of, wagg.by_layer, wagg.by_module, wagg.ordered_modules
 
 
 def mean(values: Iterable[float]) -> float:
     """Unweighted mean of the finite values (NaN when there are none)."""
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.nan
-
-
-def layers_of(rows: Iterable[dict]) -> list[int]:
-    return sorted({r["layer"] for r in rows if isinstance(r.get("layer"), int) and not isinstance(r.get("layer"), bool)})
-
-
-def modules_of(rows: Iterable[dict]) -> list[str]:
-    present = {r.get("module") or "other" for r in rows}
-    return [m for m in MODULE_ORDER if m in present] + sorted(present - set(MODULE_ORDER))
-
-
-def by_layer(rows: list[dict], module: str | None = None) -> dict[int, list[dict]]:
-    """Rows grouped by integer layer (rows without a layer are left out), optionally one module kind."""
-    groups: dict[int, list[dict]] = {}
-    for row in rows:
-        layer = row.get("layer")
-        if not isinstance(layer, int) or isinstance(layer, bool):
-            continue
-        if module is not None and (row.get("module") or "other") != module:
-            continue
-        groups.setdefault(layer, []).append(row)
-    return dict(sorted(groups.items()))
-
-
-def by_module(rows: list[dict]) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(row.get("module") or "other", []).append(row)
-    return {m: groups[m] for m in modules_of(rows)}
 
 
 def matrix_rows(rows: list[dict]) -> list[dict]:

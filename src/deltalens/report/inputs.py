@@ -143,8 +143,9 @@ def _make_labels_unique(runs: list[Run]) -> None:
 
 def as_float(value: Any) -> float:
     """A JSON number as float; ``None``, strings and other non-numbers become NaN."""
-    if isinstance(value, bool) or value is None:
-        return math.nan
+    from deltalens.weights.aggregate import number
+
+    return number(value)
     if isinstance(value, (int, float)):
         return float(value)
     return math.nan

@@ -103,7 +103,7 @@ def _summary_table(have: list[tuple[int, Run]], tolerances: list[str]) -> str:
         row(f"unchanged, |Δ| ≤ {tol}", [pct((s.get("unchanged_absolute") or {}).get(tol)) for s in sums])
     if any("visible_fraction" in r for t in tensors for r in t):
         row("bf16-visible update (params-weighted)",
-            [pct(agg.pool(t, agg.field("visible_fraction"), agg.numel_weight).value) for t in tensors])
+            [pct(agg.pool(t, "visible_fraction", "params").value) for t in tensors])
     row("tensors / 2-D tensors", [f"{len(t)} / {len(agg.matrix_rows(t))}" for t in tensors])
     row("tensors with NaN/Inf", [str(sum(1 for r in t if as_float(r.get("nonfinite")) > 0)) for t in tensors])
     row("skipped (non-float)", [str(len(d.get("skipped") or [])) for d in docs])
@@ -115,8 +115,8 @@ def _summary_table(have: list[tuple[int, Run]], tolerances: list[str]) -> str:
         row("rank method", [", ".join(sorted({str(r["rank_method"]) for r in t if r.get("rank_method")})) or "—"
                             for t in tensors])
     row("k values", [", ".join(agg.k_keys(t)) or "—" for t in tensors])
-    pooled = [agg.pool(t, agg.field("rescale_share"), agg.energy_weight) for t in tensors]
-    base = [agg.pool(t, agg.field("rescale_baseline"), agg.energy_weight) for t in tensors]
+    pooled = [agg.pool(t, "rescale_share", "energy") for t in tensors]
+    base = [agg.pool(t, "rescale_baseline", "energy") for t in tensors]
     row("rescale share (‖Δ‖²-weighted)", [fmt(p.value) for p in pooled])
     row("random baseline (‖Δ‖²-weighted)", [fmt(b.value) for b in base])
     row("rescale share ÷ baseline", [fmt(p.value / b.value) if b.value > 0 else "—" for p, b in zip(pooled, base)])
@@ -149,17 +149,17 @@ def _sparsity_plot(have: list[tuple[int, Run]]):
         for m in agg.modules_of(_tensors(run)):
             if m not in all_mods:
                 all_mods.append(m)
-    all_mods = [m for m in agg.MODULE_ORDER if m in all_mods] + [m for m in all_mods if m not in agg.MODULE_ORDER]
+    all_mods = agg.ordered_modules(all_mods)
     width = 0.8 / max(1, len(have))
     alt = []
     for j, (i, run) in enumerate(have):
         rows = _tensors(run)
         layers = agg.by_layer(rows)
-        ys = [agg.pool(g, agg.field("unchanged_bitwise"), agg.numel_weight).value for g in layers.values()]
+        ys = [agg.pool(g, "unchanged_bitwise", "params").value for g in layers.values()]
         xs, ys = finite_xy(list(layers), ys)
         ax_layer.plot(xs, ys, marker="o", color=run_color(i), label=run.label)
         mods = agg.by_module(rows)
-        vals = [agg.pool(mods.get(m, []), agg.field("unchanged_bitwise"), agg.numel_weight).value for m in all_mods]
+        vals = [agg.pool(mods.get(m, []), "unchanged_bitwise", "params").value for m in all_mods]
         ax_mod.bar([x + (j - (len(have) - 1) / 2) * width for x in range(len(all_mods))],
                    [v if math.isfinite(v) else 0 for v in vals], width=width, color=run_color(i), label=run.label)
         alt.append(f"{run.label}: per-layer unchanged fraction {describe_range(ys)}")
@@ -269,8 +269,8 @@ def _rescale_plot(have):
     alt = []
     for i, run in have:
         layers = agg.by_layer(agg.matrix_rows(_tensors(run)))
-        share = [agg.pool(g, agg.field("rescale_share"), agg.energy_weight).value for g in layers.values()]
-        base = [agg.pool(g, agg.field("rescale_baseline"), agg.energy_weight).value for g in layers.values()]
+        share = [agg.pool(g, "rescale_share", "energy").value for g in layers.values()]
+        base = [agg.pool(g, "rescale_baseline", "energy").value for g in layers.values()]
         xs, ys = finite_xy(list(layers), share)
         bx, by = finite_xy(list(layers), base)
         ax.plot(xs, ys, marker="o", color=run_color(i), label=f"{run.label}: rescale share")
@@ -300,8 +300,8 @@ def _block_share_table(have, choices: list[agg.KChoice]) -> str:
             for block in ("PP", "PQ", "QP", "QQ"):
                 def value(r, b=block, part="share", c=choice):
                     return as_float(((c.entry(r).get("block_shares") or {}).get(b) or {}).get(part))
-                share = agg.pool(mats, value, agg.energy_weight)
-                base = agg.pool(mats, lambda r, b=block: value(r, b, "baseline"), agg.energy_weight)
+                share = agg.pool(mats, value, "energy")
+                base = agg.pool(mats, lambda r, b=block: value(r, b, "baseline"), "energy")
                 found = found or share.used > 0
                 cells.append(f"{fmt(share.value)} (baseline {fmt(base.value)})")
             if found:

@@ -30,7 +30,7 @@ from deltalens.weights.sparsity import bitwise_changed
 @dataclass(frozen=True)
 class AggField:
     name: str
-    kind: str  # "fraction" | "value" | "count" | "rss"
+    kind: str  # "fraction" (params-weighted) | "energy" (‖Δ‖²-weighted) | "value" | "count" | "rss": weights/aggregate.py
 
 
 @dataclass(frozen=True)
@@ -211,8 +211,8 @@ register_group(MetricGroup(
 ))
 register_group(MetricGroup(
     "frame",
-    (AggField("rescale_share", "value"), AggField("rescale_ratio", "value"),
+    (AggField("rescale_share", "energy"), AggField("rescale_baseline", "energy"),
      AggField("principal_overlap", "value"), AggField("low_overlap", "value")),
     compute=compute_spectral,
-    row_fields=("by_k", "method", "rescale_baseline", "rescale_share_upper", "rescale_scope", "overlap_baseline"),
+    row_fields=("by_k", "method", "rescale_ratio", "rescale_share_upper", "rescale_scope", "overlap_baseline"),
 ))

@@ -10,7 +10,8 @@ import warnings
 
 import pandas as pd
 
-MODULE_ORDER = ("q", "k", "v", "o", "gate", "up", "down", "embed", "norm", "lm_head", "other")
+from deltalens.weights.aggregate import ordered_modules, pool
+
 PLOT_FILES = tuple(f"{stem}.{ext}" for stem in ("principal_angles", "sparsity_bf16", "nss", "rescale_share")
                    for ext in ("png", "svg"))  # what write_diff_plots may write (checked before a diff starts)
 
@@ -53,8 +54,7 @@ def _layered(tensors: pd.DataFrame) -> pd.DataFrame:
 
 
 def _modules(df: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(df["module"].astype(str)))
-    return [m for m in MODULE_ORDER if m in present] + [m for m in present if m not in MODULE_ORDER]
+    return ordered_modules(df["module"].astype(str))
 
 
 def _first_k_entry(by_k) -> tuple[int, dict] | None:
@@ -122,9 +122,12 @@ def _plot_angles(tensors: pd.DataFrame, out_dir: pathlib.Path, title: str) -> li
 
 def _plot_per_layer(
     tensors: pd.DataFrame, out_dir: pathlib.Path, column: str, stem: str, ylabel: str, heading: str,
-    *, weighted: bool = False, logy: bool = False, baseline: str | None = None,
+    *, weighting: str = "mean", logy: bool = False, baseline: str | None = None,
 ) -> list[pathlib.Path]:
-    needed = ("module", "layer", column) + (("numel",) if weighted else ()) + ((baseline,) if baseline else ())
+    """One line per module kind of ``column`` pooled per layer by :func:`deltalens.weights.aggregate.pool`
+    with ``weighting`` (params, energy or mean: the same pooling as the diff's summary and the report)."""
+    weight_col = {"params": ("numel",), "energy": ("delta_fro",), "mean": ()}[weighting]
+    needed = ("module", "layer", column) + weight_col + ((baseline,) if baseline else ())
     if _missing(tensors, needed, stem):
         return []
     df = _layered(tensors)
@@ -136,16 +139,13 @@ def _plot_per_layer(
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for module in _modules(df):
         sub = df[df["module"].astype(str) == module]
-        if weighted:
-            sub = sub.assign(_w=sub[column].astype(float) * sub["numel"])
-            grouped = sub.groupby("layer")
-            series = grouped["_w"].sum() / grouped["numel"].sum()
-        else:
-            series = sub.groupby("layer")[column].mean()
-        line, = ax.plot(series.index, series.values, marker="o", ms=4, label=module)
+        layers = {layer: group.to_dict("records") for layer, group in sub.groupby("layer")}
+        xs = list(layers)
+        line, = ax.plot(xs, [pool(rows, column, weighting).value for rows in layers.values()], marker="o", ms=4,
+                        label=module)
         if baseline:
-            base = sub.groupby("layer")[baseline].mean()
-            ax.plot(base.index, base.values, ls="--", lw=1, color=line.get_color(), label=f"{module} random baseline")
+            ax.plot(xs, [pool(rows, baseline, weighting).value for rows in layers.values()], ls="--", lw=1,
+                    color=line.get_color(), label=f"{module} random baseline")
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("layer")
@@ -164,7 +164,7 @@ def write_diff_plots(tensors: pd.DataFrame, out_dir, *, title: str = "") -> list
 
     ``tensors``: one row per tensor with ``name``, ``module``, ``layer`` (int or None),
     ``numel``, ``unchanged_bitwise``, and, for 2-D tensors, ``by_k``, ``nss``, ``rescale_share``,
-    ``rescale_baseline``. A plot whose columns are missing is skipped with a warning.
+    ``rescale_baseline``, ``delta_fro`` (the rescale share pools weighted by ‖Δ‖², like everywhere). A plot whose columns are missing is skipped with a warning.
     Pictures: principal_angles (SPEC §4), sparsity_bf16 (§2), nss (§4), rescale_share (§5).
     Tensors outside numbered layers (embeddings, final norm, lm_head) are not drawn.
     """
@@ -179,13 +179,13 @@ def write_diff_plots(tensors: pd.DataFrame, out_dir, *, title: str = "") -> list
     paths += _plot_per_layer(
         tensors, out_dir, "unchanged_bitwise", "sparsity_bf16",
         "unchanged fraction (bitwise, stored dtype), parameter-weighted",
-        prefix + "Update sparsity per layer: share of weights left bit-identical", weighted=True)
+        prefix + "Update sparsity per layer: share of weights left bit-identical", weighting="params")
     paths += _plot_per_layer(
-        tensors, out_dir, "nss", "nss", "NSS = ‖σ(W1) − σ(W0)‖₂ / ‖σ(W0)‖₂",
+        tensors, out_dir, "nss", "nss", "NSS = ‖σ(W1) − σ(W0)‖₂ / ‖σ(W0)‖₂, mean over tensors",
         prefix + "Spectrum drift per layer (normalized spectrum shift)")
     paths += _plot_per_layer(
         tensors, out_dir, "rescale_share", "rescale_share",
-        "rescale share = ‖diag(UᵀΔV)‖² / ‖Δ‖²_F (log scale)",
+        "rescale share = ‖diag(UᵀΔV)‖² / ‖Δ‖²_F, ‖Δ‖²-weighted (log scale)",
         prefix + "Update energy that re-weights W0's own singular directions, vs random baseline (dashed)",
-        logy=True, baseline="rescale_baseline")
+        weighting="energy", logy=True, baseline="rescale_baseline")
     return paths
