@@ -196,3 +196,54 @@ def test_ritz_rank_deficient_operator():
     r = ritz_subspace_iteration(*_operator(a), torch.randn(30, 10), max_iter=3)
     np.testing.assert_allclose(r.s[:3].numpy(), np.linalg.svd(a, compute_uv=False)[:3], rtol=1e-6)
     assert float(r.s[3:].abs().max()) < 1e-4 * float(r.s[0])
+
+
+def test_pair_normal_products_and_common_rayleigh_ritz_against_numpy(monkeypatch):
+    """chunked_pair_normal_matmul against numpy float64 products (several row chunks, bf16 and
+    float32 inputs); rayleigh_ritz_pair on a basis spanning everything gives numpy's SVD of W0
+    and of W1 (values, subspaces, zero residuals); Δ = 0 gives bitwise identical triplets."""
+    from deltalens.linalg import chunked_pair_normal_matmul, rayleigh_ritz_pair
+
+    monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 300)
+    g = torch.Generator().manual_seed(7)
+    for dtype in (torch.float32, torch.bfloat16):
+        w0 = torch.randn(70, 12, generator=g).to(dtype)
+        w1 = (w0.float() + 0.01 * torch.randn(70, 12, generator=g)).to(dtype)
+        x = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))[0]
+        b0, d, g0, g1, fro2 = chunked_pair_normal_matmul(w0, w1, x)
+        a0, a1, xn = w0.double().numpy(), w1.double().numpy(), x.numpy()
+        np.testing.assert_allclose(b0.numpy(), a0 @ xn, atol=1e-12)
+        np.testing.assert_allclose(d.numpy(), (a1 - a0) @ xn, atol=1e-12)
+        np.testing.assert_allclose(g0.numpy(), a0.T @ a0 @ xn, atol=1e-10)
+        np.testing.assert_allclose(g1.numpy(), a1.T @ a1 @ xn, atol=1e-10)
+        assert fro2 == pytest.approx(float(((a1 - a0) ** 2).sum()), rel=1e-10)
+        t0, t1 = rayleigh_ritz_pair(x, b0, d, g0, g1, width=4)
+        for t, a in ((t0, a0), (t1, a1)):
+            u, s, vt = np.linalg.svd(a, full_matrices=False)
+            np.testing.assert_allclose(t.s.numpy(), s, rtol=1e-10)
+            assert float(t.residual.max()) < 1e-9
+            angles = scipy.linalg.subspace_angles(t.v[:, :4].numpy(), vt[:4].T)
+            assert np.degrees(angles).max() < 1e-6
+            assert np.degrees(scipy.linalg.subspace_angles(t.u.numpy(), u[:, :4])).max() < 1e-6
+        same0, same1 = rayleigh_ritz_pair(x, b0, torch.zeros_like(d), g0, g0, width=4)
+        assert torch.equal(same0.u, same1.u) and torch.equal(same0.v, same1.v) and torch.equal(same0.s, same1.s)
+
+
+def test_orthonormal_extension():
+    """The extension is orthonormal, orthogonal to the basis, spans new's component outside it,
+    drops directions already inside, and never exceeds the room left (n − s)."""
+    from deltalens.linalg import orthonormal_extension
+
+    g = torch.Generator().manual_seed(8)
+    basis = torch.linalg.qr(torch.randn(10, 4, generator=g, dtype=torch.float64))[0]
+    inside = basis @ torch.randn(4, 3, generator=g, dtype=torch.float64)
+    outside = torch.randn(10, 2, generator=g, dtype=torch.float64)
+    ext = orthonormal_extension(basis, torch.cat([inside, outside], 1))
+    assert ext.shape == (10, 2)
+    np.testing.assert_allclose((ext.T @ ext).numpy(), np.eye(2), atol=1e-12)
+    assert float((basis.T @ ext).abs().max()) < 1e-12
+    proj = outside - basis @ (basis.T @ outside)
+    assert np.degrees(scipy.linalg.subspace_angles(ext.numpy(), proj.numpy())).max() < 1e-8
+    full = orthonormal_extension(basis, torch.randn(10, 9, generator=g, dtype=torch.float64))
+    assert full.shape == (10, 6)  # only n − s = 6 directions exist
+    assert orthonormal_extension(basis, inside).shape == (10, 0)

@@ -190,20 +190,44 @@ def chunked_pair_normal_matmul(
     return y0, yd, g0, g1, fro2
 
 
-def rayleigh_ritz(x: torch.Tensor, wx: torch.Tensor, gx: torch.Tensor) -> "RitzTriplets":
-    """Ritz triplets of an m×n operator W from the orthonormal n×s basis ``x``, given W X (m×s)
-    and WᵀW X (n×s): (W X)ᵀ(W X) = Y diag(σ²) Yᵀ, v_i = X y_i, u_i = W X y_i / σ_i, and the
-    residuals ‖Wᵀu_i − σ_i v_i‖ = ‖WᵀW X y_i / σ_i − σ_i X y_i‖, all in x's dtype (no pass over W).
-    Halko, Martinsson & Tropp 2011 §5; the residual gives the Davis–Kahan/Wedin error estimate
-    (:meth:`RitzTriplets.subspace_error`).  SPEC §4."""
-    with lapack_one_thread(x):
-        sigma, y = _gram_ritz(wx)
-        scale = sigma.clamp_min(torch.finfo(sigma.dtype).tiny)
-        v = x @ y
-        residual = torch.linalg.vector_norm((gx @ y) / scale - v * sigma, dim=0)
+def rayleigh_ritz_pair(x: torch.Tensor, b0: torch.Tensor, d: torch.Tensor, g0x: torch.Tensor, g1x: torch.Tensor,
+                       *, width: int | None = None) -> tuple["RitzTriplets", "RitzTriplets"]:
+    """Ritz triplets of W0 and of W1 = W0 + Δ from one orthonormal n×s basis ``x``, given B0 = W0X
+    and D = ΔX (m×s, any float dtype) and WᵀWX of each (n×s).  SPEC §4; Halko, Martinsson & Tropp 2011 §5.
+
+    In float64, over row chunks of B0 and D (no m×s float64 copy): B0ᵀB0, B0ᵀD and DᵀD; then
+    BᵀB = Y diag(σ²) Yᵀ for B0 and for B1 = B0 + D (B1ᵀB1 = B0ᵀB0 + B0ᵀD + DᵀB0 + DᵀD, so the
+    rounding of B0 is common to both and Δ = 0 gives bitwise identical triplets); v_i = X y_i;
+    u_i = B y_i / σ_i for the first ``width`` pairs (default all); residuals
+    ‖Wᵀu_i − σ_i v_i‖ = ‖WᵀWX y_i / σ_i − σ_i X y_i‖ for every pair, at no pass over W."""
     f64 = torch.float64
-    return RitzTriplets(u=((wx @ y) / scale).to(f64), s=sigma.to(f64).cpu(), v=v.to(f64),
-                        residual=residual.to(f64).cpu(), iterations=0)
+    s_dim = x.shape[1]
+    width = s_dim if width is None else min(width, s_dim)
+    g00 = torch.zeros(s_dim, s_dim, dtype=f64, device=x.device)
+    g0d, gdd = torch.zeros_like(g00), torch.zeros_like(g00)
+    step = chunk_rows(2 * s_dim)
+    for start in range(0, b0.shape[0], step):
+        bc, dc = b0[start : start + step].to(f64), d[start : start + step].to(f64)
+        g00.addmm_(bc.T, bc)
+        g0d.addmm_(bc.T, dc)
+        gdd.addmm_(dc.T, dc)
+    out = []
+    with lapack_one_thread(x):
+        for gram, gx, diff in ((g00, g0x, False), (g00 + g0d + g0d.T + gdd, g1x, True)):
+            lam, y = torch.linalg.eigh(gram)
+            sigma, y = lam.flip(0).clamp_min(0.0).sqrt(), y.flip(1)
+            scale = sigma.clamp_min(torch.finfo(f64).tiny)
+            v = x.to(f64) @ y
+            residual = torch.linalg.vector_norm((gx.to(f64) @ y) / scale - v * sigma, dim=0)
+            yw = y[:, :width] / scale[:width]
+            u = torch.empty(b0.shape[0], width, dtype=f64, device=x.device)
+            for start in range(0, b0.shape[0], step):
+                rows = slice(start, start + step)
+                u[rows] = b0[rows].to(f64) @ yw
+                if diff:
+                    u[rows] += d[rows].to(f64) @ yw
+            out.append(RitzTriplets(u=u, s=sigma.cpu(), v=v, residual=residual.cpu(), iterations=0))
+    return out[0], out[1]
 
 
 def orthonormal_extension(basis: torch.Tensor, new: torch.Tensor, *, drop: float = 1e-8) -> torch.Tensor:

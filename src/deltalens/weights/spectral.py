@@ -38,7 +38,7 @@ from deltalens.linalg import (
     lapack_one_thread,
     eigh_descending,
     orthonormal_extension,
-    rayleigh_ritz,
+    rayleigh_ritz_pair,
     gram_products,
     largest_eigenvalue,
     principal_angles,
@@ -298,7 +298,8 @@ def _delta_transpose_products(a0, a1, u: torch.Tensor, dev, delta: torch.Tensor 
     return dtu.double()
 
 
-def _common_ritz(a0, a1, basis: torch.Tensor, ks: Sequence[int], dev, *, rounds: int, delta_spectral: float) -> tuple:
+def _common_ritz(a0, a1, basis: torch.Tensor, ks: Sequence[int], dev, *, rounds: int, delta_spectral: float,
+                 width: int) -> tuple:
     """Ritz triplets of W0 and of W1 from one common subspace, grown until every top-k rotation
     in ``ks`` is resolved to ``TOL_DEG`` or ``rounds`` growth steps are spent.  SPEC §4.
 
@@ -316,14 +317,12 @@ def _common_ritz(a0, a1, basis: torch.Tensor, ks: Sequence[int], dev, *, rounds:
     everything. Returns (triplets of W0, of W1, {k: estimated angle error, degrees},
     steps taken, the basis X, ΔX, ‖Δ‖²_F)."""
     k_need = min(max(ks) + 1, basis.shape[0])
-    pair = lambda x: [t if isinstance(t, float) else t.double()  # noqa: E731
-                      for t in chunked_pair_normal_matmul(a0, a1, x.to(PAIR_DTYPE), device=dev)]
+    pair = lambda x: chunked_pair_normal_matmul(a0, a1, x.to(PAIR_DTYPE), device=dev)  # noqa: E731
     wx0, dx, gx0, gx1, fro2 = pair(basis)
     step = 0
     previous = None
     while True:
-        t0 = rayleigh_ritz(basis, wx0, gx0)
-        t1 = rayleigh_ritz(basis, wx0 + dx, gx1)
+        t0, t1 = rayleigh_ritz_pair(basis, wx0, dx, gx0, gx1, width=width)
         angles = {k: _pair_angles_deg(t0, t1, k) for k in ks}
         errors = {k: ritz_angle_error_deg(t0, t1, k) for k in ks}
         if previous is not None:  # the change since the last step estimates what further steps would change
@@ -337,7 +336,7 @@ def _common_ritz(a0, a1, basis: torch.Tensor, ks: Sequence[int], dev, *, rounds:
         for t, gx in ((t0, gx0), (t1, gx1)):
             sig = t.s[:k_need].to(basis)
             y_v = t.v[:, :k_need]
-            resid.append(((gx @ (basis.T @ y_v)) / sig.clamp_min(torch.finfo(sig.dtype).tiny)) - y_v * sig)
+            resid.append(((gx.to(basis) @ (basis.T @ y_v)) / sig.clamp_min(torch.finfo(sig.dtype).tiny)) - y_v * sig)
         new = orthonormal_extension(basis, torch.cat(resid, 1))
         if new.shape[1] == 0:
             return t0, t1, errors, step, basis, dx, fro2
@@ -386,11 +385,11 @@ def _frame_topq(a0, a1, ks: Sequence[int], q: int, frame: bool, dev, *, max_iter
     else:
         spec_how = "given by the caller (the rank group's power iteration on Δ)"
     t0, t1, errors, steps, basis, dx, delta_fro2 = _common_ritz(a0, a1, basis, ks, dev, rounds=GROW_ROUNDS,
-                                                                delta_spectral=delta_spectral)
+                                                                delta_spectral=delta_spectral, width=q)
     width = basis.shape[1]
     u0, v0 = t0.u[:, :q], t0.v[:, :q]
     out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
-    dv = dx @ (basis.T @ v0)  # ΔV_q = (ΔX)(Xᵀ V_q): V_q lies in span(X)
+    dv = chunked_matmul(dx, basis.T @ v0, device=dev)  # ΔV_q = (ΔX)(Xᵀ V_q) in float64: V_q lies in span(X)
     if frame:
         dtu = _delta_transpose_products(a0, a1, u0, dev, delta)
         cross = u0.T @ dv
