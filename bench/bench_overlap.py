@@ -9,7 +9,7 @@ a random 50 %, the rank-64 reconstruction W0 V Vᵀ from a random orthonormal V 
 α = 0.05. Times, per thread count, the best of ``--repeats`` interleaved rounds of
 
 - old: what ``_overlaps`` did before the one-pass bracket select: up to 2²⁵ entries both
-  selections on one float32 buffer with ``numpy.partition`` (``_count_selected_in_memory``),
+  selections on one float32 buffer with ``numpy.partition`` (``deltalens.weights.selection._count_selected_in_memory``),
   above it the chunked three-pass radix select (``_count_selected_in_mask``), recomputing the
   reconstruction chunk by chunk on every pass;
 - new: ``_overlaps`` as it is (sample → bracket → one pass; the radix select only as fallback).
@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
 
 from deltalens.linalg import chunk_rows  # noqa: E402
-from deltalens.weights import spectral  # noqa: E402
+from deltalens.weights import selection, spectral  # noqa: E402
 
 SHAPES = {  # tall; a wide matrix (k/v, down) costs the same in its stored orientation
     "kv": (1536, 256, torch.float32), "q": (1536, 1536, torch.float32),
@@ -73,12 +73,12 @@ def old_overlaps(a0, mask, left, v_k):
     if m * n <= OLD_IN_MEMORY_MAX:
         flat = mask.reshape(-1).numpy()
         recon = (lk @ vk.T).abs_().reshape(-1).numpy()
-        hp = spectral._count_selected_in_memory(recon, flat, count, largest=True)
+        hp = selection._count_selected_in_memory(recon, flat, count, largest=True)
         del recon
-        hl = spectral._count_selected_in_memory(a0.float().abs().reshape(-1).numpy(), flat, count, largest=False)
+        hl = selection._count_selected_in_memory(a0.float().abs().reshape(-1).numpy(), flat, count, largest=False)
         return hp, hl
-    return (spectral._count_selected_in_mask(recon_chunks, count, largest=True),
-            spectral._count_selected_in_mask(weight_chunks, count, largest=False))
+    return (selection._count_selected_in_mask(recon_chunks, count, largest=True),
+            selection._count_selected_in_mask(weight_chunks, count, largest=False))
 
 
 def new_overlaps(a0, mask, left, v_k):
@@ -93,7 +93,7 @@ def main(argv=None):
     ap.add_argument("--shapes", nargs="+", default=["gate", "embed"], choices=list(SHAPES))
     args = ap.parse_args(argv)
     fallbacks = []
-    radix = spectral._count_selected_in_mask
+    radix = selection._count_selected_in_mask
 
     def counting_radix(*a, **k):  # counts the new path's fallbacks (the old path calls it directly)
         fallbacks.append(1)
@@ -110,11 +110,11 @@ def main(argv=None):
             fallbacks.clear()
             for _ in range(args.repeats):
                 for side, fn in (("old", old_overlaps), ("new", new_overlaps)):
-                    spectral._count_selected_in_mask = counting_radix if side == "new" else radix
+                    selection._count_selected_in_mask = counting_radix if side == "new" else radix
                     t = time.perf_counter()
                     results[side] = fn(a0, mask, left, v)
                     best[side] = min(best[side], time.perf_counter() - t)
-            spectral._count_selected_in_mask = radix
+            selection._count_selected_in_mask = radix
             if results["old"] != results["new"]:
                 sys.exit(f"mismatch: old {results['old']} vs new {results['new']}")
             print(f"  {threads} thread(s): old {best['old']:.3f} s, new {best['new']:.3f} s, "

@@ -10,7 +10,7 @@ import scipy.linalg
 import torch
 
 import deltalens.linalg as linalg
-import deltalens.weights.spectral as spectral
+import deltalens.weights.selection as selection
 from deltalens.errors import DeltalensError
 from deltalens.weights.spectral import default_k, resolve_k, spectral_metrics
 
@@ -413,10 +413,10 @@ def _select_path(monkeypatch, path, chunk_elements):
     if path == "one-chunk":
         return
     monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", chunk_elements)
-    monkeypatch.setattr(spectral, "SELECT_SAMPLE", (SAMPLE_PART, 1, 1 << 21))
-    monkeypatch.setattr(spectral, "SELECT_CANDIDATES", (8, 1, 0 if path == "radix" else 1 << 24))
+    monkeypatch.setattr(selection, "SELECT_SAMPLE", (SAMPLE_PART, 1, 1 << 21))
+    monkeypatch.setattr(selection, "SELECT_CANDIDATES", (8, 1, 0 if path == "radix" else 1 << 24))
     if path == "torch-ops":
-        monkeypatch.setattr(spectral, "_on_host", lambda t: False)
+        monkeypatch.setattr(selection, "_on_host", lambda t: False)
 
 
 @pytest.mark.parametrize("path", SELECT_PATHS)
@@ -541,8 +541,8 @@ def test_count_selected_matches_stable_sort(kind, path, monkeypatch):
     bracket holds the boundary, the radix select when it misses or holds too many values."""
     _select_path(monkeypatch, path, 8000)
     fallbacks = []
-    radix = spectral._count_selected_in_mask
-    monkeypatch.setattr(spectral, "_count_selected_in_mask", lambda *a: fallbacks.append(1) or radix(*a))
+    radix = selection._count_selected_in_mask
+    monkeypatch.setattr(selection, "_count_selected_in_mask", lambda *a: fallbacks.append(1) or radix(*a))
     rng = np.random.default_rng(["random", "bf16", "zeros", "adversarial"].index(kind))
     m, n = 400, 157
     x = _select_data(kind, m, n, rng)
@@ -557,7 +557,7 @@ def test_count_selected_matches_stable_sort(kind, path, monkeypatch):
     for count in (1, math.ceil(0.05 * x.size), x.size):
         for largest in (True, False):
             fallbacks.clear()
-            got = spectral._count_selected(lambda i, out: out.copy_(xt[i]), mt, count, largest)
+            got = selection.count_selected(lambda i, out: out.copy_(xt[i]), mt, count, largest)
             assert got == _stable_hits(x.ravel(), mask.ravel(), count, largest), (count, largest)
             if path == "radix":
                 assert fallbacks
@@ -570,19 +570,19 @@ def test_count_selected_matches_stable_sort(kind, path, monkeypatch):
     # the bracket itself: a sample of the rows brackets the true boundary of random data
     count = math.ceil(0.05 * x.size)
     if kind == "random":
-        lo, hi = spectral._selection_bracket(xt[::16], x.size, count, largest=True)
+        lo, hi = selection._selection_bracket(xt[::16], x.size, count, largest=True)
         assert lo <= np.sort(x.ravel())[x.size - count] <= hi
 
 
 def test_count_selected_with_a_bracket_that_misses(monkeypatch):
     """A zero-width bracket (SELECT_Z = 0, a small sample) misses the boundary of random data
     most of the time; whatever the sample, the answer is exact (the radix select takes over)."""
-    monkeypatch.setattr(spectral, "SELECT_Z", 0.0)
-    monkeypatch.setattr(spectral, "SELECT_SAMPLE", (64, 1, 1 << 21))
+    monkeypatch.setattr(selection, "SELECT_Z", 0.0)
+    monkeypatch.setattr(selection, "SELECT_SAMPLE", (64, 1, 1 << 21))
     monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", 10000)
     calls = []
-    radix = spectral._count_selected_in_mask
-    monkeypatch.setattr(spectral, "_count_selected_in_mask", lambda *a: calls.append(1) or radix(*a))
+    radix = selection._count_selected_in_mask
+    monkeypatch.setattr(selection, "_count_selected_in_mask", lambda *a: calls.append(1) or radix(*a))
     rng = np.random.default_rng(5)
     for trial in range(6):
         x = np.abs(rng.standard_normal((300, 101))).astype(np.float32)
@@ -590,7 +590,7 @@ def test_count_selected_with_a_bracket_that_misses(monkeypatch):
         xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
         for largest in (True, False):
             count = int(rng.integers(1, x.size))
-            got = spectral._count_selected(lambda i, out: out.copy_(xt[i]), mt, count, largest)
+            got = selection.count_selected(lambda i, out: out.copy_(xt[i]), mt, count, largest)
             assert got == _stable_hits(x.ravel(), mask.ravel(), count, largest)
     assert calls  # the fallback did run
 
