@@ -55,7 +55,8 @@ DEFAULT_OVERLAP_ALPHA = 0.05
 GROUPS = ("spectral", "frame")
 FULL_FRAME_MAX = 1024  # fast mode: the full Gram frame when min(m, n) ≤ this, randomized top-q above
 OVERSAMPLE = 16  # extra columns of the randomized subspace beyond q
-MAX_ITER = 6  # float32 subspace iterations on W0 for the top-q route's starting subspace, fewer when converged
+MAX_ITER = 4  # float32 subspace iterations on W0 for the top-q route's starting subspace, fewer when converged
+W1_ITER = 2  # ... and on W1, warm-started from W0's (the common subspace and its growth do the rest)
 TOL_DEG = 0.01  # stop iterating once the estimated top-k subspace error is below this angle
 MIN_PROGRESS = 0.1  # ... or once two iterations in a row improve on its best by < 10 % (0: never)
 PAIR_DTYPE = torch.float32  # top-q: the products of the common-subspace pass (its small problems are float64)
@@ -372,7 +373,7 @@ def _frame_topq(a0, a1, ks: Sequence[int], q: int, frame: bool, dev, *, max_iter
     start = torch.randn(n, p, generator=torch.Generator().manual_seed(0)).to(dev)
     stop = dict(max_iter=max_iter, k=k_max, tol=tol, min_progress=MIN_PROGRESS, final_dtype=torch.float32)
     r0 = ritz_subspace_iteration(start=start, **_operator(a0, None, dev), **stop)
-    r1 = ritz_subspace_iteration(start=r0.v.to(torch.float32), **_operator(a1, None, dev), **stop)
+    r1 = ritz_subspace_iteration(start=r0.v.to(torch.float32), **_operator(a1, None, dev), **(stop | {"max_iter": min(max_iter, W1_ITER)}))
     with lapack_one_thread(r0.v):  # both matrices' subspaces: W1's top-q may have moved far from W0's
         basis = _orthonormal_columns(torch.cat([r0.v, r1.v], 1).to(device=dev, dtype=torch.float64))
     if delta_spectral is None:
