@@ -136,31 +136,20 @@ SMALL_TENSOR_NUMEL = 2**20
 has this many elements (a ~1M-parameter model: hidden 128)."""
 
 
-def machine_busy() -> bool:
-    """True when the 1-minute load average reaches the core count plus one: other processes
-    compete for the cores (always False where the platform has no load average)."""
-    import os
-
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return False
-    return load >= (os.cpu_count() or 1) + 1
-
-
 def pass_threads(requested: int | str | None, numels: dict[str, int]) -> int | None:
     """Intra-op threads for the per-example pass: ``requested``, or for ``"auto"`` 1 on small
-    models when the machine is busy (1-minute load average ≥ cores + 1), else the caller's.
+    models (every parameter tensor under ``SMALL_TENSOR_NUMEL``) and the caller's setting
+    (``None``) on larger ones. It depends on the model only, never on the machine's load, so a
+    kernel's rounding is the same whatever else runs.
 
     A small model's per-example ops (a chunk of 64 probes × hidden 128) are too small to share
     across cores, and each multi-threaded op ends at a barrier that stalls whenever another
     process holds a core: on the shared 2-core development machine the 1M-parameter pass took
-    1–1.5 s on one thread and 8–49 s on two (``bench/bench_kernel.py``). On the same machine idle,
-    two threads were faster (n = 256: 1.91 s against 2.38 s), hence the load test. Larger models
-    keep the caller's setting (``None``).
+    1–1.5 s on one thread and 8–49 s on two (``bench/bench_kernel.py``); idle, two threads were
+    somewhat faster (n = 256: 1.91 s against 2.38 s): pass ``gradient_threads=2`` for that.
     """
     if requested == "auto":
-        return 1 if max(numels.values()) < SMALL_TENSOR_NUMEL and machine_busy() else None
+        return 1 if max(numels.values()) < SMALL_TENSOR_NUMEL else None
     if requested is None or (isinstance(requested, int) and requested >= 1):
         return requested
     raise DeltalensError(f"gradient_threads: expected a positive integer, 'auto' or None, got {requested!r}")
