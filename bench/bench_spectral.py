@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
 
-from deltalens.weights.groups import MetricContext, compute_rank, compute_spectral, matrix_operands  # noqa: E402
+from deltalens.weights.groups import MetricContext, compute_frame, compute_rank, compute_spectral, matrix_operands  # noqa: E402
 from deltalens.weights.options import make_options  # noqa: E402
 from deltalens.weights.sparsity import stream_pair_stats  # noqa: E402
 

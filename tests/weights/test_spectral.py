@@ -253,7 +253,7 @@ def test_rank_group_top_route(monkeypatch):
     from deltalens.weights.sparsity import stream_pair_stats
 
     streamed = MetricContext.after_stream(stream_pair_stats(w0, w1), "t", "q", 0, w0, w1, w0, w1, make_options())
-    assert streamed.extra["delta_fro2"] == pytest.approx(np.sum(sig**2), rel=1e-6)
+    assert streamed.streamed_fro2 == pytest.approx(np.sum(sig**2), rel=1e-6) == streamed.delta_fro2
     again = compute_rank(w0, w1, streamed)
     assert again["stable_rank"] == pytest.approx(out["stable_rank"], rel=1e-6)
     # above FLOAT32_COPY_MAX (an embedding): stored bf16 operands, Δ formed chunk by chunk, no Δ in memory
@@ -613,3 +613,24 @@ def test_fast_keeps_precision_for_tiny_rl_like_updates(scale):
     assert fast["nss"] == pytest.approx(ex["nss"], rel=1e-3)
     assert fast["rescale_share"] == pytest.approx(ex["rescale_share"], abs=1e-4)
     np.testing.assert_allclose(fast["by_k"]["4"]["angles_left_deg"], ex["by_k"]["4"]["angles_left_deg"], atol=1e-3)
+
+
+def test_groups_give_the_same_rows_in_any_metric_order(monkeypatch):
+    """What groups share (σ1(Δ), ‖Δ‖_F², the §4–§5 frame) is a context property computed once,
+    so the rows of rank, spectral and frame do not depend on the order they run in."""
+    import deltalens.weights.spectral as spectral
+    from deltalens.weights.groups import METRIC_GROUPS, MetricContext
+    from deltalens.weights.options import make_options
+
+    monkeypatch.setattr(spectral, "FULL_FRAME_MAX", 50)
+    w0, w1 = _random_pair(160, 90, seed=23)
+    rows = []
+    for order in (("rank", "spectral", "frame"), ("frame", "spectral", "rank")):
+        ctx = MetricContext("t", "q", 0, w0, w1, w0, w1, make_options(metrics=list(order)))
+        row = {}
+        for name in order:
+            row.update(METRIC_GROUPS[name].compute(w0, w1, ctx))
+        rows.append(row)
+    assert rows[0] == rows[1]
+    assert rows[0]["delta_spectral"] == pytest.approx(np.linalg.svd(w1.double().numpy() - w0.double().numpy(),
+                                                                    compute_uv=False)[0], rel=1e-4)

@@ -28,7 +28,6 @@ from deltalens.weights.aggregate import summarize
 from deltalens.weights.groups import (
     ALWAYS_FIELDS,
     METRIC_GROUPS,
-    STREAMING_GROUPS,
     MetricContext,
     aggregated_fields,
     matrix_operands,

@@ -10,15 +10,20 @@ module, per layer and over the model:
 Streaming groups (``sparsity``, ``size``) are computed by the driver's chunked pass over the
 stored tensors. Matrix groups have ``compute(w0, w1, ctx) -> dict`` with w0, w1 from
 :func:`matrix_operands` on ``ctx.options.device`` (float32 copies, or for tensors above 2²⁶
-elements the stored dtype: cast those chunk by chunk; ``ctx.delta`` is Δ in at least float32) and run on 2-D tensors; adding one is a function and a
-:func:`register_group` call. Later groups (``spectral``, ``frame``, SPEC §4–§5) read
-``ctx.options.top_k`` / ``exact`` / ``device`` and ``ctx.changed`` (the bitwise update mask).
+elements the stored dtype: cast those chunk by chunk) and run on 2-D tensors; each returns its
+declared fields. What several groups need is an explicit, lazily computed and cached property of
+the :class:`MetricContext`, so no result depends on the order of ``--metrics``: ``delta`` (Δ in
+at least float32), ``delta_fro2`` (‖Δ‖_F², from the streaming pass when it ran), ``delta_top``
+(σ1(Δ) by power iteration, shared by ``rank`` and ``spectral`` on the top route), ``changed``
+(the bitwise update mask) and ``spectral`` (one §4–§5 frame for the ``spectral`` and ``frame``
+groups). The built-in groups are the module constants listed in :data:`METRIC_GROUPS`; adding one
+is a function and a :func:`register_group` call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -54,17 +59,51 @@ class MetricContext:
     w0: torch.Tensor  # matrix_operands(): float32, or the stored dtype above 2²⁶ elements; NaN/Inf zeroed
     w1: torch.Tensor
     options: object  # DiffOptions
-    extra: dict = field(default_factory=dict)  # scratch shared by groups (e.g. an SVD of W0 computed once)
+    streamed_fro2: float | None = None  # ‖Δ‖_F² from the streaming pass, when it ran the size group
 
     @classmethod
     def after_stream(cls, stats: dict, *args) -> "MetricContext":
         """The context of a tensor whose streaming pass (sparsity/size) gave ``stats``: its
-        ‖Δ‖_F² (over finite entries, where the matrix groups' zeroed operands agree) is kept in
-        ``extra["delta_fro2"]``, so a group needing it makes no pass of its own."""
-        ctx = cls(*args)
-        if stats.get("delta_fro") is not None:
-            ctx.extra["delta_fro2"] = stats["delta_fro"] ** 2
-        return ctx
+        ‖Δ‖_F² (over finite entries, where the matrix groups' zeroed operands agree) is kept, so
+        :attr:`delta_fro2` makes no pass of its own."""
+        fro = stats.get("delta_fro")
+        return cls(*args, streamed_fro2=None if fro is None else fro ** 2)
+
+    @cached_property
+    def delta_fro2(self) -> float:
+        """‖Δ‖_F², from the streaming pass or else one float64-summed pass over row chunks."""
+        if self.streamed_fro2 is not None:
+            return self.streamed_fro2
+        delta = self.delta_in_memory
+        return float(torch.linalg.vector_norm(delta)) ** 2 if delta is not None else _delta_fro2(self.w0, self.w1)
+
+    @property
+    def top_route(self) -> bool:
+        """Whether fast mode takes the top-q route for this matrix (min(m, n) > FULL_FRAME_MAX)."""
+        from deltalens.weights.spectral import FULL_FRAME_MAX
+
+        return not self.options.exact and min(self.w0.shape) > FULL_FRAME_MAX
+
+    @cached_property
+    def delta_top(self):
+        """σ1(Δ) by block power iteration (:func:`deltalens.weights.spectral.delta_top_singular_values`),
+        computed once for whichever group asks first (rank, spectral)."""
+        from deltalens.weights.spectral import delta_top_singular_values
+
+        return delta_top_singular_values(self.w0, self.w1, device=self.w0.device, delta=self.delta_in_memory)
+
+    @cached_property
+    def spectral(self) -> dict:
+        """SPEC §4–§5 for the selected ``spectral``/``frame`` groups from one frame of W0 and W1
+        (:func:`deltalens.weights.spectral.spectral_metrics`), shared by both groups; on the top
+        route it reuses :attr:`delta_top`."""
+        from deltalens.weights.spectral import spectral_metrics
+
+        wanted = tuple(g for g in SPECTRAL_GROUPS if g in self.options.metrics)
+        return spectral_metrics(self.w0, self.w1, top_k=self.options.top_k, exact=self.options.exact,
+                                device=self.options.device, changed=self.changed, groups=wanted,
+                                delta_spectral=float(self.delta_top.s[0]) if self.top_route else None,
+                                delta=self.delta_in_memory)
 
     @cached_property
     def changed(self) -> torch.Tensor:
@@ -112,18 +151,10 @@ def aggregated_fields(groups) -> list[AggField]:
 
 def compute_rank(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict:
     """SPEC §3 rank measures of Δ = w1 − w0, with the method that produced σ(Δ)."""
-    from deltalens.weights.spectral import FULL_FRAME_MAX, delta_top_singular_values
-
     shape = tuple(w0.shape)
-    if not ctx.options.exact and min(shape) > FULL_FRAME_MAX:
-        delta = ctx.delta_in_memory
-        top = delta_top_singular_values(w0, w1, device=w0.device, delta=delta)
-        sigma1 = float(top.s[0])
-        ctx.extra["delta_spectral"] = sigma1  # the spectral group's Wedin bound reuses it
-        fro2 = ctx.extra.get("delta_fro2")
-        if fro2 is None:
-            fro2 = float(torch.linalg.vector_norm(delta)) ** 2 if delta is not None else _delta_fro2(w0, w1)
-        out = rank_mod.rank_measures_top(sigma1, fro2)
+    if ctx.top_route:
+        top = ctx.delta_top
+        out = rank_mod.rank_measures_top(float(top.s[0]), ctx.delta_fro2)
         out["numerical_rank_fraction"] = None
         out["rank_method"] = f"power-top-float32 ({top.s.numel()} columns, {top.iterations} iterations; σ1 only)"
         return out
@@ -146,19 +177,53 @@ def _delta_fro2(w0: torch.Tensor, w1: torch.Tensor) -> float:
     return sum(float(torch.linalg.vector_norm(d, dtype=torch.float64)) ** 2 for _, d in row_chunks(w1, w0, w0.device, dt))
 
 
-register_group(MetricGroup(
+STREAMING_GROUPS = ("sparsity", "size")  # computed by the driver's chunked pass (compute is None)
+ALWAYS_FIELDS = (AggField("nonfinite", "count"),)
+SPECTRAL_GROUPS = ("spectral", "frame")
+
+
+def _declared(group: str, out: dict) -> dict:
+    """The fields group ``group`` declares (aggregated and row fields), taken from ``out``."""
+    g = METRIC_GROUPS[group]
+    return {name: out[name] for name in (*(f.name for f in g.fields), *g.row_fields) if name in out}
+
+
+def compute_spectral(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict:
+    """SPEC §4 (``spectral``) from the shared frame :attr:`MetricContext.spectral`. For per-module
+    and per-layer aggregation the row also gets flat ``angle_max_left_deg`` /
+    ``angle_max_right_deg``: the max angles at the smallest k requested for this tensor (None when
+    that k is ``unresolved``: aggregates leave it out), and the counts ``angles_unresolved`` and
+    ``angles_gap_limited`` (0 or 1 per tensor, summed by the aggregates).
+    """
+    out = dict(ctx.spectral)
+    if out["by_k"]:
+        first = out["by_k"][min(out["by_k"], key=int)]
+        unresolved = bool(first.get("unresolved"))  # left out of every aggregate, and counted
+        out["angle_max_left_deg"] = None if unresolved else first.get("angle_max_left_deg")
+        out["angle_max_right_deg"] = None if unresolved else first.get("angle_max_right_deg")
+        out["angles_unresolved"] = int(unresolved)
+        out["angles_gap_limited"] = int(bool(first.get("gap_limited")))
+    return _declared("spectral", out)
+
+
+def compute_frame(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict:
+    """SPEC §5 (``frame``) from the shared frame :attr:`MetricContext.spectral`."""
+    return _declared("frame", ctx.spectral)
+
+
+SPARSITY = MetricGroup(
     "sparsity",
     (AggField("unchanged_bitwise", "fraction"), AggField("unchanged_relative", "fraction"),
      AggField("unchanged_absolute", "fraction"), AggField("visible_fraction", "fraction"),
      AggField("vanishing_fraction", "fraction")),
     only_2d=False,
-))
-register_group(MetricGroup(
+)
+SIZE = MetricGroup(
     "size",
     (AggField("delta_fro", "rss"), AggField("delta_rel", "value"), AggField("delta_max_abs", "value")),
     only_2d=False,
-))
-register_group(MetricGroup(
+)
+RANK = MetricGroup(
     "rank",
     (AggField("delta_spectral", "value"), AggField("numerical_rank", "value"),
      AggField("numerical_rank_fraction", "fraction"), AggField("effective_rank", "value"),
@@ -166,53 +231,19 @@ register_group(MetricGroup(
      AggField("energy_rank_99", "value"), AggField("rank1_share", "value")),
     compute=compute_rank,
     row_fields=("rank_method",),
-))
-STREAMING_GROUPS = ("sparsity", "size")
-ALWAYS_FIELDS = (AggField("nonfinite", "count"),)
-SPECTRAL_GROUPS = ("spectral", "frame")
-
-
-def compute_spectral(w0: torch.Tensor, w1: torch.Tensor, ctx: MetricContext) -> dict:
-    """SPEC §4 (``spectral``) and §5 (``frame``) via :func:`deltalens.weights.spectral.spectral_metrics`.
-
-    Both groups share one frame of W0 and W1, so the first of them to run computes every selected
-    §4–§5 quantity and caches it in ``ctx.extra``; the other returns nothing new. For per-module
-    and per-layer aggregation the row also gets flat ``angle_max_left_deg`` /
-    ``angle_max_right_deg``: the max angles at the smallest k requested for this tensor (None when
-    that k is ``unresolved``: aggregates leave it out), and the counts ``angles_unresolved`` and
-    ``angles_gap_limited`` (0 or 1 per tensor, summed by the aggregates).
-    """
-    if "spectral" in ctx.extra:
-        return {}
-    from deltalens.weights.spectral import spectral_metrics
-
-    wanted = tuple(g for g in SPECTRAL_GROUPS if g in ctx.options.metrics)
-    out = spectral_metrics(w0, w1, top_k=ctx.options.top_k, exact=ctx.options.exact,
-                           device=ctx.options.device, changed=ctx.changed, groups=wanted,
-                           delta_spectral=ctx.extra.get("delta_spectral"),
-                           delta=ctx.delta_in_memory)
-    ctx.extra["spectral"] = True
-    if "spectral" in wanted and out["by_k"]:
-        first = out["by_k"][min(out["by_k"], key=int)]
-        unresolved = bool(first.get("unresolved"))  # left out of every aggregate, and counted
-        out["angle_max_left_deg"] = None if unresolved else first.get("angle_max_left_deg")
-        out["angle_max_right_deg"] = None if unresolved else first.get("angle_max_right_deg")
-        out["angles_unresolved"] = int(unresolved)
-        out["angles_gap_limited"] = int(bool(first.get("gap_limited")))
-    return out
-
-
-register_group(MetricGroup(
+)
+SPECTRAL = MetricGroup(
     "spectral",
     (AggField("angle_max_left_deg", "value"), AggField("angle_max_right_deg", "value"), AggField("nss", "value"),
      AggField("angles_unresolved", "count"), AggField("angles_gap_limited", "count")),
     compute=compute_spectral,
     row_fields=("by_k", "method", "nss_scope"),
-))
-register_group(MetricGroup(
+)
+FRAME = MetricGroup(
     "frame",
     (AggField("rescale_share", "energy"), AggField("rescale_baseline", "energy"),
      AggField("principal_overlap", "value"), AggField("low_overlap", "value")),
-    compute=compute_spectral,
+    compute=compute_frame,
     row_fields=("by_k", "method", "rescale_ratio", "rescale_share_upper", "rescale_scope", "overlap_baseline"),
-))
+)
+METRIC_GROUPS.update({g.name: g for g in (SPARSITY, SIZE, RANK, SPECTRAL, FRAME)})
