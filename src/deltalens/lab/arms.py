@@ -1,11 +1,19 @@
 """The lab's fine-tuning arms, all from the same base with the same optimizer-step budget.
 
-- ``sft``: TRL ``SFTTrainer`` on teacher demonstrations in a different, correct solution style
-  (``tasks.teacher_completion``): the analogue of distillation.
+- ``sft``: TRL ``SFTTrainer`` on a teacher's correct demonstrations (distillation). On the tiny
+  base they are in the base's own answer format (``tasks.base_completion``), so that "SFT vs RL"
+  compares objectives, not a new style against on-policy samples; the SmolLM2 lab keeps the
+  teacher's worked style (``tasks.teacher_completion``).
 - ``grpo``: TRL ``GRPOTrainer`` with the verifiable correctness reward (1 if correct, else 0).
 - ``grpo-random``: the same trainer with a Bernoulli(0.5) reward that ignores the output
   (Spurious Rewards), drawn from a seeded generator.
 - ``rft``: ``SFTTrainer`` on the base model's own correct samples (self-generated data).
+
+Every arm sees ``batch_size`` sequences per optimizer step: SFT/RFT ``batch_size`` prompts with
+one demonstration each, GRPO ``batch_size / num_generations`` prompts with ``num_generations``
+samples each (a group needs several samples of one prompt, a demonstration does not: equal
+prompts per step would mean duplicated demonstrations). Each objective's learning rate comes
+from :mod:`deltalens.lab.tuning`.
 
 Every arm trains in float32 (``bf16=False``: TRL's default bf16 autocast is ~10× slower on CPU),
 with dropout disabled, ``max_steps`` optimizer steps, a constant learning rate, and
@@ -19,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deltalens.lab.tasks import is_correct, teacher_completion
+from deltalens.lab.tasks import base_completion, is_correct, teacher_completion
 
 ARMS = ("sft", "grpo", "grpo-random", "rft")
 
@@ -40,9 +48,17 @@ class ArmConfig:
     rft_samples_per_prompt: int = 4
 
 
+def sft_target(problem: dict) -> str:
+    """The SFT arm's demonstration: the answer in the base's own format on the tiny lab's tasks,
+    the teacher's worked solution on the chat tasks."""
+    from deltalens.lab import word_tasks
+
+    return teacher_completion(problem) if problem["task"] in word_tasks.ALL_TASKS else base_completion(problem)
+
+
 def sft_rows(problems: Sequence[dict]) -> list[dict]:
-    """Prompt-completion rows of teacher demonstrations."""
-    return [{"prompt": p["prompt"], "completion": teacher_completion(p)} for p in problems]
+    """Prompt-completion rows of teacher demonstrations (:func:`sft_target`)."""
+    return [{"prompt": p["prompt"], "completion": sft_target(p)} for p in problems]
 
 
 def rft_rows(problems: Sequence[dict], samples: Sequence[Sequence[str]]) -> list[dict]:
