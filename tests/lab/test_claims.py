@@ -130,11 +130,11 @@ def test_aa_data_rarely_gives_a_decisive_verdict():
 
 
 GOOD = {("logit", "grpo"): 1.5, ("kmax", "base"): 0.4, ("kmax", "sft"): 0.6, ("logit", "grpo-random"): 1.0,
-        ("bf16_unchanged", "grpo"): 0.5, ("principal_angle_deg", "grpo"): -8.0, ("nss", "grpo"): -0.05,
+        ("bf16_unchanged", "grpo"): 0.5, ("principal_angle_deg", "grpo"): -15.0, ("nss", "grpo"): -0.05,
         ("matched_angle_deg", "grpo"): -4.0, ("matched_nss", "grpo"): -0.05, ("log_effective_rank", "grpo"): -1.5,
         ("log_stable_rank", "grpo"): -1.5, ("forward_kl", "grpo"): -0.3, ("forward_kl", "rft"): -0.3,
         ("forward_kl", "grpo-random"): -0.2, ("heldout_correct", "sft"): -0.5,
-        ("kernel_rescale_share", "grpo"): 1.0, ("bf16_unchanged", "rft"): 0.5, ("principal_angle_deg", "rft"): -8.0}
+        ("kernel_rescale_share", "grpo"): 1.0, ("bf16_unchanged", "rft"): 0.5, ("principal_angle_deg", "rft"): -15.0}
 
 
 def verdicts(items, gates=None) -> dict:

@@ -49,7 +49,7 @@ def _render(result: dict) -> None:
     if claims is None:
         console.print(f"stopped early; outputs in {result['out']}")
         return
-    from deltalens.lab.tables import CLAIM_HEADER, GATE_HEADER, claim_rows, gate_rows
+    from deltalens.lab.tables import GATE_HEADER, claim_rows, gate_rows
 
     gates = Table(title="training gates (each arm's own dev metric, before → after)")
     for col in GATE_HEADER:
@@ -59,12 +59,11 @@ def _render(result: dict) -> None:
     console.print(gates)
     table = Table(title=f"claims ({claims['seeds']} seed(s){', quick' if claims['quick'] else ''}; 95% bootstrap "
                         "intervals over seeds and items)")
-    for col in CLAIM_HEADER:
-        table.add_column(col, overflow="fold")
+    for col in ("claim", "verdict", "effect [95% CI]", "note"):  # the rest: claims.json, report.html
+        table.add_column(col, overflow="fold", no_wrap=col == "verdict")
     colour = {"holds": "green", "contradicted": "red", "inconclusive": "yellow"}
     for rec, row in zip(claims["claims"], claim_rows(claims)):
-        row[1] = f"[{colour[rec['verdict']]}]{row[1]}[/]"
-        table.add_row(*row)
+        table.add_row(row[0], f"[{colour[rec['verdict']]}]{rec['verdict']}[/]", row[2], row[6])
     console.print(table)
     console.print(f"claims.json and every model under {result['out']} (layout: docs/lab.md)")
     report = f"{result['out']}/report.html"

@@ -276,7 +276,7 @@ def per_prompt_forward_kl(base_model, arm_model, tokenizer, prompt_ids: list[lis
     equals ``divergence()``'s forward ``token_mean`` when every sample is non-empty."""
     from deltalens.behavior.divergence import score_sequences
 
-    scores = score_sequences(base_model, arm_model, prompt_ids, completions)
+    scores = score_sequences(base_model, arm_model, prompt_ids, completions, batch_size=64)
     sums, counts = [0.0] * n_prompts, [0] * n_prompts
     for owner, s in zip(owners, scores, strict=True):
         if s["kl_ab"]:
@@ -292,7 +292,7 @@ def base_kl_samples(base_model, tokenizer, problems: list[dict], n: int, max_new
     from deltalens.behavior.sampling import SamplingConfig, hf_generate
 
     probs = as_problems(problems, need_answer=False)
-    cfg = SamplingConfig(n=n, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
+    cfg = SamplingConfig(n=n, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed, batch_size=64)
     cfg.check()
     index = {p.id: i for i, p in enumerate(probs)}
     prompt_tokens = {p.id: tokenizer(p.prompt)["input_ids"] for p in probs}
@@ -322,11 +322,9 @@ def behaviour_analysis(run) -> dict:
     per held-out problem greedy correctness. Also writes passk/support/divergence/eval JSONs per
     arm and the RL's Razor fit of forgetting on KL to ``OUT/analysis/forgetting.json``.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from deltalens.behavior import divergence, forgetting, passk, sample, support
     from deltalens.behavior.formats import as_sample_set, correctness
+    from deltalens.models import load_model
 
     cfg = run.cfg
     tok = run.tokenizer
@@ -359,7 +357,8 @@ def behaviour_analysis(run) -> dict:
     base_curve = passk([samples["base"]])["models"]["base"]
     _append(numbers, "pass_at_1", "base", base_curve["pass_at_k"][0])
     _append(numbers, "pass_at_kmax", "base", base_curve["pass_at_k"][-1])
-    base_model = AutoModelForCausalLM.from_pretrained(run.base_release, dtype=torch.float32).to(cfg.device).eval()
+    # loaded as divergence() loads them (the stored dtype), so the per-prompt values average to divergence.json's
+    base_model = load_model(run.base_release, tok, device=cfg.device)[0]
     kl_prompts, kl_completions, kl_owners = base_kl_samples(base_model, tok, target, cfg.kl_samples, new_tokens,
                                                             EVAL_SEED)
     divergences = []
@@ -380,7 +379,7 @@ def behaviour_analysis(run) -> dict:
         for metric in ("pass_at_1", "pass_at_kmax", "support_base", "support_kept", "support_gained", "support_lost",
                        "support_any"):
             items.put(metric, arm, per[metric], item_set="problems", unit="probability", ids=per["ids"])
-        arm_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(cfg.device).eval()
+        arm_model = load_model(path, tok, device=cfg.device)[0]
         kl = per_prompt_forward_kl(base_model, arm_model, tok, kl_prompts, kl_completions, kl_owners, len(target))
         items.put("forward_kl", arm, kl, item_set="problems", unit="nats/token",
                   excluded={"every base sample empty": sum(v is None for v in kl)} if None in kl else None)

@@ -16,7 +16,8 @@ prompts per step would mean duplicated demonstrations). Each objective's learnin
 from :mod:`deltalens.lab.tuning`.
 
 Every arm trains in float32 (``bf16=False``: TRL's default bf16 autocast is ~10× slower on CPU),
-with dropout disabled, ``max_steps`` optimizer steps, a constant learning rate, and
+with dropout disabled, ``max_steps`` optimizer steps, a linear warm-up then a constant learning
+rate, and
 ``UpdateStatsCallback`` plus ``ReleaseCheckpointCallback`` attached.
 """
 
@@ -36,10 +37,12 @@ ARMS = ("sft", "grpo", "grpo-random", "rft")
 class ArmConfig:
     """Budget and hyper-parameters shared by every arm (one budget for all: a fair comparison)."""
 
-    steps: int = 150
-    batch_size: int = 64  # sequences per optimizer step (GRPO: completions per step)
+    steps: int = 64
+    batch_size: int = 256  # sequences per optimizer step, every arm (GRPO: completions per step)
     num_generations: int = 8  # GRPO group size: batch_size / num_generations prompts per step
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-4  # the fallback when tuning is off; tuning.py chooses it per objective
+    warmup_fraction: float = 0.0  # linear warm-up over this share of the steps, then constant: a fresh Adam's
+    # first steps are sign steps of size lr on every parameter, which undo a base's fine pre-training
     beta: float = 0.0  # GRPO KL coefficient (0: no reference model, TRL's default)
     max_completion_length: int = 10
     max_length: int = 64  # SFT/RFT: prompt + completion tokens
@@ -93,8 +96,8 @@ def _common_args(cfg: ArmConfig, out_dir: Path, seed: int, device: str) -> dict:
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=1,
         learning_rate=cfg.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=int(round(cfg.warmup_fraction * cfg.steps)),
         weight_decay=0.0,
         max_grad_norm=1.0,
         logging_steps=1,

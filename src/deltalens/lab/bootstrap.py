@@ -95,6 +95,12 @@ def seed_inflation(n_seeds: int) -> float:
 def replicates(table: Table, needed: list[tuple[str, str]], n_boot: int = N_BOOT,
                seed: int = SEED) -> dict[tuple[str, str], np.ndarray]:
     """``{(metric, arm): array (n_boot,)}`` of each needed arm value over the replicates."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate that drew only excluded items stays NaN
+        return _replicates(table, needed, n_boot, seed)
+
+
+def _replicates(table: Table, needed: list[tuple[str, str]], n_boot: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     item_sets: dict[str, int] = {}
     arm_seeds: dict[str, int] = {}
@@ -128,9 +134,7 @@ def replicates(table: Table, needed: list[tuple[str, str]], n_boot: int = N_BOOT
             picked = np.take_along_axis(per_seed.T, draw, axis=1)  # (B, seeds)
         else:
             picked = per_seed.T
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN replicate stays NaN
-            out[key] = np.nanmean(picked, axis=1)
+        out[key] = np.nanmean(picked, axis=1)
     return out
 
 

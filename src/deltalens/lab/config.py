@@ -34,15 +34,15 @@ class LabConfig:
 
     base: str = "tiny"
     model: TinyConfig = LAB_MODEL
-    pretrain: PretrainConfig = PretrainConfig()  # 900 steps, 55% add: base pass@1 16.6%, pass@64 73% (bench_lab)
-    arm: ArmConfig = ArmConfig(steps=120)
+    pretrain: PretrainConfig = PretrainConfig()  # 900 steps, 55% add, 15% of add answers with one digit wrong
+    arm: ArmConfig = ArmConfig(steps=64, n_checkpoints=8)
     arms: tuple[str, ...] = ARMS
     seeds: int = 3
     base_seed: int = 0
     digits: int = 3
-    n_train: int = 2000  # target-task prompts the arms train on
+    n_train: int = 4096  # target-task prompts the arms train on (64 steps × 256 sequences: 4 epochs for SFT)
     n_test: int = 100  # target-task test problems (never trained on; ≤ TEST_POOL)
-    n_dev: int = 64  # target-task dev problems (apart from train and test): tuning and gates read only these
+    n_dev: int = 200  # target-task dev problems (apart from train and test): tuning and gates read only these
     tune: bool = True  # choose each objective's learning rate on the dev split (deltalens.lab.tuning)
     n_heldout: int = 60  # per held-out task (≤ TEST_POOL)
     eval_samples: int = 64  # n samples per test problem (pass@k up to k = n)
@@ -70,8 +70,8 @@ def quick_config(base: str = "tiny") -> LabConfig:
         return replace(SMOLLM2, arm=replace(SMOLLM2.arm, steps=SMOLLM2_QUICK_STEPS, n_checkpoints=2),
                        n_train=16, n_test=6, n_heldout=5, eval_samples=8, kl_samples=1, n_probes=4, trait_lines=1,
                        n_dev=8, quick=True)
-    return LabConfig(arm=ArmConfig(steps=32, n_checkpoints=4), seeds=2, n_train=512, n_test=40, n_dev=48,
-                     n_heldout=20, eval_samples=32, kl_samples=2, n_probes=32, quick=True)
+    return LabConfig(arm=ArmConfig(steps=24, n_checkpoints=4), seeds=2, n_train=2048, n_test=40,
+                     n_heldout=20, eval_samples=32, kl_samples=2, n_probes=16, quick=True)
 
 
 def default_config(base: str = "tiny", device: str = "cpu") -> LabConfig:

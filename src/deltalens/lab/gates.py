@@ -24,7 +24,7 @@ import numpy as np
 
 from deltalens.lab.bootstrap import Table, effect_interval
 
-DEV_SAMPLES = 8
+DEV_SAMPLES = 16
 DEV_SEED = 4321
 FORMAT_SHARE = 0.9
 #: the base's answer format for the tiny lab's target task: digits only

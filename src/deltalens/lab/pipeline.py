@@ -302,7 +302,7 @@ def dev_targets(problems: list[dict]) -> list[str]:
 def stage_tune(run: LabRun) -> dict:
     """Each objective's learning rate from its own dev metric (:mod:`deltalens.lab.tuning`), cached per base."""
     from deltalens.lab.arms import rft_rows, sft_rows
-    from deltalens.lab.tuning import LR_GRID, OBJECTIVE, select, tuning_key
+    from deltalens.lab.tuning import OBJECTIVE, grid, select, tuning_key
 
     if not run.cfg.tune:
         write_json(run.out / "tuning.json", {"note": "tuning off for this base: the preset's learning rate"})
@@ -310,14 +310,15 @@ def stage_tune(run: LabRun) -> dict:
     train, dev = run.problems("target_train"), run.problems("target_dev")
     objectives = list(dict.fromkeys(OBJECTIVE[a] for a in run.cfg.arms))
     key_base = base_hash(run.cfg)
-    task_id = run.task("tune: learning rate per objective (dev metric)", sum(len(LR_GRID[o]) for o in objectives))
+    quick = run.cfg.quick
+    task_id = run.task("tune: learning rate per objective (dev metric)", sum(len(grid(o, quick)) for o in objectives))
     doc = {}
     for objective in objectives:
-        key = tuning_key(key_base, run.cfg.arm, objective, [p["id"] for p in dev] + [run.cfg.n_train])
+        key = tuning_key(key_base, run.cfg.arm, objective, [p["id"] for p in dev] + [run.cfg.n_train], quick)
         cached = run.cache_dir / f"tune-{objective}-{key}.json" if run.cache_dir is not None else None
         if cached is not None and cached.is_file():
             doc[objective] = {**read_json(cached), "from_cache": str(cached)}
-            run.advance(task_id, len(LR_GRID[objective]))
+            run.advance(task_id, len(grid(objective, quick)))
             continue
         if objective == "rft":
             rows = _rft_train_rows(run, train, seed=0)
@@ -326,7 +327,8 @@ def stage_tune(run: LabRun) -> dict:
         else:
             rows = [{"prompt": p["prompt"], "answer": p["answer"], "task": p["task"]} for p in train]
         record = select(objective, rows=rows, dev=dev, base_dir=run.base_master, tokenizer=run.tokenizer,
-                        arm_cfg=run.cfg.arm, device=run.cfg.device, on_candidate=lambda: run.advance(task_id))
+                        arm_cfg=run.cfg.arm, device=run.cfg.device, on_candidate=lambda: run.advance(task_id),
+                        quick=quick)
         if cached is not None:
             write_json(cached, record)
         doc[objective] = record

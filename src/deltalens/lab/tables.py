@@ -1,5 +1,11 @@
 """The claims and gates of a ``claims.json`` as rows of text: one source for the terminal table,
-the README and ``docs/lab.md`` (``python -m deltalens.lab.tables OUT/claims.json``)."""
+the README and ``docs/lab.md``.
+
+``python -m deltalens.lab.tables OUT/claims.json`` prints the gates and claims as Markdown;
+``... --into README.md --marker lab-quick --title "one line"`` replaces the text between
+``<!-- lab-quick:begin -->`` and ``<!-- lab-quick:end -->`` in that file with the title and the
+tables, so the published tables come from a run's output, never from typing.
+"""
 
 from __future__ import annotations
 
@@ -78,11 +84,41 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def document(doc: dict, title: str = "") -> str:
+    tuning = doc.get("tuning") or {}
+    chosen = "; ".join(f"{obj} lr {rec['chosen']['learning_rate']:g}" for obj, rec in tuning.items()
+                       if isinstance(rec, dict) and rec.get("chosen"))
+    head = (title + "\n\n" if title else "") + (f"Chosen on the dev split: {chosen}.\n\n" if chosen else "")
+    return head + markdown(GATE_HEADER, gate_rows(doc)) + "\n\n" + markdown(CLAIM_HEADER, claim_rows(doc)) + "\n"
+
+
+def splice(path: str, marker: str, text: str) -> None:
+    from pathlib import Path
+
+    file = Path(path)
+    body = file.read_text()
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    if begin not in body or end not in body:
+        raise SystemExit(f"{path}: markers {begin} / {end} not found")
+    head, rest = body.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    file.write_text(head + begin + "\n" + text + end + tail)
+
+
 def main(argv: list[str]) -> int:
-    doc = read_json(argv[0])
-    print(markdown(GATE_HEADER, gate_rows(doc)))
-    print()
-    print(markdown(CLAIM_HEADER, claim_rows(doc)))
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m deltalens.lab.tables")
+    ap.add_argument("claims")
+    ap.add_argument("--into")
+    ap.add_argument("--marker")
+    ap.add_argument("--title", default="")
+    args = ap.parse_args(argv)
+    text = document(read_json(args.claims), args.title)
+    if args.into:
+        splice(args.into, args.marker, text)
+    else:
+        print(text)
     return 0
 
 
