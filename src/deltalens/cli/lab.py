@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/lab"), "--out", help="Output folder; a re-run resumes there."),
         cache_dir: Path = typer.Option(None, "--cache-dir", help="Base-model cache (default ~/.cache/deltalens/lab)."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the base-model cache."),
-        until: str = typer.Option(None, "--until", help="Stop after this stage: problems, base, arms, analyses."),
+        until: str = typer.Option(None, "--until", help="Stop after this stage: problems, base, tune, arms, gates, analyses."),
     ) -> None:
         """Train SFT and RLVR arms from one base on CPU, measure them, say which claims hold."""
         from deltalens.lab.pipeline import resolve_device, run_lab

@@ -44,6 +44,9 @@ class LabConfig:
     n_test: int = 100  # target-task test problems (never trained on; ≤ TEST_POOL)
     n_dev: int = 200  # target-task dev problems (apart from train and test): tuning and gates read only these
     tune: bool = True  # choose each objective's learning rate on the dev split (deltalens.lab.tuning)
+    #: with ``tune=False``: ((objective, learning rate), ...) recorded earlier by the tuning rule
+    #: (empty: the arm configuration's learning_rate for every objective)
+    fixed_rates: tuple[tuple[str, float], ...] = ()
     n_heldout: int = 60  # per held-out task (≤ TEST_POOL)
     eval_samples: int = 64  # n samples per test problem (pass@k up to k = n)
     kl_samples: int = 4  # base samples per target prompt along which KL(base‖arm) is summed exactly
@@ -70,8 +73,18 @@ def quick_config(base: str = "tiny") -> LabConfig:
         return replace(SMOLLM2, arm=replace(SMOLLM2.arm, steps=SMOLLM2_QUICK_STEPS, n_checkpoints=2),
                        n_train=16, n_test=6, n_heldout=5, eval_samples=8, kl_samples=1, n_probes=4, trait_lines=1,
                        n_dev=8, quick=True)
-    return LabConfig(arm=ArmConfig(steps=24, n_checkpoints=4), seeds=2, n_train=2048, n_test=40,
-                     n_heldout=20, eval_samples=32, kl_samples=2, n_probes=16, quick=True)
+    return LabConfig(arm=ArmConfig(steps=24, batch_size=128, n_checkpoints=4), seeds=2, n_train=2048, n_test=40,
+                     n_heldout=20, eval_samples=32, kl_samples=2, n_probes=16, quick=True, tune=False,
+                     fixed_rates=QUICK_RATES)
+
+
+#: ``--quick``'s learning rates: what the tuning rule (deltalens.lab.tuning, each objective's own
+#: dev metric, candidates 3e-5/1e-4 for SFT/RFT and 1e-4/2e-4 for GRPO) chose for 24 steps of 256
+#: sequences from this base, 2026-11-30 (docs/lab.md), kept here because running the rule costs
+#: more than the quick budget; quick then trains 128 sequences per step, where the GRPO gate still
+#: passed (dev reward +0.04, interval [0.016, 0.068], measured while building).
+#: ``run_lab(config=replace(quick_config(), tune=True))`` re-runs the rule.
+QUICK_RATES = (("sft", 1e-4), ("rft", 1e-4), ("grpo", 2e-4))
 
 
 def default_config(base: str = "tiny", device: str = "cpu") -> LabConfig:

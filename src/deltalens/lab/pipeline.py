@@ -287,9 +287,10 @@ def arm_config(run: LabRun, arm: str):
     from deltalens.lab.tuning import OBJECTIVE
 
     path = run.out / "tuning.json"
-    if not run.cfg.tune or not path.is_file():
+    if not path.is_file():
         return run.cfg.arm
-    chosen = read_json(path).get(OBJECTIVE[arm], {}).get("chosen", {})
+    rec = read_json(path).get(OBJECTIVE[arm], {})
+    chosen = rec.get("chosen", {}) if isinstance(rec, dict) else {}
     return replace(run.cfg.arm, **chosen)
 
 
@@ -305,8 +306,13 @@ def stage_tune(run: LabRun) -> dict:
     from deltalens.lab.tuning import OBJECTIVE, grid, select, tuning_key
 
     if not run.cfg.tune:
-        write_json(run.out / "tuning.json", {"note": "tuning off for this base: the preset's learning rate"})
-        return {"tuned": False}
+        fixed = dict(run.cfg.fixed_rates)
+        doc = {obj: {"chosen": {"learning_rate": lr}, "source": "fixed in the configuration (fixed_rates): an "
+                     "earlier result of the tuning rule, see deltalens.lab.config"} for obj, lr in fixed.items()}
+        if not doc:
+            doc = {"note": f"tuning off: every arm uses the preset's learning rate {run.cfg.arm.learning_rate:g}"}
+        write_json(run.out / "tuning.json", doc)
+        return {"tuned": False, **{obj: rec["chosen"] for obj, rec in doc.items() if isinstance(rec, dict)}}
     train, dev = run.problems("target_train"), run.problems("target_dev")
     objectives = list(dict.fromkeys(OBJECTIVE[a] for a in run.cfg.arms))
     key_base = base_hash(run.cfg)
