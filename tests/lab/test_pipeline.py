@@ -173,3 +173,17 @@ def test_terminal_table_renders_stages_and_claims(two_runs, capsys):
     out = capsys.readouterr().out
     assert "claims (1 seed(s), quick" in out and "arm-grpo-seed0" in out and "training gates" in out
     assert out.count("inconclusive") + out.count("holds") >= len(ra["claims"]["claims"])
+
+
+def test_fixed_rates_are_recorded_and_used_without_tuning(tmp_path):
+    """tune=False (the quick preset): each objective's recorded rate, grpo-random with grpo's."""
+    from deltalens.lab import pipeline
+    from deltalens.lab.config import QUICK_RATES, quick_config
+
+    cfg = replace(quick_config(), fixed_rates=(("sft", 3e-5), ("rft", 1e-4), ("grpo", 2e-4)))
+    run = pipeline.LabRun(tmp_path, cfg, None)
+    pipeline.stage_tune(run)
+    rates = {arm: pipeline.arm_config(run, arm).learning_rate for arm in cfg.arms}
+    assert rates == {"sft": 3e-5, "rft": 1e-4, "grpo": 2e-4, "grpo-random": 2e-4}
+    assert "tuning rule" in read_json(tmp_path / "tuning.json")["sft"]["source"]
+    assert quick_config().tune is False and dict(quick_config().fixed_rates) == dict(QUICK_RATES)
