@@ -88,7 +88,16 @@ def document(doc: dict, title: str = "") -> str:
     tuning = doc.get("tuning") or {}
     chosen = "; ".join(f"{obj} lr {rec['chosen']['learning_rate']:g}" for obj, rec in tuning.items()
                        if isinstance(rec, dict) and rec.get("chosen"))
-    head = (title + "\n\n" if title else "") + (f"Chosen on the dev split: {chosen}.\n\n" if chosen else "")
+    fixed = any(isinstance(r, dict) and r.get("source") for r in tuning.values())
+    how = "fixed: an earlier result of the tuning rule" if fixed else "chosen on the dev split by each objective's own metric"
+    base = {}
+    for c in doc.get("claims", []):
+        for metric, per_arm in (c.get("numbers") or {}).items():
+            if isinstance(per_arm, dict) and per_arm.get("base") and metric in ("pass_at_1", "pass_at_kmax"):
+                base[metric] = per_arm["base"][0]
+    base_text = ", ".join(f"{'pass@1' if m == 'pass_at_1' else 'pass@n'} {fmt(v)}" for m, v in sorted(base.items()))
+    head = (title + "\n\n" if title else "") + (f"Learning rates ({how}): {chosen}. " if chosen else "") + (
+        f"The base: {base_text}.\n\n" if base_text else "\n\n" if chosen else "")
     return head + markdown(GATE_HEADER, gate_rows(doc)) + "\n\n" + markdown(CLAIM_HEADER, claim_rows(doc)) + "\n"
 
 
