@@ -238,3 +238,16 @@ def test_claims_document_follows_the_contract():
     by_id = {r["id"]: r for r in doc["claims"]}
     assert by_id["bf16_sparsity"]["published"]["grpo"] == [0.36, 0.92]
     assert by_id["support_no_expansion"]["published"]["nscr"] == [-0.06, -0.01]
+
+
+def test_published_tables_are_spliced_from_a_claims_file(tmp_path):
+    from deltalens.lab.tables import document, splice
+
+    doc = C.claims_document(simulate(np.random.default_rng(14), GOOD), gates={}, arms=list(ARMS[1:]), seeds=3,
+                            quick=False, n_boot=200)
+    page = tmp_path / "page.md"
+    page.write_text("before\n<!-- t:begin -->\nSTALE TABLE\n<!-- t:end -->\nafter\n")
+    splice(str(page), "t", document(doc, "title"))
+    text = page.read_text()
+    assert text.startswith("before\n<!-- t:begin -->\ntitle") and text.endswith("<!-- t:end -->\nafter\n")
+    assert "STALE TABLE" not in text and text.count("| RL raises pass@1 | holds |") == 1

@@ -43,7 +43,8 @@ ANALYSES: dict[str, Callable[[LabRun], dict]] = {}
 
 
 def register_analysis(name: str, fn: Callable[[LabRun], dict]) -> None:
-    """Add an analysis to stage 5 (runs in registration order; later metrics overwrite)."""
+    """Add an analysis to the ``analyses`` stage (runs in registration order; later metrics overwrite;
+    per-item values go to ``run.items``)."""
     ANALYSES[name] = fn
 
 
