@@ -15,6 +15,7 @@ import pytest
 from safetensors import safe_open
 
 from deltalens.lab.arms import ArmConfig
+from deltalens.lab.claims import CLAIMS
 from deltalens.lab.config import LabConfig
 from deltalens.lab.pipeline import run_lab, stage_names
 from deltalens.lab.pretrain import PretrainConfig
@@ -22,7 +23,7 @@ from deltalens.lab.tiny_model import TinyConfig
 from deltalens.results import read_json, read_jsonl
 from deltalens.tracking import TRACKING_FIELDS
 
-MICRO = LabConfig(
+MICRO = LabConfig(n_dev=16,
     model=TinyConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                      num_key_value_heads=2, max_position_embeddings=64),
     pretrain=PretrainConfig(steps=3, batch_size=8),
@@ -39,11 +40,19 @@ def digests(root: Path) -> dict[str, str]:
             and p.name != "log_history.json"}  # log_history holds wall-clock runtimes
 
 
+#: the tuning stage's code path with fewer candidates (each is one more TRL training)
+MICRO_GRID = {"sft": (1e-4,), "rft": (1e-4,), "grpo": (1e-4, 2e-4)}
+
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
+    from deltalens.lab import tuning
+
     a, b = tmp_path_factory.mktemp("a") / "lab", tmp_path_factory.mktemp("b") / "lab"
-    ra = run_lab(a, config=MICRO, cache_dir=None, show_progress=False)
-    rb = run_lab(b, config=MICRO, cache_dir=None, until="arms", show_progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tuning, "QUICK_GRID", MICRO_GRID)  # MICRO is a quick configuration
+        ra = run_lab(a, config=MICRO, cache_dir=None, show_progress=False)
+        rb = run_lab(b, config=MICRO, cache_dir=None, until="arms", show_progress=False)
     return a, b, ra, rb
 
 
@@ -74,17 +83,34 @@ def test_claims_follow_the_contract(two_runs):
     a, _, ra, _ = two_runs
     doc = read_json(a / "claims.json")
     assert doc["arms"] == list(MICRO.arms) and doc["seeds"] == 1 and doc["quick"] is True
-    assert len(doc["claims"]) == 10 and ra["claims"] == doc
+    assert len(doc["claims"]) == len(CLAIMS) and ra["claims"] == doc
     for rec in doc["claims"]:
-        assert rec["verdict"] in ("holds", "does not hold", "inconclusive")
-        assert {"id", "claim", "rule", "numbers"} <= set(rec)
+        assert rec["verdict"] in ("holds", "contradicted", "inconclusive")
+        assert {"id", "claim", "rule", "numbers", "direction", "effect", "excluded", "published"} <= set(rec)
     for arm in MICRO.arms:  # every analysis wrote its outputs for every arm (contracts in docs/)
         got = {p.name for p in (a / "analysis" / f"{arm}-seed0").iterdir()}
         assert {"diff.json", "passk.json", "support.json", "divergence.json", "kernel.json", "eval.json"} <= got
-    measured = read_json(a / "metrics.json")["numbers"]
-    assert set(measured) == {"bf16_unchanged_fraction", "principal_angle_mean_deg", "nss", "pass_at_1",
-                             "pass_at_kmax", "srr", "nscr", "forward_kl", "forgetting", "kernel_rescale_share"}
+        gate = doc["gates"][arm]["0"]
+        assert {"passed", "metric", "before", "after", "ci"} <= set(gate)
+    # two optimizer steps cannot pass the GRPO gate: every claim needing grpo says so
+    assert doc["gates"]["grpo"]["0"]["passed"] is False
+    by_id = {r["id"]: r for r in doc["claims"]}
+    assert by_id["rl_raises_pass1"]["verdict"] == "inconclusive"
+    assert "training gate failed: grpo seed 0" in by_id["rl_raises_pass1"]["note"]
+    items = read_json(a / "metrics.json")["items"]
+    assert {"bf16_unchanged", "principal_angle_deg", "pass_at_1", "forward_kl", "heldout_correct",
+            "matched_angle_deg"} <= set(items)
+    assert len(items["pass_at_1"]["arms"]["grpo"][0]) == MICRO.n_test
+    assert set(read_json(a / "tuning.json")) == {"sft", "grpo"}
     assert (a / "report.html").is_file()
+
+
+def test_per_prompt_kl_averages_to_the_divergence_json(two_runs):
+    """The claims' per-prompt forward KL against the library's divergence() on the same samples."""
+    a, *_ = two_runs
+    items = read_json(a / "metrics.json")["items"]["forward_kl"]["arms"]["sft"][0]
+    dv = read_json(a / "analysis" / "sft-seed0" / "divergence.json")
+    assert sum(items) / len(items) == pytest.approx(dv["forward_kl"]["token_mean"], rel=1e-6)
 
 
 def test_resume_skips_finished_stages_and_redoes_a_removed_one(two_runs):
@@ -102,12 +128,18 @@ def test_a_new_analysis_plugs_into_stage_5(two_runs, monkeypatch):
     a, *_ = two_runs
     from deltalens.lab import pipeline
 
-    planted = {"kernel_rescale_share": {"grpo": [0.6], "sft": [0.2]}}
-    monkeypatch.setitem(pipeline.ANALYSES, "planted-kernel", lambda run: planted)
+    def planted(run):  # replaces the kernel analysis's values
+        run.items.doc.pop("kernel_rescale_share", None)
+        run.items.put("kernel_rescale_share", "grpo", [0.6], item_set="kernel", unit="share")
+        run.items.put("kernel_rescale_share", "sft", [0.2], item_set="kernel", unit="share")
+        return {}
+
+    monkeypatch.setitem(pipeline.ANALYSES, "planted-kernel", planted)
     res = run_lab(a, config=MICRO, cache_dir=None, show_progress=False)
     assert [k for k, v in res["stages"].items() if v != "cached"] == ["analyses", "claims"]
     rec = {r["id"]: r for r in res["claims"]["claims"]}["kernel_rescale"]
-    assert rec["verdict"] == "holds" and rec["sources"]["kernel_rescale_share"] == "planted-kernel"
+    assert rec["effect"]["estimate"] == pytest.approx(0.4)
+    assert rec["verdict"] == "inconclusive" and "gate failed" in rec["note"]
     assert [p.name for p in pipeline.LabRun(a, MICRO, None).checkpoints("grpo", 0)] == ["step-000001", "step-000002"]
 
 
@@ -139,5 +171,19 @@ def test_terminal_table_renders_stages_and_claims(two_runs, capsys):
     _, _, ra, _ = two_runs
     _render(ra)
     out = capsys.readouterr().out
-    assert "claims (1 seed(s), quick)" in out and "arm-grpo-seed0" in out
+    assert "claims (1 seed(s), quick" in out and "arm-grpo-seed0" in out and "training gates" in out
     assert out.count("inconclusive") + out.count("holds") >= len(ra["claims"]["claims"])
+
+
+def test_fixed_rates_are_recorded_and_used_without_tuning(tmp_path):
+    """tune=False (the quick preset): each objective's recorded rate, grpo-random with grpo's."""
+    from deltalens.lab import pipeline
+    from deltalens.lab.config import QUICK_RATES, quick_config
+
+    cfg = replace(quick_config(), fixed_rates=(("sft", 3e-5), ("rft", 1e-4), ("grpo", 2e-4)))
+    run = pipeline.LabRun(tmp_path, cfg, None)
+    pipeline.stage_tune(run)
+    rates = {arm: pipeline.arm_config(run, arm).learning_rate for arm in cfg.arms}
+    assert rates == {"sft": 3e-5, "rft": 1e-4, "grpo": 2e-4, "grpo-random": 2e-4}
+    assert "tuning rule" in read_json(tmp_path / "tuning.json")["sft"]["source"]
+    assert quick_config().tune is False and dict(quick_config().fixed_rates) == dict(QUICK_RATES)

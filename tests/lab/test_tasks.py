@@ -62,3 +62,20 @@ def test_checkpoint_schedule():
     assert checkpoint_steps(16, 4) == [4, 8, 12, 16]
     assert checkpoint_steps(3, 10) == [1, 2, 3]
     assert checkpoint_steps(7, 3)[-1] == 7
+
+
+def test_noisy_pretraining_answers_differ_in_exactly_one_digit_at_the_configured_rate():
+    import random
+
+    from deltalens.lab.pretrain import PretrainConfig, corrupt_digit, mixture_batch
+
+    rng = random.Random(0)
+    for answer in ("7", "10", "168", "1998"):
+        for _ in range(50):
+            bad = corrupt_digit(answer, rng)
+            assert len(bad) == len(answer) and sum(a != b for a, b in zip(answer, bad)) == 1
+            assert not (len(bad) > 1 and bad[0] == "0")
+    cfg = PretrainConfig(batch_size=4000, answer_noise=0.3, mixture=(("add", 1.0),))
+    batch = mixture_batch(random.Random(1), cfg, set())
+    wrong = sum(str(eval(p[:-1])) != c for p, c in batch)  # the prompt "a+b=" is the sum's own reference
+    assert abs(wrong / len(batch) - 0.3) < 0.03

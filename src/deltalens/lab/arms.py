@@ -1,14 +1,23 @@
 """The lab's fine-tuning arms, all from the same base with the same optimizer-step budget.
 
-- ``sft``: TRL ``SFTTrainer`` on teacher demonstrations in a different, correct solution style
-  (``tasks.teacher_completion``): the analogue of distillation.
+- ``sft``: TRL ``SFTTrainer`` on a teacher's correct demonstrations (distillation). On the tiny
+  base they are in the base's own answer format (``tasks.base_completion``), so that "SFT vs RL"
+  compares objectives, not a new style against on-policy samples; the SmolLM2 lab keeps the
+  teacher's worked style (``tasks.teacher_completion``).
 - ``grpo``: TRL ``GRPOTrainer`` with the verifiable correctness reward (1 if correct, else 0).
 - ``grpo-random``: the same trainer with a Bernoulli(0.5) reward that ignores the output
   (Spurious Rewards), drawn from a seeded generator.
 - ``rft``: ``SFTTrainer`` on the base model's own correct samples (self-generated data).
 
+Every arm sees ``batch_size`` sequences per optimizer step: SFT/RFT ``batch_size`` prompts with
+one demonstration each, GRPO ``batch_size / num_generations`` prompts with ``num_generations``
+samples each (a group needs several samples of one prompt, a demonstration does not: equal
+prompts per step would mean duplicated demonstrations). Each objective's learning rate comes
+from :mod:`deltalens.lab.tuning`.
+
 Every arm trains in float32 (``bf16=False``: TRL's default bf16 autocast is ~10× slower on CPU),
-with dropout disabled, ``max_steps`` optimizer steps, a constant learning rate, and
+with dropout disabled, ``max_steps`` optimizer steps, a linear warm-up then a constant learning
+rate, and
 ``UpdateStatsCallback`` plus ``ReleaseCheckpointCallback`` attached.
 """
 
@@ -19,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deltalens.lab.tasks import is_correct, teacher_completion
+from deltalens.lab.tasks import base_completion, is_correct, teacher_completion
 
 ARMS = ("sft", "grpo", "grpo-random", "rft")
 
@@ -28,10 +37,12 @@ ARMS = ("sft", "grpo", "grpo-random", "rft")
 class ArmConfig:
     """Budget and hyper-parameters shared by every arm (one budget for all: a fair comparison)."""
 
-    steps: int = 150
-    batch_size: int = 64  # sequences per optimizer step (GRPO: completions per step)
+    steps: int = 64
+    batch_size: int = 256  # sequences per optimizer step, every arm (GRPO: completions per step)
     num_generations: int = 8  # GRPO group size: batch_size / num_generations prompts per step
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-4  # the fallback when tuning is off; tuning.py chooses it per objective
+    warmup_fraction: float = 0.0  # linear warm-up over this share of the steps, then constant: a fresh Adam's
+    # first steps are sign steps of size lr on every parameter, which undo a base's fine pre-training
     beta: float = 0.0  # GRPO KL coefficient (0: no reference model, TRL's default)
     max_completion_length: int = 10
     max_length: int = 64  # SFT/RFT: prompt + completion tokens
@@ -40,9 +51,17 @@ class ArmConfig:
     rft_samples_per_prompt: int = 4
 
 
+def sft_target(problem: dict) -> str:
+    """The SFT arm's demonstration: the answer in the base's own format on the tiny lab's tasks,
+    the teacher's worked solution on the chat tasks."""
+    from deltalens.lab import word_tasks
+
+    return teacher_completion(problem) if problem["task"] in word_tasks.ALL_TASKS else base_completion(problem)
+
+
 def sft_rows(problems: Sequence[dict]) -> list[dict]:
-    """Prompt-completion rows of teacher demonstrations."""
-    return [{"prompt": p["prompt"], "completion": teacher_completion(p)} for p in problems]
+    """Prompt-completion rows of teacher demonstrations (:func:`sft_target`)."""
+    return [{"prompt": p["prompt"], "completion": sft_target(p)} for p in problems]
 
 
 def rft_rows(problems: Sequence[dict], samples: Sequence[Sequence[str]]) -> list[dict]:
@@ -77,8 +96,8 @@ def _common_args(cfg: ArmConfig, out_dir: Path, seed: int, device: str) -> dict:
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=1,
         learning_rate=cfg.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=int(round(cfg.warmup_fraction * cfg.steps)),
         weight_decay=0.0,
         max_grad_norm=1.0,
         logging_steps=1,

@@ -1,260 +1,387 @@
-"""The seed's claims as rules in code: per-arm, per-seed numbers in, a verdict out.
+"""The seed's claims as rules in code: per-item values per arm and seed in, a verdict out (SPEC §10).
 
-Input is ``numbers[metric][arm] = [value per seed]`` (``"base"`` is an arm too; one value or
-one per seed). Every claim reads named metrics (:data:`METRICS` says what each is and which
-analysis provides it) and returns ``"holds"``, ``"does not hold"`` or ``"inconclusive"``.
+Input is the ``items`` section of ``metrics.json``::
 
-The basic rule, :func:`compare`: A > B *holds* when every seed of A is above every seed of B
-(min A > max B), *does not hold* when every seed of A is below every seed of B, and is
-*inconclusive* otherwise: a difference inside the spread across seeds decides nothing. With a
-single seed the spread is unknown and the point values decide (only an exact tie is
-inconclusive); ``claims.json`` records the number of seeds so a reader can weigh that.
-A metric that was not measured makes its claim inconclusive, with a note saying so.
-Functions here are pure: no I/O. Thresholds are module constants, named and documented.
+    items[metric] = {"item_set": "problems" | "tensors" | ..., "unit": str, "weights": [w per item] | None,
+                     "arms": {arm: [[value per item] per seed]}, "excluded": {arm: [{reason: count} per seed]}}
+
+``None`` marks an excluded item value (gap-limited angle, unresolved ratio); it is left out of
+every mean and counted under ``excluded``. ``"base"`` is an arm with one seed.
+
+Each claim names one or more *parts*; a part is an effect (a difference of arm values, or of
+their logarithms) with the sign the published result predicts (``direction``), and
+:mod:`deltalens.lab.bootstrap` gives its 95% interval over seeds and items. A part **holds**
+when the interval excludes 0 in the claimed direction, is **contradicted** when it excludes 0
+the other way, and is **inconclusive** otherwise. A claim holds when all its parts hold, is
+contradicted when any part is contradicted, and is otherwise inconclusive; it is inconclusive
+whatever its numbers when an arm it needs failed its training gate (:mod:`deltalens.lab.gates`)
+on any seed, and then names that gate. Functions here are pure: no I/O.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-HOLDS, DOES_NOT_HOLD, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+import numpy as np
+
+from deltalens.lab.bootstrap import N_BOOT, SEED, Interval, Table, effect_interval, point, seed_means, verdict
+
+HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
+VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE)
 RL, SFT, RANDOM, RFT, BASE = "grpo", "sft", "grpo-random", "rft", "base"
+TRAINED = (SFT, RL, RANDOM, RFT)
 
-#: SRR at or above this counts as "high" (Invisible Leash report 0.93–0.99; SPEC §8).
+#: "RL stays inside the base's support": SRR above this (Invisible Leash report 0.93–0.99; SPEC §8).
 SRR_HIGH = 0.9
-#: "Forgetting tracks KL": Pearson r over all (arm, seed) points at least this (holds) ...
-CORRELATION_HOLDS = 0.5
-#: ... or at most this (does not hold); in between, inconclusive. Needs ≥ 3 points.
-CORRELATION_FAILS = 0.0
-#: "Random reward moves the model": its forward KL is at least this share of GRPO's ...
-RANDOM_MOVES_SHARE = 0.1
-#: ... and "does not move it" when below this share, on every seed.
-RANDOM_STILL_SHARE = 0.01
+#: "numerically near full rank": numerical rank / min(m, n) above this (Mukherjee report 0.992–0.998).
+NEAR_FULL_RANK = 0.95
 
 METRICS: dict[str, str] = {
-    "bf16_unchanged_fraction": "parameter-weighted bitwise-unchanged fraction of the bf16 release vs the base (SPEC §2; diff)",
-    "principal_angle_mean_deg": "mean over 2-D tensors of the mean top-k principal angle, left and right (SPEC §4; spectral)",
-    "nss": "mean over 2-D tensors of the normalised spectrum shift NSS (SPEC §4; spectral)",
-    "pass_at_1": "pass@1 on the target task's test problems (SPEC §7; behaviour)",
-    "pass_at_kmax": "pass@k at the largest k measured (n samples per problem) on the target task (SPEC §7; behaviour)",
-    "srr": "support retention rate of the arm vs the base at the largest k (SPEC §7; behaviour)",
-    "nscr": "net support change rate of the arm vs the base at the largest k (SPEC §7; behaviour)",
-    "forward_kl": "token-mean forward KL(base ‖ arm) on the target task's prompts (SPEC §7; behaviour)",
-    "forgetting": "base accuracy minus arm accuracy on the held-out tasks (SPEC §7; behaviour)",
-    "kernel_rescale_share": "rescale share of the eNTK change in the base's eigenbasis (SPEC §6; kernel)",
+    "bf16_unchanged": "per tensor: bitwise-unchanged fraction of the bf16 release vs the base, weighted by parameter "
+                      "count (SPEC §2; diff)",
+    "principal_angle_deg": "per 2-D tensor: mean top-k principal angle, left and right averaged; gap-limited tensors "
+                           "(Wedin bound > 1) excluded (SPEC §4; spectral)",
+    "nss": "per 2-D tensor: normalised spectrum shift NSS; gap-limited tensors excluded (SPEC §4; spectral)",
+    "matched_angle_deg": "per tracked 2-D tensor: principal angle interpolated along the saved float32 checkpoints "
+                         "to the ‖Δ‖_F of the smaller of the two compared arms (SPEC §4; spectral)",
+    "matched_nss": "per 2-D tensor: NSS interpolated along the saved checkpoints to matched ‖Δ‖_F (SPEC §4)",
+    "log_effective_rank": "per 2-D tensor: log of the entropy effective rank of Δ (SPEC §3; rank)",
+    "log_stable_rank": "per 2-D tensor: log of the stable rank ‖Δ‖_F²/‖Δ‖₂² (SPEC §3; rank)",
+    "numerical_rank_fraction": "per 2-D tensor: numerical rank of Δ / min(m, n) (SPEC §3; rank)",
+    "pass_at_1": "per test problem: unbiased pass@1 (SPEC §7; behaviour)",
+    "pass_at_kmax": "per test problem: unbiased pass@k at k = n samples (SPEC §7; behaviour)",
+    "support_base": "per test problem: 1 when the base found a correct answer in n samples (SPEC §7)",
+    "support_kept": "per test problem: 1 when both the base and the arm found one (class P)",
+    "support_gained": "per test problem: 1 when only the arm found one (class E)",
+    "support_lost": "per test problem: 1 when only the base found one (class S)",
+    "support_any": "per test problem: 1 when either found one (P + E + S)",
+    "forward_kl": "per target test prompt: token-mean KL(base ‖ arm), exact over the vocabulary along the base's "
+                  "samples (SPEC §7; behaviour)",
+    "heldout_correct": "per held-out problem: greedy answer correct (1/0) (SPEC §7; behaviour)",
+    "kernel_rescale_share": "per (arm, seed): rescale share of the eNTK change in the base's eigenbasis; gap-limited "
+                            "or undefined kernels excluded (SPEC §6; kernel)",
+}
+
+PUBLISHED = {
+    "bf16_sparsity": {"source": "Path Not Taken, Table 1 (SPEC §8)", "sft": [0.006, 0.188], "grpo": [0.36, 0.92],
+                      "unit": "bf16-unchanged fraction"},
+    "rank": {"source": "Mukherjee et al., Table 2 (SPEC §8)", "numerical_rank_fraction": [0.992, 0.998]},
+    "support_inside": {"source": "Invisible Leash, Table 1 (SPEC §8)", "srr": [0.93, 0.99]},
+    "support_no_expansion": {"source": "Invisible Leash, Table 1 (SPEC §8)", "nscr": [-0.06, -0.01]},
+    "forgetting_tracks_kl": {"source": "RL's Razor (SPEC §8)", "r_squared": {"ParityMNIST": 0.96, "LLMs": 0.71}},
 }
 
 
-def _values(numbers: Mapping, metric: str, arm: str) -> list[float] | None:
-    vals = numbers.get(metric, {}).get(arm)
-    if not vals or any(v is None or not math.isfinite(v) for v in vals):
-        return None
-    return [float(v) for v in vals]
+@dataclass(frozen=True)
+class Part:
+    """One effect: ``effect(values)`` from the needed ``(metric, arm)`` arm values."""
+
+    label: str
+    needs: tuple[tuple[str, str], ...]
+    effect: Callable[[Mapping], np.ndarray]
+    direction: str
+    unit: str
 
 
-def compare(a: Sequence[float], b: Sequence[float], direction: str) -> str:
-    """Verdict on "A > B" (``direction="greater"``) or "A < B" (``"less"``) over seeds.
-
-    Holds when the ranges are separated in the claimed direction (min A > max B for
-    "greater"), does not hold when separated the other way, inconclusive when they overlap.
-    """
-    if direction not in ("greater", "less"):
-        raise ValueError(f"direction must be 'greater' or 'less', got {direction!r}")
-    if direction == "less":
-        a, b = [-x for x in a], [-x for x in b]
-    if min(a) > max(b):
-        return HOLDS
-    if max(a) < min(b):
-        return DOES_NOT_HOLD
-    return INCONCLUSIVE
+def diff(metric: str, a: str, b: str, direction: str, unit: str, label: str | None = None) -> Part:
+    """``a − b`` of one metric."""
+    return Part(label or f"{a} − {b} ({metric})", ((metric, a), (metric, b)),
+                lambda v: v[(metric, a)] - v[(metric, b)], direction, unit)
 
 
-def all_seeds(flags: Sequence[bool], *, fails: Sequence[bool] | None = None) -> str:
-    """Holds when every seed satisfies the claim, does not hold when every seed fails it
-    (``fails`` per seed; default: not ``flags``), inconclusive when seeds disagree."""
-    fails = [not f for f in flags] if fails is None else list(fails)
-    if flags and all(flags):
-        return HOLDS
-    if fails and all(fails):
-        return DOES_NOT_HOLD
-    return INCONCLUSIVE
+def ratio_part(num: str, den: str, arm: str, offset: float, direction: str, unit: str, label: str) -> Part:
+    """``num/den − offset`` of one arm (a ratio of two per-item means, e.g. SRR = P/(P+S))."""
+    def effect(v):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return v[(num, arm)] / v[(den, arm)] - offset
+    return Part(label, ((num, arm), (den, arm)), effect, direction, unit)
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    claim: str
+    rule: str
+    parts: tuple[Part, ...]
+    arms: tuple[str, ...]  # the trained arms whose gates the claim needs
+    published: dict | None = None
+    secondary: tuple[Part, ...] = ()  # reported beside the verdict, never deciding it
+    custom: Callable | None = field(default=None)  # (table, n_boot) -> list of (Part, Interval), replaces parts
+
+
+def _closer(metric: str, unit: str) -> tuple[Part, Part, Part]:
+    """RFT closer to RL than to SFT (|rft − sft| − |rft − rl| > 0), and rft − rl, rft − sft."""
+    needs = ((metric, RFT), (metric, RL), (metric, SFT))
+    closer = Part(f"|rft − sft| − |rft − grpo| ({metric})", needs,
+                  lambda v: np.abs(v[(metric, RFT)] - v[(metric, SFT)]) - np.abs(v[(metric, RFT)] - v[(metric, RL)]),
+                  "positive", unit)
+    return closer, diff(metric, RFT, RL, "positive", unit), diff(metric, RFT, SFT, "positive", unit)
+
+
+RFT_METRICS = (("bf16_unchanged", "fraction"), ("principal_angle_deg", "degrees"), ("forward_kl", "nats/token"))
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r = Σ(x−x̄)(y−ȳ) / √(Σ(x−x̄)² Σ(y−ȳ)²); NaN when either is constant."""
+    x, y = x - x.mean(), y - y.mean()
+    den = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / den) if den > 0 else float("nan")
+
+
+def forgetting_points(table: Table) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(forward KL, forgetting) per trained (arm, seed): forgetting = base − arm held-out accuracy."""
+    base = table.get("heldout_correct", BASE)
+    xs, ys, labels = [], [], []
+    if base is None:
+        return np.array([]), np.array([]), labels
+    b = point(base)
+    for arm in TRAINED:
+        kl, hc = table.get("forward_kl", arm), table.get("heldout_correct", arm)
+        if kl is None or hc is None:
+            continue
+        for s, (k, h) in enumerate(zip(seed_means(kl), seed_means(hc), strict=True)):
+            if math.isfinite(k) and math.isfinite(h):
+                xs.append(k)
+                ys.append(b - h)
+                labels.append(f"{arm}-seed{s}")
+    return np.array(xs), np.array(ys), labels
+
+
+def _correlation(table: Table, n_boot: int):
+    """Pearson r(forward KL, forgetting) over (arm, seed) points; bootstrap over the points."""
+    x, y, _ = forgetting_points(table)
+    part = Part("Pearson r(forward KL, forgetting) over (arm, seed) points", (), lambda v: v, "positive", "r")
+    if x.size < 4:
+        return [(part, Interval(float("nan"), float("nan"), float("nan"), 0))]
+    rng = np.random.default_rng(SEED)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    reps = np.array([_pearson(x[i], y[i]) for i in idx])
+    reps = reps[np.isfinite(reps)]
+    est = _pearson(x, y)
+    if reps.size < n_boot // 2 or not math.isfinite(est):
+        return [(part, Interval(est, float("nan"), float("nan"), int(reps.size)))]
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return [(part, Interval(est, float(lo), float(hi), int(reps.size)))]
+
+
+def _rank_near_full(arm: str) -> Part:
+    return Part(f"{arm}: numerical rank fraction − {NEAR_FULL_RANK}", (("numerical_rank_fraction", arm),),
+                lambda v: v[("numerical_rank_fraction", arm)] - NEAR_FULL_RANK, "positive", "fraction")
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("bf16_sparsity", "bf16 update sparsity: RL > SFT",
+          "grpo − sft bf16-unchanged fraction (parameter-weighted over tensors) > 0",
+          (diff("bf16_unchanged", RL, SFT, "positive", "fraction"),), (RL, SFT), PUBLISHED["bf16_sparsity"]),
+    Claim("principal_rotation", "principal rotation: RL < SFT",
+          "grpo − sft mean top-k principal angle over 2-D tensors (gap-limited excluded) < 0; reported beside it: "
+          "the same at matched ‖Δ‖_F along the saved checkpoints (its own claim, principal_rotation_matched)",
+          (diff("principal_angle_deg", RL, SFT, "negative", "degrees"),), (RL, SFT)),
+    Claim("principal_rotation_matched", "principal rotation at matched update size: RL < SFT",
+          "grpo − sft principal angle per tensor, each arm interpolated along its saved float32 checkpoints to the "
+          "smaller arm's ‖Δ‖_F for that tensor and seed, < 0",
+          (diff("matched_angle_deg", RL, SFT, "negative", "degrees"),), (RL, SFT)),
+    Claim("spectrum_drift", "spectrum drift: RL < SFT",
+          "grpo − sft NSS over 2-D tensors (gap-limited excluded) < 0",
+          (diff("nss", RL, SFT, "negative", "NSS"),), (RL, SFT)),
+    Claim("spectrum_drift_matched", "spectrum drift at matched update size: RL < SFT",
+          "grpo − sft NSS per tensor at matched ‖Δ‖_F along the saved checkpoints < 0",
+          (diff("matched_nss", RL, SFT, "negative", "NSS"),), (RL, SFT)),
+    Claim("update_rank", "RL's update has lower effective and stable rank than SFT's, both near full numerical rank",
+          f"mean over 2-D tensors of log effective rank and of log stable rank of Δ: grpo − sft < 0 (both parts), and "
+          f"each arm's mean numerical rank fraction − {NEAR_FULL_RANK} > 0",
+          (diff("log_effective_rank", RL, SFT, "negative", "log ratio"),
+           diff("log_stable_rank", RL, SFT, "negative", "log ratio"),
+           _rank_near_full(RL), _rank_near_full(SFT)), (RL, SFT), PUBLISHED["rank"]),
+    Claim("rl_raises_pass1", "RL raises pass@1",
+          "grpo − base pass@1 over test problems > 0",
+          (diff("pass_at_1", RL, BASE, "positive", "pass@1"),), (RL,)),
+    Claim("crossover", "the base overtakes RL at large k (a crossover k* exists)",
+          "both: grpo − base pass@1 > 0 and base − grpo pass@k at k = n > 0",
+          (diff("pass_at_1", RL, BASE, "positive", "pass@1"),
+           diff("pass_at_kmax", BASE, RL, "positive", "pass@k")), (RL,)),
+    Claim("distillation_expands", "distillation (SFT) raises pass@k at large k above the base, where RL does not",
+          "both: sft − base pass@k at k = n > 0 and sft − grpo pass@k at k = n > 0",
+          (diff("pass_at_kmax", SFT, BASE, "positive", "pass@k"),
+           diff("pass_at_kmax", SFT, RL, "positive", "pass@k")), (SFT, RL)),
+    Claim("support_inside", "RL stays inside the base's support (SRR high)",
+          f"grpo's SRR = P/(P+S) at k = n, minus {SRR_HIGH}, > 0",
+          (ratio_part("support_kept", "support_base", RL, SRR_HIGH, "positive", "SRR", f"grpo SRR − {SRR_HIGH}"),),
+          (RL,), PUBLISHED["support_inside"]),
+    Claim("support_no_expansion", "RL does not expand the base's support (NSCR < 0)",
+          "grpo's NSCR = (E − S)/(P + E + S) at k = n < 0 (a positive NSCR contradicts: RL expands it)",
+          (Part("grpo NSCR", (("support_gained", RL), ("support_lost", RL), ("support_any", RL)),
+                lambda v: (v[("support_gained", RL)] - v[("support_lost", RL)]) / v[("support_any", RL)],
+                "negative", "NSCR"),), (RL,), PUBLISHED["support_no_expansion"]),
+    Claim("kl_rl_below_sft", "forward KL: RL < SFT (RL's Razor)",
+          "grpo − sft token-mean forward KL(base ‖ arm) over target prompts < 0",
+          (diff("forward_kl", RL, SFT, "negative", "nats/token"),), (RL, SFT)),
+    Claim("forgetting_rl_below_sft", "forgetting: RL < SFT (RL's Razor)",
+          "held-out greedy accuracy grpo − sft > 0 (less forgetting)",
+          (diff("heldout_correct", RL, SFT, "positive", "accuracy"),), (RL, SFT)),
+    Claim("forgetting_tracks_kl", "forgetting tracks forward KL (RL's Razor)",
+          "Pearson r(forward KL, forgetting) over all trained (arm, seed) points > 0; bootstrap over the points",
+          (), TRAINED, PUBLISHED["forgetting_tracks_kl"], custom=_correlation),
+    Claim("random_reward_raises_pass1", "a random reward raises pass@1 above the base (Spurious Rewards)",
+          "grpo-random − base pass@1 > 0; secondary: how far it moves the model (forward KL), beside grpo's",
+          (diff("pass_at_1", RANDOM, BASE, "positive", "pass@1"),), (RANDOM,),
+          secondary=(Part("grpo-random forward KL", (("forward_kl", RANDOM),), lambda v: v[("forward_kl", RANDOM)],
+                          "positive", "nats/token"),
+                     Part("grpo forward KL", (("forward_kl", RL),), lambda v: v[("forward_kl", RL)],
+                          "positive", "nats/token"))),
+    Claim("kernel_rescale", "kernel rescale share: RL > SFT",
+          "grpo − sft eNTK rescale share > 0 (gap-limited or undefined kernels excluded; bootstrap over seeds only)",
+          (diff("kernel_rescale_share", RL, SFT, "positive", "share"),), (RL, SFT)),
+    Claim("rft_like_rl", "RFT behaves like RL, not like SFT",
+          "per metric (bf16 unchanged, principal angle, forward KL): |rft − sft| − |rft − grpo| > 0. Finding: like RL "
+          "when every metric is closer to grpo; like SFT when every one is closer to sft; like neither when on every "
+          "metric rft − grpo and rft − sft exclude 0 with one sign (rft beyond both). Holds: like RL; contradicted: "
+          "like SFT or like neither",
+          tuple(p for m, u in RFT_METRICS for p in _closer(m, u)), (RFT, RL, SFT)),
+)
+
+
+def build_table(items: Mapping) -> Table:
+    """A :class:`Table` from the ``items`` section (``None`` → NaN)."""
+    table = Table()
+    for metric, spec in items.items():
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; expected some of {sorted(METRICS)}")
+        weights = spec.get("weights")
+        for arm, per_seed in spec["arms"].items():
+            if not per_seed or not per_seed[0]:
+                continue
+            values = np.array([[np.nan if v is None else float(v) for v in row] for row in per_seed], dtype=np.float64)
+            table.add(metric, arm, values, spec.get("item_set", metric), weights)
+    return table
+
+
+def _round(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(f"{x:.6g}")
+
+
+def _effect(part: Part, iv: Interval) -> dict:
+    return {"label": part.label, "estimate": _round(iv.estimate), "ci": [_round(iv.lo), _round(iv.hi)],
+            "unit": part.unit, "direction": part.direction, "verdict": verdict(iv, part.direction)}
 
 
 def combine(verdicts: Sequence[str]) -> str:
-    """All parts hold: holds; any part does not hold: does not hold; otherwise inconclusive."""
-    if any(v == DOES_NOT_HOLD for v in verdicts):
-        return DOES_NOT_HOLD
+    """All parts hold: holds; any part contradicted: contradicted; otherwise inconclusive."""
+    if any(v == CONTRADICTED for v in verdicts):
+        return CONTRADICTED
     if verdicts and all(v == HOLDS for v in verdicts):
         return HOLDS
     return INCONCLUSIVE
 
 
-def pearson_r(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation Σ(x−x̄)(y−ȳ) / √(Σ(x−x̄)² Σ(y−ȳ)²); NaN when either is constant."""
-    n = len(x)
-    if n != len(y) or n < 2:
-        raise ValueError(f"pearson_r needs two sequences of equal length ≥ 2, got {len(x)} and {len(y)}")
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+def _rft_finding(effects: list[dict]) -> tuple[str, str]:
+    """(verdict, finding) of rft_like_rl from its parts (closer, rft − rl, rft − sft per metric)."""
+    per_metric = [effects[i:i + 3] for i in range(0, len(effects), 3)]
+    closer = [c["verdict"] for c, _, _ in per_metric]
+    beyond = [r["verdict"] != INCONCLUSIVE and s["verdict"] != INCONCLUSIVE and r["verdict"] == s["verdict"]
+              and (r["estimate"] > 0) == (s["estimate"] > 0) for _, r, s in per_metric]
+    if all(beyond):
+        return CONTRADICTED, "like neither"
+    if all(v == HOLDS for v in closer):
+        return HOLDS, "like RL"
+    if all(v == CONTRADICTED for v in closer):
+        return CONTRADICTED, "like SFT"
+    return INCONCLUSIVE, "undecided (metrics disagree or overlap)"
 
 
-@dataclass(frozen=True)
-class Claim:
-    """One seed claim: what it says, the rule in words, and the rule in code."""
-
-    id: str
-    claim: str
-    rule: str
-    metric: str  # the primary metric reported under "numbers"
-    arms: tuple[str, ...]
-    decide: Callable[[Mapping], tuple[str, str | None]]  # numbers -> (verdict, note)
-    secondary: tuple[str, ...] = ()
+def _numbers(table: Table, parts: Sequence[Part]) -> dict:
+    out: dict = {}
+    for part in parts:
+        for metric, arm in part.needs:
+            s = table.get(metric, arm)
+            if s is not None:
+                out.setdefault(metric, {})[arm] = [_round(v) for v in seed_means(s)]
+    return out
 
 
-def _missing(metric: str, arms: Sequence[str]) -> str:
-    return f"not measured: {metric} for {', '.join(arms)}"
+def _excluded(items: Mapping, parts: Sequence[Part]) -> dict:
+    out: dict = {}
+    for part in parts:
+        for metric, arm in part.needs:
+            per_seed = (items.get(metric, {}).get("excluded") or {}).get(arm)
+            if per_seed and any(per_seed):
+                total: dict = {}
+                for counts in per_seed:
+                    for reason, n in (counts or {}).items():
+                        total[reason] = total.get(reason, 0) + int(n)
+                if total:
+                    out.setdefault(metric, {})[arm] = {"per_seed": per_seed, "total": total}
+    return out
 
 
-def _pairwise(metric: str, a: str, b: str, direction: str):
-    def decide(numbers):
-        va, vb = _values(numbers, metric, a), _values(numbers, metric, b)
-        if va is None or vb is None:
-            return INCONCLUSIVE, _missing(metric, [a, b])
-        return compare(va, vb, direction), None
-
-    return decide
-
-
-def _support(numbers):
-    srr, nscr = _values(numbers, "srr", RL), _values(numbers, "nscr", RL)
-    if srr is None or nscr is None or len(srr) != len(nscr):
-        return INCONCLUSIVE, _missing("srr/nscr", [RL])
-    ok = [s >= SRR_HIGH and n <= 0 for s, n in zip(srr, nscr, strict=True)]
-    return all_seeds(ok), None
+def failed_gates(gates: Mapping | None, arms: Sequence[str]) -> list[str]:
+    """``"<arm> seed <s>: <metric>"`` for every seed of the given arms whose gate did not pass."""
+    out = []
+    for arm in arms:
+        for seed, g in sorted(((gates or {}).get(arm) or {}).items()):
+            if not g.get("passed"):
+                out.append(f"{arm} seed {seed}: {g.get('metric', 'gate')}")
+    return out
 
 
-def _kl_forgetting(numbers):
-    kl_rl, kl_sft = _values(numbers, "forward_kl", RL), _values(numbers, "forward_kl", SFT)
-    if kl_rl is None or kl_sft is None:
-        return INCONCLUSIVE, _missing("forward_kl", [RL, SFT])
-    kl_part = compare(kl_rl, kl_sft, "less")
-    xs, ys = [], []
-    for arm in numbers.get("forward_kl", {}):
-        kl, fg = _values(numbers, "forward_kl", arm), _values(numbers, "forgetting", arm)
-        if arm != BASE and kl is not None and fg is not None and len(kl) == len(fg):
-            xs.extend(kl)
-            ys.extend(fg)
-    if len(xs) < 3:
-        return combine([kl_part, INCONCLUSIVE]), "fewer than 3 (arm, seed) points with both KL and forgetting"
-    r = pearson_r(xs, ys)
-    if math.isnan(r):
-        corr_part, note = INCONCLUSIVE, "KL or forgetting constant across arms: correlation undefined"
-    else:
-        corr_part = HOLDS if r >= CORRELATION_HOLDS else DOES_NOT_HOLD if r <= CORRELATION_FAILS else INCONCLUSIVE
-        note = f"Pearson r(forward_kl, forgetting) = {r:.3f} over {len(xs)} (arm, seed) points"
-    return combine([kl_part, corr_part]), note
-
-
-def _random_moves(numbers):
-    rnd, rl = _values(numbers, "forward_kl", RANDOM), _values(numbers, "forward_kl", RL)
-    if rnd is None or rl is None or len(rnd) != len(rl):
-        return INCONCLUSIVE, _missing("forward_kl", [RANDOM, RL])
-    moves = [r >= RANDOM_MOVES_SHARE * g for r, g in zip(rnd, rl, strict=True)]
-    still = [r < RANDOM_STILL_SHARE * g for r, g in zip(rnd, rl, strict=True)]
-    return all_seeds(moves, fails=still), None
-
-
-RFT_METRICS = ("bf16_unchanged_fraction", "principal_angle_mean_deg", "forward_kl")
-
-
-def _rft_like_rl(numbers):
-    verdicts, missing = [], []
-    for metric in RFT_METRICS:
-        r, g, s = (_values(numbers, metric, arm) for arm in (RFT, RL, SFT))
-        if r is None or g is None or s is None or not len(r) == len(g) == len(s):
-            missing.append(metric)
-            continue
-        closer_rl = [abs(x - y) < abs(x - z) for x, y, z in zip(r, g, s, strict=True)]
-        closer_sft = [abs(x - z) < abs(x - y) for x, y, z in zip(r, g, s, strict=True)]
-        verdicts.append(all_seeds(closer_rl, fails=closer_sft))
-    if not verdicts:
-        return INCONCLUSIVE, _missing("/".join(RFT_METRICS), [RFT, RL, SFT])
-    if all(v == HOLDS for v in verdicts) and not missing:
-        return HOLDS, None
-    if all(v == DOES_NOT_HOLD for v in verdicts) and not missing:
-        return DOES_NOT_HOLD, None
-    return INCONCLUSIVE, f"per metric: {dict(zip([m for m in RFT_METRICS if m not in missing], verdicts))}" + (
-        f"; not measured: {', '.join(missing)}" if missing else ""
-    )
-
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim("bf16_sparsity", "bf16 update sparsity: RL > SFT",
-          "grpo's bf16-unchanged fraction above sft's on every seed (ranges over seeds separated)",
-          "bf16_unchanged_fraction", (RL, SFT), _pairwise("bf16_unchanged_fraction", RL, SFT, "greater")),
-    Claim("principal_rotation", "principal rotation: RL < SFT",
-          "grpo's mean top-k principal angle below sft's (ranges over seeds separated)",
-          "principal_angle_mean_deg", (RL, SFT), _pairwise("principal_angle_mean_deg", RL, SFT, "less")),
-    Claim("spectrum_drift", "spectrum drift: RL < SFT",
-          "grpo's NSS below sft's (ranges over seeds separated)",
-          "nss", (RL, SFT), _pairwise("nss", RL, SFT, "less")),
-    Claim("rl_raises_pass1", "RL raises pass@1",
-          "grpo's pass@1 above the base's (ranges over seeds separated)",
-          "pass_at_1", (RL, BASE), _pairwise("pass_at_1", RL, BASE, "greater")),
-    Claim("base_overtakes_rl", "the base overtakes RL at large k",
-          "the base's pass@k at the largest k above grpo's (ranges over seeds separated)",
-          "pass_at_kmax", (BASE, RL), _pairwise("pass_at_kmax", BASE, RL, "greater")),
-    Claim("rl_keeps_support", "RL keeps the base's support (SRR high, NSCR ≤ 0)",
-          f"on every seed grpo's SRR ≥ {SRR_HIGH} and NSCR ≤ 0; does not hold when every seed fails that",
-          "srr", (RL,), _support, ("nscr",)),
-    Claim("kl_forgetting", "forward KL: RL < SFT, and forgetting tracks KL",
-          f"grpo's forward KL below sft's (ranges separated) and Pearson r(forward KL, forgetting) over all "
-          f"(arm, seed) points ≥ {CORRELATION_HOLDS} (≤ {CORRELATION_FAILS}: does not hold); both parts must hold",
-          "forward_kl", (RL, SFT, RANDOM, RFT), _kl_forgetting, ("forgetting",)),
-    Claim("random_reward_moves", "a random reward moves the model anyway",
-          f"on every seed grpo-random's forward KL ≥ {RANDOM_MOVES_SHARE} × grpo's; does not hold when on every "
-          f"seed it is < {RANDOM_STILL_SHARE} × grpo's",
-          "forward_kl", (RANDOM, RL), _random_moves),
-    Claim("kernel_rescale", "kernel rescale share: RL > SFT",
-          "grpo's eNTK rescale share above sft's (ranges over seeds separated)",
-          "kernel_rescale_share", (RL, SFT), _pairwise("kernel_rescale_share", RL, SFT, "greater")),
-    Claim("rft_like_rl", "rft behaves like RL, not like SFT",
-          f"for each of {', '.join(RFT_METRICS)}, rft's value is closer to grpo's than to sft's on every seed; "
-          "holds when all do, does not hold when all are closer to sft",
-          "bf16_unchanged_fraction", (RFT, RL, SFT), _rft_like_rl, ("principal_angle_mean_deg", "forward_kl")),
-)
-
-
-def evaluate_claims(numbers: Mapping[str, Mapping[str, Sequence[float]]]) -> list[dict]:
-    """One record per claim: ``{id, claim, verdict, rule, numbers, metric, note}`` (+ ``secondary``)."""
-    unknown = set(numbers) - set(METRICS)
-    if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; expected some of {sorted(METRICS)}")
+def evaluate_claims(items: Mapping, gates: Mapping | None = None, n_boot: int = N_BOOT) -> list[dict]:
+    """One record per claim (contract: docs/lab.md, SPEC §10)."""
+    table = build_table(items)
     out = []
     for claim in CLAIMS:
-        verdict, note = claim.decide(numbers)
-        record = {
-            "id": claim.id,
-            "claim": claim.claim,
-            "verdict": verdict,
-            "rule": claim.rule,
-            "numbers": {arm: list(numbers.get(claim.metric, {}).get(arm, [])) for arm in claim.arms},
-            "metric": claim.metric,
-            "note": note,
-        }
+        missing = sorted({f"{m} for {a}" for p in (*claim.parts, *claim.secondary) for m, a in p.needs
+                          if table.get(m, a) is None})
+        record = {"id": claim.id, "claim": claim.claim, "rule": claim.rule, "published": claim.published}
+        note = []
+        if claim.custom is not None:
+            results = claim.custom(table, n_boot)
+            effects = [_effect(p, iv) for p, iv in results]
+            x, y, labels = forgetting_points(table)
+            record["numbers"] = {"forward_kl": dict(zip(labels, map(_round, x))),
+                                 "forgetting": dict(zip(labels, map(_round, y)))}
+            if x.size < 4:
+                note.append(f"{x.size} (arm, seed) points with KL and forgetting; the rule needs ≥ 4")
+        elif missing and any(table.get(m, a) is None for p in claim.parts for m, a in p.needs):
+            effects = [{"label": p.label, "estimate": None, "ci": [None, None], "unit": p.unit,
+                        "direction": p.direction, "verdict": INCONCLUSIVE} for p in claim.parts]
+            record["numbers"] = _numbers(table, claim.parts)
+            note.append("not measured: " + ", ".join(missing))
+        else:
+            effects = [_effect(p, effect_interval(table, list(p.needs), p.effect, n_boot)) for p in claim.parts]
+            record["numbers"] = _numbers(table, claim.parts)
+        verdicts = [e["verdict"] for e in effects]
+        if claim.id == "rft_like_rl" and effects and effects[0]["estimate"] is not None:
+            v, finding = _rft_finding(effects)
+            record["finding"] = finding
+        else:
+            v = combine(verdicts)
+        failed = failed_gates(gates, claim.arms)
+        if failed:
+            v = INCONCLUSIVE
+            note.append("training gate failed: " + "; ".join(failed))
+        seeds = {a: table.get(m, a).values.shape[0] for p in claim.parts for m, a in p.needs
+                 if table.get(m, a) is not None and a != BASE}
+        if seeds and min(seeds.values()) < 2:
+            note.append("one seed: the interval covers items only, not training randomness")
         if claim.secondary:
-            record["secondary"] = {
-                m: {arm: list(v) for arm, v in numbers.get(m, {}).items()} for m in claim.secondary
-            }
+            record["secondary"] = [_effect(p, effect_interval(table, list(p.needs), p.effect, n_boot))
+                                   for p in claim.secondary if all(table.get(m, a) is not None for m, a in p.needs)]
+        first = effects[0] if effects else {"estimate": None, "ci": [None, None], "unit": None, "direction": "positive"}
+        record.update(verdict=v, direction=first["direction"],
+                      effect={"estimate": first["estimate"], "ci": first["ci"], "unit": first["unit"]},
+                      parts=effects, excluded=_excluded(items, (*claim.parts, *claim.secondary)),
+                      note="; ".join(note) or None)
         out.append(record)
     return out
 
 
-def claims_document(numbers, *, arms: Sequence[str], seeds: int, quick: bool) -> dict:
-    """The ``claims.json`` object: ``{"arms", "seeds", "quick", "claims"}`` (contracts)."""
-    return {"arms": list(arms), "seeds": int(seeds), "quick": bool(quick), "claims": evaluate_claims(numbers)}
+def claims_document(items: Mapping, *, gates: Mapping | None, arms: Sequence[str], seeds: int, quick: bool,
+                    n_boot: int = N_BOOT) -> dict:
+    """The ``claims.json`` object: ``{"arms", "seeds", "quick", "gates", "interval", "claims"}``."""
+    return {"arms": list(arms), "seeds": int(seeds), "quick": bool(quick), "gates": dict(gates or {}),
+            "interval": {"level": 0.95, "n_boot": n_boot, "seed": SEED,
+                         "method": "two-level percentile bootstrap over training seeds (modified residuals, Student "
+                                   "small-sample widening) and items shared across arms (deltalens.lab.bootstrap)"},
+            "claims": evaluate_claims(items, gates, n_boot)}

@@ -5,13 +5,18 @@ configuration skips finished stages, and a half-finished arm run is discarded an
 
 1. ``problems``: the task family's problem files (SPEC §7 JSONL) under ``OUT/problems/``.
 2. ``base``: pre-train the base (or copy it from the cache, keyed by :func:`config.base_hash`).
-3. ``arm-<arm>-seed<s>``: fine-tune each arm for each seed from the base (one process, TRL).
-4. ``analyses``: every registered analysis (:data:`ANALYSES`; by default the weight diff, the
-   behaviour comparison and the kernels of :mod:`deltalens.lab.analyses`) turns the run into
-   metric numbers ``{metric: {arm: [per seed]}}``, merged into ``OUT/metrics.json``; more plug
-   in with :func:`register_analysis`.
-5. ``claims``: :func:`deltalens.lab.claims.claims_document` on those numbers, ``OUT/claims.json``,
-   and the self-contained ``OUT/report.html``.
+3. ``tune``: each objective's learning rate from its own dev metric (:mod:`deltalens.lab.tuning`;
+   cached per base), ``OUT/tuning.json``.
+4. ``arm-<arm>-seed<s>``: fine-tune each arm for each seed from the base (one process, TRL).
+5. ``gates``: each arm's dev metric before and after training (:mod:`deltalens.lab.gates`),
+   ``OUT/gates.json``.
+6. ``analyses``: every registered analysis (:data:`ANALYSES`; by default the weight diff, the
+   matched-update-size path, the behaviour comparison and the kernels of
+   :mod:`deltalens.lab.analyses`) fills per-item values ``items[metric][arm][seed][item]``
+   (``run.items``) and returns per-seed means ``{metric: {arm: [per seed]}}``, both written to
+   ``OUT/metrics.json``; more plug in with :func:`register_analysis`.
+7. ``claims``: :func:`deltalens.lab.claims.claims_document` on those items and the gates,
+   ``OUT/claims.json``, and the self-contained ``OUT/report.html``.
 
 The output layout is documented in ``docs/lab.md``.
 """
@@ -38,7 +43,8 @@ ANALYSES: dict[str, Callable[[LabRun], dict]] = {}
 
 
 def register_analysis(name: str, fn: Callable[[LabRun], dict]) -> None:
-    """Add an analysis to stage 5 (runs in registration order; later metrics overwrite)."""
+    """Add an analysis to the ``analyses`` stage (runs in registration order; later metrics overwrite;
+    per-item values go to ``run.items``)."""
     ANALYSES[name] = fn
 
 
@@ -55,6 +61,9 @@ class LabRun:
         self.out, self.cfg, self.cache_dir, self.progress = Path(out), cfg, cache_dir, progress
         self.hash = run_hash(cfg)
         self._tokenizer = None
+        from deltalens.lab.analyses import Items
+
+        self.items = Items()  # filled by the analyses stage
 
     # -- layout ---------------------------------------------------------------------------
     @property
@@ -165,8 +174,10 @@ def stage_problems(run: LabRun) -> None:
     test_pool = make(target, TEST_POOL, "test")
     heldout_pool = {t: make(t, heldout_n, "test") for t in heldout_tasks}
     train = make(target, cfg.n_train, "train", exclude={p["prompt"] for p in test_pool})
+    dev = make(target, cfg.n_dev, "dev", exclude={p["prompt"] for p in test_pool + train})
     files = {
         "target_train": train,
+        "target_dev": dev,
         "target_test": test_pool[: cfg.n_test],
         "heldout_test": [p for t in heldout_tasks for p in heldout_pool[t][: cfg.n_heldout]],
         "excluded_from_pretraining": test_pool + [p for t in heldout_tasks for p in heldout_pool[t]],
@@ -246,7 +257,7 @@ def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
     from deltalens.lab.sampling import sample_completions
     from deltalens.tracking import UpdateStatsCallback
 
-    cfg = run.cfg.arm
+    cfg = arm_config(run, arm)
     out = run.arm_dir(arm, seed)
     if out.exists():
         shutil.rmtree(out)  # a half-finished run is redone from the start
@@ -254,16 +265,11 @@ def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
     if arm == "sft":
         rows = sft_rows(train)
     elif arm == "rft":
-        base = AutoModelForCausalLM.from_pretrained(run.base_master, dtype=torch.float32).to(run.cfg.device)
-        samples = sample_completions(base, run.tokenizer, [p["prompt"] for p in train], n=cfg.rft_samples_per_prompt,
-                                     max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=seed)
-        rows = rft_rows(train, samples)
-        if not rows:
-            raise DeltalensError("rft: the base produced no correct sample on the training prompts")
+        rows = _rft_train_rows(run, train, seed=seed)
     else:
         rows = [{"prompt": p["prompt"], "answer": p["answer"], "task": p["task"]} for p in train]
     append_jsonl(out / "train_rows.jsonl", rows)
-    task_id = run.task(f"{arm} seed {seed}", cfg.steps)
+    task_id = run.task(f"{arm} seed {seed} (lr {cfg.learning_rate:g})", cfg.steps)
     callbacks = [
         UpdateStatsCallback(out / "tracking.jsonl", tensors=run.cfg.track),
         ReleaseCheckpointCallback(out, run.tokenizer, checkpoint_steps(cfg.steps, cfg.n_checkpoints)),
@@ -273,8 +279,124 @@ def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
                            out_dir=out, callbacks=callbacks, device=run.cfg.device)
     shutil.rmtree(out / "trainer", ignore_errors=True)
     write_json(out / "log_history.json", history)
-    return {"arm": arm, "seed": seed, "n_train_rows": len(rows),
+    return {"arm": arm, "seed": seed, "n_train_rows": len(rows), "learning_rate": cfg.learning_rate,
             "checkpoints": [step_dirname(s) for s in checkpoint_steps(cfg.steps, cfg.n_checkpoints)]}
+
+
+def arm_config(run: LabRun, arm: str):
+    """The arm's training configuration: the shared budget with its objective's chosen learning rate."""
+    from deltalens.lab.tuning import OBJECTIVE
+
+    path = run.out / "tuning.json"
+    if not path.is_file():
+        return run.cfg.arm
+    rec = read_json(path).get(OBJECTIVE[arm], {})
+    chosen = rec.get("chosen", {}) if isinstance(rec, dict) else {}
+    return replace(run.cfg.arm, **chosen)
+
+
+def dev_targets(problems: list[dict]) -> list[str]:
+    from deltalens.lab.arms import sft_target
+
+    return [sft_target(p) for p in problems]
+
+
+def stage_tune(run: LabRun) -> dict:
+    """Each objective's learning rate from its own dev metric (:mod:`deltalens.lab.tuning`), cached per base."""
+    from deltalens.lab.arms import rft_rows, sft_rows
+    from deltalens.lab.tuning import OBJECTIVE, grid, select, tuning_key
+
+    if not run.cfg.tune:
+        fixed = dict(run.cfg.fixed_rates)
+        doc = {obj: {"chosen": {"learning_rate": lr}, "source": "fixed in the configuration (fixed_rates): an "
+                     "earlier result of the tuning rule, see deltalens.lab.config"} for obj, lr in fixed.items()}
+        if not doc:
+            doc = {"note": f"tuning off: every arm uses the preset's learning rate {run.cfg.arm.learning_rate:g}"}
+        write_json(run.out / "tuning.json", doc)
+        return {"tuned": False, **{obj: rec["chosen"] for obj, rec in doc.items() if isinstance(rec, dict)}}
+    train, dev = run.problems("target_train"), run.problems("target_dev")
+    objectives = list(dict.fromkeys(OBJECTIVE[a] for a in run.cfg.arms))
+    key_base = base_hash(run.cfg)
+    quick = run.cfg.quick
+    task_id = run.task("tune: learning rate per objective (dev metric)", sum(len(grid(o, quick)) for o in objectives))
+    doc = {}
+    for objective in objectives:
+        key = tuning_key(key_base, run.cfg.arm, objective, [p["id"] for p in dev] + [run.cfg.n_train], quick)
+        cached = run.cache_dir / f"tune-{objective}-{key}.json" if run.cache_dir is not None else None
+        if cached is not None and cached.is_file():
+            doc[objective] = {**read_json(cached), "from_cache": str(cached)}
+            run.advance(task_id, len(grid(objective, quick)))
+            continue
+        if objective == "rft":
+            rows = _rft_train_rows(run, train, seed=0)
+        elif objective == "sft":
+            rows = sft_rows(train)
+        else:
+            rows = [{"prompt": p["prompt"], "answer": p["answer"], "task": p["task"]} for p in train]
+        record = select(objective, rows=rows, dev=dev, base_dir=run.base_master, tokenizer=run.tokenizer,
+                        arm_cfg=run.cfg.arm, device=run.cfg.device, on_candidate=lambda: run.advance(task_id),
+                        quick=quick)
+        if cached is not None:
+            write_json(cached, record)
+        doc[objective] = record
+    write_json(run.out / "tuning.json", doc)
+    return {objective: rec["chosen"] for objective, rec in doc.items()}
+
+
+def _rft_train_rows(run: LabRun, train: list[dict], seed: int) -> list[dict]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from deltalens.lab.arms import rft_rows
+    from deltalens.lab.sampling import sample_completions
+
+    cfg = run.cfg.arm
+    base = AutoModelForCausalLM.from_pretrained(run.base_master, dtype=torch.float32).to(run.cfg.device)
+    samples = sample_completions(base, run.tokenizer, [p["prompt"] for p in train], n=cfg.rft_samples_per_prompt,
+                                 max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=seed)
+    rows = rft_rows(train, samples)
+    if not rows:
+        raise DeltalensError("rft: the base produced no correct sample on the training prompts")
+    return rows
+
+
+def stage_gates(run: LabRun) -> dict:
+    """Each trained arm's own dev metric before (the base) and after training, per seed (:mod:`deltalens.lab.gates`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from deltalens.lab.gates import dev_loss, dev_reward, format_share, gate
+
+    dev = run.problems("target_dev")
+    targets = dev_targets(dev)
+    acfg = run.cfg.arm
+
+    def load(path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(run.cfg.device).eval()
+
+    def metric(arm, model):
+        if arm == "grpo":
+            return dev_reward(model, run.tokenizer, dev, max_new_tokens=acfg.max_completion_length,
+                              temperature=acfg.temperature)
+        return dev_loss(model, run.tokenizer, dev, targets)
+
+    base = load(run.base_master)
+    before = {kind: metric(kind, base) for kind in ("grpo", "sft")}
+    task_id = run.task("gates: dev metric after training", len(run.cfg.arms) * run.cfg.seeds)
+    gates: dict = {}
+    for arm in run.cfg.arms:
+        for seed in run.seeds():
+            if arm == "grpo-random":
+                gates.setdefault(arm, {})[str(seed)] = gate(arm, [], [])
+            else:
+                model = load(run.final_master(arm, seed))
+                kind = "grpo" if arm == "grpo" else "sft"
+                fmt = (format_share(model, run.tokenizer, dev, max_new_tokens=acfg.max_completion_length)
+                       if arm == "sft" and run.cfg.base == "tiny" else None)
+                gates.setdefault(arm, {})[str(seed)] = gate(arm, before[kind], metric(arm, model), fmt)
+            run.advance(task_id)
+    write_json(run.out / "gates.json", gates)
+    return {"passed": {arm: [g["passed"] for g in per.values()] for arm, per in gates.items()}}
 
 
 def stage_analyses(run: LabRun) -> dict:
@@ -284,7 +406,7 @@ def stage_analyses(run: LabRun) -> dict:
         for metric, per_arm in fn(run).items():
             numbers[metric] = per_arm
             sources[metric] = name
-    write_json(run.out / "metrics.json", {"numbers": numbers, "sources": sources})
+    write_json(run.out / "metrics.json", {"numbers": numbers, "sources": sources, "items": run.items.doc})
     return {"analyses": list(ANALYSES)}
 
 
@@ -292,9 +414,9 @@ def stage_claims(run: LabRun) -> dict:
     from deltalens.lab.claims import claims_document
 
     metrics = read_json(run.out / "metrics.json")
-    doc = claims_document(metrics["numbers"], arms=run.cfg.arms, seeds=run.cfg.seeds, quick=run.cfg.quick)
-    for record in doc["claims"]:
-        record["sources"] = {m: metrics["sources"].get(m) for m in [record["metric"], *record.get("secondary", {})]}
+    gates = read_json(run.out / "gates.json") if (run.out / "gates.json").is_file() else {}
+    doc = claims_document(metrics["items"], gates=gates, arms=run.cfg.arms, seeds=run.cfg.seeds, quick=run.cfg.quick)
+    doc["tuning"] = read_json(run.out / "tuning.json") if (run.out / "tuning.json").is_file() else None
     write_json(run.out / "claims.json", doc)
     return doc
 
@@ -308,7 +430,7 @@ def write_lab_report(run: LabRun) -> Path:
 
 def stage_names(cfg: LabConfig) -> list[str]:
     arms = [f"arm-{arm}-seed{seed}" for arm in cfg.arms for seed in range(cfg.seeds)]
-    return ["problems", "base", *arms, "analyses", "claims"]
+    return ["problems", "base", "tune", *arms, "gates", "analyses", "claims"]
 
 
 def run_lab(
@@ -361,14 +483,19 @@ def run_lab(
     plan = stage_names(cfg)
     stop = len(plan) if until is None else _stop_index(plan, until)
     ran: list[str] = []
+    todo = plan[:stop]
     with progress:
-        for name in plan[:stop]:
+        overall = progress.add_task(f"lab: {len(todo)} stages", total=len(todo))
+        for i, name in enumerate(todo):
+            progress.update(overall, description=f"lab: stage {i + 1}/{len(todo)} {name}")
             if run.done(name) and not _upstream_ran(name, ran):
                 timings[name] = "cached"
+                progress.advance(overall)
                 continue
             ran.append(name)
             started = time.perf_counter()
             info = _run_stage(run, name) or {}
+            progress.advance(overall)
             run.finish(name, started, **info)
             timings[name] = round(time.perf_counter() - started, 2)
             console.log(f"stage {name}: {timings[name]} s")
@@ -402,8 +529,10 @@ def _quiet_library_progress_bars() -> None:
 def _upstream_ran(name: str, ran: list[str]) -> bool:
     """A finished stage is redone when a stage it depends on ran in this invocation: arms
     depend on problems and base; analyses and claims on everything before them."""
-    if name.startswith("arm-"):
+    if name == "tune":
         return any(n in ("problems", "base") for n in ran)
+    if name.startswith("arm-"):
+        return any(n in ("problems", "base", "tune") for n in ran)
     return bool(ran)
 
 
@@ -411,7 +540,8 @@ def _stop_index(plan: list[str], until: str) -> int:
     if until == "arms":
         return max(i for i, n in enumerate(plan) if n.startswith("arm-")) + 1
     if until not in plan:
-        raise DeltalensError(f"unknown stage {until!r}; expected one of problems, base, arms, analyses, claims")
+        raise DeltalensError(f"unknown stage {until!r}; expected one of problems, base, tune, arms, gates, analyses, "
+                             "claims")
     return plan.index(until) + 1
 
 
@@ -420,6 +550,10 @@ def _run_stage(run: LabRun, name: str):
         return stage_problems(run)
     if name == "base":
         return stage_base(run)
+    if name == "tune":
+        return stage_tune(run)
+    if name == "gates":
+        return stage_gates(run)
     if name.startswith("arm-"):
         arm, seed = name[len("arm-"):].rsplit("-seed", 1)
         return stage_arm(run, arm, int(seed))

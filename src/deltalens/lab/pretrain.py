@@ -29,6 +29,10 @@ class PretrainConfig:
     weight_decay: float = 0.01
     digits: int = 3
     mixture: tuple[tuple[str, float], ...] = (("add", 0.55), ("copy", 0.15), ("reverse", 0.15), ("max", 0.15))
+    #: share of ``add`` examples whose answer has one digit replaced by another (noisy pre-training
+    #: data): the base then samples wrong digits it could avoid, the headroom RLVR is reported to
+    #: use (sharpening the base's own distribution), and SFT on clean answers has something to fix
+    answer_noise: float = 0.15
 
 
 def encode_examples(tokenizer, examples: Sequence[tuple[str, str]]):
@@ -63,8 +67,19 @@ def mixture_batch(rng: random.Random, cfg: PretrainConfig, exclude: set[str]) ->
         problem = make_problem(rng.choices(tasks, weights)[0], rng, digits=cfg.digits)
         if problem["prompt"] in exclude:
             continue
-        batch.append((problem["prompt"], base_completion(problem)))
+        completion = base_completion(problem)
+        if problem["task"] == "add" and cfg.answer_noise > 0 and rng.random() < cfg.answer_noise:
+            completion = corrupt_digit(completion, rng)
+        batch.append((problem["prompt"], completion))
     return batch
+
+
+def corrupt_digit(answer: str, rng: random.Random) -> str:
+    """``answer`` with the digit at one uniformly chosen position replaced by a different digit
+    (never a leading zero)."""
+    i = rng.randrange(len(answer))
+    choices = [d for d in "0123456789" if d != answer[i] and not (i == 0 and d == "0" and len(answer) > 1)]
+    return answer[:i] + rng.choice(choices) + answer[i + 1:]
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:

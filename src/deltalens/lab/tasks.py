@@ -7,10 +7,11 @@ a completion is the text the model writes after it, up to ``<eos>``.
 - ``copy``, ``reverse``, ``max`` (held out of all fine-tuning, to measure forgetting):
   ``"c:abcd="`` → ``"abcd"``, ``"r:abcd="`` → ``"dcba"``, ``"m:312,97="`` → ``"312"``.
 
-Two solution styles exist for ``add``: the base style writes the sum (``"168"``); the teacher
-style (the SFT arm's demonstrations, a different but correct solution) first writes the sum's
-digits reversed, then ``>``, then the sum (``"861>168"``). The verifier accepts both: the
-answer is the last run of digits in the completion.
+Two solution styles exist for ``add``: the base style writes the sum (``"168"``; the tiny lab's
+SFT arm trains on it, so SFT and RL differ in objective, not in style); the teacher style (a
+different but correct solution, kept for experiments on style) first writes the sum's digits
+reversed, then ``>``, then the sum (``"861>168"``). The verifier accepts both: the answer is
+the last run of digits in the completion.
 """
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from deltalens.report.html import (Raw, Section, esc, figure_or_note, fmt, missing_notes, paragraph, table,
-                                   verdict_badge)
+from deltalens.report.html import Raw, Section, esc, figure_or_note, fmt, missing_notes, paragraph, table
 from deltalens.report.inputs import Run, as_float
 from deltalens.report.plotting import describe_range, figure_legend, finite_xy, integer_ticks, new_figure, render
 
@@ -65,11 +64,24 @@ def _tracking_plot(have):
                              f"{len(tensors)} tracked matrices, k = {', '.join(ks) or '?'}{more}.")
 
 
+VERDICT_CLASS = {"holds": "v-holds", "contradicted": "v-fails", "does not hold": "v-fails",
+                 "inconclusive": "v-inconclusive"}
+
+
+def _badge(verdict: object) -> Raw:
+    text = str(verdict)
+    return Raw(f'<span class="verdict {VERDICT_CLASS.get(text, "v-other")}">{esc(text)}</span>')
+
+
 def build_claims(runs: list[Run]) -> Section:
+    from deltalens.lab.tables import GATE_HEADER, effect_text, excluded_text, gate_rows, published_text
+
     section = Section(
         "claims", "Claims",
-        "The lab's verdict on each claim of the seed, decided by the rule written next to it; with several seeds a "
-        "difference inside the spread across seeds is inconclusive.")
+        "The lab's verdict on each claim of the seed, decided by the rule written next to it: holds when the 95% "
+        "interval of the claimed effect (bootstrap over training seeds and items) excludes 0 in the claimed "
+        "direction, contradicted when it excludes 0 the other way, inconclusive otherwise or when an arm the claim "
+        "needs failed its training gate.")
     with_claims = [r for r in runs if "claims.json" in r.data]
     lacking_everywhere = not with_claims
     if lacking_everywhere or any(name == "claims.json" for r in runs for name in r.unreadable):
@@ -79,18 +91,38 @@ def build_claims(runs: list[Run]) -> Section:
         doc = run.get("claims.json")
         arms = [str(a) for a in doc.get("arms") or []]
         claims = [c for c in doc.get("claims") or [] if isinstance(c, dict)]
-        counts = {v: sum(1 for c in claims if c.get("verdict") == v) for v in ("holds", "does not hold", "inconclusive")}
+        names = ("holds", "contradicted", "does not hold", "inconclusive")
+        counts = {v: sum(1 for c in claims if c.get("verdict") == v) for v in names}
+        against = counts["contradicted"] + counts["does not hold"]
         section.add(paragraph(
             f"<strong>{esc(run.label)}</strong>: arms {esc(', '.join(arms) or '—')}; {esc(doc.get('seeds', '?'))} seed(s); "
-            f"{'quick' if doc.get('quick') else 'full'} run; {counts['holds']} hold, {counts['does not hold']} do not hold, "
+            f"{'quick' if doc.get('quick') else 'full'} run; {counts['holds']} hold, {against} contradicted, "
             f"{counts['inconclusive']} inconclusive."))
+        gates = doc.get("gates")
+        if isinstance(gates, dict) and gates:
+            try:
+                section.add(table(GATE_HEADER, gate_rows(doc), numeric_from=4,
+                                  caption=f"Training gates of {esc(run.label)}: each arm's own dev metric before and "
+                                          "after training."))
+            except (KeyError, TypeError, IndexError):
+                section.add(paragraph("gates: unreadable entries in claims.json"))
         rows = []
+        new_format = any(isinstance(c.get("effect"), dict) for c in claims)
         for c in claims:
             numbers = c.get("numbers") if isinstance(c.get("numbers"), dict) else {}
-            rows.append([str(c.get("id", "—")), str(c.get("claim", "—")), verdict_badge(c.get("verdict", "—")),
-                         str(c.get("rule", "—")), *(_arm_cell(numbers.get(a)) for a in arms)])
-        section.add(table(["id", "claim", "verdict", "rule", *arms], rows, numeric_from=4,
-                          caption=f"claims.json of {esc(run.label)}: per arm the mean over seeds, then every seed's value."))
+            if numbers and all(isinstance(v, dict) for v in numbers.values()):
+                numbers = next(iter(numbers.values()))  # per metric: show the first metric's arm values
+            row = [str(c.get("id", "—")), str(c.get("claim", "—")), _badge(c.get("verdict", "—")),
+                   str(c.get("rule", "—")), *(_arm_cell(numbers.get(a)) for a in arms)]
+            if new_format:
+                effect = c.get("effect") if isinstance(c.get("effect"), dict) else {}
+                row += [effect_text(effect) if effect else "—", published_text(c.get("published")),
+                        excluded_text(c.get("excluded")), str(c.get("note") or "—")]
+            rows.append(row)
+        extra = ["effect [95% CI]", "published (SPEC §8)", "excluded", "note"] if new_format else []
+        section.add(table(["id", "claim", "verdict", "rule", *arms, *extra], rows, numeric_from=4,
+                          caption=f"claims.json of {esc(run.label)}: per arm the mean over seeds, then every seed's value "
+                                  "(the claim's first metric)."))
     return section
 
 

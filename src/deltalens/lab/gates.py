@@ -1,0 +1,114 @@
+"""Each objective's own dev metric, and the training gates built on it (SPEC §10).
+
+The dev split is a set of target-task problems apart from the training prompts and the test
+problems (``OUT/problems/target_dev.jsonl``). Two dev metrics, one per kind of objective:
+
+- :func:`dev_reward`: per dev problem, the mean correctness reward of ``DEV_SAMPLES`` samples
+  at the arms' sampling temperature (the GRPO objective's own quantity);
+- :func:`dev_loss`: per dev problem, the mean negative log-likelihood per token of the target
+  completion (the answer in the base's format, then ``<eos>``): the SFT/RFT objective's own quantity.
+
+Gates (per arm and seed; ``claims.json`` → ``gates``): ``grpo``: dev reward after training above
+before, the paired 95% bootstrap interval over dev problems excluding 0; ``sft``/``rft``: dev loss
+after below before, the interval excluding 0, and (``sft``) the format adopted: at least
+``FORMAT_SHARE`` of the greedy dev completions in the target format. ``grpo-random`` has no
+gate: its reward carries nothing to learn, so no dev metric can show it trained.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from deltalens.lab.bootstrap import Table, effect_interval
+
+DEV_SAMPLES = 16
+DEV_SEED = 4321
+FORMAT_SHARE = 0.9
+#: the base's answer format for the tiny lab's target task: digits only
+TARGET_FORMAT = re.compile(r"^\d+$")
+
+GATE_METRIC = {"grpo": "dev mean reward", "sft": "dev loss on targets (nats/token)",
+               "rft": "dev loss on targets (nats/token)"}
+
+
+def dev_reward(model, tokenizer, problems: list[dict], *, max_new_tokens: int, temperature: float,
+               n: int = DEV_SAMPLES, seed: int = DEV_SEED) -> list[float]:
+    """Per dev problem: the mean correctness reward over ``n`` samples (common random numbers:
+    the same ``seed`` for every model)."""
+    from deltalens.behavior.formats import as_problems
+    from deltalens.behavior.sampling import SamplingConfig, hf_generate
+    from deltalens.lab.tasks import is_correct
+
+    by_id = {p["id"]: p for p in problems}
+    cfg = SamplingConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    cfg.check()
+    sums = {p["id"]: 0.0 for p in problems}
+    for batch in hf_generate(model, tokenizer, [(p, range(n)) for p in as_problems(problems)], cfg):
+        for r in batch:
+            sums[r["id"]] += float(is_correct(by_id[r["id"]], r["completion"]))
+    return [sums[p["id"]] / n for p in problems]
+
+
+def dev_loss(model, tokenizer, problems: list[dict], targets: list[str]) -> list[float]:
+    """Per dev problem: mean NLL per token of ``target + <eos>`` given the prompt (float64)."""
+    import torch
+
+    from deltalens.behavior.divergence import completion_logprobs
+
+    prompts = [tokenizer(p["prompt"])["input_ids"] for p in problems]
+    completions = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in targets]
+    out = []
+    for batch, start in zip(completion_logprobs(model, prompts, completions, batch_size=64),
+                            range(0, len(prompts), 64)):
+        for i, lp in enumerate(batch):
+            ids = torch.tensor(completions[start + i], dtype=torch.long)
+            out.append(float(-lp.gather(-1, ids[:, None]).mean()))
+    return out
+
+
+def format_share(model, tokenizer, problems: list[dict], *, max_new_tokens: int) -> float:
+    """Share of greedy dev completions (up to ``<eos>``) in :data:`TARGET_FORMAT`."""
+    from deltalens.behavior.formats import as_problems
+    from deltalens.behavior.sampling import SamplingConfig, hf_generate
+
+    cfg = SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=DEV_SEED)
+    rows = [r for b in hf_generate(model, tokenizer, [(p, [0]) for p in as_problems(problems)], cfg) for r in b]
+    ok = [bool(TARGET_FORMAT.match(r["completion"].split("<eos>")[0].strip())) for r in rows]
+    return sum(ok) / len(ok)
+
+
+def paired_change(before: list[float], after: list[float], n_boot: int = 2000) -> dict:
+    """after − before (mean over dev problems) and its paired 95% bootstrap interval over problems."""
+    table = Table()
+    table.add("dev", "before", [before], "dev")
+    table.add("dev", "after", [after], "dev")
+    iv = effect_interval(table, [("dev", "after"), ("dev", "before")], lambda v: v[("dev", "after")] - v[("dev", "before")],
+                         n_boot=n_boot)
+    return {"before": float(np.mean(before)), "after": float(np.mean(after)), "change": iv.estimate,
+            "ci": [iv.lo, iv.hi]}
+
+
+def gate(arm: str, before: list[float], after: list[float], fmt: float | None = None) -> dict:
+    """The gate record ``{passed, metric, before, after, ci, ...}`` of one arm and seed."""
+    if arm == "grpo-random":
+        return {"passed": True, "metric": "none: a random reward has no dev metric to improve", "before": None,
+                "after": None, "ci": [None, None]}
+    ch = paired_change(before, after)
+    if arm == "grpo":
+        passed = math.isfinite(ch["ci"][0]) and ch["ci"][0] > 0
+        rule = "after − before dev mean reward: 95% interval above 0"
+    else:
+        passed = math.isfinite(ch["ci"][1]) and ch["ci"][1] < 0
+        rule = "after − before dev loss: 95% interval below 0"
+        if fmt is not None:
+            passed = passed and fmt >= FORMAT_SHARE
+            rule += f"; greedy dev completions in the target format ≥ {FORMAT_SHARE}"
+    record = {"passed": bool(passed), "metric": GATE_METRIC[arm], "before": round(ch["before"], 6),
+              "after": round(ch["after"], 6), "change": round(ch["change"], 6),
+              "ci": [round(ch["ci"][0], 6), round(ch["ci"][1], 6)], "rule": rule, "n_dev": len(before)}
+    if fmt is not None:
+        record["format_share"] = round(fmt, 4)
+    return record

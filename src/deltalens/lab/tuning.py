@@ -1,0 +1,74 @@
+"""Per-objective settings chosen before any claim is computed, by each objective's own dev metric.
+
+The rule (fixed, documented in ``docs/lab.md``): for each objective (``sft``, ``rft``, ``grpo``)
+train from the base once per candidate learning rate in :data:`LR_GRID` with the arm's own
+budget and a selection seed that no claim uses (:data:`TUNE_SEED`), then keep the candidate
+with the best dev metric of :mod:`deltalens.lab.gates` (SFT/RFT: lowest mean dev loss on their
+targets; GRPO: highest dev mean reward). A claim metric (pass@k on the test problems, KL,
+weights, kernels) is never read. ``grpo-random`` takes GRPO's choice. GRPO's β (0), group size
+and prompts per step are the arm configuration's, not searched. The choice is cached under the
+base's hash, the arm configuration and the grid, so a re-run or another run on the same base
+reuses it; ``OUT/tuning.json`` records every candidate's dev metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+LR_GRID = {"sft": (1e-5, 3e-5, 1e-4), "rft": (1e-5, 3e-5, 1e-4), "grpo": (5e-5, 1e-4, 2e-4)}
+#: ``--quick`` searches the upper two candidates only (the smallest rate never won a 24-step run
+#: while this grid was built; the quick budget has no room for a third training per objective)
+QUICK_GRID = {"sft": (3e-5, 1e-4), "rft": (3e-5, 1e-4), "grpo": (1e-4, 2e-4)}
+
+
+def grid(objective: str, quick: bool) -> tuple[float, ...]:
+    return (QUICK_GRID if quick else LR_GRID)[objective]
+TUNE_SEED = 1000
+#: which arm uses which objective's setting
+OBJECTIVE = {"sft": "sft", "rft": "rft", "grpo": "grpo", "grpo-random": "grpo"}
+
+
+def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bool = False) -> str:
+    blob = json.dumps({"base": base_hash, "arm": asdict(arm_cfg), "objective": objective, "grid": grid(objective, quick),
+                       "dev": dev_ids, "seed": TUNE_SEED, "v": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dev_metric(objective: str, model, tokenizer, dev: list[dict], arm_cfg) -> float:
+    """The objective's own dev metric as a number to maximise (dev reward, or minus dev loss)."""
+    import numpy as np
+
+    from deltalens.lab.gates import dev_loss, dev_reward
+    from deltalens.lab.tasks import base_completion
+
+    if objective == "grpo":
+        return float(np.mean(dev_reward(model, tokenizer, dev, max_new_tokens=arm_cfg.max_completion_length,
+                                        temperature=arm_cfg.temperature)))
+    return -float(np.mean(dev_loss(model, tokenizer, dev, [base_completion(p) for p in dev])))
+
+
+def select(objective: str, *, rows: list[dict], dev: list[dict], base_dir: Path, tokenizer, arm_cfg, device: str,
+           on_candidate=None, quick: bool = False) -> dict:
+    """Train once per candidate learning rate and keep the best by the objective's dev metric."""
+    from deltalens.lab.arms import train_arm
+
+    arm = "grpo" if objective == "grpo" else objective
+    results = []
+    for lr in grid(objective, quick):
+        cfg = replace(arm_cfg, learning_rate=lr)
+        with tempfile.TemporaryDirectory() as tmp:
+            model, history = train_arm(arm, base_dir=base_dir, tokenizer=tokenizer, rows=rows, cfg=cfg, seed=TUNE_SEED,
+                                       out_dir=Path(tmp), device=device)
+            shutil.rmtree(Path(tmp) / "trainer", ignore_errors=True)
+        score = dev_metric(objective, model, tokenizer, dev, cfg)
+        results.append({"learning_rate": lr, "dev_score": round(score, 6)})
+        if on_candidate is not None:
+            on_candidate()
+    best = max(results, key=lambda r: (r["dev_score"], -r["learning_rate"]))
+    return {"objective": objective, "chosen": {"learning_rate": best["learning_rate"]}, "candidates": results,
+            "score": "dev mean reward" if objective == "grpo" else "minus dev loss on targets (nats/token)"}

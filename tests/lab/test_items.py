@@ -1,0 +1,76 @@
+"""The per-item values the analyses hand to the claims, against independent references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import comb
+
+from deltalens.lab.analyses import at_size, problem_items, tensor_items
+from deltalens.lab.gates import gate, paired_change
+
+
+def test_problem_items_match_the_binomial_formula_and_support_classes():
+    rng = np.random.default_rng(0)
+    n = 8
+    base = {f"p{i}": list(rng.random(n) < q) for i, q in enumerate([0.0, 0.1, 0.5, 0.9, 0.0])}
+    arm = {f"p{i}": list(rng.random(n) < q) for i, q in enumerate([0.0, 0.6, 0.0, 0.9, 0.3])}
+    arm["p4"][0] = True  # the arm finds p4, which the base never does
+    got = problem_items(base, arm, n)
+    for i, pid in enumerate(got["ids"]):
+        c = sum(arm[pid])
+        assert got["pass_at_1"][i] == pytest.approx(c / n)
+        assert got["pass_at_kmax"][i] == pytest.approx(1 - comb(n - c, n) / comb(n, n))
+        b, t = any(base[pid]), any(arm[pid])
+        assert (got["support_kept"][i], got["support_gained"][i], got["support_lost"][i]) == (
+            float(b and t), float(t and not b), float(b and not t))
+    assert got["support_gained"][4] == 1.0
+
+
+def _row(name, angle=None, limited=False, nss=0.01, scope="full", erank=5.0, srank=2.0, frac=1.0, numel=4):
+    row = {"name": name, "numel": numel, "unchanged_bitwise": 0.5}
+    if angle is not None:
+        row.update(by_k={"2": {"angle_mean_left_deg": angle - 1, "angle_mean_right_deg": angle + 1,
+                               "gap_limited": limited}},
+                   nss=nss, nss_scope=scope, effective_rank=erank, stable_rank=srank, numerical_rank_fraction=frac)
+    return row
+
+
+def test_tensor_items_exclude_gap_limited_and_unresolved_and_count_them():
+    rows = [_row("a.w", 3.0), _row("b.norm"), _row("c.w", 4.0, limited=True), _row("d.w", 5.0, scope="top-8"),
+            _row("e.w", 6.0, erank=None, srank=None, frac=None)]
+    got = tensor_items(rows)
+    assert got["names"] == ["a.w", "b.norm", "c.w", "d.w", "e.w"] and got["matrices"] == ["a.w", "c.w", "d.w", "e.w"]
+    angles, exc = got["principal_angle_deg"]
+    assert angles == [3.0, None, 5.0, 6.0] and exc == {"gap-limited (Wedin bound > 1)": 1}
+    nss, exc = got["nss"]
+    assert nss == [0.01, None, None, 0.01] and sum(exc.values()) == 2
+    ranks, exc = got["log_effective_rank"]
+    assert ranks[0] == pytest.approx(math.log(5.0)) and ranks[3] is None and sum(exc.values()) == 1
+
+
+def test_at_size_interpolates_like_numpy_along_the_path():
+    fro = [0.5, 1.0, 2.0]
+    angle = [1.0, 3.0, 4.0]
+    path = [{"w": {"fro": f, "angle": a, "gap_limited": i == 2, "nss": None}} for i, (f, a) in enumerate(zip(fro, angle))]
+    for size in (0.25, 0.75, 1.5, 2.0):
+        value, limited = at_size(path, "w", "angle", size)
+        assert value == pytest.approx(np.interp(size, [0.0, *fro], [0.0, *angle]))
+        assert limited == (size > 1.0)
+    assert at_size(path, "w", "angle", 3.0) == (None, False)  # the path never gets that far
+
+
+def test_gates_pass_on_a_planted_rise_and_fail_without_one():
+    rng = np.random.default_rng(1)
+    before = list(rng.random(100) * 0.5)
+    after = [b + 0.1 + rng.normal(0, 0.05) for b in before]
+    assert gate("grpo", before, after)["passed"] is True
+    assert gate("grpo", after, before)["passed"] is False
+    assert gate("sft", after, before, fmt=1.0)["passed"] is True  # loss fell
+    assert gate("sft", after, before, fmt=0.5)["passed"] is False  # format not adopted
+    noise = [b + rng.normal(0, 0.05) for b in before]
+    ch = paired_change(before, noise)
+    assert ch["ci"][0] < 0 < ch["ci"][1]
+    assert ch["change"] == pytest.approx(np.mean(noise) - np.mean(before))
