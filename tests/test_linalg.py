@@ -211,6 +211,11 @@ def test_pair_normal_products_and_common_rayleigh_ritz_against_numpy(monkeypatch
         w1 = (w0.float() + 0.01 * torch.randn(70, 12, generator=g)).to(dtype)
         x = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))[0]
         b0, d, g0, g1, fro2 = chunked_pair_normal_matmul(w0, w1, x)
+        if dtype == torch.float32:  # Δ given: whole-matrix products, the same numbers
+            x32 = x.float()
+            given = chunked_pair_normal_matmul(w0, w1, x32, delta=w1 - w0)
+            for a, b in zip(given[:4], chunked_pair_normal_matmul(w0, w1, x32)[:4]):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
         a0, a1, xn = w0.double().numpy(), w1.double().numpy(), x.numpy()
         np.testing.assert_allclose(b0.numpy(), a0 @ xn, atol=1e-12)
         np.testing.assert_allclose(d.numpy(), (a1 - a0) @ xn, atol=1e-12)

@@ -167,14 +167,21 @@ def chunked_pair_normal_matmul(
     x: torch.Tensor,
     *,
     device: str | torch.device = "cpu",
+    delta: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """(W0 X, Δ X, W0ᵀW0 X, W1ᵀW1 X, ‖Δ‖²_F) with Δ = W1 − W0, in one pass over row chunks of both
     (each chunk cast once to x's dtype, Δ formed there), for the common-subspace Rayleigh–Ritz of
     a weight pair (SPEC §4). W1 X is computed as W0 X + Δ X and W1's chunk as W0's + Δ's, so
-    identical inputs give bitwise identical products for both sides (Δ = 0 exactly)."""
+    identical inputs give bitwise identical products for both sides (Δ = 0 exactly). With
+    ``delta`` (Δ = w1 − w0 formed by the caller) and every operand already in x's dtype and
+    device, four whole-matrix products replace the chunk loop (W1ᵀ(W0X + ΔX): for W1 = W0 the
+    same bits as W0ᵀW0X)."""
     dev = torch.device(device)
     x = x.to(dev)
     m, n = w0.shape
+    if delta is not None and all(_as_stored(t, None, x.dtype, dev) for t in (w0, w1, delta)):
+        y0, yd = w0 @ x, delta @ x  # Δ given in x's dtype: whole-matrix products, no chunk loop
+        return y0, yd, w0.T @ y0, w1.T @ (y0 + yd), float(torch.linalg.vector_norm(delta)) ** 2
     y0 = torch.empty(m, x.shape[1], dtype=x.dtype, device=dev)
     yd = torch.empty_like(y0)
     g0 = torch.zeros(n, x.shape[1], dtype=x.dtype, device=dev)

@@ -142,10 +142,12 @@ def test_identical_gaussian_and_flat_spectrum_are_not_rotated(full_max):
     """A Gaussian matrix has a flat spectrum with tiny gaps, where iterative routes drift: a copy
     of it must still give angles of exactly 0 on the Gram and the top-q routes."""
     w0 = torch.randn(700, 1100, generator=torch.Generator().manual_seed(3))
-    got = spectral_metrics(w0, w0.clone(), top_k=(0.01, 0.05), groups=("spectral",), full_max=full_max)
-    for entry in got["by_k"].values():
-        assert max(entry["angles_left_deg"] + entry["angles_right_deg"]) <= 1e-6
-    assert got["nss"] == 0.0
+    for delta in (None, torch.zeros_like(w0)):  # Δ formed chunk by chunk, or given (the diff driver's case)
+        got = spectral_metrics(w0, w0.clone(), top_k=(0.01, 0.05), groups=("spectral",), full_max=full_max,
+                               delta=delta)
+        for entry in got["by_k"].values():
+            assert max(entry["angles_left_deg"] + entry["angles_right_deg"]) <= 1e-6
+        assert got["nss"] == 0.0
 
 
 def test_gaussian_top_q_agrees_with_float64_or_says_unresolved(monkeypatch):

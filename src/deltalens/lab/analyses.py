@@ -76,20 +76,26 @@ def _count(excluded: dict, reason: str) -> None:
     excluded[reason] = excluded.get(reason, 0) + 1
 
 
-def mean_angle_deg(metrics: dict) -> tuple[float | None, bool]:
-    """(mean of the left and right mean top-k principal angle at the default k, gap_limited)."""
+GAP_LIMITED = "gap-limited (Wedin bound > 1)"
+UNRESOLVED = "unresolved (fast route's angle error estimate above 0.01°)"
+
+
+def mean_angle_deg(metrics: dict) -> tuple[float | None, str | None]:
+    """(mean of the left and right mean top-k principal angle at the default k, why it is
+    excluded: ``GAP_LIMITED``, ``UNRESOLVED`` or None). SPEC §4, §10."""
     by_k = metrics.get("by_k")
     if not by_k:
-        return None, False
+        return None, None
     first = by_k[min(by_k, key=int)]
-    return (first["angle_mean_left_deg"] + first["angle_mean_right_deg"]) / 2, bool(first.get("gap_limited"))
+    why = UNRESOLVED if first.get("unresolved") else GAP_LIMITED if first.get("gap_limited") else None
+    return (first["angle_mean_left_deg"] + first["angle_mean_right_deg"]) / 2, why
 
 
 def tensor_items(rows: list[dict]) -> dict:
     """Per-tensor values of one diff: ``{metric: (values, excluded)}`` plus ``names``/``numel``/``matrices``.
 
     bf16_unchanged: ``unchanged_bitwise`` of every tensor (weighted by ``numel``); over 2-D tensors
-    (``by_k`` present): principal_angle_deg (None when gap-limited), nss (None when gap-limited
+    (``by_k`` present): principal_angle_deg (None when gap-limited or unresolved), nss (None when gap-limited
     or when its scope is not the full spectrum), log effective / stable rank of Δ and the
     numerical rank fraction (None when Δ = 0).
     """
@@ -101,15 +107,15 @@ def tensor_items(rows: list[dict]) -> dict:
     cols = {m: ([], {}) for m in ("principal_angle_deg", "nss", "log_effective_rank", "log_stable_rank",
                                   "numerical_rank_fraction")}
     for r in matrices:
-        angle, limited = mean_angle_deg(r)
+        angle, why = mean_angle_deg(r)
         vals, exc = cols["principal_angle_deg"]
-        vals.append(None if limited else angle)
-        if limited:
-            _count(exc, "gap-limited (Wedin bound > 1)")
+        vals.append(None if why else angle)
+        if why:
+            _count(exc, why)
         vals, exc = cols["nss"]
-        if limited:
+        if why == GAP_LIMITED:
             vals.append(None)
-            _count(exc, "gap-limited (Wedin bound > 1)")
+            _count(exc, GAP_LIMITED)
         elif r.get("nss") is None or r.get("nss_scope") not in (None, "full"):
             vals.append(None)
             _count(exc, "unresolved (NSS over a top-q spectrum only)")
@@ -174,9 +180,10 @@ def checkpoint_path(run, arm: str, seed: int) -> list[dict]:
                 continue
             w0, w1 = base[name].to(torch.float32), tuned[name].to(torch.float32)
             m = spectral_metrics(w0, w1, groups=("spectral",))
-            angle, limited = mean_angle_deg(m)
-            per[name] = {"fro": float(torch.linalg.matrix_norm((w1 - w0).double())), "angle": angle,
-                         "gap_limited": limited, "nss": m.get("nss")}
+            angle, why = mean_angle_deg(m)
+            per[name] = {"fro": float(torch.linalg.matrix_norm((w1 - w0).double())),
+                         "angle": None if why == UNRESOLVED else angle, "gap_limited": why == GAP_LIMITED,
+                         "nss": m.get("nss")}
         path.append(per)
     return path
 

@@ -118,7 +118,8 @@ def figure(plot: Plot, narrow: Plot | None = None) -> str:
 
 def verdict_badge(verdict: object) -> Raw:
     text = str(verdict)
-    cls = {"holds": "v-holds", "does not hold": "v-fails", "inconclusive": "v-inconclusive"}.get(text, "v-other")
+    cls = {"holds": "v-holds", "contradicted": "v-fails", "does not hold": "v-fails",
+           "inconclusive": "v-inconclusive"}.get(text, "v-other")
     return Raw(f'<span class="verdict {cls}">{esc(text)}</span>')
 
 

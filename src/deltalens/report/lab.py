@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from deltalens.report.html import Raw, Section, esc, figure_or_note, fmt, missing_notes, paragraph, table
+from deltalens.report.html import Raw, Section, esc, figure_or_note, fmt, missing_notes, paragraph, table, verdict_badge
 from deltalens.report.inputs import Run, as_float
 from deltalens.report.plotting import describe_range, figure_legend, finite_xy, integer_ticks, new_figure, render
 
@@ -64,15 +64,6 @@ def _tracking_plot(have):
                              f"{len(tensors)} tracked matrices, k = {', '.join(ks) or '?'}{more}.")
 
 
-VERDICT_CLASS = {"holds": "v-holds", "contradicted": "v-fails", "does not hold": "v-fails",
-                 "inconclusive": "v-inconclusive"}
-
-
-def _badge(verdict: object) -> Raw:
-    text = str(verdict)
-    return Raw(f'<span class="verdict {VERDICT_CLASS.get(text, "v-other")}">{esc(text)}</span>')
-
-
 def build_claims(runs: list[Run]) -> Section:
     from deltalens.lab.tables import GATE_HEADER, effect_text, excluded_text, gate_rows, published_text
 
@@ -112,7 +103,7 @@ def build_claims(runs: list[Run]) -> Section:
             numbers = c.get("numbers") if isinstance(c.get("numbers"), dict) else {}
             if numbers and all(isinstance(v, dict) for v in numbers.values()):
                 numbers = next(iter(numbers.values()))  # per metric: show the first metric's arm values
-            row = [str(c.get("id", "—")), str(c.get("claim", "—")), _badge(c.get("verdict", "—")),
+            row = [str(c.get("id", "—")), str(c.get("claim", "—")), verdict_badge(c.get("verdict", "—")),
                    str(c.get("rule", "—")), *(_arm_cell(numbers.get(a)) for a in arms)]
             if new_format:
                 effect = c.get("effect") if isinstance(c.get("effect"), dict) else {}

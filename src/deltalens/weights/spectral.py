@@ -298,7 +298,7 @@ def _delta_transpose_products(a0, a1, u: torch.Tensor, dev, delta: torch.Tensor 
 
 
 def _common_ritz(a0, a1, basis: torch.Tensor, ks: Sequence[int], dev, *, rounds: int, delta_spectral: float,
-                 width: int) -> tuple:
+                 width: int, delta: torch.Tensor | None = None) -> tuple:
     """Ritz triplets of W0 and of W1 from one common subspace, grown until every top-k rotation
     in ``ks`` is resolved to ``TOL_DEG`` or ``rounds`` growth steps are spent.  SPEC §4.
 
@@ -316,7 +316,7 @@ def _common_ritz(a0, a1, basis: torch.Tensor, ks: Sequence[int], dev, *, rounds:
     everything. Returns (triplets of W0, of W1, {k: estimated angle error, degrees},
     steps taken, the basis X, ΔX, ‖Δ‖²_F)."""
     k_need = min(max(ks) + 1, basis.shape[0])
-    pair = lambda x: chunked_pair_normal_matmul(a0, a1, x.to(PAIR_DTYPE), device=dev)  # noqa: E731
+    pair = lambda x: chunked_pair_normal_matmul(a0, a1, x.to(PAIR_DTYPE), device=dev, delta=delta)  # noqa: E731
     wx0, dx, gx0, gx1, fro2 = pair(basis)
     step = 0
     previous = None
@@ -384,7 +384,7 @@ def _frame_topq(a0, a1, ks: Sequence[int], q: int, frame: bool, dev, *, max_iter
     else:
         spec_how = "given by the caller (the rank group's power iteration on Δ)"
     t0, t1, errors, steps, basis, dx, delta_fro2 = _common_ritz(a0, a1, basis, ks, dev, rounds=GROW_ROUNDS,
-                                                                delta_spectral=delta_spectral, width=q)
+                                                                delta_spectral=delta_spectral, width=q, delta=delta)
     width = basis.shape[1]
     u0, v0 = t0.u[:, :q], t0.v[:, :q]
     out = dict(diag_d=None, row_energy=None, col_energy=None, cross=None)
