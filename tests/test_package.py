@@ -37,3 +37,38 @@ def test_tiny_llama_forward(tiny_llama, char_tokenizer):
         logits = tiny_llama(**batch).logits
     assert logits.shape == (2, 5, len(char_tokenizer))
     assert torch.isfinite(logits).all()
+
+
+def test_version_and_short_help(run_cli):
+    from importlib.metadata import version
+
+    for args in (("--version",), ("-V",), ("version",)):
+        code, out, _ = run_cli(*args)
+        assert code == 0 and out.strip() == f"deltalens {version('deltalens')}"
+    code, out, _ = run_cli("diff", "-h")
+    assert code == 0 and "--top-k" in out
+
+
+def test_write_folder_is_all_or_nothing(tmp_path):
+    import os
+
+    import pytest
+
+    from deltalens.results import remove_stale_temps, write_folder
+
+    dest = tmp_path / "model"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), write_folder(dest) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the temporary is gone
+    assert (dest / "old.txt").read_text() == "old"
+    with write_folder(dest) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in dest.iterdir()) == ["new.txt"]
+    stale = tmp_path / ".model.999999999.abcd.tmp"  # a dead writer's folder (no such pid)
+    stale.mkdir()
+    (stale / "x").write_text("x")
+    assert remove_stale_temps(tmp_path) == [stale] and not stale.exists() and dest.is_dir()
+    assert oct(os.stat(dest).st_mode & 0o777) != oct(0o700)  # the umask's mode, not mkdtemp's private one

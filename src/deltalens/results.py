@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,29 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+@contextmanager
+def write_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Fill a folder atomically: yields an empty temporary sibling (named like
+    :func:`write_bytes`' temporaries, so :func:`remove_stale_temps` knows a dead writer's), and
+    on success replaces ``path`` with it; on any failure or interruption the temporary is
+    removed and ``path`` is left as it was. A folder that exists is therefore complete."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~current_umask())
+    except OSError as exc:
+        raise DeltalensError(f"{path}: cannot write here ({exc.strerror or type(exc).__name__})") from None
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -79,7 +104,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files of :func:`write_bytes` in ``folder`` whose writer has died
+    """Remove the temporaries of :func:`write_bytes` and :func:`write_folder` in ``folder`` whose writer has died
     (a ``kill -9`` mid-write); ones of live processes are left alone (as seen from this pid
     namespace: a writer in another container sharing the folder would look dead). Returns what
     was removed."""
@@ -88,7 +113,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
         parts = tmp.name[: -len(".tmp")].rsplit(".", 2)
         if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
             try:
-                tmp.unlink()
+                shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
                 removed.append(tmp)
             except OSError:
                 pass

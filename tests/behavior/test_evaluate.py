@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from behavior_helpers import markov_llama, write_jsonl
@@ -40,12 +41,15 @@ def test_evaluate_closed_form(tok):
     assert res["mean_accuracy"] == pytest.approx(0.75)
 
 
-def test_linear_fit_matches_scipy():
-    x, y = [0.1, 0.4, 0.35, 0.9, 1.2], [0.02, 0.09, 0.05, 0.2, 0.31]
-    ref = stats.linregress(x, y)
+def test_linear_fit_matches_least_squares():
+    # reference: numpy's least-squares polynomial fit and R² = 1 − SS_res/SS_tot written out
+    x, y = np.array([0.1, 0.4, 0.35, 0.9, 1.2]), np.array([0.02, 0.09, 0.05, 0.2, 0.31])
+    slope, intercept = np.polyfit(x, y, 1)
+    r2 = 1 - ((y - intercept - slope * x) ** 2).sum() / ((y - y.mean()) ** 2).sum()
     fit = linear_fit(x, y)
-    assert fit["slope"] == pytest.approx(ref.slope) and fit["intercept"] == pytest.approx(ref.intercept)
-    assert fit["r2"] == pytest.approx(ref.rvalue ** 2)
+    assert fit["slope"] == pytest.approx(slope, rel=1e-12) and fit["intercept"] == pytest.approx(intercept, rel=1e-12)
+    assert fit["r2"] == pytest.approx(r2, rel=1e-12)
+    assert linear_fit([0, 1, 2], [5, 5, 5])["r2"] is None
     with pytest.raises(DeltalensError):
         linear_fit([1.0, 1.0], [0, 1])
 

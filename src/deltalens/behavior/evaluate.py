@@ -15,23 +15,20 @@ from deltalens.errors import DeltalensError
 
 
 def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict:
-    """Least-squares line y ≈ intercept + slope·x and R² = 1 − SS_res/SS_tot (float64).
+    """Least-squares line y ≈ intercept + slope·x and R² (``scipy.stats.linregress``, float64).
 
     Needs at least two distinct x; R² is ``None`` when y is constant (SS_tot = 0). With two
     points R² is 1 by construction; ``n`` is reported so a reader can tell.
     """
     import numpy as np
+    from scipy import stats
 
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.size < 2 or np.ptp(x) == 0:
         raise DeltalensError("a fit needs at least two tuned models with different KL")
-    xm, ym = x.mean(), y.mean()
-    slope = float(((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
-    intercept = float(ym - slope * xm)
-    ss_res = float(((y - intercept - slope * x) ** 2).sum())
-    ss_tot = float(((y - ym) ** 2).sum())
-    return {"slope": slope, "intercept": intercept, "r2": None if ss_tot == 0 else 1.0 - ss_res / ss_tot,
-            "n": int(x.size)}
+    fit = stats.linregress(x, y)
+    r2 = None if np.ptp(y) == 0 else float(fit.rvalue) ** 2
+    return {"slope": float(fit.slope), "intercept": float(fit.intercept), "r2": r2, "n": int(x.size)}
 
 
 def evaluate(model_or_path, suite, *, tokenizer=None, verifier="numeric", max_new_tokens: int = 32,

@@ -22,28 +22,38 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 # Areas whose modules define ``register(app)``; order is the order in --help.
-COMMAND_MODULES = ("lab", "diff", "spectral", "kernel", "behavior", "report")
+COMMAND_MODULES = ("lab", "diff", "kernel", "behavior", "report")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from deltalens import __version__
+
+        print(f"deltalens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                 help="Print the deltalens version and exit."),
+) -> None:
+    """What did this fine-tune actually change? Weight-, kernel- and behaviour-level diffs."""
 
 
 @app.command()
 def version() -> None:
     """Print the deltalens version."""
-    from deltalens import __version__
-
-    print(f"deltalens {__version__}")
+    _print_version(True)
 
 
 for _name in COMMAND_MODULES:
     _module = importlib.import_module(f"deltalens.cli.{_name}")
     _module.register(app)
-
-
-def fail(message: str) -> None:
-    """Print one error line to stderr and exit non-zero (for use inside commands)."""
-    raise DeltalensError(message)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -180,7 +180,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build a tiny base model and SFT-like, RL-like and LoRA fine-tunes in code, then diff them."""
         from deltalens.results import check_output_dir
-        from deltalens.weights.demo import run_demo
+        from deltalens.demo import run_demo
 
         check_output_dir(out)
         result = run_demo(out, progress=not quiet)

@@ -43,6 +43,7 @@ class LabConfig:
     n_train: int = 4096  # target-task prompts the arms train on (64 steps × 256 sequences: 4 epochs for SFT)
     n_test: int = 100  # target-task test problems (never trained on; ≤ TEST_POOL)
     n_dev: int = 200  # target-task dev problems (apart from train and test): tuning and gates read only these
+    dev_samples: int = 16  # samples per dev problem behind the dev reward (GRPO's tuning metric and gate)
     tune: bool = True  # choose each objective's learning rate on the dev split (deltalens.lab.tuning)
     #: with ``tune=False``: ((objective, learning rate), ...) recorded earlier by the tuning rule
     #: (empty: the arm configuration's learning_rate for every objective)
@@ -109,7 +110,8 @@ SMOLLM2 = LabConfig(
     base="smollm2",
     arm=ArmConfig(steps=12, batch_size=16, num_generations=8, learning_rate=1e-5, max_completion_length=32,
                   max_length=96, temperature=0.7, n_checkpoints=2, rft_samples_per_prompt=4),
-    seeds=1, n_train=96, n_test=8, n_heldout=20, n_dev=8, tune=False, eval_samples=64, kl_samples=2, n_probes=8,
+    seeds=1, n_train=96, n_test=16, n_heldout=20, n_dev=32, dev_samples=8, tune=False, fixed_rates=(),
+    eval_samples=32, kl_samples=2, n_probes=8,
     kernel_mode="sketch", kernel_dim=4096, trait_lines=2,
     # 9 of 210 matrices (q, v, down in the first, middle and last layer): a float64 SVD each per step
     track=(r"layers\.(0|15|29)\.(self_attn\.(q|v)_proj|mlp\.down_proj)\.",),

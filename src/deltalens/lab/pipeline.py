@@ -36,7 +36,7 @@ from deltalens.lab.config import TEST_POOL, LabConfig, base_hash, check_base, de
 from deltalens.lab.release import checkpoint_steps, step_dirname
 from deltalens.lab.tasks import generate_problems, task_family
 from deltalens.lab.word_tasks import chat_renderer
-from deltalens.results import append_jsonl, read_json, read_jsonl, write_json, write_text
+from deltalens.results import append_jsonl, read_json, read_jsonl, write_folder, write_json, write_text
 
 #: name -> function(LabRun) -> {metric: {arm: [value per seed]}}
 ANALYSES: dict[str, Callable[[LabRun], dict]] = {}
@@ -214,11 +214,8 @@ def stage_base(run: LabRun) -> dict:
                                                 "model": asdict(run.cfg.model), "losses": losses})
     write_json(run.base_dir / "done.json", {"base_hash": key})
     if cached is not None:
-        tmp = cached.with_name(cached.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(run.base_dir, tmp)
-        shutil.rmtree(cached, ignore_errors=True)
-        tmp.rename(cached)
+        with write_folder(cached) as tmp:
+            shutil.copytree(run.base_dir, tmp, dirs_exist_ok=True)
     return {"base_hash": key, "from_cache": None, "final_loss": losses[-1]}
 
 
@@ -249,12 +246,8 @@ def _progress_callback(run: LabRun, task_id):
 
 def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
     """Fine-tune one arm for one seed; checkpoints, masters, tracking, logs under its folder."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from deltalens.lab.arms import rft_rows, sft_rows, train_arm
+    from deltalens.lab.arms import sft_rows, train_arm
     from deltalens.lab.release import ReleaseCheckpointCallback
-    from deltalens.lab.sampling import sample_completions
     from deltalens.tracking import UpdateStatsCallback
 
     cfg = arm_config(run, arm)
@@ -303,7 +296,7 @@ def dev_targets(problems: list[dict]) -> list[str]:
 
 def stage_tune(run: LabRun) -> dict:
     """Each objective's learning rate from its own dev metric (:mod:`deltalens.lab.tuning`), cached per base."""
-    from deltalens.lab.arms import rft_rows, sft_rows
+    from deltalens.lab.arms import sft_rows
     from deltalens.lab.tuning import OBJECTIVE, grid, select, tuning_key
 
     if not run.cfg.tune:
@@ -318,14 +311,16 @@ def stage_tune(run: LabRun) -> dict:
     objectives = list(dict.fromkeys(OBJECTIVE[a] for a in run.cfg.arms))
     key_base = base_hash(run.cfg)
     quick = run.cfg.quick
-    task_id = run.task("tune: learning rate per objective (dev metric)", sum(len(grid(o, quick)) for o in objectives))
+    base, n_dev = run.cfg.base, run.cfg.dev_samples
+    task_id = run.task("tune: learning rate per objective (dev metric)",
+                       sum(len(grid(o, quick, base)) for o in objectives))
     doc = {}
     for objective in objectives:
-        key = tuning_key(key_base, run.cfg.arm, objective, [p["id"] for p in dev] + [run.cfg.n_train], quick)
+        key = tuning_key(key_base, run.cfg.arm, objective, [p["id"] for p in dev] + [run.cfg.n_train], quick, base, n_dev)
         cached = run.cache_dir / f"tune-{objective}-{key}.json" if run.cache_dir is not None else None
         if cached is not None and cached.is_file():
             doc[objective] = {**read_json(cached), "from_cache": str(cached)}
-            run.advance(task_id, len(grid(objective, quick)))
+            run.advance(task_id, len(grid(objective, quick, base)))
             continue
         if objective == "rft":
             rows = _rft_train_rows(run, train, seed=0)
@@ -335,7 +330,7 @@ def stage_tune(run: LabRun) -> dict:
             rows = [{"prompt": p["prompt"], "answer": p["answer"], "task": p["task"]} for p in train]
         record = select(objective, rows=rows, dev=dev, base_dir=run.base_master, tokenizer=run.tokenizer,
                         arm_cfg=run.cfg.arm, device=run.cfg.device, on_candidate=lambda: run.advance(task_id),
-                        quick=quick)
+                        quick=quick, base=base, dev_samples=n_dev)
         if cached is not None:
             write_json(cached, record)
         doc[objective] = record
@@ -377,7 +372,7 @@ def stage_gates(run: LabRun) -> dict:
     def metric(arm, model):
         if arm == "grpo":
             return dev_reward(model, run.tokenizer, dev, max_new_tokens=acfg.max_completion_length,
-                              temperature=acfg.temperature)
+                              temperature=acfg.temperature, n=run.cfg.dev_samples)
         return dev_loss(model, run.tokenizer, dev, targets)
 
     base = load(run.base_master)

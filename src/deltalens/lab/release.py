@@ -7,7 +7,6 @@ the tokenizer files, so every deltalens command (and ``from_pretrained``) opens 
 from __future__ import annotations
 
 import copy
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,18 +20,15 @@ def save_hf_folder(model, tokenizer, path: str | Path, *, dtype=None) -> Path:
     """
     import torch
 
+    from deltalens.results import write_folder
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     to_save = model
     if dtype is not None and dtype != torch.float32:
         to_save = copy.deepcopy(model).to(dtype)
-    to_save.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    with write_folder(path) as tmp:
+        to_save.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return path
 
 

@@ -10,7 +10,6 @@ cache and is what every later stage loads.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 from deltalens.errors import DeltalensError
@@ -41,6 +40,8 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+    from deltalens.results import write_folder
+
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = quantized.config
@@ -50,12 +51,9 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
     model = LlamaForCausalLM(config)
     model.load_state_dict(quantized.state_dict(), strict=True)
     model.eval()
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    with write_folder(dest) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     return dest
 
 

@@ -26,20 +26,33 @@ LR_GRID = {"sft": (1e-5, 3e-5, 1e-4), "rft": (1e-5, 3e-5, 1e-4), "grpo": (5e-5, 
 QUICK_GRID = {"sft": (3e-5, 1e-4), "rft": (3e-5, 1e-4), "grpo": (1e-4, 2e-4)}
 
 
-def grid(objective: str, quick: bool) -> tuple[float, ...]:
+#: ``--base smollm2``: a pretrained 135M model takes full fine-tuning rates an order below the tiny
+#: model's; two candidates per objective around the rate its recipe started from (1e-5), the
+#: CPU budget having no room for a third training per objective (docs/lab.md)
+SMOLLM2_GRID = {"sft": (1e-5, 3e-5), "rft": (1e-5, 3e-5), "grpo": (1e-5, 3e-5)}
+
+
+def grid(objective: str, quick: bool, base: str = "tiny") -> tuple[float, ...]:
+    """The candidate learning rates of ``objective`` for this base and preset."""
+    if base == "smollm2":
+        return SMOLLM2_GRID[objective]
     return (QUICK_GRID if quick else LR_GRID)[objective]
 TUNE_SEED = 1000
 #: which arm uses which objective's setting
 OBJECTIVE = {"sft": "sft", "rft": "rft", "grpo": "grpo", "grpo-random": "grpo"}
 
 
-def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bool = False) -> str:
-    blob = json.dumps({"base": base_hash, "arm": asdict(arm_cfg), "objective": objective, "grid": grid(objective, quick),
-                       "dev": dev_ids, "seed": TUNE_SEED, "v": 1}, sort_keys=True)
+def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bool = False, base: str = "tiny",
+               dev_samples: int = 16) -> str:
+    blob = {"base": base_hash, "arm": asdict(arm_cfg), "objective": objective, "grid": grid(objective, quick, base),
+            "dev": dev_ids, "seed": TUNE_SEED, "v": 1}
+    if dev_samples != 16:  # keys of runs made before the sample count was a setting stay valid
+        blob["dev_samples"] = dev_samples
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def dev_metric(objective: str, model, tokenizer, dev: list[dict], arm_cfg) -> float:
+def dev_metric(objective: str, model, tokenizer, dev: list[dict], arm_cfg, dev_samples: int = 16) -> float:
     """The objective's own dev metric as a number to maximise (dev reward, or minus dev loss)."""
     import numpy as np
 
@@ -48,24 +61,24 @@ def dev_metric(objective: str, model, tokenizer, dev: list[dict], arm_cfg) -> fl
 
     if objective == "grpo":
         return float(np.mean(dev_reward(model, tokenizer, dev, max_new_tokens=arm_cfg.max_completion_length,
-                                        temperature=arm_cfg.temperature)))
+                                        temperature=arm_cfg.temperature, n=dev_samples)))
     return -float(np.mean(dev_loss(model, tokenizer, dev, [base_completion(p) for p in dev])))
 
 
 def select(objective: str, *, rows: list[dict], dev: list[dict], base_dir: Path, tokenizer, arm_cfg, device: str,
-           on_candidate=None, quick: bool = False) -> dict:
+           on_candidate=None, quick: bool = False, base: str = "tiny", dev_samples: int = 16) -> dict:
     """Train once per candidate learning rate and keep the best by the objective's dev metric."""
     from deltalens.lab.arms import train_arm
 
     arm = "grpo" if objective == "grpo" else objective
     results = []
-    for lr in grid(objective, quick):
+    for lr in grid(objective, quick, base):
         cfg = replace(arm_cfg, learning_rate=lr)
         with tempfile.TemporaryDirectory() as tmp:
             model, history = train_arm(arm, base_dir=base_dir, tokenizer=tokenizer, rows=rows, cfg=cfg, seed=TUNE_SEED,
                                        out_dir=Path(tmp), device=device)
             shutil.rmtree(Path(tmp) / "trainer", ignore_errors=True)
-        score = dev_metric(objective, model, tokenizer, dev, cfg)
+        score = dev_metric(objective, model, tokenizer, dev, cfg, dev_samples)
         results.append({"learning_rate": lr, "dev_score": round(score, 6)})
         if on_candidate is not None:
             on_candidate()
