@@ -126,7 +126,15 @@ def test_sample_cli_with_verification(tmp_path, tok, random_model, run_cli):
     assert code == 2 and "conflicts" in err
     code, _, err = run_cli("sample", tmp_path / "nothing", "--problems", probs, "--out", out)
     assert code == 2 and "config.json" in err
+    # a resume must draw the same distribution: other settings are refused, more samples are added
+    code, _, err = run_cli("sample", tmp_path / "tiny", "--problems", probs, "-n", "5", "--max-new-tokens", "4",
+                           "--out", out, "--temperature", "0.7")
+    assert code == 2 and "s.jsonl: its samples were drawn with temperature 1.0, this run asks 0.7" in err
     assert len(out.read_text().splitlines()) == 12
+    code, _, err = run_cli("sample", tmp_path / "tiny", "--problems", probs, "-n", "5", "--max-new-tokens", "4",
+                           "--out", out)
+    assert code == 0, err
+    assert len(out.read_text().splitlines()) == 15
 
 
 def test_right_padding_tokenizer_gives_the_same_samples(tok, random_model):

@@ -276,6 +276,11 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     name = model_name or default_name
 
     done = _existing(Path(out), name, {p.id for p in probs}) if out is not None else {}
+    record_settings = None
+    if out is not None:
+        record_settings = _check_settings(Path(out), {"backend": backend, "temperature": temperature, "top_p": top_p,
+                                                      "max_new_tokens": max_new_tokens, "seed": seed,
+                                                      "stop": list(stop or [])}, resuming=bool(done))
     jobs = [(p, [j for j in range(n) if j not in done.get(p.id, set())]) for p in probs]
     jobs = [(p, idxs) for p, idxs in jobs if idxs]
     by_id = {p.id: p for p in probs}
@@ -297,6 +302,8 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
                                               "correct", "logprob", "n_tokens", "finish_reason")} for r in rows]
                 if out is not None:
                     append_jsonl(out, ordered)
+                    if record_settings is not None:
+                        record_settings = record_settings()
                 new_rows.extend(ordered)
                 tick(len(rows))
     finally:
@@ -310,9 +317,33 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
 
 
 def sampling_record_path(out) -> Path:
-    """Where :func:`sample` records what an openai server honoured: ``S.jsonl.sampling.json``."""
+    """Where :func:`sample` records the settings a samples file was drawn with (``settings``) and
+    what an openai server honoured (``runs``): ``S.jsonl.sampling.json``."""
     out = Path(out)
     return out.with_name(out.name + ".sampling.json")
+
+
+def _check_settings(out: Path, settings: dict, *, resuming: bool):
+    """Refuse to add samples drawn with other settings to ``out`` (a resume must draw the same
+    distribution; ``n`` may grow: that is what a resume adds). Returns a callable that records the
+    settings, to be called once the first new samples are written (None: nothing to record)."""
+    from deltalens.results import read_json, write_json
+
+    path = sampling_record_path(out)
+    doc = read_json(path) if path.is_file() else {}
+    recorded = doc.get("settings")
+    if recorded is not None and resuming:
+        for key, value in settings.items():
+            if key in recorded and recorded[key] != value:
+                raise DeltalensError(f"{out}: its samples were drawn with {key} {recorded[key]!r}, this run asks "
+                                     f"{value!r}; use another --out or the same settings")
+    if recorded is not None and resuming:
+        return None
+
+    def record():
+        write_json(path, {**(read_json(path) if path.is_file() else {}), "settings": settings})
+
+    return record
 
 
 def _openai_checked(base_url, model, problems, jobs, cfg, *, out, check: bool, api_key, max_retries, timeout):
@@ -330,8 +361,9 @@ def _openai_checked(base_url, model, problems, jobs, cfg, *, out, check: bool, a
         logprobs = record["logprobs_requested"]
         if out is not None:
             path = sampling_record_path(out)
-            runs = read_json(path).get("runs", []) if path.is_file() else []
-            write_json(path, {"runs": runs + [{"backend": "openai", "url": url, "model": model, **record}]})
+            doc = read_json(path) if path.is_file() else {}
+            write_json(path, {**doc, "runs": doc.get("runs", []) + [{"backend": "openai", "url": url, "model": model,
+                                                                     **record}]})
     yield from openai_generate(base_url, model, jobs, cfg, api_key=api_key, max_retries=max_retries,
                                timeout=timeout, logprobs=logprobs)
 

@@ -117,14 +117,16 @@ def sample_cmd(
 
     from deltalens.behavior.sampling import sample, sampling_record_path
 
+    from deltalens.results import read_json
+
     record = sampling_record_path(out)
-    before = record.stat().st_mtime_ns if record.is_file() else None
+    runs_before = len(read_json(record).get("runs", [])) if record.is_file() else 0
     rows = sample(model, problems, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                   seed=seed, batch_size=batch_size, stop=stop or None, backend=backend, out=out,
                   model_name=model_name, verifier=verify, device=device, dtype=dtype, base_url=base_url,
                   api_key=os.environ.get("OPENAI_API_KEY"), progress=True, check_server=not no_server_check,
                   backend_options={"tensor_parallel_size": tensor_parallel_size} if backend == "vllm" else None)
-    if record.is_file() and record.stat().st_mtime_ns != before:
+    if record.is_file() and len(read_json(record).get("runs", [])) > runs_before:  # a new server check
         _print_honoured(record)
     msg = f"{len(rows)} samples in {out}"
     if verify:
