@@ -72,3 +72,13 @@ def test_write_folder_is_all_or_nothing(tmp_path):
     (stale / "x").write_text("x")
     assert remove_stale_temps(tmp_path) == [stale] and not stale.exists() and dest.is_dir()
     assert oct(os.stat(dest).st_mode & 0o777) != oct(0o700)  # the umask's mode, not mkdtemp's private one
+
+
+def test_model_names_of_checkpoint_folders_keep_their_run(tmp_path):
+    from deltalens.models import model_name
+
+    assert model_name(tmp_path / "runs" / "sft" / "seed0" / "step-000016") == "sft/seed0/step-000016"
+    assert model_name(tmp_path / "grpo" / "checkpoint-500") == "grpo/checkpoint-500"
+    assert model_name(tmp_path / "grpo" / "final") == "grpo/final"
+    assert model_name(tmp_path / "Qwen2.5-1.5B") == "Qwen2.5-1.5B"
+    assert model_name(tmp_path / "sft" / "seed0" / "step-000016") != model_name(tmp_path / "rft" / "seed0" / "step-000016")

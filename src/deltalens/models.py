@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from deltalens.errors import DeltalensError
@@ -17,7 +18,8 @@ def load_model(source, tokenizer=None, *, device: str | None = None, dtype: str 
     tokenizer is a :class:`DeltalensError`. A loaded module is used as is (moved only when
     ``device`` is given); it needs ``tokenizer=`` unless ``need_tokenizer=False`` (a generic
     ``nn.Module`` fed ready-made batches). The model is put in eval mode; a tokenizer without a
-    pad token pads with its eos token. ``name`` is the folder's name or the module's.
+    pad token pads with its eos token. ``name``: :func:`model_name` of the folder, or the module's
+    ``name_or_path``.
     """
     import torch
 
@@ -39,7 +41,7 @@ def load_model(source, tokenizer=None, *, device: str | None = None, dtype: str 
                     f"{path}: no usable tokenizer in the model folder (expected tokenizer.json or tokenizer_config.json "
                     f"with its vocabulary; save the tokenizer of the model it was trained from there; {_first_line(exc)})"
                 ) from None
-        name = path.resolve().name
+        name = model_name(path)
     else:
         model = source
         if tokenizer is None and need_tokenizer:
@@ -53,6 +55,24 @@ def load_model(source, tokenizer=None, *, device: str | None = None, dtype: str 
     if tokenizer is not None and tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, name
+
+
+#: folder names that say which checkpoint, not which model (``step-000016``, ``checkpoint-500``, ``seed0``, ``final``)
+_GENERIC = re.compile(r"^(?:(?:checkpoint|step|global_step|iter|epoch|seed|run)[-_]?\d+|final|latest|best|last|master|"
+                      r"release|model|hf|merged)$", re.IGNORECASE)
+
+
+def model_name(path: str | os.PathLike) -> str:
+    """The name a model folder is recorded under: its folder name, with parent folders prefixed
+    while the name so far is only a checkpoint's (``runs/sft/seed0/step-000016`` →
+    ``sft/seed0/step-000016``), so two runs' final checkpoints do not share a name."""
+    parts = Path(path).resolve().parts
+    name = [parts[-1]]
+    for parent in reversed(parts[:-1]):
+        if not all(_GENERIC.match(p) for p in name) or parent == Path(parent).anchor:
+            break
+        name.insert(0, parent)
+    return "/".join(name)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -113,7 +113,7 @@ def check_server(url: str, model: str, problems, cfg, *, post) -> dict:
     a probability of at most ``IDENTICAL_PROBABILITY_LIMIT`` (or returns no log-probabilities to
     tell): the server decodes greedily whatever is asked.
     """
-    from deltalens.behavior.sampling import sample_seed
+    from deltalens.behavior.backend import sample_seed
 
     probes = list(problems)[:PROBE_PROBLEMS]
     max_tokens = min(cfg.max_new_tokens, PROBE_TOKENS)
@@ -177,7 +177,7 @@ def openai_generate(base_url: str, model: str, jobs, cfg, *, api_key: str | None
                     timeout: float = 120.0, backoff: float = 0.5, logprobs: bool = True) -> Iterator[list[dict]]:
     """Yield batches of sample rows for ``jobs`` = [(problem, [sample_index, ...]), ...]; ``logprobs``:
     ask for token log-probabilities (as :func:`check_server` found the server takes them)."""
-    from deltalens.behavior.sampling import _row_batches, sample_seed
+    from deltalens.behavior.backend import row_batches, sample_seed
 
     url = completions_url(base_url)
 
@@ -187,6 +187,6 @@ def openai_generate(base_url: str, model: str, jobs, cfg, *, api_key: str | None
         return {"id": problem.id, "sample_index": j, **parse_completion(reply, url)}
 
     with ThreadPoolExecutor(max_workers=cfg.batch_size) as pool:
-        for batch in _row_batches(jobs, cfg.batch_size):
+        for batch in row_batches(jobs, cfg.batch_size):
             futures = [pool.submit(one, p, j) for p, idxs in batch for j in idxs]
             yield [f.result() for f in futures]

@@ -18,44 +18,14 @@ distribution (temperature 1, no top-p), i.e. log π(completion | prompt).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from deltalens.behavior.backend import SamplingConfig, row_batches, sample_seed  # noqa: F401 (re-exported)
 from deltalens.errors import DeltalensError
 from deltalens.models import load_model  # noqa: F401 (re-exported)
 
 BACKENDS = ("hf", "openai", "vllm")
-
-
-@dataclass
-class SamplingConfig:
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    seed: int = 0
-    batch_size: int = 64  # rows decoded together (hf); requests in flight (openai)
-    stop: list[str] = field(default_factory=list)
-
-    def check(self) -> None:
-        if self.n < 1:
-            raise DeltalensError(f"-n must be at least 1, got {self.n}")
-        if self.temperature < 0:
-            raise DeltalensError(f"--temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise DeltalensError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise DeltalensError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise DeltalensError(f"--batch-size must be at least 1, got {self.batch_size}")
-
-
-def sample_seed(seed: int, problem_id: str, sample_index: int) -> int:
-    """A 63-bit seed for one sample, stable across runs, platforms and batchings."""
-    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{sample_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -104,7 +74,7 @@ def hf_generate(model, tokenizer, jobs, cfg: SamplingConfig) -> Iterator[list[di
 
     device = next(model.parameters()).device
     stops = set(eos_ids(model, tokenizer))
-    for batch in _row_batches(jobs, cfg.batch_size):
+    for batch in row_batches(jobs, cfg.batch_size):
         prompts = [p for p, _ in batch]
         ids, mask = left_pad([tokenizer(p.prompt)["input_ids"] for p in prompts], tokenizer.pad_token_id, device)
         pos = (mask.cumsum(-1) - 1).clamp_(min=0)
@@ -197,23 +167,6 @@ def _finish_row(tokenizer, problem, j, toks, logprob, finish, stops, stop_string
             "finish_reason": finish, "logprob": logprob, "token_ids": toks}
 
 
-def _row_batches(jobs, batch_size: int):
-    """Split [(problem, indices)] into batches of at most ``batch_size`` rows."""
-    batch, size = [], 0
-    for problem, idxs in jobs:
-        idxs = list(idxs)
-        while idxs:
-            take = idxs[: batch_size - size]
-            idxs = idxs[len(take):]
-            batch.append((problem, take))
-            size += len(take)
-            if size == batch_size:
-                yield batch
-                batch, size = [], 0
-    if batch:
-        yield batch
-
-
 def _existing(out: Path, model_name: str, problem_ids: set[str]) -> dict[str, set[int]]:
     from deltalens.behavior.formats import read_samples
 
@@ -247,6 +200,7 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     ``OUT.sampling.json``.
     """
     from deltalens.behavior.formats import as_problems
+    from deltalens.progress import counter
     from deltalens.results import append_jsonl, check_output_file
 
     if backend not in BACKENDS:
@@ -271,7 +225,9 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     else:
         from deltalens.behavior.vllm_backend import vllm_generate
 
-        default_name = Path(str(model_or_path)).name
+        from deltalens.models import model_name
+
+        default_name = model_name(str(model_or_path))
         gen = lambda jobs: vllm_generate(str(model_or_path), jobs, cfg, **(backend_options or {}))  # noqa: E731
     name = model_name or default_name
 
@@ -292,7 +248,7 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     new_rows: list[dict] = []
     total = sum(len(i) for _, i in jobs)
     try:
-        with _progress(progress, total, f"sampling {name} ({backend})") as tick:
+        with counter(f"sampling {name} ({backend})", total, enabled=progress) as tick:
             for rows in gen(jobs):
                 for r in rows:
                     r["model"] = name
@@ -368,22 +324,3 @@ def _openai_checked(base_url, model, problems, jobs, cfg, *, out, check: bool, a
                                timeout=timeout, logprobs=logprobs)
 
 
-class _progress:
-    """A rich progress bar counting finished samples (or nothing when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, description: str):
-        self.enabled, self.total, self.description = enabled, total, description
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda k: None
-        from rich.progress import Progress
-
-        self._p = Progress()
-        self._p.start()
-        task = self._p.add_task(self.description, total=self.total)
-        return lambda k: self._p.advance(task, k)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._p.stop()

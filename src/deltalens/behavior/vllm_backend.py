@@ -20,7 +20,7 @@ def vllm_generate(model_path: str, jobs, cfg, *, problems_per_call: int = 256, *
         from vllm import LLM, SamplingParams
     except ImportError:
         raise DeltalensError("--backend vllm needs the optional extra: pip install 'deltalens[vllm]'") from None
-    from deltalens.behavior.sampling import sample_seed
+    from deltalens.behavior.backend import sample_seed
 
     llm = LLM(model=model_path, seed=cfg.seed, **engine_kwargs)
     for start in range(0, len(jobs), problems_per_call):

@@ -105,7 +105,7 @@ def sample_cmd(
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     backend: str = typer.Option("hf", "--backend", help="hf | vllm | openai."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name recorded in the samples (default: folder name)."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name recorded in the samples (default: the folder name, with parent folders while it names only a checkpoint: sft/seed0/step-000016)."),
     verify: Optional[str] = typer.Option(None, "--verify", help="Verify while sampling: numeric | math-verify | module:function."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (hf)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (hf)."),

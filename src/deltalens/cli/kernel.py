@@ -23,11 +23,11 @@ def _progress():
     kernel and an error stays one line.
     """
     from transformers.utils import logging as hf_logging
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from deltalens.progress import bar as progress_bar
 
     hf_logging.disable_progress_bar()
     tasks: dict[str, int] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True) as bar:
+    with progress_bar(transient=True) as bar:
 
         def update(label: str, done: int, total: int) -> None:
             if label not in tasks:

@@ -450,7 +450,7 @@ def run_lab(
     the named stage (``"base"``, ``"arms"``, ``"analyses"``, ...).
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from deltalens.progress import bar as progress_bar
 
     cfg = config or (quick_config(base) if quick else default_config(base, device))
     cfg = replace(cfg, device=device).with_seeds(seeds) if config is None else cfg.with_seeds(seeds)
@@ -471,8 +471,7 @@ def run_lab(
     write_json(lab_json, {"run_hash": run_hash(cfg), "base_hash": base_hash(cfg), "config": asdict(cfg)})
     console = console or Console(stderr=True)
     _quiet_library_progress_bars()
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not show_progress)
+    progress = progress_bar(console=console, enabled=show_progress)
     run = LabRun(out, cfg, cache, progress)
     timings: dict[str, float | str] = {}
     plan = stage_names(cfg)

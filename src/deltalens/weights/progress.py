@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 _BYTES = {"float64": 8, "float32": 4, "int64": 8, "int32": 4}
 
 
@@ -22,22 +20,16 @@ class TensorProgress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
+            from deltalens.progress import bar
 
-            self._progress = Progress(
-                TextColumn("[bold]{task.fields[label]}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeRemainingColumn(), TextColumn("{task.description}"),
-                console=Console(file=sys.stderr), transient=False,
-            )
+            self._progress = bar(unit="bytes")
             self._progress.start()
-            self._task = self._progress.add_task("", total=self.total, label=self.label)
+            self._task = self._progress.add_task(self.label, total=self.total)
         return self
 
     def describe(self, name: str) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, description=name)
+            self._progress.update(self._task, description=f"{self.label}: {name}")
 
     def advance(self, pair) -> None:
         if self._progress is not None:

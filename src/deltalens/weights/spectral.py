@@ -536,21 +536,9 @@ def spectral_metrics(
     k_ov = min(overlap_k, n)
     k_max = max(ks)
     k_v0 = max(k_max, k_ov if want_frame else 0)
-    if exact:
-        fr = _frame_exact(a0, a1, k_max, k_v0, want_frame, dev)
-    elif n <= (FULL_FRAME_MAX if full_max is None else full_max):
-        fr = _frame_fast(a0, a1, k_max, k_v0, want_frame, dev)
-    else:
-        fr = _frame_topq(a0, a1, ks, max(k_max, k_ov), want_frame, dev, max_iter=max_iter,
-                         delta_spectral=delta_spectral, delta=None if delta is None else (delta.T if transposed else delta))
-        need = [k for k, e in fr.angle_errors.items() if e > TOL_DEG and not _gap_limited(fr, k)]
-        if need and n <= GRAM_ESCALATE_MAX:  # a subspace that is defined but not resolved: the exact Gram frame
-            why = (f"escalated from top-{max(k_max, k_ov)}: estimated angle error "
-                   + ", ".join(f"{fr.angle_errors[k]:.2g}° at k={k}" for k in need) + f" > {TOL_DEG}°")
-            fr = _frame_fast(a0, a1, k_max, k_v0, want_frame, dev)
-            fr.method["route"] = f"full ({why})"
-    scope = "full" if fr.scope is None else f"top-{fr.scope}"
-
+    fr = _choose_frame(a0, a1, ks, k_ov, k_v0, want_frame, dev, exact=exact, full_max=full_max, max_iter=max_iter,
+                       delta_spectral=delta_spectral,
+                       delta=None if delta is None else (delta.T if transposed else delta))
     by_k: dict[str, dict] = {str(k): {} for k in ks}
     out: dict = {"by_k": by_k}
     method = dict(fr.method)
@@ -559,75 +547,112 @@ def spectral_metrics(
         "; computed on the transpose (m < n)" if transposed else ""
     )
     if "spectral" in groups:
-        ortho = fr.ritz is not None  # Ritz vectors are orthonormal to float64 rounding: skip the QR
-        for k in ks:
-            with lapack_one_thread(fr.u0):
-                rows = angle_summary_deg(principal_angles(fr.u0[:, :k], fr.u1[:, :k], orthonormal=ortho))
-                cols = angle_summary_deg(principal_angles(fr.v0[:, :k], fr.v1[:, :k], orthonormal=ortho))
-            left, right = (cols, rows) if transposed else (rows, cols)
-            gap = spectral_gap(fr.s0, k)
-            bound = wedin_bound(fr.delta_spectral, gap)
-            by_k[str(k)].update(
-                angles_left_deg=left["all"], angles_right_deg=right["all"],
-                angle_max_left_deg=left["max"], angle_max_right_deg=right["max"],
-                angle_mean_left_deg=left["mean"], angle_mean_right_deg=right["mean"],
-                gap_k=gap, wedin_bound=bound if math.isfinite(bound) else None, gap_limited=bool(bound > 1.0),
-            )
-            if fr.angle_errors is not None:
-                err = fr.angle_errors[k]
-                by_k[str(k)]["angle_error_deg"] = err
-                by_k[str(k)]["unresolved"] = bool(err > TOL_DEG)
-            else:
-                by_k[str(k)]["unresolved"] = False
-        s0, s1 = (fr.s0, fr.s1) if fr.nss_pair is None else fr.nss_pair
-        out["nss"] = normalized_spectrum_shift(s0, s1)
-        out["nss_scope"] = scope
-        method["gap_limited"] = "Wedin bound ‖Δ‖₂/gap_k > 1 (None bound = zero gap)"
-        method["unresolved"] = (f"top-q route only: the angles' estimated error exceeds {TOL_DEG}° (left out of "
-                                "aggregates, plots and claims, and counted)")
+        out.update(_spectral_fields(fr, ks, transposed, by_k, method))
     if want_frame:
-        energies = {}
-        for k in sorted(set(ks) | ({fr.scope} if fr.scope else set())):
-            pp = float(fr.cross[:k, :k].square().sum())
-            p_rows = float(fr.row_energy[:k].sum())
-            p_cols = float(fr.col_energy[:k].sum())
-            energies[k] = (pp, p_rows, p_cols)
-            if str(k) in by_k:
-                p_left, p_right = (p_cols, p_rows) if transposed else (p_rows, p_cols)
-                by_k[str(k)]["block_shares"] = block_shares(pp, p_left, p_right, fr.delta_fro2, k, m_orig, n_orig)
-        share = rescale_share(fr.diag_d, fr.delta_fro2)
-        base = rescale_baseline(m_orig, n_orig, fr.scope)
-        if fr.scope is None:
-            upper = share
-        else:
-            pp, p_rows, p_cols = energies[fr.scope]
-            upper = rescale_share_upper(fr.diag_d, fr.delta_fro2 - p_rows - p_cols + pp, fr.delta_fro2)
-        out.update(rescale_share=share, rescale_share_upper=upper, rescale_scope=scope, rescale_baseline=base,
-                   rescale_ratio=None if share is None else share / base)
-        if changed is None:
-            mask = bitwise_changed(w0, w1)
-            method["mask"] = f"bitwise w0 != w1 in the given dtype ({w0.dtype})"
-        else:
-            mask = changed
-            method["mask"] = "bitwise update mask given by the caller (stored dtype)"
-        v_ov = fr.v0[:, :k_ov]
-        if fr.scope is None:
-            left_ov = chunked_matmul(a0, v_ov.to(torch.float32), device=dev)
-        else:
-            left_ov = fr.u0[:, :k_ov] * fr.s0[:k_ov].to(fr.u0.device)
-        # in the stored orientation (row chunks of the tensor as given; ties in its flat order):
-        # the reconstruction of W0 = (left V_kᵀ)ᵀ = V_k leftᵀ when the frame is of the transpose
-        factors = (v_ov, left_ov) if transposed else (left_ov, v_ov)
-        hits_p, hits_l, size = _overlaps(w0, mask, *factors, overlap_alpha, dev)
-        out.update(
-            principal_overlap=mask_overlap(hits_p, size), low_overlap=mask_overlap(hits_l, size),
-            overlap_baseline=overlap_alpha,
-        )
-        method["overlap"] = (
-            f"top/bottom alpha={overlap_alpha} (ceil(alpha·mn) entries, exact selection) of |rank-{k_ov} "
-            f"reconstruction of W0| (float32) and of |W0|"
-        )
+        out.update(_frame_fields(fr, ks, transposed, by_k, method, w0, w1, a0, changed, (m_orig, n_orig), k_ov,
+                                 overlap_alpha, dev))
     out["method"] = method
+    return out
+
+
+def _choose_frame(a0, a1, ks, k_ov, k_v0, want_frame, dev, *, exact, full_max, max_iter, delta_spectral,
+                  delta) -> _Frame:
+    """The route: exact SVDs; the float64 Gram frame up to ``full_max``; else the top-q route,
+    escalated to the Gram frame when a well-posed k stays unresolved and n ≤ GRAM_ESCALATE_MAX."""
+    n = a0.shape[1]
+    k_max = max(ks)
+    if exact:
+        return _frame_exact(a0, a1, k_max, k_v0, want_frame, dev)
+    if n <= (FULL_FRAME_MAX if full_max is None else full_max):
+        return _frame_fast(a0, a1, k_max, k_v0, want_frame, dev)
+    fr = _frame_topq(a0, a1, ks, max(k_max, k_ov), want_frame, dev, max_iter=max_iter,
+                     delta_spectral=delta_spectral, delta=delta)
+    need = [k for k, e in fr.angle_errors.items() if e > TOL_DEG and not _gap_limited(fr, k)]
+    if need and n <= GRAM_ESCALATE_MAX:  # a subspace that is defined but not resolved: the exact Gram frame
+        why = (f"escalated from top-{max(k_max, k_ov)}: estimated angle error "
+               + ", ".join(f"{fr.angle_errors[k]:.2g}° at k={k}" for k in need) + f" > {TOL_DEG}°")
+        fr = _frame_fast(a0, a1, k_max, k_v0, want_frame, dev)
+        fr.method["route"] = f"full ({why})"
+    return fr
+
+
+def _spectral_fields(fr: _Frame, ks, transposed: bool, by_k: dict, method: dict) -> dict:
+    """SPEC §4 from a frame: per k the principal angles, gap, Wedin bound, flags (into ``by_k``); NSS."""
+    ortho = fr.ritz is not None  # Ritz vectors are orthonormal to float64 rounding: skip the QR
+    for k in ks:
+        with lapack_one_thread(fr.u0):
+            rows = angle_summary_deg(principal_angles(fr.u0[:, :k], fr.u1[:, :k], orthonormal=ortho))
+            cols = angle_summary_deg(principal_angles(fr.v0[:, :k], fr.v1[:, :k], orthonormal=ortho))
+        left, right = (cols, rows) if transposed else (rows, cols)
+        gap = spectral_gap(fr.s0, k)
+        bound = wedin_bound(fr.delta_spectral, gap)
+        by_k[str(k)].update(
+            angles_left_deg=left["all"], angles_right_deg=right["all"],
+            angle_max_left_deg=left["max"], angle_max_right_deg=right["max"],
+            angle_mean_left_deg=left["mean"], angle_mean_right_deg=right["mean"],
+            gap_k=gap, wedin_bound=bound if math.isfinite(bound) else None, gap_limited=bool(bound > 1.0),
+        )
+        if fr.angle_errors is not None:
+            err = fr.angle_errors[k]
+            by_k[str(k)]["angle_error_deg"] = err
+            by_k[str(k)]["unresolved"] = bool(err > TOL_DEG)
+        else:
+            by_k[str(k)]["unresolved"] = False
+    s0, s1 = (fr.s0, fr.s1) if fr.nss_pair is None else fr.nss_pair
+    method["gap_limited"] = "Wedin bound ‖Δ‖₂/gap_k > 1 (None bound = zero gap)"
+    method["unresolved"] = (f"top-q route only: the angles' estimated error exceeds {TOL_DEG}° (left out of "
+                            "aggregates, plots and claims, and counted)")
+    return {"nss": normalized_spectrum_shift(s0, s1), "nss_scope": _scope(fr)}
+
+
+def _scope(fr: _Frame) -> str:
+    return "full" if fr.scope is None else f"top-{fr.scope}"
+
+
+def _frame_fields(fr: _Frame, ks, transposed: bool, by_k: dict, method: dict, w0, w1, a0, changed, shape, k_ov: int,
+                  overlap_alpha: float, dev) -> dict:
+    """SPEC §5 from a frame: block shares per k (into ``by_k``), rescale share and its bounds, and the
+    principal/low overlaps of the update mask."""
+    m_orig, n_orig = shape
+    energies = {}
+    for k in sorted(set(ks) | ({fr.scope} if fr.scope else set())):
+        pp = float(fr.cross[:k, :k].square().sum())
+        p_rows = float(fr.row_energy[:k].sum())
+        p_cols = float(fr.col_energy[:k].sum())
+        energies[k] = (pp, p_rows, p_cols)
+        if str(k) in by_k:
+            p_left, p_right = (p_cols, p_rows) if transposed else (p_rows, p_cols)
+            by_k[str(k)]["block_shares"] = block_shares(pp, p_left, p_right, fr.delta_fro2, k, m_orig, n_orig)
+    share = rescale_share(fr.diag_d, fr.delta_fro2)
+    base = rescale_baseline(m_orig, n_orig, fr.scope)
+    if fr.scope is None:
+        upper = share
+    else:
+        pp, p_rows, p_cols = energies[fr.scope]
+        upper = rescale_share_upper(fr.diag_d, fr.delta_fro2 - p_rows - p_cols + pp, fr.delta_fro2)
+    out = dict(rescale_share=share, rescale_share_upper=upper, rescale_scope=_scope(fr), rescale_baseline=base,
+               rescale_ratio=None if share is None else share / base)
+    if changed is None:
+        mask = bitwise_changed(w0, w1)
+        method["mask"] = f"bitwise w0 != w1 in the given dtype ({w0.dtype})"
+    else:
+        mask = changed
+        method["mask"] = "bitwise update mask given by the caller (stored dtype)"
+    v_ov = fr.v0[:, :k_ov]
+    if fr.scope is None:
+        left_ov = chunked_matmul(a0, v_ov.to(torch.float32), device=dev)
+    else:
+        left_ov = fr.u0[:, :k_ov] * fr.s0[:k_ov].to(fr.u0.device)
+    # in the stored orientation (row chunks of the tensor as given; ties in its flat order):
+    # the reconstruction of W0 = (left V_kᵀ)ᵀ = V_k leftᵀ when the frame is of the transpose
+    factors = (v_ov, left_ov) if transposed else (left_ov, v_ov)
+    hits_p, hits_l, size = _overlaps(w0, mask, *factors, overlap_alpha, dev)
+    out.update(principal_overlap=mask_overlap(hits_p, size), low_overlap=mask_overlap(hits_l, size),
+               overlap_baseline=overlap_alpha)
+    method["overlap"] = (
+        f"top/bottom alpha={overlap_alpha} (ceil(alpha·mn) entries, exact selection) of |rank-{k_ov} "
+        f"reconstruction of W0| (float32) and of |W0|"
+    )
     return out
 
 
