@@ -212,23 +212,10 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     if out is not None:
         check_output_file(out, what="samples file")
 
-    if backend == "hf":
-        model, tokenizer, default_name = load_model(model_or_path, tokenizer, device=device, dtype=dtype)
-        gen = lambda jobs: hf_generate(model, tokenizer, jobs, cfg)  # noqa: E731
-    elif backend == "openai":
-        if not base_url:
-            raise DeltalensError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        default_name = str(model_or_path)
-        gen = lambda jobs: _openai_checked(  # noqa: E731
-            base_url, str(model_or_path), probs, jobs, cfg, out=out, check=check_server,
-            api_key=api_key, max_retries=max_retries, timeout=request_timeout)
-    else:
-        from deltalens.behavior.vllm_backend import vllm_generate
-
-        from deltalens.models import model_name
-
-        default_name = model_name(str(model_or_path))
-        gen = lambda jobs: vllm_generate(str(model_or_path), jobs, cfg, **(backend_options or {}))  # noqa: E731
+    gen, default_name = _backend(backend, model_or_path, tokenizer, probs, cfg, out=out, device=device, dtype=dtype,
+                                 base_url=base_url, api_key=api_key, max_retries=max_retries,
+                                 request_timeout=request_timeout, check_server=check_server,
+                                 backend_options=backend_options)
     name = model_name or default_name
 
     done = _existing(Path(out), name, {p.id for p in probs}) if out is not None else {}
@@ -270,6 +257,26 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     from deltalens.behavior.formats import read_samples
 
     return [r for rs in read_samples(out).by_id.values() for r in rs]
+
+
+def _backend(backend, model_or_path, tokenizer, probs, cfg, *, out, device, dtype, base_url, api_key, max_retries,
+             request_timeout, check_server, backend_options):
+    """``(generate(jobs) -> batches of rows, default model name)`` of one backend."""
+    from deltalens.models import model_name
+
+    if backend == "hf":
+        model, tokenizer, default_name = load_model(model_or_path, tokenizer, device=device, dtype=dtype)
+        return (lambda jobs: hf_generate(model, tokenizer, jobs, cfg)), default_name
+    if backend == "openai":
+        if not base_url:
+            raise DeltalensError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        return (lambda jobs: _openai_checked(base_url, str(model_or_path), probs, jobs, cfg, out=out, check=check_server,
+                                             api_key=api_key, max_retries=max_retries, timeout=request_timeout)
+                ), str(model_or_path)
+    from deltalens.behavior.vllm_backend import vllm_generate
+
+    return (lambda jobs: vllm_generate(str(model_or_path), jobs, cfg, **(backend_options or {}))
+            ), model_name(str(model_or_path))
 
 
 def sampling_record_path(out) -> Path:

@@ -104,7 +104,8 @@ def render_overlap(result: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the app."""
+    """Add this area's commands to the app. (Long only because typer declares each command's
+    options in its signature; the bodies call the library.)"""
 
     @app.command()
     def diff(
