@@ -74,3 +74,20 @@ def test_gates_pass_on_a_planted_rise_and_fail_without_one():
     ch = paired_change(before, noise)
     assert ch["ci"][0] < 0 < ch["ci"][1]
     assert ch["change"] == pytest.approx(np.mean(noise) - np.mean(before))
+
+
+def test_each_objective_is_gated_and_tuned_on_its_own_dev_metric():
+    from deltalens.lab.gates import dev_kind, dev_targets
+
+    assert [dev_kind(o) for o in ("grpo", "sft", "rft")] == ["reward", "loss", "loss"]
+    assert [dev_kind(o, "smollm2") for o in ("grpo", "sft", "rft")] == ["reward", "loss", "reward"]
+    # the loss kind's targets are the SFT demonstrations: the bare answer on the tiny lab, the
+    # teacher's worked solution on the chat task (the SFT arm never trains on the bare number there)
+    add = {"task": "add", "prompt": "12+30=", "answer": "42"}
+    word = {"task": "word-arith", "prompt": "Mia has 23 ...", "answer": "42", "work": "23 + 19"}
+    assert dev_targets([add, word]) == ["42", "23 + 19 = 42. The answer is 42."]
+    rng = np.random.default_rng(2)
+    before = list(rng.random(50))
+    after = [b - 0.2 for b in before]
+    assert gate("rft", before, after, kind="reward")["passed"] is False  # a reward that fell
+    assert gate("rft", before, after)["passed"] is True  # a loss that fell

@@ -288,12 +288,6 @@ def arm_config(run: LabRun, arm: str):
     return replace(run.cfg.arm, **chosen)
 
 
-def dev_targets(problems: list[dict]) -> list[str]:
-    from deltalens.lab.arms import sft_target
-
-    return [sft_target(p) for p in problems]
-
-
 def stage_tune(run: LabRun) -> dict:
     """Each objective's learning rate from its own dev metric (:mod:`deltalens.lab.tuning`), cached per base."""
     from deltalens.lab.arms import sft_rows
@@ -360,23 +354,21 @@ def stage_gates(run: LabRun) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from deltalens.lab.gates import dev_loss, dev_reward, format_share, gate
+    from deltalens.lab.gates import dev_kind, dev_scores, format_share, gate
 
     dev = run.problems("target_dev")
-    targets = dev_targets(dev)
     acfg = run.cfg.arm
 
     def load(path):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(run.cfg.device).eval()
 
-    def metric(arm, model):
-        if arm == "grpo":
-            return dev_reward(model, run.tokenizer, dev, max_new_tokens=acfg.max_completion_length,
-                              temperature=acfg.temperature, n=run.cfg.dev_samples)
-        return dev_loss(model, run.tokenizer, dev, targets)
+    def metric(kind, model):
+        return dev_scores(kind, model, run.tokenizer, dev, max_new_tokens=acfg.max_completion_length,
+                          temperature=acfg.temperature, n=run.cfg.dev_samples)
 
+    kinds = {arm: dev_kind(arm, run.cfg.base) for arm in run.cfg.arms if arm != "grpo-random"}
     base = load(run.base_master)
-    before = {kind: metric(kind, base) for kind in ("grpo", "sft")}
+    before = {kind: metric(kind, base) for kind in sorted(set(kinds.values()))}
     task_id = run.task("gates: dev metric after training", len(run.cfg.arms) * run.cfg.seeds)
     gates: dict = {}
     for arm in run.cfg.arms:
@@ -385,10 +377,10 @@ def stage_gates(run: LabRun) -> dict:
                 gates.setdefault(arm, {})[str(seed)] = gate(arm, [], [])
             else:
                 model = load(run.final_master(arm, seed))
-                kind = "grpo" if arm == "grpo" else "sft"
                 fmt = (format_share(model, run.tokenizer, dev, max_new_tokens=acfg.max_completion_length)
                        if arm == "sft" and run.cfg.base == "tiny" else None)
-                gates.setdefault(arm, {})[str(seed)] = gate(arm, before[kind], metric(arm, model), fmt)
+                gates.setdefault(arm, {})[str(seed)] = gate(arm, before[kinds[arm]], metric(kinds[arm], model), fmt,
+                                                            kind=kinds[arm])
             run.advance(task_id)
     write_json(run.out / "gates.json", gates)
     return {"passed": {arm: [g["passed"] for g in per.values()] for arm, per in gates.items()}}

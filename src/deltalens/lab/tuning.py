@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from deltalens.lab.gates import dev_kind
+
 LR_GRID = {"sft": (1e-5, 3e-5, 1e-4), "rft": (1e-5, 3e-5, 1e-4), "grpo": (5e-5, 1e-4, 2e-4)}
 #: ``--quick`` searches the upper two candidates only (the smallest rate never won a 24-step run
 #: while this grid was built; the quick budget has no room for a third training per objective)
@@ -37,6 +39,8 @@ def grid(objective: str, quick: bool, base: str = "tiny") -> tuple[float, ...]:
     if base == "smollm2":
         return SMOLLM2_GRID[objective]
     return (QUICK_GRID if quick else LR_GRID)[objective]
+
+
 TUNE_SEED = 1000
 #: which arm uses which objective's setting
 OBJECTIVE = {"sft": "sft", "rft": "rft", "grpo": "grpo", "grpo-random": "grpo"}
@@ -46,23 +50,24 @@ def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bo
                dev_samples: int = 16) -> str:
     blob = {"base": base_hash, "arm": asdict(arm_cfg), "objective": objective, "grid": grid(objective, quick, base),
             "dev": dev_ids, "seed": TUNE_SEED, "v": 1}
-    if dev_samples != 16:  # keys of runs made before the sample count was a setting stay valid
+    if base != "tiny":  # the tiny lab's keys (and cached choices) predate these settings and stay valid
         blob["dev_samples"] = dev_samples
+        blob["dev_metric"] = dev_kind(objective, base)
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def dev_metric(objective: str, model, tokenizer, dev: list[dict], arm_cfg, dev_samples: int = 16) -> float:
-    """The objective's own dev metric as a number to maximise (dev reward, or minus dev loss)."""
+def dev_metric(objective: str, model, tokenizer, dev: list[dict], arm_cfg, dev_samples: int = 16,
+               base: str = "tiny") -> float:
+    """The objective's own dev metric (:func:`deltalens.lab.gates.dev_kind`) as a number to
+    maximise: the dev mean reward, or minus the dev loss on the targets."""
     import numpy as np
 
-    from deltalens.lab.gates import dev_loss, dev_reward
-    from deltalens.lab.tasks import base_completion
+    from deltalens.lab.gates import dev_scores
 
-    if objective == "grpo":
-        return float(np.mean(dev_reward(model, tokenizer, dev, max_new_tokens=arm_cfg.max_completion_length,
-                                        temperature=arm_cfg.temperature, n=dev_samples)))
-    return -float(np.mean(dev_loss(model, tokenizer, dev, [base_completion(p) for p in dev])))
+    kind = dev_kind(objective, base)
+    scores = dev_scores(kind, model, tokenizer, dev, max_new_tokens=arm_cfg.max_completion_length,
+                        temperature=arm_cfg.temperature, n=dev_samples)
+    return float(np.mean(scores)) * (1.0 if kind == "reward" else -1.0)
 
 
 def select(objective: str, *, rows: list[dict], dev: list[dict], base_dir: Path, tokenizer, arm_cfg, device: str,
@@ -78,10 +83,11 @@ def select(objective: str, *, rows: list[dict], dev: list[dict], base_dir: Path,
             model, history = train_arm(arm, base_dir=base_dir, tokenizer=tokenizer, rows=rows, cfg=cfg, seed=TUNE_SEED,
                                        out_dir=Path(tmp), device=device)
             shutil.rmtree(Path(tmp) / "trainer", ignore_errors=True)
-        score = dev_metric(objective, model, tokenizer, dev, cfg, dev_samples)
+        score = dev_metric(objective, model, tokenizer, dev, cfg, dev_samples, base)
         results.append({"learning_rate": lr, "dev_score": round(score, 6)})
         if on_candidate is not None:
             on_candidate()
     best = max(results, key=lambda r: (r["dev_score"], -r["learning_rate"]))
+    kind = dev_kind(objective, base)
     return {"objective": objective, "chosen": {"learning_rate": best["learning_rate"]}, "candidates": results,
-            "score": "dev mean reward" if objective == "grpo" else "minus dev loss on targets (nats/token)"}
+            "score": "dev mean reward" if kind == "reward" else "minus dev loss on targets (nats/token)"}
