@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 # Areas whose modules define ``register(app)``; order is the order in --help.
-COMMAND_MODULES = ("lab", "diff", "spectral", "kernel", "behavior", "report")
+COMMAND_MODULES = ("lab", "diff", "spectral", "kernel", "curvature", "behavior", "report")
 
 
 @app.command()
