@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--only", choices=["hessian", "gauss_newton"], help="only this operator's Lanczos run")
+    parser.add_argument("--products-only", action="store_true", help="time the products, skip Lanczos (large models: "
+                        "eigsh's basis is 21 x P float64)")
     args = parser.parse_args()
     model, batch = load(args)
     n_params = sum(p.numel() for p in model.parameters())
@@ -118,20 +120,26 @@ def main() -> None:
           f"{n_params} parameters, {products.n} probes, {products.rows} scored positions, {args.dtype}")
     v = torch.randn(products.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     fb = median_seconds(lambda: forward_backward(products), args.repeats)
-    started = time.perf_counter()
-    products._hessian_graphs()
-    hessian_cache = time.perf_counter() - started
-    started = time.perf_counter()
-    products._output_graphs()
-    output_cache = time.perf_counter() - started
-    hvp = median_seconds(lambda: products.hvp(v), args.repeats)
-    ggn = median_seconds(lambda: products.ggn_vp(v), args.repeats)
-    u = torch.randn(products.outputs, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    kvp = median_seconds(lambda: products.kernel_vp(u, weighted=True), args.repeats)
     print(f"one forward+backward {fb * 1e3:.1f} ms (median of {args.repeats})")
-    print(f"HVP  {hvp * 1e3:.1f} ms = {hvp / fb:.2f}x forward+backward (cache build once: {hessian_cache / fb:.2f}x)")
-    print(f"GGN-vp {ggn * 1e3:.1f} ms = {ggn / fb:.2f}x (output-graph cache once: {output_cache / fb:.2f}x)")
-    print(f"weighted logit-kernel product ({products.outputs} outputs) {kvp * 1e3:.1f} ms = {kvp / fb:.2f}x")
+    if args.only != "gauss_newton":
+        started = time.perf_counter()
+        products._hessian_graphs()
+        hessian_cache = time.perf_counter() - started
+        hvp = median_seconds(lambda: products.hvp(v), args.repeats)
+        print(f"HVP  {hvp * 1e3:.1f} ms = {hvp / fb:.2f}x forward+backward (cache build once: {hessian_cache / fb:.2f}x)")
+    if args.only != "hessian":
+        started = time.perf_counter()
+        products._output_graphs()
+        output_cache = time.perf_counter() - started
+        ggn = median_seconds(lambda: products.ggn_vp(v), args.repeats)
+        print(f"GGN-vp {ggn * 1e3:.1f} ms = {ggn / fb:.2f}x (output-graph cache once: {output_cache / fb:.2f}x)")
+    if args.only is None:
+        u = torch.randn(products.outputs, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        kvp = median_seconds(lambda: products.kernel_vp(u, weighted=True), args.repeats)
+        print(f"weighted logit-kernel product ({products.outputs} outputs) {kvp * 1e3:.1f} ms = {kvp / fb:.2f}x")
+    if args.products_only:
+        print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+        return
     operators = {"hessian": (products.hvp, "LM"), "gauss_newton": (products.ggn_vp, "LA")}
     if args.only:
         operators = {args.only: operators[args.only]}

@@ -306,26 +306,44 @@ def _write(out, report: dict, arrays: dict[str, torch.Tensor]) -> Path:
     return write_json(out / "curvature.json", report)
 
 
-def run_curvature(model, probes, *, out=None, tokenizer=None, top: int = 10, vocab: int | None = None,
-                  blocks: Sequence[str] | None = None, device: str | None = None, dtype: str = "float32",
-                  seed: int = 0, tol: float = 1e-6, k: int | None = None, chunk_size: int = 64,
-                  progress: Progress | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``deltalens curvature MODEL``: the report and arrays of :func:`curvature_report` /
-    :func:`curvature_arrays` for a model (a folder or a module) on ``{prompt, completion}`` probes
-    (a JSONL path or a list), written to ``out`` when given."""
+def _prepare(sources: Sequence, probes, *, out, tokenizer, top, vocab, device, dtype, chunk_size):
+    """Check the options and the output folder, load the models (the first one's tokenizer for
+    all), encode the probes, choose the base's top-V columns: (models, batch, n, vocab_index)."""
+    from deltalens.kernel.run import check_same_model
     from deltalens.results import check_output_dir
 
     _check(top, vocab)
     if out is not None:
         check_output_dir(out, ["curvature.json", "curvature.npz"])
-    net, tok = _load(model, device=device, dtype=dtype, tokenizer=tokenizer)
-    batch, n = _encode(net, tok, probes)
-    vocab_index = None if vocab is None else top_vocabulary(net, batch, vocab, chunk_size=chunk_size)
-    options = dict(top=top, seed=seed, tol=tol, chunk_size=chunk_size)
-    whole, products, parts = _all_blocks(net, batch, blocks, vocab_index, progress, **options)
-    products.release()
+    if len(sources) > 1:
+        check_same_model(list(sources))
+    net0, tok = _load(sources[0], device=device, dtype=dtype, tokenizer=tokenizer)
+    nets = [net0] + [_load(s, device=device, dtype=dtype, tokenizer=tok)[0] for s in sources[1:]]
+    batch, n = _encode(net0, tok, probes)
+    vocab_index = None if vocab is None else top_vocabulary(net0, batch, vocab, chunk_size=chunk_size)
+    return nets, batch, n, vocab_index
+
+
+def _measure(net, batch, n: int, vocab_index, *, blocks, vocab, k, seed, progress, **options):
+    """Whole model and blocks of one model: (whole, its products, [(block, products)], report)."""
+    whole, products, parts = _all_blocks(net, batch, blocks, vocab_index, progress, seed=seed, **options)
     report = curvature_report(net, whole, [b for b, _ in parts], n_probes=n, vocab=vocab, seed=seed, k=k)
     report.update(dtype=str(next(net.parameters()).dtype).replace("torch.", ""), seed=seed)
+    return whole, products, parts, report
+
+
+def run_curvature(model, probes, *, out=None, tokenizer=None, top: int = 10, vocab: int | None = None,
+                  blocks: Sequence[str] | None = None, device: str | None = None, dtype: str | None = "float32",
+                  seed: int = 0, tol: float = 1e-6, k: int | None = None, chunk_size: int = 64,
+                  progress: Progress | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``deltalens curvature MODEL``: the report and arrays of :func:`curvature_report` /
+    :func:`curvature_arrays` for a model (a folder or a module) on ``{prompt, completion}`` probes
+    (a JSONL path or a list), written to ``out`` when given. ``dtype=None`` keeps a module's."""
+    (net,), batch, n, vocab_index = _prepare([model], probes, out=out, tokenizer=tokenizer, top=top, vocab=vocab,
+                                             device=device, dtype=dtype, chunk_size=chunk_size)
+    whole, products, _, report = _measure(net, batch, n, vocab_index, blocks=blocks, vocab=vocab, k=k, seed=seed,
+                                          progress=progress, top=top, tol=tol, chunk_size=chunk_size)
+    products.release()
     arrays = curvature_arrays(whole)
     if out is not None:
         _write(out, report, arrays)
@@ -333,28 +351,22 @@ def run_curvature(model, probes, *, out=None, tokenizer=None, top: int = 10, voc
 
 
 def run_curvature_pair(base, tuned, probes, *, out=None, tokenizer=None, top: int = 10, vocab: int | None = None,
-                       blocks: Sequence[str] | None = None, device: str | None = None, dtype: str = "float32",
+                       blocks: Sequence[str] | None = None, device: str | None = None, dtype: str | None = "float32",
                        seed: int = 0, tol: float = 1e-6, k: int | None = None, chunk_size: int = 64,
                        progress: Progress | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """``deltalens curvature BASE TUNED``: the base's report (the single-model contract) plus
-    ``tuned`` (its spectra and angles) and ``pair`` (:func:`pair_comparison`, whole model and
-    per block). Both are scored on the base's tokenization (and with ``vocab``, on the base's
-    top-V columns). Arrays: the base's under the contract names, the tuned's as ``tuned_<kind>``."""
-    from deltalens.kernel.run import check_same_model, parameter_delta
-    from deltalens.results import check_output_dir
+    ``tuned`` (its report) and ``pair`` (:func:`pair_comparison`, whole model and per block).
+    Both are scored on the base's tokenization (and with ``vocab``, on the base's top-V columns).
+    Arrays: the base's under the contract names, the tuned's as ``tuned_<kind>``."""
+    from deltalens.kernel.run import parameter_delta
 
-    _check(top, vocab)
-    if out is not None:
-        check_output_dir(out, ["curvature.json", "curvature.npz"])
-    check_same_model([base, tuned])
-    net0, tok = _load(base, device=device, dtype=dtype, tokenizer=tokenizer)
-    net1, _ = _load(tuned, device=device, dtype=dtype, tokenizer=tok)
-    batch, n = _encode(net0, tok, probes)
-    vocab_index = None if vocab is None else top_vocabulary(net0, batch, vocab, chunk_size=chunk_size)
-    options = dict(top=top, seed=seed, tol=tol, chunk_size=chunk_size)
-    whole0, products0, parts0 = _all_blocks(net0, batch, blocks, vocab_index, progress, **options)
+    (net0, net1), batch, n, vocab_index = _prepare([base, tuned], probes, out=out, tokenizer=tokenizer, top=top,
+                                                   vocab=vocab, device=device, dtype=dtype, chunk_size=chunk_size)
+    options = dict(blocks=blocks, vocab=vocab, k=k, seed=seed, progress=progress, top=top, tol=tol,
+                   chunk_size=chunk_size)
+    whole0, products0, parts0, report = _measure(net0, batch, n, vocab_index, **options)
     products0.release()
-    whole1, products1, parts1 = _all_blocks(net1, batch, blocks, vocab_index, progress, **options)
+    whole1, products1, parts1, report["tuned"] = _measure(net1, batch, n, vocab_index, **options)
     delta = parameter_delta(net0, net1)
     flat = {b.name: torch.cat([delta[name].reshape(-1) for name in b.names]).double().cpu()
             for b in [whole0] + [b for b, _ in parts0]}
@@ -364,9 +376,6 @@ def run_curvature_pair(base, tuned, probes, *, out=None, tokenizer=None, top: in
         block_products = CurvatureProducts(net1, batch, names=b0.names, vocab_index=vocab_index, chunk_size=chunk_size)
         pair[b0.name] = pair_comparison(b0, b1, block_products, flat[b0.name], seed=seed)
         block_products.release()
-    report = curvature_report(net0, whole0, [b for b, _ in parts0], n_probes=n, vocab=vocab, seed=seed, k=k)
-    report.update(dtype=str(next(net0.parameters()).dtype).replace("torch.", ""), seed=seed)
-    report["tuned"] = curvature_report(net1, whole1, [b for b, _ in parts1], n_probes=n, vocab=vocab, seed=seed, k=k)
     report["pair"] = pair
     arrays = curvature_arrays(whole0)
     arrays.update(curvature_arrays(whole1, "tuned_"))
