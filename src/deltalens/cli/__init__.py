@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 
 # Areas whose modules define ``register(app)``; order is the order in --help.
-COMMAND_MODULES = ("lab", "diff", "kernel", "behavior", "report")
+COMMAND_MODULES = ("lab", "diff", "kernel", "curvature", "behavior", "report")
 
 
 def _print_version(value: bool) -> None:

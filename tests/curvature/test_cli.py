@@ -1,0 +1,137 @@
+"""``deltalens curvature`` end to end on tiny Llama folders: the output contract, the pair mode, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+KINDS = ("hessian", "gauss_newton", "entk_weighted", "entk_logits", "entk_logprob")
+ANGLE_KEYS = {"hessian_vs_gauss_newton", "gauss_newton_vs_entk_weighted", "gauss_newton_vs_entk_logits",
+              "gauss_newton_vs_entk_logprob"}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from deltalens.lab.tiny_model import TinyConfig, build_tiny_llama
+    from deltalens.lab.tokenizer import build_char_tokenizer
+
+    root = tmp_path_factory.mktemp("curvature_cli")
+    tok = build_char_tokenizer()
+    cfg = TinyConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=32)
+    paths = []
+    for i, scale in enumerate((0.0, 0.02)):
+        model = build_tiny_llama(cfg, tokenizer=tok, seed=0)
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(scale * torch.randn(p.shape, generator=gen))
+        model.save_pretrained(root / f"m{i}")
+        tok.save_pretrained(root / f"m{i}")
+        paths.append(root / f"m{i}")
+    probes = write_jsonl(root / "probes.jsonl", [{"prompt": f"{i}+1=", "completion": str(i + 1)} for i in range(6)])
+    return root, paths, probes
+
+
+def test_single_model_contract(folders, run_cli):
+    root, (base, _), probes = folders
+    out = root / "single"
+    code, stdout, stderr = run_cli("curvature", base, "--probes", probes, "--out", out, "--top", "3",
+                                   "--vocab", "8", "--blocks", r"layers\.\d+\.", "--blocks", "lm_head")
+    assert code == 0, stderr
+    report = json.loads((out / "curvature.json").read_text())
+    for key in ("loss", "n_params", "n_probes", "top", "vocab", "angles_deg", "blocks", *KINDS):
+        assert key in report
+    assert report["n_probes"] == 6 and report["top"] == 3 and report["vocab"] == 8
+    assert set(report["angles_deg"]) == ANGLE_KEYS == set(report["angles_baseline_deg"])
+    for key, angles in report["angles_deg"].items():
+        assert len(angles) == 3 and angles == sorted(angles)
+    arrays = np.load(out / "curvature.npz")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    n_params = sum(p.numel() for _, p in model.named_parameters())
+    assert report["n_params"] == n_params
+    for kind in KINDS:
+        row = report[kind]
+        assert len(row["eigenvalues"]) == 3 and len(row["residuals"]) == 3
+        assert [abs(x) for x in row["eigenvalues"]] == sorted((abs(x) for x in row["eigenvalues"]), reverse=True)
+        vectors = arrays[kind]
+        assert vectors.shape == (n_params, 3) and vectors.dtype == np.float64
+        np.testing.assert_allclose(vectors.T @ vectors, np.eye(3), atol=1e-6)
+    # the GN directions are eigenvectors of G: their Rayleigh quotients from the residual term are the eigenvalues
+    rayleigh = report["residual_term"]["along_gauss_newton"]["rayleigh_gauss_newton"]
+    np.testing.assert_allclose(rayleigh, report["gauss_newton"]["eigenvalues"], rtol=1e-4)
+    assert set(report["blocks"]) == {"layers.0.", "lm_head"}
+    assert report["blocks"]["lm_head"]["n_params"] == model.lm_head.weight.numel()
+    assert "pp_share" in report and "lm_head.weight" in report["pp_share"]["hessian"]["matrices"]
+    assert "hessian_vs_gauss_newton" in stdout
+
+
+def test_pair_of_identical_models_has_no_rotation(folders, run_cli):
+    root, (base, _), probes = folders
+    out = root / "same"
+    code, _, stderr = run_cli("curvature", base, base, "--probes", probes, "--out", out, "--top", "2", "--vocab", "4")
+    assert code == 0, stderr
+    pair = json.loads((out / "curvature.json").read_text())["pair"]["model"]
+    for kind in KINDS:
+        assert max(pair[kind]["angles_deg"]) < 1e-6
+        assert pair[kind]["update_share"]["share"] is None  # Δθ = 0
+    assert pair["hessian"]["curvature_change"]["rescale_share"] is None
+
+
+def test_pair_contract(folders, run_cli):
+    root, (base, tuned), probes = folders
+    out = root / "pair"
+    code, _, stderr = run_cli("curvature", base, tuned, "--probes", probes, "--out", out, "--top", "2", "--vocab", "4")
+    assert code == 0, stderr
+    report = json.loads((out / "curvature.json").read_text())
+    arrays = np.load(out / "curvature.npz")
+    assert {*KINDS, *(f"tuned_{k}" for k in KINDS)} <= set(arrays.files)
+    row = report["pair"]["model"]["gauss_newton"]
+    assert len(row["angles_deg"]) == 2 and max(row["angles_deg"]) > 0
+    assert 0.0 <= row["curvature_change"]["rescale_share"] <= 1.0
+    assert 0.0 <= row["update_share"]["share"] <= 1.0
+    v0, v1 = arrays["gauss_newton"], arrays["tuned_gauss_newton"]
+    cos = np.linalg.svd(v0.T @ v1, compute_uv=False)
+    np.testing.assert_allclose(np.sort(np.degrees(np.arccos(np.clip(cos, -1, 1)))), row["angles_deg"], atol=1e-3)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--probes", "missing.jsonl"], "file not found"),
+    (["--probes", "bad.jsonl"], "malformed JSON"),
+    (["--top", "100000"], "--top 100000"),
+    (["--top", "0"], "--top"),
+    (["--top", "7"], "probes"),
+    (["--vocab", "100000"], "--vocab 100000"),
+    (["--blocks", "("], "not a valid regular expression"),
+    (["--blocks", "no_such_parameter"], "no parameter name matches"),
+    (["--dtype", "float16"], "--dtype"),
+])
+def test_bad_input_is_one_line(folders, run_cli, args, message):
+    root, (base, _), probes = folders
+    (root / "bad.jsonl").write_text('{"prompt": "1", "completion": "2"}\n{not json\n')
+    argv = ["curvature", base, "--out", root / "bad_out", "--probes", probes, "--top", "2", *args]
+    argv = [a if a not in ("missing.jsonl", "bad.jsonl") else root / a for a in argv]
+    code, _, stderr = run_cli(*argv)
+    assert code != 0
+    assert message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (root / "bad_out" / "curvature.json").exists()
+
+
+def test_three_models_and_a_file_as_output(folders, run_cli):
+    root, (base, tuned), probes = folders
+    code, _, stderr = run_cli("curvature", base, tuned, base, "--probes", probes, "--out", root / "x")
+    assert code != 0 and "expected MODEL or BASE TUNED" in stderr
+    (root / "file_out").write_text("")
+    code, _, stderr = run_cli("curvature", base, "--probes", probes, "--out", root / "file_out")
+    assert code != 0 and "is a file" in stderr
