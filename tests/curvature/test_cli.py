@@ -91,9 +91,12 @@ def test_pair_of_identical_models_has_no_rotation(folders, run_cli):
 def test_pair_contract(folders, run_cli):
     root, (base, tuned), probes = folders
     out = root / "pair"
-    code, _, stderr = run_cli("curvature", base, tuned, "--probes", probes, "--out", out, "--top", "2", "--vocab", "4")
+    code, _, stderr = run_cli("curvature", base, tuned, "--probes", probes, "--out", out, "--top", "2", "--vocab", "4",
+                              "--blocks", "model")
     assert code == 0, stderr
     report = json.loads((out / "curvature.json").read_text())
+    assert set(report["pair"]["blocks"]) == {"model"}  # a block may be named like the whole model: kept apart
+    assert report["pair"]["blocks"]["model"]["hessian"]["angles_deg"] != report["pair"]["model"]["hessian"]["angles_deg"]
     arrays = np.load(out / "curvature.npz")
     assert {*KINDS, *(f"tuned_{k}" for k in KINDS)} <= set(arrays.files)
     row = report["pair"]["model"]["gauss_newton"]
