@@ -57,6 +57,8 @@ def load(args):
 
 
 def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls after one untimed warm-up call."""
+    fn()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -121,18 +123,15 @@ def main() -> None:
     v = torch.randn(products.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     fb = median_seconds(lambda: forward_backward(products), args.repeats)
     print(f"one forward+backward {fb * 1e3:.1f} ms (median of {args.repeats})")
-    if args.only != "gauss_newton":
+    for kind, build, product, label in (("hessian", products._hessian_graphs, products.hvp, "HVP"),
+                                        ("gauss_newton", products._output_graphs, products.ggn_vp, "GGN-vp")):
+        if args.only not in (None, kind):
+            continue
         started = time.perf_counter()
-        products._hessian_graphs()
-        hessian_cache = time.perf_counter() - started
-        hvp = median_seconds(lambda: products.hvp(v), args.repeats)
-        print(f"HVP  {hvp * 1e3:.1f} ms = {hvp / fb:.2f}x forward+backward (cache build once: {hessian_cache / fb:.2f}x)")
-    if args.only != "hessian":
-        started = time.perf_counter()
-        products._output_graphs()
-        output_cache = time.perf_counter() - started
-        ggn = median_seconds(lambda: products.ggn_vp(v), args.repeats)
-        print(f"GGN-vp {ggn * 1e3:.1f} ms = {ggn / fb:.2f}x (output-graph cache once: {output_cache / fb:.2f}x)")
+        build()
+        cache = time.perf_counter() - started
+        each = median_seconds(lambda: product(v), args.repeats)
+        print(f"{label} {each * 1e3:.1f} ms = {each / fb:.2f}x forward+backward (its cache, built once: {cache / fb:.2f}x)")
     if args.only is None:
         u = torch.randn(products.outputs, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         kvp = median_seconds(lambda: products.kernel_vp(u, weighted=True), args.repeats)

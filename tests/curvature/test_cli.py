@@ -91,9 +91,12 @@ def test_pair_of_identical_models_has_no_rotation(folders, run_cli):
 def test_pair_contract(folders, run_cli):
     root, (base, tuned), probes = folders
     out = root / "pair"
-    code, _, stderr = run_cli("curvature", base, tuned, "--probes", probes, "--out", out, "--top", "2", "--vocab", "4")
+    code, _, stderr = run_cli("curvature", base, tuned, "--probes", probes, "--out", out, "--top", "2", "--vocab", "4",
+                              "--blocks", "model")
     assert code == 0, stderr
     report = json.loads((out / "curvature.json").read_text())
+    assert set(report["pair"]["blocks"]) == {"model"}  # a block may be named like the whole model: kept apart
+    assert report["pair"]["blocks"]["model"]["hessian"]["angles_deg"] != report["pair"]["model"]["hessian"]["angles_deg"]
     arrays = np.load(out / "curvature.npz")
     assert {*KINDS, *(f"tuned_{k}" for k in KINDS)} <= set(arrays.files)
     row = report["pair"]["model"]["gauss_newton"]
@@ -126,6 +129,19 @@ def test_bad_input_is_one_line(folders, run_cli, args, message):
     assert message in stderr and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
     assert not (root / "bad_out" / "curvature.json").exists()
+
+
+def test_missing_model_folder_and_another_model(folders, run_cli, tmp_path):
+    root, (base, _), probes = folders
+    code, _, stderr = run_cli("curvature", root / "nope", "--probes", probes, "--out", tmp_path / "o")
+    assert code == 2 and "does not exist" in stderr and len(stderr.strip().splitlines()) == 1
+    from deltalens.lab.tiny_model import TinyConfig, build_tiny_llama
+
+    build_tiny_llama(TinyConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=1)).save_pretrained(tmp_path / "other")
+    code, _, stderr = run_cli("curvature", base, tmp_path / "other", "--probes", probes, "--out", tmp_path / "o")
+    assert code == 2 and "other" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_three_models_and_a_file_as_output(folders, run_cli):

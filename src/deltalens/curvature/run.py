@@ -282,16 +282,17 @@ def _check(top: int, vocab: int | None) -> None:
         raise DeltalensError(f"--vocab: must be ≥ 1, got {vocab}")
 
 
-def _all_blocks(model, batch, patterns, vocab_index, progress, **options) -> tuple[BlockCurvature, CurvatureProducts,
-                                                                                  list[tuple[BlockCurvature, CurvatureProducts]]]:
-    groups = block_groups(list(trainable_parameters(model)), patterns or ())
-    whole, products = curvature_block(model, batch, vocab_index=vocab_index, label="model", progress=progress, **options)
-    blocks = []
-    for name, names in groups.items():
-        blocks.append(curvature_block(model, batch, names=names, vocab_index=vocab_index, label=name, progress=progress,
-                                      **options))
-        blocks[-1][1].release()
-    return whole, products, blocks
+def _all_blocks(model, batch, patterns, vocab_index, progress, **options) -> list[BlockCurvature]:
+    """The whole model first, then each ``--blocks`` group; each block's cached graphs are
+    dropped once it is done, so memory holds one block's caches at a time."""
+    groups = [("model", None), *block_groups(list(trainable_parameters(model)), patterns or ()).items()]
+    out = []
+    for name, names in groups:
+        block, products = curvature_block(model, batch, names=names, vocab_index=vocab_index, label=name,
+                                          progress=progress, **options)
+        products.release()
+        out.append(block)
+    return out
 
 
 def _write(out, report: dict, arrays: dict[str, torch.Tensor]) -> Path:
@@ -325,11 +326,11 @@ def _prepare(sources: Sequence, probes, *, out, tokenizer, top, vocab, device, d
 
 
 def _measure(net, batch, n: int, vocab_index, *, blocks, vocab, k, seed, progress, **options):
-    """Whole model and blocks of one model: (whole, its products, [(block, products)], report)."""
-    whole, products, parts = _all_blocks(net, batch, blocks, vocab_index, progress, seed=seed, **options)
-    report = curvature_report(net, whole, [b for b, _ in parts], n_probes=n, vocab=vocab, seed=seed, k=k)
+    """Whole model and blocks of one model: ([whole, *blocks], report)."""
+    parts = _all_blocks(net, batch, blocks, vocab_index, progress, seed=seed, **options)
+    report = curvature_report(net, parts[0], parts[1:], n_probes=n, vocab=vocab, seed=seed, k=k)
     report.update(dtype=str(next(net.parameters()).dtype).replace("torch.", ""), seed=seed)
-    return whole, products, parts, report
+    return parts, report
 
 
 def run_curvature(model, probes, *, out=None, tokenizer=None, top: int = 10, vocab: int | None = None,
@@ -341,10 +342,9 @@ def run_curvature(model, probes, *, out=None, tokenizer=None, top: int = 10, voc
     (a JSONL path or a list), written to ``out`` when given. ``dtype=None`` keeps a module's."""
     (net,), batch, n, vocab_index = _prepare([model], probes, out=out, tokenizer=tokenizer, top=top, vocab=vocab,
                                              device=device, dtype=dtype, chunk_size=chunk_size)
-    whole, products, _, report = _measure(net, batch, n, vocab_index, blocks=blocks, vocab=vocab, k=k, seed=seed,
-                                          progress=progress, top=top, tol=tol, chunk_size=chunk_size)
-    products.release()
-    arrays = curvature_arrays(whole)
+    parts, report = _measure(net, batch, n, vocab_index, blocks=blocks, vocab=vocab, k=k, seed=seed,
+                             progress=progress, top=top, tol=tol, chunk_size=chunk_size)
+    arrays = curvature_arrays(parts[0])
     if out is not None:
         _write(out, report, arrays)
     return report, arrays
@@ -355,7 +355,8 @@ def run_curvature_pair(base, tuned, probes, *, out=None, tokenizer=None, top: in
                        seed: int = 0, tol: float = 1e-6, k: int | None = None, chunk_size: int = 64,
                        progress: Progress | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """``deltalens curvature BASE TUNED``: the base's report (the single-model contract) plus
-    ``tuned`` (its report) and ``pair`` (:func:`pair_comparison`, whole model and per block).
+    ``tuned`` (its report) and ``pair``: ``{"model": ..., "blocks": {name: ...}}`` of
+    :func:`pair_comparison`.
     Both are scored on the base's tokenization (and with ``vocab``, on the base's top-V columns).
     Arrays: the base's under the contract names, the tuned's as ``tuned_<kind>``."""
     from deltalens.kernel.run import parameter_delta
@@ -364,21 +365,18 @@ def run_curvature_pair(base, tuned, probes, *, out=None, tokenizer=None, top: in
                                                    vocab=vocab, device=device, dtype=dtype, chunk_size=chunk_size)
     options = dict(blocks=blocks, vocab=vocab, k=k, seed=seed, progress=progress, top=top, tol=tol,
                    chunk_size=chunk_size)
-    whole0, products0, parts0, report = _measure(net0, batch, n, vocab_index, **options)
-    products0.release()
-    whole1, products1, parts1, report["tuned"] = _measure(net1, batch, n, vocab_index, **options)
+    parts0, report = _measure(net0, batch, n, vocab_index, **options)
+    parts1, report["tuned"] = _measure(net1, batch, n, vocab_index, **options)
     delta = parameter_delta(net0, net1)
-    flat = {b.name: torch.cat([delta[name].reshape(-1) for name in b.names]).double().cpu()
-            for b in [whole0] + [b for b, _ in parts0]}
-    pair = {"model": pair_comparison(whole0, whole1, products1, flat["model"], seed=seed)}
-    products1.release()
-    for (b0, _), (b1, _) in zip(parts0, parts1):
-        block_products = CurvatureProducts(net1, batch, names=b0.names, vocab_index=vocab_index, chunk_size=chunk_size)
-        pair[b0.name] = pair_comparison(b0, b1, block_products, flat[b0.name], seed=seed)
-        block_products.release()
-    report["pair"] = pair
-    arrays = curvature_arrays(whole0)
-    arrays.update(curvature_arrays(whole1, "tuned_"))
+    pair = []
+    for b0, b1 in zip(parts0, parts1):  # r more products per operator on the tuned model, block by block
+        flat = torch.cat([delta[name].reshape(-1) for name in b0.names]).double().cpu()
+        products = CurvatureProducts(net1, batch, names=b0.names, vocab_index=vocab_index, chunk_size=chunk_size)
+        pair.append(pair_comparison(b0, b1, products, flat, seed=seed))
+        products.release()
+    report["pair"] = {"model": pair[0], "blocks": {b.name: row for b, row in zip(parts0[1:], pair[1:])}}
+    arrays = curvature_arrays(parts0[0])
+    arrays.update(curvature_arrays(parts1[0], "tuned_"))
     if out is not None:
         _write(out, report, arrays)
     return report, arrays
