@@ -98,6 +98,8 @@ def _dir_commands(w):
         "diff": (lambda out: ["diff", w["good"], w["tuned"], "--out", out, "--quiet"], "diff.json"),
         "overlap": (lambda out: ["overlap", w["good"], w["tuned"], w["tuned2"], "--out", out, "--quiet"], "overlap.json"),
         "kernel": (lambda out: ["kernel", w["good"], w["tuned"], "--probes", w["probes"], "--out", out], "kernel.json"),
+        "curvature": (lambda out: ["curvature", w["good"], "--probes", w["probes"], "--out", out, "--top", "2"],
+                      "curvature.json"),
         "align": (lambda out: ["align", w["good"], "--data", w["probes"], "--probes", w["probes"], "--out", out],
                   "align.json"),
         "passk": (lambda out: ["passk", w["samples_base"], w["samples_tuned"], "--out", out, "--n-boot", "10"],
@@ -122,7 +124,7 @@ def _file_commands(w):
     }
 
 
-DIR_COMMANDS = ("diff", "overlap", "kernel", "align", "passk", "support", "divergence", "forgetting", "lab", "demo")
+DIR_COMMANDS = ("diff", "overlap", "kernel", "curvature", "align", "passk", "support", "divergence", "forgetting", "lab", "demo")
 FILE_COMMANDS = ("sample", "evaluate", "verify", "report")
 
 
@@ -249,6 +251,8 @@ def _model_commands(w, out):
     return {
         "kernel base": lambda m: ["kernel", m, w["tuned"], "--probes", w["probes"], "--out", out],
         "kernel tuned": lambda m: ["kernel", w["good"], m, "--probes", w["probes"], "--out", out],
+        "curvature base": lambda m: ["curvature", m, w["tuned"], "--probes", w["probes"], "--out", out],
+        "curvature tuned": lambda m: ["curvature", w["good"], m, "--probes", w["probes"], "--out", out],
         "align": lambda m: ["align", m, "--data", w["probes"], "--probes", w["probes"], "--out", out],
         "sample": lambda m: ["sample", m, "--problems", w["problems"], "--out", out / "s.jsonl"],
         "evaluate": lambda m: ["evaluate", m, "--suite", w["problems"], "--out", out / "e.json"],
@@ -268,8 +272,8 @@ BAD_MODELS = {
 
 
 @pytest.mark.parametrize("bad", list(BAD_MODELS))
-@pytest.mark.parametrize("command", ["kernel base", "kernel tuned", "align", "sample", "evaluate",
-                                     "divergence base", "divergence tuned", "diff"])
+@pytest.mark.parametrize("command", ["kernel base", "kernel tuned", "curvature base", "curvature tuned", "align",
+                                     "sample", "evaluate", "divergence base", "divergence tuned", "diff"])
 def test_unreadable_model_folder(bad, command, world, run_cli, tmp_path):
     names, what = BAD_MODELS[bad]
     argv = _model_commands(world, tmp_path / "out")[command](world[bad])
