@@ -104,23 +104,32 @@ def check_base(base: str) -> None:
         raise DeltalensError(f"--base must be one of {', '.join(BASES)}, got {base!r}")
 
 
+#: ``--base smollm2``'s learning rates: what the tuning rule (deltalens.lab.tuning, SMOLLM2_GRID
+#: 1e-5/3e-5 per objective, each objective's own dev metric on 32 dev problems, 8 samples each
+#: for the reward kind) chose for this preset's arms, 2026-11-30 (docs/lab.md: SFT dev loss 0.105
+#: vs 0.115 nats/token, GRPO dev reward 0.047 vs 0.113, RFT dev reward 0.191 vs 0.250), kept here
+#: because the rule's six trainings (38 min on the 2-core machine) cost more than the default's
+#: budget. ``run_lab(config=replace(default_config("smollm2"), tune=True))`` re-runs the rule.
+SMOLLM2_RATES = (("sft", 1e-5), ("rft", 3e-5), ("grpo", 3e-5))
+
 #: SmolLM2-135M-Instruct (``--base smollm2``): budgets measured on a 2-core CPU (docs/lab.md).
 SMOLLM2_QUICK_STEPS = 2
 SMOLLM2 = LabConfig(
     base="smollm2",
     arm=ArmConfig(steps=12, batch_size=16, num_generations=8, learning_rate=1e-5, max_completion_length=32,
                   max_length=96, temperature=0.7, n_checkpoints=2, rft_samples_per_prompt=4),
-    seeds=1, n_train=96, n_test=16, n_heldout=20, n_dev=32, dev_samples=8, tune=False, fixed_rates=(),
+    seeds=1, n_train=96, n_test=16, n_heldout=20, n_dev=32, dev_samples=8, tune=False, fixed_rates=SMOLLM2_RATES,
     eval_samples=32, kl_samples=2, n_probes=8,
     kernel_mode="sketch", kernel_dim=4096, trait_lines=2,
     # 9 of 210 matrices (q, v, down in the first, middle and last layer): a float64 SVD each per step
     track=(r"layers\.(0|15|29)\.(self_attn\.(q|v)_proj|mlp\.down_proj)\.",),
 )
 
-#: The SmolLM2 default on a GPU: the same recipe with ~17× the optimizer steps, 2 seeds, 8× the
-#: test problems, 6× the probes (a CPU budget that merely ran faster would waste the card).
+#: The SmolLM2 default on a GPU: the same recipe with ~17× the optimizer steps, 2 seeds, 4× the
+#: test problems, 6× the probes, learning rates by the tuning rule (a CPU budget that merely ran faster would waste the card).
 SMOLLM2_CUDA = replace(SMOLLM2, arm=replace(SMOLLM2.arm, steps=200, n_checkpoints=10), seeds=2, n_train=1024,
-                       n_test=64, n_probes=48, trait_lines=8, device="cuda")
+                       n_test=64, n_probes=48, trait_lines=8, device="cuda",
+                       tune=True)  # the CPU rates were chosen for 12 steps; a GPU runs the rule for its own budget
 
 
 def _digest(obj) -> str:
