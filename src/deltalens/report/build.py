@@ -1,52 +1,82 @@
-"""Assemble the report page from the runs found and write it atomically."""
+"""Assemble the report page from the runs found and write it atomically.
+
+The page leads with the answer (:mod:`deltalens.report.answer`: the lab's claims and the papers'
+figures), then the pairs compared (:mod:`deltalens.report.pairs`: one column per (base, tuned)
+pair), then one section per level (weights, behaviour, kernel, training) and the claims in full.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
 
-from deltalens.report import behaviour, kernel, lab, weights
-from deltalens.report.html import Section, esc, page, table
+from markupsafe import Markup
+
+from deltalens.report import answer, behaviour, kernel, lab, weights
+from deltalens.report.html import Section, html, table
 from deltalens.report.inputs import INPUT_FILES, Run, discover_runs
+from deltalens.report.pairs import PRODUCERS, Pair, assign_groups, group_pairs
 from deltalens.results import check_output_file, write_text
 
 #: Section ids in page order; every page has all of them, saying what is absent where needed.
-SECTION_IDS = ("runs", "weights", "behaviour", "kernel", "training", "claims")
+SECTION_IDS = ("answer", "pairs", "weights", "behaviour", "kernel", "training", "claims")
 
 
 def render_html(runs: list[Run], *, title: str = "deltalens report") -> str:
     """The whole page for ``runs`` as one self-contained HTML string."""
     from deltalens import __version__
+    from deltalens.report.html import page
 
-    sections = [_runs_section(runs), weights.build(runs), behaviour.build(runs), kernel.build(runs),
-                lab.build_training(runs), lab.build_claims(runs)]
+    pairs = group_pairs(runs)
+    arms = [str(a) for r in runs if isinstance(r.get("claims.json"), dict) for a in r.get("claims.json").get("arms") or []]
+    groups = assign_groups(pairs, list(dict.fromkeys(arms)))
+    sections = [answer.build(runs, pairs, groups), _pairs_section(runs, pairs), weights.build(pairs),
+                behaviour.build(pairs), kernel.build(pairs), lab.build_training(pairs), lab.build_claims(runs)]
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = (f"{len(runs)} run(s): {esc(', '.join(r.label for r in runs))}. Generated {stamp} by deltalens "
-            f"{esc(__version__)}. Self-contained: nothing is loaded from the network.")
+    meta = (f"{len(pairs)} pair(s) from {len(runs)} folder(s). Generated {stamp} by deltalens {__version__}. "
+            "Self-contained: nothing is loaded from the network.")
     return page(title=title, meta=meta, sections=sections)
 
 
-def _runs_section(runs: list[Run]) -> Section:
-    section = Section("runs", "Runs", "Each folder holding deltalens outputs is one run; runs are shown side by side "
-                                      "in every section below.")
+def _pairs_section(runs: list[Run], pairs: list[Pair]) -> Section:
+    section = Section("pairs", "Pairs compared",
+                      "Each column of the tables below is one (base, tuned) pair. Outputs in different folders that "
+                      "name the same two models (the paths or names recorded in the files) share one pair; what a "
+                      "pair lacks is said here once.")
     rows = []
-    for run in runs:
-        base, tuned = run.base_and_tuned
-        rows.append([run.label, str(run.path), base or "—", tuned or "—", ", ".join(sorted(run.data, key=INPUT_FILES.index)),
-                     "(lab-level folder)" if run.lab_only else (", ".join(run.missing) or "—"),
-                     "; ".join(f"{k}: {v}" for k, v in run.unreadable.items()) or "—"])
-    section.add(table(["run", "folder", "base", "tuned", "found", "absent", "unreadable"], rows, numeric_from=99,
-                      caption="Inputs found per run."))
+    for p in pairs:
+        base, tuned = p.base_and_tuned
+        found = [n for n in INPUT_FILES if n in p.data]
+        absent = [html("<code>{}</code> ({})", n, PRODUCERS.get(n, "")) for n in p.missing]
+        unreadable = [html("<code>{}</code>: {}", n, why) for n, why in p.unreadable.items()]
+        rows.append([p.label, p.group, _short_model(base), _short_model(tuned),
+                     ", ".join(r.label for r in p.runs), ", ".join(found) or "—",
+                     Markup("<br>").join(absent) if absent else "—",
+                     Markup("<br>").join(unreadable) if unreadable else "—"])
+    section.add(table(["pair", "group", "base", "tuned", "folder(s)", "found", "absent (made by)", "unreadable"],
+                      rows, numeric_from=99,
+                      caption="Base and tuned as the files record them (last two path components shown)."))
+    labs = [r for r in runs if r.lab_only]
+    if labs:
+        section.add(html("<p>Lab-level folders (not pairs): {}.</p>",
+                         "; ".join(f"{r.label} ({', '.join(sorted(r.data))})" for r in labs)))
     return section
+
+
+def _short_model(text: str | None) -> str:
+    """A model path without its machine-specific prefix (the last two components)."""
+    if not text:
+        return "—"
+    parts = Path(text).parts
+    return "/".join(parts[-2:]) if len(parts) > 2 else text
 
 
 def build_report(run_dirs: list[str | Path] | str | Path, out: str | Path, *, title: str | None = None) -> Path:
     """Build one self-contained HTML report from ``run_dirs`` and write it atomically to ``out``.
 
-    Each RUN_DIR and its direct subfolders are searched for diff.json, passk.json, support.json,
-    divergence.json, kernel.json, claims.json and tracking.jsonl; parts that are absent are named
-    on the page. Raises :class:`~deltalens.errors.DeltalensError` when a RUN_DIR holds none of them.
-    Returns the path written.
+    Each RUN_DIR and its direct subfolders are searched for the files in :data:`INPUT_FILES`;
+    parts that are absent are named on the page. Raises :class:`~deltalens.errors.DeltalensError`
+    when a RUN_DIR holds none of them. Returns the path written.
     """
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]

@@ -8,7 +8,6 @@ with its reason, so the page can say so instead of failing.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,12 @@ INPUT_FILES = (
     "divergence.json",
     "kernel.json",
     "claims.json",
+    "forgetting.json",
     "tracking.jsonl",
 )
 
 #: Files that describe a whole lab rather than one arm; a folder with only these is not an arm.
-LAB_LEVEL_FILES = ("claims.json",)
+LAB_LEVEL_FILES = ("claims.json", "forgetting.json")
 
 #: Fields a tracking line must carry (the lab's ``UpdateStatsCallback`` contract).
 TRACKING_FIELDS = ("step", "tensor")
@@ -146,6 +146,3 @@ def as_float(value: Any) -> float:
     from deltalens.weights.aggregate import number
 
     return number(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    return math.nan
