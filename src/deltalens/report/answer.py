@@ -21,7 +21,7 @@ from markupsafe import Markup
 from deltalens.report import aggregate as agg
 from deltalens.report.html import (Section, absent, figure_or_note, fmt, grid, html, paragraph, table,
                                    verdict_badge)
-from deltalens.report.inputs import Run, as_float
+from deltalens.report.inputs import Run, as_float, is_claims_doc
 from deltalens.report.pairs import Pair, group_color
 from deltalens.report.plotting import describe_range, integer_ticks, new_figure, render
 
@@ -30,10 +30,9 @@ PANEL = (5.6, 3.9)
 
 
 def build(runs: list[Run], pairs: list[Pair], groups: list[str]) -> Section:
-    labs = [r for r in runs if "claims.json" in r.data]
+    labs = [r for r in runs if is_claims_doc(r.get("claims.json"))]
     section = Section("answer", "The answer", _intro(labs))
-    for run in labs:
-        section.add(_claims_table(run))
+    tables = [_claims_table(run) for run in labs]
     forgetting = next((r.get("forgetting.json") for r in runs if "forgetting.json" in r.data), None)
     claims = labs[0].get("claims.json") if labs else {}
     figures = []
@@ -63,7 +62,12 @@ def build(runs: list[Run], pairs: list[Pair], groups: list[str]) -> Section:
         lacking.append(html("not drawn: {}", "; ".join(notes)))
     if lacking:
         section.add(absent(Markup("; ").join(lacking) + "."))
-    section.add(grid(figures))
+    if tables:  # wide screens: the claims and the figures side by side; phones: one after the other
+        section.add(html('<div class="answer-grid"><div class="answer-claims">{}</div>'
+                         '<div class="answer-figures">{}</div></div>', Markup("\n").join(tables),
+                         Markup("\n").join(f for f in figures if f)))
+    else:
+        section.add(grid(figures))
     return section
 
 
@@ -229,7 +233,8 @@ def _layer_sparsity(ctx, have: list[Pair]):
         raise ValueError("no per-layer unchanged fractions in diff.json")
     ax.set(title="parameter-weighted, bars: range over seeds", xlabel="layer",
            ylabel="unchanged (bitwise)")
-    ax.set_ylim(-0.02, 1.02)
+    top = max(max(per) for per in (ln.get_ydata() for ln in ax.get_lines()) if len(per)) if ax.get_lines() else 1
+    ax.set_ylim(0, min(1.0, 1.15 * top) or 1.0)  # the measured range, not 0–1: small fractions stay visible
     integer_ticks(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="arm", title_fontsize=8)
@@ -312,8 +317,7 @@ def _passk_curves(ctx, have: list[Pair]):
            ylabel="pass@k")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
-    cross_text = "; ".join(f"{label}: {'k* = ' + fmt(k) if isinstance(k, (int, float)) else 'none'}"
-                           for _, label, k in crossings)
+    cross_text = crossover_summary(crossings)
     return render(fig, title="pass@k: the base against each arm, with the crossover",
                   alt="Line chart of pass@k against k (log axis) for the base (dashed) and each arm, with shaded "
                       "intervals: " + "; ".join(alt) + f". Crossover k* per pair: {cross_text}.",
@@ -321,6 +325,16 @@ def _passk_curves(ctx, have: list[Pair]):
                              "bootstrap intervals over problems (SPEC §7); per arm the mean over seeds, the band from "
                              "the lowest to the highest seed interval; dotted: crossover k* (base above the tuned "
                              f"model from k* on), count of pairs in brackets. {cross_text}. After Yue et al., Fig. 1.")
+
+
+def crossover_summary(crossings: list[tuple[str, str, object]]) -> str:
+    """Per group, the crossover k* of each pair ('none' where the base never overtakes)."""
+    parts = []
+    for g in dict.fromkeys(g for g, _, _ in crossings):
+        ks = [k for gg, _, k in crossings if gg == g]
+        texts = [fmt(k) if isinstance(k, (int, float)) else "none" for k in ks]
+        parts.append(f"{g}: {'none' if set(texts) == {'none'} else 'k* = ' + ', '.join(texts)}")
+    return "crossover " + "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- 4: pass@1 gain

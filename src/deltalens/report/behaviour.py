@@ -70,9 +70,8 @@ def _passk_plot(have):
             alt.append(f"{label}: pass@k {describe_range(yv)} over k {describe_range(xs)}")
             counts.append(f"{label}: {m.get('n_problems', '?')} problems, n_min {m.get('n_min', '?')}")
         cross = (run.get("passk.json").get("crossover") or {})
-        if isinstance(cross.get("k"), (int, float)):
-            ax.axvline(cross["k"], color=run.color, linestyle=":", alpha=0.8,
-                       label=f"crossover k*={cross['k']} ({run.label})")
+        if isinstance(cross.get("k"), (int, float)):  # named in the caption, not the legend
+            ax.axvline(cross["k"], color=run.color, linestyle=":", alpha=0.8)
     ax.set_xscale("log", base=2)
     all_k = [as_float(k) for _, r in have for m in _models(r).values() for k in m.get("k") or []]
     all_k = [k for k in all_k if k > 0]
@@ -118,16 +117,25 @@ def _crossover_text(run: Run) -> str:
 def _passk_table(have) -> str:
     all_k: list[float] = sorted({as_float(k) for _, r in have for m in _models(r).values() for k in m.get("k") or []})
     rows = []
+    drawn: dict[tuple, list] = {}
     for _, run in have:
         for name, m in _models(run).items():
+            signature = (name, repr(m.get("k")), repr(m.get("pass_at_k")), repr(m.get("ci_low")), repr(m.get("ci_high")))
+            if signature in drawn:  # the same base scored for several pairs: one row, naming them all
+                drawn[signature].append(run.label)
+                continue
+            drawn[signature] = [run.label]
             lookup = {as_float(k): (y, lo, hi) for k, y, lo, hi in
                       zip(m.get("k") or [], m.get("pass_at_k") or [], m.get("ci_low") or [], m.get("ci_high") or [])}
-            cells = [f"{run.label}: {name}", fmt(m.get("n_problems")), fmt(m.get("n_min"))]
+            cells = [signature, fmt(m.get("n_problems")), fmt(m.get("n_min"))]
             for k in all_k:
                 y = lookup.get(k)
                 cells.append(f"{fmt(as_float(y[0]))} [{fmt(as_float(y[1]))}, {fmt(as_float(y[2]))}]" if y else "—")
             rows.append(cells)
-    return table(["run: model", "problems", "n_min", *[f"k={fmt(k) if not float(k).is_integer() else int(k)}" for k in all_k]],
+    for cells in rows:
+        name, labels = cells[0][0], drawn[cells[0]]
+        cells[0] = f"{labels[0]}: {name}" if len(labels) == 1 else f"{name} (the same for {len(labels)} pairs)"
+    return table(["pair: model", "problems", "n_min", *[f"k={fmt(k) if not float(k).is_integer() else int(k)}" for k in all_k]],
                  rows, caption="pass@k [bootstrap interval]; k only up to the smallest per-problem sample count n_min.")
 
 
@@ -153,7 +161,7 @@ def _support_plot(have):
     ax.set_yticks(range(len(have)), labels)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set(title="Share of problems per class at budget k", xlabel="fraction of problems", ylabel="run")
+    ax.set(title="Share of problems per class at budget k", xlabel="fraction of problems", ylabel="pair")
     handles, names = ax.get_legend_handles_labels()
     figure_legend(fig, handles, names, title="class")
     return render(fig, title="Support classes P / E / S / O",

@@ -14,7 +14,7 @@ from markupsafe import Markup
 
 from deltalens.report import answer, behaviour, kernel, lab, weights
 from deltalens.report.html import Section, html, table
-from deltalens.report.inputs import INPUT_FILES, Run, discover_runs
+from deltalens.report.inputs import INPUT_FILES, Run, discover_runs, is_claims_doc
 from deltalens.report.pairs import PRODUCERS, Pair, assign_groups, group_pairs
 from deltalens.results import check_output_file, write_text
 
@@ -28,8 +28,9 @@ def render_html(runs: list[Run], *, title: str = "deltalens report") -> str:
     from deltalens.report.html import page
 
     pairs = group_pairs(runs)
-    arms = [str(a) for r in runs if isinstance(r.get("claims.json"), dict) for a in r.get("claims.json").get("arms") or []]
+    arms = [str(a) for r in runs if is_claims_doc(r.get("claims.json")) for a in r.get("claims.json").get("arms") or []]
     groups = assign_groups(pairs, list(dict.fromkeys(arms)))
+    pairs.sort(key=lambda p: groups.index(p.group))  # arms in the lab's order, seeds in order within each
     sections = [answer.build(runs, pairs, groups), _pairs_section(runs, pairs), weights.build(pairs),
                 behaviour.build(pairs), kernel.build(pairs), lab.build_training(pairs), lab.build_claims(runs)]
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -44,18 +45,21 @@ def _pairs_section(runs: list[Run], pairs: list[Pair]) -> Section:
                       "name the same two models (the paths or names recorded in the files) share one pair; what a "
                       "pair lacks is said here once.")
     rows = []
+    models = [m for p in pairs for m in p.base_and_tuned if m]
+    prefix = _common_dir(models)
     for p in pairs:
         base, tuned = p.base_and_tuned
         found = [n for n in INPUT_FILES if n in p.data]
+        found = ["all"] if not p.missing and not p.unreadable else found
         absent = [html("<code>{}</code> ({})", n, PRODUCERS.get(n, "")) for n in p.missing]
         unreadable = [html("<code>{}</code>: {}", n, why) for n, why in p.unreadable.items()]
-        rows.append([p.label, p.group, _short_model(base), _short_model(tuned),
+        rows.append([p.label, p.group, _short_model(base, prefix), _short_model(tuned, prefix),
                      ", ".join(r.label for r in p.runs), ", ".join(found) or "—",
                      Markup("<br>").join(absent) if absent else "—",
                      Markup("<br>").join(unreadable) if unreadable else "—"])
     section.add(table(["pair", "group", "base", "tuned", "folder(s)", "found", "absent (made by)", "unreadable"],
                       rows, numeric_from=99,
-                      caption="Base and tuned as the files record them (last two path components shown)."))
+                      caption="Base and tuned as the files record them" + (f", below {prefix}/" if prefix else "") + "."))
     labs = [r for r in runs if r.lab_only]
     if labs:
         section.add(html("<p>Lab-level folders (not pairs): {}.</p>",
@@ -63,12 +67,22 @@ def _pairs_section(runs: list[Run], pairs: list[Pair]) -> Section:
     return section
 
 
-def _short_model(text: str | None) -> str:
-    """A model path without its machine-specific prefix (the last two components)."""
+def _common_dir(paths: list[str]) -> str:
+    """The folder every absolute path in ``paths`` lies under ('' when they share none or are names)."""
+    import os
+
+    absolute = [p for p in paths if os.path.isabs(p)]
+    if len(absolute) < 2 or len(absolute) != len(paths):
+        return ""
+    common = os.path.commonpath(absolute)
+    return "" if common == os.sep else common
+
+
+def _short_model(text: str | None, prefix: str) -> str:
+    """A model as recorded, without the folder all the pairs' models share."""
     if not text:
         return "—"
-    parts = Path(text).parts
-    return "/".join(parts[-2:]) if len(parts) > 2 else text
+    return text[len(prefix) + 1:] if prefix and text.startswith(prefix + "/") else text
 
 
 def build_report(run_dirs: list[str | Path] | str | Path, out: str | Path, *, title: str | None = None) -> Path:

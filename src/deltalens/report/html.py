@@ -135,7 +135,7 @@ CSS = """
 html { -webkit-text-size-adjust: 100%; }
 body { margin:0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", Arial, sans-serif;
        color:var(--fg); background:var(--bg); }
-main { max-width: 1200px; margin: 0 auto; padding: 16px 20px 48px; }
+main { max-width: 1500px; margin: 0 auto; padding: 16px 20px 48px; }
 header.page { border-bottom: 1px solid var(--line); margin-bottom: 16px; }
 h1 { font-size: 1.7rem; margin: 0.4em 0 0.2em; }
 h2 { font-size: 1.35rem; margin-top: 2em; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
@@ -147,13 +147,22 @@ nav.toc a { color: #0969da; text-decoration: none; }
 table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
 caption { text-align: left; padding: 6px 8px; color: var(--muted); caption-side: top; }
 th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-thead th { background: var(--panel); white-space: nowrap; }
+thead th { background: var(--panel); }
+
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+thead th.num { white-space: normal; overflow-wrap: anywhere; min-width: 4.5em; }
 figure.plot { margin: 12px 0 24px; }
 figure.plot img { display: block; width: 100%; height: auto; border: 1px solid var(--line);
                   border-radius: 6px; background: #fff; }
 figcaption { font-size: 0.88rem; color: var(--muted); margin-top: 6px; max-width: 1000px; }
-th[scope=row] { min-width: 7em; }
+th[scope=row] { min-width: 11em; }
+.fig-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 480px), 1fr)); gap: 0 24px; }
+.answer-grid { display: grid; grid-template-columns: minmax(0, 1fr); gap: 0 20px; }
+.answer-claims th[scope=row] { min-width: 8em; }
+.answer-claims td { min-width: 4.5em; }
+@media (min-width: 1100px) {
+  .answer-grid { grid-template-columns: minmax(0, 1.5fr) minmax(0, 1fr); align-items: start; }
+}
 td.text { min-width: 9em; overflow-wrap: anywhere; }
 .provenance { overflow-wrap: anywhere; }
 p.absent, p.warning { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 8px 12px; color: #4d2d00; }

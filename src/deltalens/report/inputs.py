@@ -92,6 +92,10 @@ def _load_folder(folder: Path, label: str) -> Run | None:
             run.data[name] = _read_one(folder / name)
         except DeltalensError as exc:
             run.unreadable[name] = str(exc)
+    if "claims.json" in run.data and not is_claims_doc(run.data["claims.json"]):
+        del run.data["claims.json"]  # e.g. the lab's OUT/stages/claims.json, a stage marker
+    if not run.data and not run.unreadable:
+        return None
     return run
 
 
@@ -127,9 +131,15 @@ def discover_runs(run_dirs: list[str | Path]) -> list[Run]:
         if not any(run.data for run in found):
             reasons = "; ".join(r for run in found for r in run.unreadable.values())
             raise DeltalensError(f"{root}: every deltalens output found is unreadable: {reasons}")
-        runs.extend(found)
+        seen = {r.path.resolve() for r in runs}
+        runs.extend(r for r in found if r.path.resolve() not in seen)  # a folder given twice is read once
     _make_labels_unique(runs)
     return runs
+
+
+def is_claims_doc(doc: Any) -> bool:
+    """A lab's claims.json (a ``claims`` list), not the lab's stage marker of the same name."""
+    return isinstance(doc, dict) and isinstance(doc.get("claims"), list)
 
 
 def _make_labels_unique(runs: list[Run]) -> None:

@@ -10,7 +10,7 @@ import statistics
 from markupsafe import Markup
 
 from deltalens.report.html import Section, html, figure_or_note, fmt, missing_notes, paragraph, table, verdict_badge
-from deltalens.report.inputs import Run, as_float
+from deltalens.report.inputs import Run, as_float, is_claims_doc
 from deltalens.report.plotting import describe_range, figure_legend, integer_ticks, new_figure, render
 
 #: The per-step statistics plotted from tracking.jsonl, with their axis labels.
@@ -77,7 +77,7 @@ def build_claims(runs: list[Run]) -> Section:
         "claims", "Claims in full",
         "Each claim's rule, the values per arm (mean over seeds, then every seed) of the claim's first metric, what "
         "was excluded and why, and the training gates.")
-    with_claims = [r for r in runs if "claims.json" in r.data]
+    with_claims = [r for r in runs if is_claims_doc(r.get("claims.json"))]
     missing_notes(section, runs, "claims.json", "lab claims", "deltalens lab --out DIR")
     for run in with_claims:
         doc = run.get("claims.json")

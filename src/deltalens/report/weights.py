@@ -98,8 +98,6 @@ def _summary_table(have: list[tuple[int, Run]], tolerances: list[str]) -> str:
     docs = [run.get("diff.json") for _, run in have]
     sums = [d.get("summary") or {} for d in docs]
     tensors = [_tensors(run) for _, run in have]
-    row("base", [d.get("base", "—") for d in docs])
-    row("tuned", [d.get("tuned", "—") for d in docs])
     row("parameters compared", [fmt(s.get("numel")) for s in sums])
     row("stored dtypes", [_dtypes(t) for t in tensors])
     row("unchanged, bitwise", [pct(s.get("unchanged_bitwise")) for s in sums])
@@ -319,7 +317,7 @@ def _rescale_plot(have):
     fig, axes = new_figure(1, 1, width=8, height=3.8)
     ax = axes[0][0]
     alt = []
-    baselines: list[tuple] = []
+    baselines: dict[int, list[float]] = {}
     for i, run in have:
         layers = agg.by_layer(agg.matrix_rows(_tensors(run)))
         share = [agg.pool(g, "rescale_share", "energy").value for g in layers.values()]
@@ -327,11 +325,16 @@ def _rescale_plot(have):
         xs, ys = finite_xy(list(layers), share)
         bx, by = finite_xy(list(layers), base)
         ax.plot(xs, ys, marker="o", markersize=3, color=run.color, linestyle=run.dash, label=run.label)
-        if (tuple(bx), tuple(by)) not in baselines:  # the baseline depends on shapes and weights only: draw once
-            baselines.append((tuple(bx), tuple(by)))
-            ax.plot(bx, by, linestyle=":", marker="x", markersize=3, color="#666666",
-                    label="random baseline" if len(baselines) == 1 else f"random baseline ({run.label})")
+        for x, y in zip(bx, by):
+            baselines.setdefault(x, []).append(y)
         alt.append(f"{run.label} share {describe_range(ys)}, baseline {describe_range(by)}")
+    if baselines:  # one baseline line (the pairs' baselines differ only through their ‖Δ‖² weights): mean and range
+        bx = sorted(baselines)
+        ax.plot(bx, [sum(baselines[x]) / len(baselines[x]) for x in bx], linestyle=":", marker="x", markersize=3,
+                color="#444444", label="random baseline")
+        if len(have) > 1:
+            ax.fill_between(bx, [min(baselines[x]) for x in bx], [max(baselines[x]) for x in bx], color="#888888",
+                            alpha=0.2, linewidth=0)
     log = any(line.get_xdata().size and (line.get_ydata() > 0).all() for line in ax.get_lines())
     if log:
         ax.set_yscale("log")
@@ -343,7 +346,7 @@ def _rescale_plot(have):
     methods = agg.method_text((r for _, run in have for r in agg.matrix_rows(_tensors(run))), "frame")
     return render(fig, title="Rescale share by layer against its random baseline",
                   alt="Line chart by layer of the share of update energy on the base's own singular directions, with "
-                      "dashed random baselines (rescale_baseline: min(m,n)/(mn) for the full frame, q/(mn) in the top-q scope): " + "; ".join(alt) + ".",
+                      "a dotted random baseline (mean over pairs, shaded their range; rescale_baseline: min(m,n)/(mn) for the full frame, q/(mn) in the top-q scope): " + "; ".join(alt) + ".",
                   provenance=f"diff.json fields rescale_share, rescale_baseline of {', '.join(r.label for _, r in have)}; "
                              f"method {methods}; SPEC §5; pooled per layer weighted by ‖Δ‖_F² (delta_fro²).")
 
