@@ -146,8 +146,8 @@ def _table_row(page: Path, label: str) -> list[str]:
 
 def test_pooled_numbers_match_an_independent_computation(lab_report):
     lab, page = lab_report
-    # columns: quantity, then one per pair: grpo-seed0, grpo-seed1, sft-seed0, sft-seed1
-    for col, arm in ((1, "grpo-seed0"), (3, "sft-seed0")):
+    # columns: quantity, then one per pair in the lab's arm order: sft-seed0, sft-seed1, grpo-seed0, grpo-seed1
+    for col, arm in ((1, "sft-seed0"), (3, "grpo-seed0")):
         rows = json.loads((lab / arm / "diff.json").read_text())["tensors"]
         fro2 = np.array([r["delta_fro"] ** 2 if r.get("delta_fro") is not None and r.get("rescale_share") is not None
                          else 0.0 for r in rows if "rescale_share" in r])
@@ -190,7 +190,7 @@ def test_nan_tensor_is_listed_and_left_out(lab_report):
     _, page = lab_report
     row = _table_row(page, NAN_TENSOR)
     assert row[1:3] == ["grpo-seed0", "3"]
-    assert _table_row(page, "tensors with NaN/Inf")[1:] == ["1", "0", "0", "0"]
+    assert _table_row(page, "tensors with NaN/Inf")[1:] == ["0", "0", "1", "0"]
 
 
 def test_claims_table_shows_verdicts_and_seed_values(lab_report):
@@ -247,8 +247,9 @@ def test_side_by_side_runs_from_several_dirs(tmp_path):
     sft = write_arm(tmp_path / "sft", "sft", seed=4)
     rl = write_arm(tmp_path / "rl", "rl", seed=5)
     page = build_report([sft, rl], tmp_path / "both.html")
-    row = _table_row(page, "tuned")
-    assert row[1:] == ["lab/sft", "lab/rl"]
+    pairs = [r for r in parse(page).rows if len(r) == 8 and r[0] in ("sft", "rl")]
+    assert [(r[0], r[3]) for r in pairs] == [("sft", "lab/sft"), ("rl", "lab/rl")]
+    assert len(_table_row(page, "unchanged, bitwise")) == 3  # quantity + one column per pair
 
 
 def test_empty_or_missing_run_dir_is_an_error(tmp_path):
@@ -385,11 +386,11 @@ def test_one_pairs_outputs_in_three_folders_share_one_column(tmp_path):
     page = build_report([tmp_path / "d", tmp_path / "k", tmp_path / "p", tmp_path / "u"], tmp_path / "r.html")
     pairs = [r for r in parse(page).rows if r and (r[0].startswith("d") or r[0] == "u") and len(r) == 8]
     assert [r[0] for r in pairs] == ["d + k + p", "u"]
-    assert pairs[0][2:4] == ["models/base", "models/tuned"]
+    assert pairs[0][2:4] == ["base", "tuned"]  # below the folder all the models share
     assert pairs[0][6] == "support.json (deltalens support S_BASE.jsonl S_TUNED.jsonl --out DIR)divergence.json " \
                           "(deltalens divergence BASE TUNED --prompts P.jsonl --out DIR)tracking.jsonl " \
                           "(deltalens.tracking.UpdateStatsCallback during training (deltalens lab))"
-    assert _table_row(page, "tuned")[1:] == [str(tuned), str(other)]  # the weight summary: one column per pair
+    assert len(_table_row(page, "unchanged, bitwise")) == 3  # the weight summary: quantity + one column per pair
     assert _table_row(page, "mode")[1:] == ["sketch"]  # the kernel table: only the pair that has one
 
 
@@ -402,3 +403,14 @@ def test_names_from_the_inputs_are_escaped(tmp_path):
     text = build_report([tmp_path / "run"], tmp_path / "r.html").read_text()
     assert "<script" not in text and "<b>tuned" not in text
     assert "model.&lt;script&gt;alert(1)&lt;/script&gt;.weight" in text
+
+
+def test_the_labs_stage_marker_is_not_a_claims_file_and_a_folder_is_read_once(tmp_path):
+    lab = tmp_path / "lab"
+    write_json(lab / "claims.json", claims_doc())
+    write_json(lab / "stages" / "claims.json", {"seconds": 1.5, "finished": "2026-11-30"})  # what the lab writes
+    write_arm(lab / "analysis" / "sft-seed0", "sft", seed=12, name="sft-seed0")
+    runs = discover_runs([lab, lab / "analysis", lab])
+    assert [r.label for r in runs] == ["lab", "analysis/sft-seed0"]
+    text = build_report([lab, lab / "analysis"], tmp_path / "r.html").read_text()
+    assert text.count("3 claims: 1 hold") == 1  # one claims table: the stage marker is not a second one

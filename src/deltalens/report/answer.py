@@ -75,10 +75,8 @@ def _intro(labs: list[Run]) -> str:
     if not labs:
         return ("What changed between each base and tuned model, as the papers this tool reproduces show it; the "
                 "details per level follow.")
-    return ("Each claim of the lab with its verdict: holds when the 95% interval of the claimed effect (bootstrap "
-            "over training seeds and items) excludes 0 in the claimed direction, contradicted when it excludes 0 "
-            "the other way, inconclusive otherwise or when an arm the claim needs failed its training gate. Beside "
-            "the table, our versions of the papers' figures; the details per level follow.")
+    return ("The lab's verdict on each claim, with the claimed effect and its 95% interval; beside it, our versions of "
+            "the papers' figures. The details per level follow.")
 
 
 # --------------------------------------------------------------------------- claims table
@@ -124,9 +122,10 @@ def _claims_table(run: Run) -> Markup:
                      published_text(c.get("published") if isinstance(c.get("published"), dict) else None),
                      gate_text(c, doc.get("gates"))])
     how = interval.get("method", "bootstrap over seeds and items")
-    caption = (f"claims.json of {run.label}: the effect is the claimed contrast with its "
-               f"{fmt(as_float(interval.get('level', 0.95)) * 100)}% interval ({how}); published ranges from SPEC §8; "
-               "gates: each arm's own dev metric improved in every seed.")
+    caption = (f"claims.json of {run.label}. A claim holds when the {fmt(as_float(interval.get('level', 0.95)) * 100)}% "
+               "interval of its effect excludes 0 in the claimed direction, is contradicted when it excludes 0 the other "
+               "way, and is inconclusive otherwise or when an arm it needs failed its training gate (gates: each arm's "
+               f"own dev metric improved in every seed). Interval: {how}. Published ranges: SPEC §8.")
     return Markup("\n").join([paragraph(summary),
                               table(["claim", "verdict", "effect [95% CI]", "published (SPEC §8)", "gates"], rows,
                                     numeric_from=99, caption=caption, cls="claims")])

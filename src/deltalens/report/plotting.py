@@ -118,6 +118,7 @@ def render(fig, *, title: str, alt: str, provenance: str) -> Plot:
             continue
         if not (ax.get_title() and ax.get_xlabel() and ax.get_ylabel()):
             raise ValueError(f"figure '{title}': every panel needs a title and axis labels")
+        ax.title.set_wrap(True)  # a long panel title wraps at the figure's edge instead of running past it
     buf = io.BytesIO()
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "deltalens", "font.family": "sans-serif",
                                 "font.sans-serif": ["DejaVu Sans"]}):

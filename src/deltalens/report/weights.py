@@ -194,20 +194,8 @@ def _angle_plot(have: list[tuple[int, Run]], choice: agg.KChoice):
             ax = axes[r_idx][c]
             peak = []
             for module in agg.modules_of(rows):
-                layers = agg.by_layer(rows, module)
-                xs, ys, gl = [], [], []
-                for layer, group in layers.items():
-                    entries = [choice.entry(r) for r in group]
-                    if side == "left":
-                        unresolved += sum(1 for e in entries if e.get("unresolved"))
-                    entries = [e for e in entries if not e.get("unresolved")
-                               and math.isfinite(as_float(e.get(f"angle_max_{side}_deg")))]
-                    if not entries:
-                        continue
-                    top = max(entries, key=lambda e: as_float(e.get(f"angle_max_{side}_deg")))
-                    xs.append(layer)
-                    ys.append(as_float(top.get(f"angle_max_{side}_deg")))
-                    gl.append(bool(top.get("gap_limited")))
+                xs, ys, gl, skipped = _layer_max_angles(agg.by_layer(rows, module), choice, side)
+                unresolved += skipped if side == "left" else 0
                 if not xs:
                     continue
                 (line,) = ax.plot(xs, ys, marker=MODULE_MARKERS.get(module, "o"), markersize=4, linewidth=1.2, label=module)
@@ -238,6 +226,23 @@ def _angle_plot(have: list[tuple[int, Run]], choice: agg.KChoice):
                    f"(angle error estimate above 0.01°) left out; the max over a layer's tensors of one module kind.")
 
 
+def _layer_max_angles(layers: dict, choice: agg.KChoice, side: str):
+    """Per layer the largest ``side`` principal angle over its tensors' ``choice`` entries:
+    (layers, angles, gap-limited flags of those maxima, entries left out as unresolved)."""
+    xs, ys, gl, unresolved = [], [], [], 0
+    key = f"angle_max_{side}_deg"
+    for layer, group in layers.items():
+        entries = [choice.entry(r) for r in group]
+        unresolved += sum(1 for e in entries if e.get("unresolved"))
+        entries = [e for e in entries if not e.get("unresolved") and math.isfinite(as_float(e.get(key)))]
+        if entries:
+            top = max(entries, key=lambda e: as_float(e.get(key)))
+            xs.append(layer)
+            ys.append(as_float(top.get(key)))
+            gl.append(bool(top.get("gap_limited")))
+    return xs, ys, gl, unresolved
+
+
 def _angle_plot_by_pair(have: list[tuple[int, Run]], choice: agg.KChoice):
     fig, axes = new_figure(1, 2, width=10, height=3.8, sharey=True)
     gap_limited = total = unresolved = 0
@@ -246,19 +251,8 @@ def _angle_plot_by_pair(have: list[tuple[int, Run]], choice: agg.KChoice):
         ax = axes[0][c]
         for _, run in have:
             rows = agg.matrix_rows(_tensors(run))
-            xs, ys, gl = [], [], []
-            for layer, group in agg.by_layer(rows).items():
-                entries = [choice.entry(r) for r in group]
-                if side == "left":
-                    unresolved += sum(1 for e in entries if e.get("unresolved"))
-                entries = [e for e in entries if not e.get("unresolved")
-                           and math.isfinite(as_float(e.get(f"angle_max_{side}_deg")))]
-                if not entries:
-                    continue
-                top = max(entries, key=lambda e: as_float(e.get(f"angle_max_{side}_deg")))
-                xs.append(layer)
-                ys.append(as_float(top.get(f"angle_max_{side}_deg")))
-                gl.append(bool(top.get("gap_limited")))
+            xs, ys, gl, skipped = _layer_max_angles(agg.by_layer(rows), choice, side)
+            unresolved += skipped if side == "left" else 0
             if not xs:
                 continue
             ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, color=run.color, linestyle=run.dash,
