@@ -60,7 +60,11 @@ def test_runs_are_found_one_level_down(lab_report):
     assert [r.label for r in runs] == ["lab", "lab/grpo-seed0", "lab/grpo-seed1", "lab/sft-seed0", "lab/sft-seed1"]
     assert runs[0].lab_only and not runs[1].lab_only
     assert set(runs[1].data) == {"diff.json", "passk.json", "support.json", "divergence.json", "kernel.json", "tracking.jsonl"}
-    assert runs[1].base_and_tuned == ("lab/base", "lab/grpo-seed0")
+    from deltalens.report.pairs import stated_models
+
+    assert {(f, b.text, t.text) for f, b, t in stated_models(runs[1])} == {
+        ("diff.json", "lab/base", "lab/grpo-seed0"), ("passk.json", "base", "grpo-seed0"),
+        ("support.json", "base", "grpo-seed0"), ("divergence.json", "base", "grpo-seed0")}
 
 
 def test_every_section_and_no_absent_notice_for_a_complete_lab(lab_report):

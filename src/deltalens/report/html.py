@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 
 from markupsafe import Markup, escape
 
-from deltalens.report.numbers import fmt, pct  # noqa: F401 (re-exported: the report's number format)
+from deltalens.report.numbers import fmt, pct
+
+__all__ = ["Section", "absent", "figure", "figure_or_note", "fmt", "grid", "heading", "html", "missing_notes",
+           "page", "paragraph", "pct", "render_template", "table", "verdict_badge"]
 from deltalens.report.plotting import Plot, draw_both
-
-#: A table cell, note or intro that is already HTML (built by this package from escaped parts).
-Raw = Markup
-
 
 def _env():
     import jinja2
@@ -38,11 +37,6 @@ _ENV = None
 def render_template(name: str, **context) -> Markup:
     """Render one of :data:`deltalens.report.templates.TEMPLATES` (autoescaped) to Markup."""
     return Markup(_env().get_template(name).render(**context))
-
-
-def esc(value: object) -> Markup:
-    """``value`` escaped for HTML (Markup passes through unchanged)."""
-    return escape(value)
 
 
 def html(template: str, *args, **kwargs) -> Markup:

@@ -60,18 +60,6 @@ class Run:
     def missing(self) -> list[str]:
         return [n for n in INPUT_FILES if n not in self.data and n not in self.unreadable]
 
-    @property
-    def base_and_tuned(self) -> tuple[str | None, str | None]:
-        """The model names this run compares, from the first input that states them."""
-        for name in ("diff.json", "divergence.json", "support.json"):
-            doc = self.data.get(name)
-            if isinstance(doc, dict) and (doc.get("base") or doc.get("tuned")):
-                return doc.get("base"), doc.get("tuned")
-        crossover = (self.data.get("passk.json") or {}).get("crossover") or {}
-        if crossover.get("base") or crossover.get("tuned"):
-            return crossover.get("base"), crossover.get("tuned")
-        return None, None
-
 
 def _read_one(path: Path) -> Any:
     if path.suffix == ".jsonl":
