@@ -50,6 +50,7 @@ class PageLoad:
     failed: list[dict] = field(default_factory=list)
     measurements: dict = field(default_factory=dict)
     screenshot: bytes = b""
+    load_seconds: float = 0.0
 
     @property
     def errors(self) -> list[str]:
@@ -129,8 +130,10 @@ class Chromium:
 
     # -- page loading ----------------------------------------------------------------------
     def load(self, path: Path, *, width: int, height: int = 900, mobile: bool = False,
-             block_network: bool = True, measure_js: str = "({})") -> PageLoad:
-        """Open ``path`` in a fresh tab at ``width`` CSS px, wait for load, measure and screenshot."""
+             block_network: bool = True, measure_js: str = "({})", full_page: bool = True) -> PageLoad:
+        """Open ``path`` in a fresh tab at ``width`` CSS px, wait for load, measure and screenshot
+        (the whole page, or with ``full_page=False`` the first ``height`` px). ``load_seconds`` is
+        the time from navigation to the load event."""
         url = Path(path).resolve().as_uri()
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -142,6 +145,7 @@ class Chromium:
         self.call("Emulation.setDeviceMetricsOverride",
                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}, session)
         result = PageLoad(url=url)
+        started = time.monotonic()
         self._send("Page.navigate", {"url": url}, session)
         deadline = time.monotonic() + self.timeout
         seen = 0
@@ -157,6 +161,7 @@ class Chromium:
                     self._send("Fetch.failRequest", {"requestId": msg["params"]["requestId"],
                                                      "errorReason": "BlockedByClient"}, session)
             if msg.get("method") == "Page.loadEventFired" and msg.get("sessionId") == session:
+                result.load_seconds = time.monotonic() - started
                 break
             seen += 1
         # let late events (image decode errors, console output after load) arrive
@@ -167,7 +172,7 @@ class Chromium:
         if "exceptionDetails" in value:
             raise RuntimeError(f"measurement script failed: {value['exceptionDetails']}")
         result.measurements = json.loads(value["result"]["value"])
-        shot = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session)
+        shot = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": full_page}, session)
         result.screenshot = base64.b64decode(shot["data"])
         for e in self._events:
             if e.get("sessionId") != session:

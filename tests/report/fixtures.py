@@ -100,7 +100,7 @@ def tensor_row(rng: random.Random, name, shape, module, layer, *, arm: str, nan:
     return row
 
 
-def diff_doc(arm: str, seed: int, *, nan_tensor: str | None = None) -> dict:
+def diff_doc(arm: str, seed: int, *, nan_tensor: str | None = None, name: str | None = None) -> dict:
     rng = random.Random(seed)
     rows = [tensor_row(rng, *t, arm=arm, nan=(t[0] == nan_tensor)) for t in llama_tensors()]
     total = sum(r["numel"] for r in rows)
@@ -120,7 +120,7 @@ def diff_doc(arm: str, seed: int, *, nan_tensor: str | None = None) -> dict:
                      for layer in range(LAYERS)},
     }
     return {
-        "base": "lab/base", "tuned": f"lab/{arm}", "options": {"metrics": ["sparsity", "size", "rank", "spectral", "frame"],
+        "base": "lab/base", "tuned": f"lab/{name or arm}", "options": {"metrics": ["sparsity", "size", "rank", "spectral", "frame"],
                                                              "top_k": [1, 4], "exact": False, "tolerances": [1e-5]},
         "summary": summary,
         "skipped": [{"name": "model.rotary_emb.inv_freq", "dtype": "int64", "reason": "not a float tensor"}],
@@ -129,7 +129,7 @@ def diff_doc(arm: str, seed: int, *, nan_tensor: str | None = None) -> dict:
     }
 
 
-def passk_doc(arm: str) -> dict:
+def passk_doc(arm: str, name: str | None = None) -> dict:
     ks = [1, 2, 4, 8, 16, 32, 64]
     base = [0.22, 0.33, 0.45, 0.57, 0.67, 0.75, 0.81]
     tuned = [0.41, 0.48, 0.55, 0.60, 0.64, 0.67, 0.69] if arm == "rl" else [0.30, 0.40, 0.50, 0.59, 0.66, 0.72, 0.77]
@@ -139,27 +139,28 @@ def passk_doc(arm: str) -> dict:
         return {"k": ks, "pass_at_k": values, "ci_low": [max(0, v - 0.06) for v in values],
                 "ci_high": [min(1, v + 0.06) for v in values], "n_problems": 50, "n_min": 64}
 
-    return {"models": {"base": model(base), arm: model(tuned)},
-            "crossover": {"base": "base", "tuned": arm, "k": cross,
+    name = name or arm
+    return {"models": {"base": model(base), name: model(tuned)},
+            "crossover": {"base": "base", "tuned": name, "k": cross,
                           "rule": "smallest common k from which base pass@k > tuned pass@k at every larger k"},
             "method": {"estimator": "unbiased pass@k, 1 - C(n-c,k)/C(n,k), exact in float64",
                        "ci": "percentile bootstrap over problems, 1000 resamples, level 0.95, seed 0"}}
 
 
-def support_doc(arm: str) -> dict:
+def support_doc(arm: str, name: str | None = None) -> dict:
     counts = {"P": 30, "E": 2, "S": 5, "O": 13} if arm == "rl" else {"P": 26, "E": 7, "S": 6, "O": 11}
     p, e, s = counts["P"], counts["E"], counts["S"]
     srr, ndr = p / (p + s), e / (p + e)
     classes = ["P"] * p + ["E"] * e + ["S"] * s + ["O"] * counts["O"]
-    return {"base": "base", "tuned": arm, "k": 64, "counts": counts, "SRR": srr, "NDR": ndr,
+    return {"base": "base", "tuned": name or arm, "k": 64, "counts": counts, "SRR": srr, "NDR": ndr,
             "SDS": 2 * srr * ndr / (srr + ndr), "NSCR": (e - s) / (p + e + s), "epsilon": math.log(20) / 64,
             "problems": [{"id": f"add-{i}", "base_correct": c in "PS", "tuned_correct": c in "PE", "class": c}
                          for i, c in enumerate(classes)]}
 
 
-def divergence_doc(arm: str) -> dict:
+def divergence_doc(arm: str, name: str | None = None) -> dict:
     f = 1.0 if arm == "rl" else 4.0
-    return {"base": "base", "tuned": arm, "n_prompts": 32, "n_samples": 4, "method": "exact over vocabulary",
+    return {"base": "base", "tuned": name or arm, "n_prompts": 32, "n_samples": 4, "method": "exact over vocabulary",
             "forward_kl": {"token_mean": 0.012 * f, "sequence_mean": 0.15 * f},
             "reverse_kl": {"token_mean": 0.010 * f, "sequence_mean": 0.13 * f},
             "entropy": {"base": {"token": 0.82, "answer": 1.9}, "tuned": {"token": 0.82 - 0.1 * f, "answer": 1.9 - 0.3 * f}},
@@ -207,16 +208,37 @@ def tracking_lines(arm: str, seed: int) -> list[dict]:
     return lines
 
 
+def _claim(cid, claim, verdict, rule, numbers, effect, ci, unit, published=None):
+    return {"id": cid, "claim": claim, "verdict": verdict, "rule": rule, "numbers": numbers,
+            "effect": {"estimate": effect, "ci": ci, "unit": unit}, "published": published, "excluded": {}, "note": None}
+
+
 def claims_doc() -> dict:
-    return {"arms": ["sft", "grpo"], "seeds": 2, "quick": True, "claims": [
-        {"id": "sparsity", "claim": "bf16 update sparsity is higher for RL than for SFT", "verdict": "holds",
-         "rule": "mean over seeds of grpo > sft by more than the spread across seeds",
-         "numbers": {"sft": [0.06, 0.07], "grpo": [0.72, 0.69]}},
-        {"id": "crossover", "claim": "the base overtakes RL at large k", "verdict": "inconclusive",
-         "rule": "crossover k exists for every seed", "numbers": {"sft": [None, None], "grpo": [32, None]}},
-        {"id": "kl", "claim": "forward KL is lower for RL than for SFT", "verdict": "does not hold",
-         "rule": "grpo forward KL below sft's outside the seed spread", "numbers": {"sft": [0.05, 0.04], "grpo": [0.06, 0.05]}},
-    ]}
+    """The lab's claims.json (SPEC §10 format): verdicts, effects with intervals, published ranges, gates."""
+    gate = {"passed": True, "metric": "dev loss", "before": 0.4, "after": 0.3, "change": -0.1, "ci": [-0.12, -0.08],
+            "rule": "after − before below 0"}
+    return {"arms": ["sft", "grpo"], "seeds": 2, "quick": True,
+            "interval": {"level": 0.95, "method": "two-level percentile bootstrap over seeds and items"},
+            "gates": {"sft": {"0": gate, "1": gate}, "grpo": {"0": gate, "1": {**gate, "passed": False}}},
+            "claims": [
+                _claim("sparsity", "bf16 update sparsity is higher for RL than for SFT", "holds",
+                       "mean over seeds of grpo > sft", {"bf16_unchanged": {"sft": [0.06, 0.07], "grpo": [0.72, 0.69]}},
+                       0.64, [0.6, 0.68], "fraction",
+                       {"source": "Path Not Taken, Table 1 (SPEC §8)", "sft": [0.006, 0.188], "grpo": [0.36, 0.92],
+                        "unit": "fraction"}),
+                _claim("crossover", "the base overtakes RL at large k", "inconclusive", "crossover k exists for every seed",
+                       {"k": {"sft": [None, None], "grpo": [32, None]}}, 0.02, [-0.01, 0.05], "pass@k"),
+                _claim("kl", "forward KL is lower for RL than for SFT", "contradicted",
+                       "grpo forward KL below sft's", {"forward_kl": {"sft": [0.05, 0.04], "grpo": [0.06, 0.05]}},
+                       0.01, [0.004, 0.02], "nats/token"),
+            ]}
+
+
+def forgetting_doc() -> dict:
+    """The lab's analysis/forgetting.json: per tuned model its forward KL and held-out accuracy drop."""
+    rows = [("sft-seed0", 0.11, 0.05), ("sft-seed1", 0.12, 0.06), ("grpo-seed0", 0.02, 0.01), ("grpo-seed1", 0.03, 0.0)]
+    return {"base": "base", "kl": "forward_token", "tasks": ["copy", "reverse"],
+            "models": [{"model": m, "kl": kl, "accuracy_drop": d} for m, kl, d in rows]}
 
 
 def write_json(path: Path, obj) -> None:
@@ -224,12 +246,14 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1))
 
 
-def write_arm(folder: Path, arm: str, seed: int, *, nan_tensor: str | None = None) -> Path:
-    """Every per-arm input: diff, passk, support, divergence, kernel and tracking."""
-    write_json(folder / "diff.json", diff_doc(arm, seed, nan_tensor=nan_tensor))
-    write_json(folder / "passk.json", passk_doc(arm))
-    write_json(folder / "support.json", support_doc(arm))
-    write_json(folder / "divergence.json", divergence_doc(arm))
+def write_arm(folder: Path, arm: str, seed: int, *, nan_tensor: str | None = None, name: str | None = None) -> Path:
+    """Every per-arm input: diff, passk, support, divergence, kernel and tracking; ``name`` is the
+    tuned model's name in them (default: ``arm``)."""
+    name = name or arm
+    write_json(folder / "diff.json", diff_doc(arm, seed, nan_tensor=nan_tensor, name=name))
+    write_json(folder / "passk.json", passk_doc(arm, name=name))
+    write_json(folder / "support.json", support_doc(arm, name=name))
+    write_json(folder / "divergence.json", divergence_doc(arm, name=name))
     write_json(folder / "kernel.json", kernel_doc(arm, seed))
     (folder / "tracking.jsonl").write_text("".join(json.dumps(line) + "\n" for line in tracking_lines(arm, seed)))
     return folder
@@ -238,9 +262,16 @@ def write_arm(folder: Path, arm: str, seed: int, *, nan_tensor: str | None = Non
 NAN_TENSOR = "model.layers.1.mlp.up_proj.weight"
 
 
+#: The arm folders of the fixture lab: (folder, fixture arm kind, seed of the planted values).
+LAB_ARMS = (("sft-seed0", "sft", 1), ("sft-seed1", "sft", 3), ("grpo-seed0", "rl", 2), ("grpo-seed1", "rl", 4))
+
+
 def write_lab(root: Path) -> Path:
-    """A lab-shaped folder: claims.json at the top, one subfolder per arm (SFT-like and RL-like)."""
+    """A lab-shaped folder: claims.json and forgetting.json at the top, one subfolder per arm and seed
+    (SFT-like and RL-like, two seeds each), as the lab's ``analysis/<arm>-seed<s>`` folders."""
     write_json(root / "claims.json", claims_doc())
-    write_arm(root / "sft", "sft", seed=1)
-    write_arm(root / "grpo", "rl", seed=2, nan_tensor=NAN_TENSOR)
+    write_json(root / "forgetting.json", forgetting_doc())
+    for folder, arm, seed in LAB_ARMS:
+        write_arm(root / folder, arm, seed=seed, nan_tensor=NAN_TENSOR if folder == "grpo-seed0" else None,
+                  name=folder)
     return root

@@ -3,13 +3,15 @@
 Checks, at 1280 px and 390 px: no console errors, exceptions or error log entries; no request
 other than the page itself and its inline ``data:`` images (the DevTools ``Fetch`` domain fails
 anything else and the test fails if anything tried); every image decoded with non-zero size;
-every section present; no sideways scrolling of the page. Screenshots are written to the test's
-tmp dir, or to ``$DELTALENS_SCREENSHOT_DIR`` when set, for a person to look at.
+every section present, the answer first; every figure no wider than its column, with no text
+drawn past its edge and no absolute path in its title; no sideways scrolling of the page.
+Screenshots are written to the test's tmp dir, or to ``$DELTALENS_SCREENSHOT_DIR`` when set, for a person to look at.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,10 @@ from tests.report.fixtures import passk_doc, write_json
 MEASURE = """(() => {
   const imgs = [...document.images].map(i => {
     const r = i.getBoundingClientRect();
+    const col = (i.closest('figure') || i.parentElement).parentElement.getBoundingClientRect();
     return {alt: i.alt, title: i.title, complete: i.complete, nw: i.naturalWidth, nh: i.naturalHeight,
-            w: r.width, h: r.height, scheme: i.src.split(':')[0]};
+            w: r.width, h: r.height, scheme: i.src.split(':')[0], colW: col.width,
+            outside: i.dataset.textOutside};
   });
   const sections = [...document.querySelectorAll('section.report-section')].map(s => {
     const r = s.getBoundingClientRect();
@@ -86,6 +90,11 @@ def test_full_report_renders_cleanly(chromium, full_report, tmp_path, width, mob
         assert img["w"] <= m["clientWidth"], img["title"]
         assert len(img["alt"]) > 40 and img["title"], img
         assert img["scheme"] == "data"
+        # no figure wider than its column, no text drawn past the figure's edge, no machine paths in titles
+        assert img["w"] <= img["colW"] + 0.5, img["title"]
+        assert img["outside"] == "0", img["title"]
+        assert not re.search(r"(^|\s)/[\w.-]+/", img["title"]), img["title"]
+    assert m["sections"][0]["id"] == "answer"
     assert all("Produced by:" in c for c in m["captions"]) and len(m["captions"]) == len(m["imgs"])
     # readable at this width: no sideways page scroll (wide tables scroll inside their own box)
     assert m["scrollWidth"] <= m["clientWidth"], m["wide"]
@@ -103,8 +112,8 @@ def test_partial_report_says_what_is_absent(chromium, tmp_path):
     _check_clean_load(load, page)
     m = load.measurements
     assert [s["id"] for s in m["sections"]] == list(SECTION_IDS)
-    assert m["absent"] >= 6  # diff, support, divergence, kernel (+ trajectory), tracking, claims
-    assert len(m["imgs"]) == 1 and m["imgs"][0]["nw"] > 0
+    assert m["absent"] >= 6  # answer (no claims), diff, support, divergence, kernel, tracking, claims
+    assert len(m["imgs"]) == 3 and all(i["nw"] > 0 for i in m["imgs"])  # pass@k and pass@1 gain first, then pass@k
 
 
 def test_an_outside_request_would_be_caught(chromium, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html as html_lib
 import json
 import math
 import re
@@ -56,10 +57,14 @@ def parse(path: Path) -> _Collect:
 def test_runs_are_found_one_level_down(lab_report):
     lab, _ = lab_report
     runs = discover_runs([lab])
-    assert [r.label for r in runs] == ["lab", "lab/grpo", "lab/sft"]
+    assert [r.label for r in runs] == ["lab", "lab/grpo-seed0", "lab/grpo-seed1", "lab/sft-seed0", "lab/sft-seed1"]
     assert runs[0].lab_only and not runs[1].lab_only
     assert set(runs[1].data) == {"diff.json", "passk.json", "support.json", "divergence.json", "kernel.json", "tracking.jsonl"}
-    assert runs[1].base_and_tuned == ("lab/base", "lab/rl")
+    from deltalens.report.pairs import stated_models
+
+    assert {(f, b.text, t.text) for f, b, t in stated_models(runs[1])} == {
+        ("diff.json", "lab/base", "lab/grpo-seed0"), ("passk.json", "base", "grpo-seed0"),
+        ("support.json", "base", "grpo-seed0"), ("divergence.json", "base", "grpo-seed0")}
 
 
 def test_every_section_and_no_absent_notice_for_a_complete_lab(lab_report):
@@ -109,7 +114,8 @@ def test_every_plot_has_alt_text_a_title_and_axis_labels_wide_and_narrow(lab_rep
         assert "<text" in text
     for img in imgs:
         wide = base64.b64decode(img["src"].split(",", 1)[1]).decode()
-        assert _xml_text(img["title"]) in wide  # the title is drawn on the figure itself
+        # the title is drawn on the figure itself (long titles wrap onto two lines)
+        assert all(word in wide for word in _xml_text(img["title"]).split()), img["title"]
 
 
 def _xml_text(s: str) -> str:
@@ -144,8 +150,8 @@ def _table_row(page: Path, label: str) -> list[str]:
 
 def test_pooled_numbers_match_an_independent_computation(lab_report):
     lab, page = lab_report
-    # columns: quantity, lab/grpo, lab/sft
-    for col, arm in ((1, "grpo"), (2, "sft")):
+    # columns: quantity, then one per pair in the lab's arm order: sft-seed0, sft-seed1, grpo-seed0, grpo-seed1
+    for col, arm in ((1, "sft-seed0"), (3, "grpo-seed0")):
         rows = json.loads((lab / arm / "diff.json").read_text())["tensors"]
         fro2 = np.array([r["delta_fro"] ** 2 if r.get("delta_fro") is not None and r.get("rescale_share") is not None
                          else 0.0 for r in rows if "rescale_share" in r])
@@ -187,8 +193,8 @@ def test_parameter_pooling_equals_the_unchanged_count_over_all_parameters():
 def test_nan_tensor_is_listed_and_left_out(lab_report):
     _, page = lab_report
     row = _table_row(page, NAN_TENSOR)
-    assert row[1:3] == ["lab/grpo", "3"]
-    assert _table_row(page, "tensors with NaN/Inf")[1:] == ["1", "0"]
+    assert row[1:3] == ["grpo-seed0", "3"]
+    assert _table_row(page, "tensors with NaN/Inf")[1:] == ["0", "0", "1", "0"]
 
 
 def test_claims_table_shows_verdicts_and_seed_values(lab_report):
@@ -196,7 +202,7 @@ def test_claims_table_shows_verdicts_and_seed_values(lab_report):
     row = _table_row(page, "sparsity")
     assert row[2] == "holds"
     assert row[4].startswith(fmt((0.06 + 0.07) / 2))
-    assert _table_row(page, "kl")[2] == "does not hold"
+    assert _table_row(page, "kl")[2] == "contradicted"
     assert _table_row(page, "crossover")[4] == "—"  # sft: no crossover in either seed
     assert _table_row(page, "crossover")[5].startswith("32")
 
@@ -236,16 +242,18 @@ def test_k_as_a_fraction_gives_per_tensor_k(tmp_path):
             row["by_k"] = {"1": row["by_k"]["1"], k: row["by_k"]["4"]}
     write_json(run / "diff.json", doc)
     text = build_report([run], tmp_path / "r.html").read_text()
-    assert "each tensor&#x27;s smallest k (k from 1 to 4 by tensor shape)" in text
-    assert "each tensor&#x27;s largest k" in text
+    text = html_lib.unescape(text)
+    assert "each tensor's smallest k (k from 1 to 4 by tensor shape)" in text
+    assert "each tensor's largest k" in text
 
 
 def test_side_by_side_runs_from_several_dirs(tmp_path):
     sft = write_arm(tmp_path / "sft", "sft", seed=4)
     rl = write_arm(tmp_path / "rl", "rl", seed=5)
     page = build_report([sft, rl], tmp_path / "both.html")
-    row = _table_row(page, "tuned")
-    assert row[1:] == ["lab/sft", "lab/rl"]
+    pairs = [r for r in parse(page).rows if len(r) == 8 and r[0] in ("sft", "rl")]
+    assert [(r[0], r[3]) for r in pairs] == [("sft", "lab/sft"), ("rl", "lab/rl")]
+    assert len(_table_row(page, "unchanged, bitwise")) == 3  # quantity + one column per pair
 
 
 def test_empty_or_missing_run_dir_is_an_error(tmp_path):
@@ -311,3 +319,102 @@ def test_install_script_is_idempotent_when_chromium_is_present():
     script = Path(__file__).resolve().parents[2] / "scripts" / "install-system-deps.sh"
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "nothing to do" in out.stdout
+
+
+def _section_ids(page: Path) -> list[str]:
+    return [a["id"] for t, a in parse(page).tags if t == "section"]
+
+
+def test_the_answer_leads_with_verdict_effect_published_range_and_gates(lab_report):
+    _, page = lab_report
+    assert _section_ids(page)[:2] == ["answer", "pairs"]
+    rows = [r for r in parse(page).rows if r and r[0].startswith("bf16 update sparsity is higher for RL than for SFT")]
+    assert rows, "the claim is not in the answer table"
+    claim, verdict, effect, published, gates = rows[0]
+    assert verdict == "holds"
+    assert effect == "0.64 [0.6, 0.68] fraction"
+    assert published.startswith("sft 0.006–0.188; grpo 0.36–0.92")
+    assert gates == "FAILED: grpo seed 1"  # the fixture's grpo seed 1 failed its gate
+    text = page.read_text()
+    answer = text[text.index('<section id="answer"'):text.index('<section id="pairs"')]
+    for title in ("Principal-angle distributions by arm", "Update sparsity by layer: parameters bitwise unchanged",
+                  "pass@k: the base against each arm, with the crossover",
+                  "pass@1 gain over the base by arm: real against random reward", "Forgetting against forward KL"):
+        assert f'title="{title}"' in answer, title
+    assert 'class="absent"' not in answer
+
+
+def _img(page: Path, title: str) -> dict:
+    imgs = [a for t, a in parse(page).tags if t == "img" and a.get("title") == title]
+    assert imgs, title
+    return imgs[0]
+
+
+def test_paper_figures_carry_independently_computed_numbers(lab_report):
+    from tests.report.fixtures import forgetting_doc, passk_doc
+
+    _, page = lab_report
+    # pass@1 gain: tuned − base at k = 1 of the fixture's curves, the same for both seeds of an arm
+    for arm, kind in (("grpo", "rl"), ("sft", "sft")):
+        doc = passk_doc(kind, name="x")
+        gain = doc["models"]["x"]["pass_at_k"][0] - doc["models"]["base"]["pass_at_k"][0]
+        assert f"{arm}: mean {fmt(gain)} over 2 seed(s)" in _img(page, "pass@1 gain over the base by arm: real against "
+                                                                      "random reward")["alt"]
+    # forgetting against KL: Pearson r of the points, from numpy
+    pts = forgetting_doc()["models"]
+    r = np.corrcoef([p["kl"] for p in pts], [p["accuracy_drop"] for p in pts])[0, 1]
+    text = html_lib.unescape(page.read_text())
+    assert f"r = {r:.3f}" in text
+
+
+def _model_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def test_one_pairs_outputs_in_three_folders_share_one_column(tmp_path):
+    from tests.report.fixtures import kernel_doc
+
+    base, tuned, other = (_model_dir(tmp_path / "models" / n) for n in ("base", "tuned", "other"))
+    diff = diff_doc("rl", 7)
+    diff.update(base=str(base), tuned=str(tuned))
+    write_json(tmp_path / "d" / "diff.json", diff)
+    kern = kernel_doc("rl", 7)
+    kern["base"]["source"], kern["tuned"]["source"] = str(base) + "/", str(tmp_path / "models" / ".." / "models" / "tuned")
+    write_json(tmp_path / "k" / "kernel.json", kern)
+    write_json(tmp_path / "p" / "passk.json", passk_doc("rl", name="tuned"))  # names only: the folder names
+    unrelated = diff_doc("sft", 8)
+    unrelated.update(base=str(base), tuned=str(other))
+    write_json(tmp_path / "u" / "diff.json", unrelated)
+    page = build_report([tmp_path / "d", tmp_path / "k", tmp_path / "p", tmp_path / "u"], tmp_path / "r.html")
+    pairs = [r for r in parse(page).rows if r and (r[0].startswith("d") or r[0] == "u") and len(r) == 8]
+    assert [r[0] for r in pairs] == ["d + k + p", "u"]
+    assert pairs[0][2:4] == ["base", "tuned"]  # below the folder all the models share
+    assert pairs[0][6] == "support.json (deltalens support S_BASE.jsonl S_TUNED.jsonl --out DIR)divergence.json " \
+                          "(deltalens divergence BASE TUNED --prompts P.jsonl --out DIR)tracking.jsonl " \
+                          "(deltalens.tracking.UpdateStatsCallback during training (deltalens lab))"
+    assert len(_table_row(page, "unchanged, bitwise")) == 3  # the weight summary: quantity + one column per pair
+    assert _table_row(page, "mode")[1:] == ["sketch"]  # the kernel table: only the pair that has one
+
+
+def test_names_from_the_inputs_are_escaped(tmp_path):
+    doc = diff_doc("rl", 9)
+    doc["tensors"][1]["name"] = "model.<script>alert(1)</script>.weight"
+    doc["tensors"][1]["nonfinite"] = 2
+    doc["tuned"] = "lab/<b>tuned</b>"
+    write_json(tmp_path / "run" / "diff.json", doc)
+    text = build_report([tmp_path / "run"], tmp_path / "r.html").read_text()
+    assert "<script" not in text and "<b>tuned" not in text
+    assert "model.&lt;script&gt;alert(1)&lt;/script&gt;.weight" in text
+
+
+def test_the_labs_stage_marker_is_not_a_claims_file_and_a_folder_is_read_once(tmp_path):
+    lab = tmp_path / "lab"
+    write_json(lab / "claims.json", claims_doc())
+    write_json(lab / "stages" / "claims.json", {"seconds": 1.5, "finished": "2026-11-30"})  # what the lab writes
+    write_arm(lab / "analysis" / "sft-seed0", "sft", seed=12, name="sft-seed0")
+    runs = discover_runs([lab, lab / "analysis", lab])
+    assert [r.label for r in runs] == ["lab", "analysis/sft-seed0"]
+    text = build_report([lab, lab / "analysis"], tmp_path / "r.html").read_text()
+    assert text.count("3 claims: 1 hold") == 1  # one claims table: the stage marker is not a second one

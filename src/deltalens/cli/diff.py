@@ -10,49 +10,111 @@ import typer
 
 
 def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.2f}%"
+    from deltalens.report.numbers import pct
+
+    return pct(x)
 
 
-def _num(x, fmt=".3g") -> str:
-    return "—" if x is None else format(x, fmt)
+def _num(x, fmt=None) -> str:
+    from deltalens.report.numbers import fmt as number
+
+    return number(float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x)
+
+
+#: Terminal width the diff table is fitted to when stdout is not a terminal.
+TABLE_WIDTH = 100
+#: Summary columns in the order they are kept when the table must drop some to fit:
+#: (summary key, header, kind). The first four are always shown.
+DIFF_COLUMNS = (
+    ("module", "module", "text"), ("tensors", "tensors", "int"), ("numel", "params", "int"),
+    ("unchanged_bitwise", "unch. bitwise", "pct"), ("visible_fraction", "bf16 vis.", "pct"),
+    ("angle_max_left_deg_max", "max ∠L°", "angle"), ("nss_mean", "NSS", "num"),
+    ("rescale_share_energy_weighted", "rescale", "num"), ("rescale_ratio_energy_weighted", "resc./rand.", "num"),
+    ("nonfinite", "NaN/Inf", "int"), ("unchanged_relative", "unch. rel", "pct"), ("tolerances", "", "pct"),
+    ("delta_rel_mean", "‖Δ‖/‖W0‖", "num"), ("stable_rank_mean", "st. rank", "num"),
+    ("effective_rank_mean", "eff. rank", "num"), ("rank1_share_mean", "σ1² share", "num"),
+    ("angle_max_right_deg_max", "max ∠R°", "angle"),
+)
+ALWAYS = 4
+
+
+def diff_table_rows(result) -> tuple[list[str], list[list[str]], list[str]]:
+    """(headers, rows, dropped headers) of the per-module summary, fitted to the terminal.
+
+    Values use the report's number format (3 significant digits, scientific notation below 1e-3);
+    an angle cell ends in ``*`` when tensors of that module were unresolved by the fast route (left
+    out) and in ``†`` when some are gap-limited (Wedin bound > 1, the angle is ill-posed)."""
+    s = result.summary
+    by_module = s.get("by_module", {})
+    from deltalens.weights.aggregate import ordered_modules
+
+    groups = [(m, by_module[m]) for m in ordered_modules(by_module)] + [("all", s)]
+    columns = []
+    for key, header, kind in DIFF_COLUMNS:
+        if key == "tolerances":
+            columns += [(("unchanged_absolute", k), f"unch. ≤{k}", "pct") for k in (s.get("unchanged_absolute") or {})]
+        elif key in ("module", "tensors", "numel") or key in s:
+            columns.append((key, header, kind))
+
+    def cell(name, agg, key, kind):
+        if key == "module":
+            return name
+        value = agg.get(key[0], {}).get(key[1]) if isinstance(key, tuple) else agg.get(key)
+        if kind == "int":
+            return f"{value:,}" if isinstance(value, int) else _num(value if value is not None else 0)
+        if kind == "pct":
+            return _pct(value)
+        text = _num(value)
+        if kind == "angle" and value is not None:
+            text += ("*" if agg.get("angles_unresolved") else "") + ("†" if agg.get("angles_gap_limited") else "")
+        return text
+
+    table = [[cell(name, agg, key, kind) for key, _, kind in columns] for name, agg in groups]
+    headers = [h for _, h, _ in columns]
+    width = _terminal_width()
+    keep, used = [], 2  # the table's edges
+    for j, header in enumerate(headers):
+        need = max(len(header), *(len(r[j]) for r in table)) + 3  # padding 1 + 1 and the column separator
+        if j < ALWAYS or used + need <= width:
+            keep.append(j)
+            used += need
+    dropped = [headers[j] for j in range(len(headers)) if j not in keep]
+    return [headers[j] for j in keep], [[r[j] for j in keep] for r in table], dropped
+
+
+def _terminal_width() -> int:
+    """$COLUMNS, else the terminal's width, else :data:`TABLE_WIDTH` (output to a file or pipe)."""
+    import shutil
+
+    return shutil.get_terminal_size((TABLE_WIDTH, 24)).columns
 
 
 def render_diff(result, title: str | None = None) -> None:
-    """Print the per-module summary table of a DiffResult (and any non-finite warning)."""
+    """Print the per-module summary table of a DiffResult (fitted to the terminal, at most
+    :data:`TABLE_WIDTH` columns when not a terminal) and its notes."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    from deltalens.weights.aggregate import ordered_modules
+    from deltalens.weights.plots import short_paths
 
-    console = Console(width=max(Console().width, 130))
+    console = Console(width=_terminal_width(), soft_wrap=False)
     s = result.summary
-    tol_keys = list((s.get("unchanged_absolute") or {}).keys())
-    table = Table(title=title or f"{result.tuned} vs {result.base}", title_justify="left")
-    for col in ("module", "tensors", "params", "unch. bitwise", "unch. rel"):
-        table.add_column(col, justify="right" if col != "module" else "left")
-    for k in tol_keys:
-        table.add_column(f"unch. ≤{k}", justify="right")
-    extra = [("visible_fraction", "bf16 vis."), ("delta_rel_mean", "‖Δ‖/‖W0‖"), ("stable_rank_mean", "st. rank"),
-             ("effective_rank_mean", "eff. rank"), ("rank1_share_mean", "σ1² share"),
-             ("angle_max_left_deg_max", "max ∠L°"), ("angle_max_right_deg_max", "max ∠R°"), ("nss_mean", "NSS"),
-             ("rescale_share_energy_weighted", "rescale"), ("rescale_ratio_energy_weighted", "resc./rand."),
-             ("nonfinite", "NaN/Inf")]
-    extra = [(k, label) for k, label in extra if k in s]
-    for _, label in extra:
-        table.add_column(label, justify="right")
-    by_module = s.get("by_module", {})
-    order = ordered_modules(by_module)
-    for name, agg in [(m, by_module[m]) for m in order] + [("all", s)]:
-        cells = [name, str(agg["tensors"]), f"{agg['numel']:,}", _pct(agg.get("unchanged_bitwise")),
-                 _pct(agg.get("unchanged_relative"))]
-        cells += [_pct((agg.get("unchanged_absolute") or {}).get(k)) for k in tol_keys]
-        cells += [str(agg.get(k, 0)) if k == "nonfinite" else _pct(agg.get(k)) if k == "visible_fraction"
-                  else _num(agg.get(k)) for k, _ in extra]
-        table.add_row(*cells, style="bold" if name == "all" else None)
+    headers, rows, dropped = diff_table_rows(result)
+    table = Table(title=title or short_paths(f"{result.tuned} vs {result.base}"), title_justify="left",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for h in headers:
+        table.add_column(h, justify="left" if h == "module" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row, style="bold" if row[0] == "all" else None)
     console.print(table)
+    if dropped:
+        console.print(f"not shown at this width: {', '.join(dropped)} (diff.json, tensors.parquet and --report hold them)")
     console.print("unchanged fractions: bitwise / relative (η={}) / absolute; stored dtypes: {}; rank: {}".format(
         result.options["eta"], ", ".join(sorted({r["dtype"] for r in result.rows})), result.options["methods"]["rank"]
         if "rank" in result.options["metrics"] else "not computed"))
+    if s.get("angles_unresolved") or s.get("angles_gap_limited"):
+        console.print("angle markers: * some tensors of the module unresolved (left out), † some gap-limited (ill-posed)")
     if "angle_max_left_deg_max" in s or s.get("angles_unresolved"):
         console.print("max ∠L/∠R: largest principal angle (degrees) between top-k singular subspaces of W0 and W1 at "
                       "the smallest requested k (max over tensors); NSS: normalized spectrum shift (mean over tensors); rescale: "

@@ -6,13 +6,14 @@ import math
 
 from deltalens.report.html import Section, figure_or_note, fmt, heading, missing_notes, paragraph, table
 from deltalens.report.inputs import Run, as_float
-from deltalens.report.plotting import describe_range, figure_legend, finite_xy, new_figure, render, run_color
+from deltalens.report.plotting import describe_range, figure_legend, finite_xy, new_figure, render
 
 SUPPORT_CLASSES = (("P", "both solve", "#2ca02c"), ("E", "tuned only (expansion)", "#1f77b4"),
                    ("S", "base only (shrinkage)", "#d62728"), ("O", "neither", "#c7c7c7"))
 
 
-def build(runs: list[Run]) -> Section:
+def build(runs: list) -> Section:
+    """The section over the pairs ``runs`` (:class:`~deltalens.report.pairs.Pair`, one column each)."""
     section = Section(
         "behaviour", "Behaviour level",
         "What the models do (SPEC §7): pass@k with bootstrap intervals and the k where the base overtakes the "
@@ -33,8 +34,8 @@ def build(runs: list[Run]) -> Section:
         if have:
             section.add(figure_or_note(plot, have))
             section.add(summary(have))
-    section.add(paragraph("Forgetting (accuracy on held-out tasks against KL) is reported per arm in the lab's claims "
-                          "table below, when a claims.json is present.", "intro"))
+    section.add(paragraph("Forgetting (held-out accuracy against forward KL) is drawn at the top of the page when the "
+                          "lab's forgetting.json is present.", "intro"))
     return section
 
 
@@ -48,7 +49,6 @@ def _passk_plot(have):
     ax = axes[0][0]
     seen: dict[str, tuple] = {}
     alt, counts = [], []
-    styles = ("-", "--", ":", "-.")
     for i, run in have:
         for j, (name, m) in enumerate(_models(run).items()):
             ks = [as_float(k) for k in m.get("k") or []]
@@ -61,22 +61,26 @@ def _passk_plot(have):
             label = name if name not in seen else f"{name} ({run.label})"
             seen[name] = signature
             xs, yv = finite_xy(ks, ys)
-            color = "#444444" if j == 0 and name == (run.get("passk.json").get("crossover") or {}).get("base") else run_color(i)
-            ax.plot(xs, yv, marker="o", markersize=3, linestyle=styles[j % len(styles)], color=color, label=label)
+            is_base = name == (run.get("passk.json").get("crossover") or {}).get("base")
+            color = "#444444" if is_base else run.color
+            ax.plot(xs, yv, marker="o", markersize=3, linestyle="--" if is_base else run.dash, color=color, label=label)
             if len(lo) == len(ks) == len(hi):
                 band = [(k, a, b) for k, a, b in zip(ks, lo, hi) if math.isfinite(a) and math.isfinite(b)]
                 ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=color, alpha=0.15)
             alt.append(f"{label}: pass@k {describe_range(yv)} over k {describe_range(xs)}")
             counts.append(f"{label}: {m.get('n_problems', '?')} problems, n_min {m.get('n_min', '?')}")
         cross = (run.get("passk.json").get("crossover") or {})
-        if isinstance(cross.get("k"), (int, float)):
-            ax.axvline(cross["k"], color=run_color(i), linestyle=":", alpha=0.8,
-                       label=f"crossover k*={cross['k']} ({run.label})")
+        if isinstance(cross.get("k"), (int, float)):  # named in the caption, not the legend
+            ax.axvline(cross["k"], color=run.color, linestyle=":", alpha=0.8)
     ax.set_xscale("log", base=2)
+    all_k = [as_float(k) for _, r in have for m in _models(r).values() for k in m.get("k") or []]
+    all_k = [k for k in all_k if k > 0]
+    if all_k:
+        ax.set_xlim(min(all_k) / 1.4, max(all_k) * 1.4)  # a crossover at the smallest k stays off the y-axis
     ax.set_ylim(-0.02, 1.02)
     ax.set(title="Mean over problems, shaded: bootstrap interval", xlabel="k (samples per problem, log scale)", ylabel="pass@k")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    figure_legend(fig, *ax.get_legend_handles_labels(), title="model")
     crossings = "; ".join(f"{r.label}: " + _crossover_text(r) for _, r in have)
     return render(fig, title="pass@k with intervals",
                   alt="Line chart of pass@k against k on a log axis, one line per model with a shaded interval: "
@@ -113,16 +117,25 @@ def _crossover_text(run: Run) -> str:
 def _passk_table(have) -> str:
     all_k: list[float] = sorted({as_float(k) for _, r in have for m in _models(r).values() for k in m.get("k") or []})
     rows = []
+    drawn: dict[tuple, list] = {}
     for _, run in have:
         for name, m in _models(run).items():
+            signature = (name, repr(m.get("k")), repr(m.get("pass_at_k")), repr(m.get("ci_low")), repr(m.get("ci_high")))
+            if signature in drawn:  # the same base scored for several pairs: one row, naming them all
+                drawn[signature].append(run.label)
+                continue
+            drawn[signature] = [run.label]
             lookup = {as_float(k): (y, lo, hi) for k, y, lo, hi in
                       zip(m.get("k") or [], m.get("pass_at_k") or [], m.get("ci_low") or [], m.get("ci_high") or [])}
-            cells = [f"{run.label}: {name}", fmt(m.get("n_problems")), fmt(m.get("n_min"))]
+            cells = [signature, fmt(m.get("n_problems")), fmt(m.get("n_min"))]
             for k in all_k:
                 y = lookup.get(k)
                 cells.append(f"{fmt(as_float(y[0]))} [{fmt(as_float(y[1]))}, {fmt(as_float(y[2]))}]" if y else "—")
             rows.append(cells)
-    return table(["run: model", "problems", "n_min", *[f"k={fmt(k) if not float(k).is_integer() else int(k)}" for k in all_k]],
+    for cells in rows:
+        name, labels = cells[0][0], drawn[cells[0]]
+        cells[0] = f"{labels[0]}: {name}" if len(labels) == 1 else f"{name} (the same for {len(labels)} pairs)"
+    return table(["pair: model", "problems", "n_min", *[f"k={fmt(k) if not float(k).is_integer() else int(k)}" for k in all_k]],
                  rows, caption="pass@k [bootstrap interval]; k only up to the smallest per-problem sample count n_min.")
 
 
@@ -148,7 +161,7 @@ def _support_plot(have):
     ax.set_yticks(range(len(have)), labels)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set(title="Share of problems per class at budget k", xlabel="fraction of problems", ylabel="run")
+    ax.set(title="Share of problems per class at budget k", xlabel="fraction of problems", ylabel="pair")
     handles, names = ax.get_legend_handles_labels()
     figure_legend(fig, handles, names, title="class")
     return render(fig, title="Support classes P / E / S / O",
@@ -160,17 +173,24 @@ def _support_plot(have):
                                          for _, r in have) + ".")
 
 
+def _columns(have, quantities) -> list[list[object]]:
+    """Rows of a quantity × pair table: [label, value per pair] for each (label, function of the pair)."""
+    return [[label, *(fn(run) for _, run in have)] for label, fn in quantities]
+
+
 def _support_table(have) -> str:
-    rows = []
-    for _, run in have:
-        d = run.get("support.json")
-        c = d.get("counts") or {}
-        rows.append([run.label, str(d.get("base", "—")), str(d.get("tuned", "—")), fmt(d.get("k")),
-                     *(fmt(c.get(x)) for x in "PESO"), fmt(d.get("SRR")), fmt(d.get("NDR")), fmt(d.get("SDS")),
-                     fmt(d.get("NSCR")), fmt(d.get("epsilon"))])
-    return table(["run", "base", "tuned", "k", "P", "E", "S", "O", "SRR", "NDR", "SDS", "NSCR", "ε"], rows, numeric_from=3,
-                 caption="SRR = P/(P+S), NDR = E/(P+E), SDS = their harmonic mean, NSCR = (E−S)/(P+E+S), "
-                         "ε = ln(1/0.05)/k (SPEC §7). Published RL values: SRR 0.93–0.99, NSCR −0.01 to −0.06.")
+    def count(c):
+        return lambda run: fmt((run.get("support.json").get("counts") or {}).get(c))
+
+    def field(name):
+        return lambda run: fmt(run.get("support.json").get(name))
+
+    quantities = [("k", field("k")), *((f"{c}: {name}", count(c)) for c, name, _ in SUPPORT_CLASSES),
+                  ("SRR = P/(P+S)", field("SRR")), ("NDR = E/(P+E)", field("NDR")), ("SDS", field("SDS")),
+                  ("NSCR = (E−S)/(P+E+S)", field("NSCR")), ("ε = ln(1/0.05)/k", field("epsilon"))]
+    return table(["quantity", *(run.label for _, run in have)], _columns(have, quantities),
+                 caption="Support classes at budget k, one column per pair; SDS is the harmonic mean of SRR and NDR "
+                         "(SPEC §7). Published RL values: SRR 0.93–0.99, NSCR −0.01 to −0.06.")
 
 
 def _get(doc: dict, *path: str) -> float:
@@ -179,52 +199,64 @@ def _get(doc: dict, *path: str) -> float:
     return as_float(doc)
 
 
+#: The divergence figure's panels: (title, y label, [(bar label, path in divergence.json)]).
+DIVERGENCE_PANELS = (
+    ("KL per token", "KL (nats per token)", (("forward KL(π0‖π1)", ("forward_kl", "token_mean")),
+                                             ("reverse KL(π1‖π0)", ("reverse_kl", "token_mean")))),
+    ("KL per sequence", "KL (nats per sequence)", (("forward KL(π0‖π1)", ("forward_kl", "sequence_mean")),
+                                                   ("reverse KL(π1‖π0)", ("reverse_kl", "sequence_mean")))),
+    ("Next-token entropy", "entropy (nats per token)", (("base", ("entropy", "base", "token")),
+                                                        ("tuned", ("entropy", "tuned", "token")))),
+    ("Final-answer entropy", "entropy (nats per answer)", (("base", ("entropy", "base", "answer")),
+                                                           ("tuned", ("entropy", "tuned", "answer")))),
+)
+
+
 def _divergence_plot(have):
-    fig, axes = new_figure(1, 2, width=10, height=3.8)
-    ax_kl, ax_h = axes[0]
-    width = 0.8 / max(1, len(have))
+    fig, axes = new_figure(2, 2, width=10, height=6.4)
+    labels = [run.label for _, run in have]
     alt = []
-    for j, (i, run) in enumerate(have):
-        d = run.get("divergence.json")
-        off = (j - (len(have) - 1) / 2) * width
-        kl = [_get(d, "forward_kl", "token_mean"), _get(d, "reverse_kl", "token_mean"),
-              _get(d, "forward_kl", "sequence_mean"), _get(d, "reverse_kl", "sequence_mean")]
-        ax_kl.bar([x + off for x in range(4)], [v if math.isfinite(v) else 0 for v in kl], width=width,
-                  color=run_color(i), label=run.label)
-        ent = [_get(d, "entropy", "base", "token"), _get(d, "entropy", "tuned", "token"),
-               _get(d, "entropy", "base", "answer"), _get(d, "entropy", "tuned", "answer")]
-        ax_h.bar([x + off for x in range(4)], [v if math.isfinite(v) else 0 for v in ent], width=width,
-                 color=run_color(i), label=run.label)
-        alt.append(f"{run.label}: forward KL per token {fmt(kl[0])}, reverse {fmt(kl[1])}; token entropy base "
-                   f"{fmt(ent[0])}, tuned {fmt(ent[1])}")
-    ax_kl.set_xticks(range(4), ["fwd/token", "rev/token", "fwd/seq", "rev/seq"])
-    ax_kl.set(title="KL(π0‖π1) forward, KL(π1‖π0) reverse", xlabel="direction / averaging", ylabel="KL (nats)")
-    ax_h.set_xticks(range(4), ["base token", "tuned token", "base answer", "tuned answer"])
-    ax_h.set(title="Entropy of next token and of final answers", xlabel="model / level", ylabel="entropy (nats)")
-    for ax in (ax_kl, ax_h):
+    for idx, (title, ylabel, bars) in enumerate(DIVERGENCE_PANELS):
+        ax = axes[idx // 2][idx % 2]
+        for b, (name, path) in enumerate(bars):
+            values = [_get(run.get("divergence.json"), *path) for _, run in have]
+            ax.bar([x + (b - 0.5) * 0.4 for x in range(len(have))], [v if math.isfinite(v) else 0 for v in values],
+                   width=0.4, color=[run.color for _, run in have], alpha=1.0 if b == 0 else 0.45,
+                   hatch="" if b == 0 else "//", edgecolor="#333333", linewidth=0.4, label=name)
+            alt.append(f"{title}, {name}: {describe_range(values)}")
+        ax.set_xticks(range(len(have)), labels, rotation=30 if len(have) > 2 else 0,
+                      ha="right" if len(have) > 2 else "center", fontsize=7)
+        ax.set(title=title, xlabel="pair", ylabel=ylabel)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
-    details = "; ".join(f"{r.label}: method {r.get('divergence.json').get('method', '?')}, "
-                        f"{r.get('divergence.json').get('n_prompts', '?')} prompts × {r.get('divergence.json').get('n_samples', '?')} samples"
-                        for _, r in have)
+        ax.legend(fontsize=7)
+    details = "; ".join(f"{r.label}: {r.get('divergence.json').get('n_prompts', '?')} prompts × "
+                        f"{r.get('divergence.json').get('n_samples', '?')} samples" for _, r in have)
+    methods = sorted({str(r.get("divergence.json").get("method", "?")) for _, r in have})
     return render(fig, title="How far the output distribution moved",
-                  alt="Grouped bar charts of KL divergences and entropies per run: " + "; ".join(alt) + ".",
-                  provenance=f"divergence.json of {', '.join(r.label for _, r in have)}; {details}; KL exact over the vocabulary "
-                             "along sampled sequences unless the method says estimate (SPEC §7).")
+                  alt="Four bar charts, one pair per bar group: KL per token and per sequence (forward solid, reverse "
+                      "hatched), next-token and final-answer entropy (base solid, tuned hatched): " + "; ".join(alt) + ".",
+                  provenance=f"divergence.json of {len(have)} pair(s); {details}; method: {' | '.join(methods)}; "
+                             "forward KL along sequences sampled from the base, reverse from the tuned model (SPEC §7).")
 
 
 def _divergence_table(have) -> str:
-    rows = []
-    for _, run in have:
-        d = run.get("divergence.json")
-        rows.append([run.label, str(d.get("method", "—")), fmt(d.get("n_prompts")), fmt(d.get("n_samples")),
-                     fmt(_get(d, "forward_kl", "token_mean")), fmt(_get(d, "forward_kl", "sequence_mean")),
-                     fmt(_get(d, "reverse_kl", "token_mean")), fmt(_get(d, "reverse_kl", "sequence_mean")),
-                     fmt(_get(d, "entropy", "base", "token")), fmt(_get(d, "entropy", "tuned", "token")),
-                     fmt(_get(d, "entropy", "base", "answer")), fmt(_get(d, "entropy", "tuned", "answer")),
-                     fmt(_get(d, "cross_perplexity", "tuned_under_base")), fmt(_get(d, "cross_perplexity", "base_under_tuned"))])
-    return table(["run", "method", "prompts", "samples", "fwd KL token", "fwd KL seq", "rev KL token", "rev KL seq",
-                  "H base token", "H tuned token", "H base answer", "H tuned answer", "ppl tuned|base", "ppl base|tuned"],
-                 rows, numeric_from=2,
-                 caption="Forward KL = E[KL(π0‖π1)] along sequences sampled from the base; reverse likewise from the tuned "
-                         "model; ppl a|b = perplexity of a's samples under b.")
+    def value(*path):
+        return lambda run: fmt(_get(run.get("divergence.json"), *path))
+
+    quantities = [("prompts", lambda r: fmt(r.get("divergence.json").get("n_prompts"))),
+                  ("samples per prompt", lambda r: fmt(r.get("divergence.json").get("n_samples"))),
+                  ("forward KL, nats/token", value("forward_kl", "token_mean")),
+                  ("forward KL, nats/sequence", value("forward_kl", "sequence_mean")),
+                  ("reverse KL, nats/token", value("reverse_kl", "token_mean")),
+                  ("reverse KL, nats/sequence", value("reverse_kl", "sequence_mean")),
+                  ("entropy base, nats/token", value("entropy", "base", "token")),
+                  ("entropy tuned, nats/token", value("entropy", "tuned", "token")),
+                  ("entropy base, nats/answer", value("entropy", "base", "answer")),
+                  ("entropy tuned, nats/answer", value("entropy", "tuned", "answer")),
+                  ("perplexity tuned | base", value("cross_perplexity", "tuned_under_base")),
+                  ("perplexity base | tuned", value("cross_perplexity", "base_under_tuned"))]
+    methods = sorted({str(r.get("divergence.json").get("method", "?")) for _, r in have})
+    return table(["quantity", *(run.label for _, run in have)], _columns(have, quantities),
+                 caption="One column per pair. Forward KL = E[KL(π0‖π1)] along sequences sampled from the base; reverse "
+                         "likewise from the tuned model; perplexity a | b = perplexity of a's samples under b. Method: "
+                         + " | ".join(methods) + ".")

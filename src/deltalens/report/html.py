@@ -8,147 +8,114 @@ scale to the column.
 
 from __future__ import annotations
 
-import html
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from deltalens.report.inputs import LAB_LEVEL_FILES
+from markupsafe import Markup, escape
+
+from deltalens.report.numbers import fmt, pct
+
+__all__ = ["Section", "absent", "figure", "figure_or_note", "fmt", "grid", "heading", "html", "missing_notes",
+           "page", "paragraph", "pct", "render_template", "table", "verdict_badge"]
 from deltalens.report.plotting import Plot, draw_both
 
+def _env():
+    import jinja2
 
-def esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    from deltalens.report.templates import TEMPLATES
 
-
-def fmt(value: object, digits: int = 3) -> str:
-    """A number for a table cell: 3 significant digits, '—' for missing or non-finite values."""
-    if value is None or isinstance(value, bool):
-        return "—" if value is None else str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "—" if math.isnan(value) else ("∞" if value > 0 else "−∞")
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
-            return f"{value:.{digits - 1}e}"
-        return f"{value:.{digits}g}"
-    return str(value)
+    global _ENV
+    if _ENV is None:
+        _ENV = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True,
+                                  undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+    return _ENV
 
 
-def pct(value: object) -> str:
-    """A fraction shown as a percentage ('—' when missing)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return f"{100 * value:.2f}%"
-    return "—"
+_ENV = None
+
+
+def render_template(name: str, **context) -> Markup:
+    """Render one of :data:`deltalens.report.templates.TEMPLATES` (autoescaped) to Markup."""
+    return Markup(_env().get_template(name).render(**context))
+
+
+def html(template: str, *args, **kwargs) -> Markup:
+    """A small HTML fragment: ``template`` is trusted markup, every argument is escaped
+    (``html("<code>{}</code>", name)``)."""
+    return Markup(template).format(*args, **kwargs)
 
 
 @dataclass
 class Section:
-    """One top-level section of the page; ``blocks`` are HTML fragments in order."""
+    """One top-level section of the page; ``blocks`` are HTML fragments (Markup) in order.
+    ``intro`` is text (escaped) or Markup."""
 
     id: str
     title: str
     intro: str = ""
-    blocks: list[str] = field(default_factory=list)
+    blocks: list[Markup] = field(default_factory=list)
 
-    def add(self, fragment: str) -> None:
-        self.blocks.append(fragment)
+    def add(self, fragment) -> None:
+        if fragment:
+            self.blocks.append(fragment if isinstance(fragment, Markup) else escape(fragment))
 
-    def html(self) -> str:
-        intro = f'<p class="intro">{self.intro}</p>' if self.intro else ""
-        body = "\n".join(self.blocks)
-        return f'<section id="{esc(self.id)}" class="report-section">\n<h2>{esc(self.title)}</h2>\n{intro}\n{body}\n</section>'
-
-
-def heading(text: str, level: int = 3) -> str:
-    return f"<h{level}>{esc(text)}</h{level}>"
+    def html(self) -> Markup:
+        return render_template("section.html", s=self)
 
 
-def paragraph(text: str, cls: str = "") -> str:
-    klass = f' class="{cls}"' if cls else ""
-    return f"<p{klass}>{text}</p>"
+def heading(text: str, level: int = 3) -> Markup:
+    return html(f"<h{int(level)}>{{}}</h{int(level)}>", text)
 
 
-def absent(text: str) -> str:
-    """A notice that some input is absent or unreadable (already-escaped HTML allowed)."""
-    return f'<p class="absent" role="note"><strong>Absent:</strong> {text}</p>'
+def paragraph(text: str, cls: str = "") -> Markup:
+    """A paragraph of ``text`` (escaped unless it is Markup)."""
+    return render_template("note.html", text=text, cls=cls or "")
+
+
+def absent(text: str) -> Markup:
+    """A notice that some input is absent or unreadable (text escaped unless it is Markup)."""
+    return render_template("note.html", text=text, cls="absent")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, caption: str = "",
-          numeric_from: int = 1) -> str:
-    """A table; cells are escaped unless they are :class:`Raw`. Columns from ``numeric_from`` right-align."""
-    num = ' class="num"'
-    head = "".join(f'<th scope="col"{num if i >= numeric_from else ""}>{esc(h)}</th>' for i, h in enumerate(headers))
-    body = []
+          numeric_from: int = 1, cls: str = "") -> Markup:
+    """A table; cells are escaped unless they are Markup. Columns from ``numeric_from`` right-align
+    when short; long text cells may wrap."""
+    out = []
     for row in rows:
         cells = []
         for i, cell in enumerate(row):
-            text = cell.html if isinstance(cell, Raw) else esc(cell)
-            tag = "th scope=\"row\"" if i == 0 else "td"
-            # short numbers right-align on one line; long text (method names, lists) may wrap
-            short = isinstance(cell, Raw) or len(str(cell)) <= 14
-            cls = ' class="num"' if i >= numeric_from and short else ("" if short else ' class="text"')
-            cells.append(f"<{tag}{cls}>{text}</{tag.split()[0]}>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    cap = f"<caption>{caption}</caption>" if caption else ""
-    return (f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
-
-
-@dataclass(frozen=True)
-class Raw:
-    """A table cell that is already HTML."""
-
-    html: str
+            short = isinstance(cell, Markup) or len(str(cell)) <= 14
+            klass = ' class="num"' if i >= numeric_from and short else ("" if short else ' class="text"')
+            cells.append({"text": cell if isinstance(cell, Markup) else str(cell), "cls": Markup(klass)})
+        out.append(cells)
+    return render_template("table.html", headers=list(headers), rows=out, caption=caption,
+                           numeric_from=numeric_from, cls=cls)
 
 
 #: Screens at most this wide (CSS px) get the narrow, one-column version of each plot.
 NARROW_MAX_PX = 700
 
 
-def figure(plot: Plot, narrow: Plot | None = None) -> str:
+def figure(plot: Plot, narrow: Plot | None = None) -> Markup:
     """A figure with its caption; with ``narrow``, phones get that one-column version instead."""
-    source = (f'<source media="(max-width: {NARROW_MAX_PX}px)" srcset="{narrow.data_uri()}">' if narrow else "")
-    return (f'<figure class="plot"><picture>{source}<img src="{plot.data_uri()}" alt="{esc(plot.alt)}" '
-            f'title="{esc(plot.title)}" decoding="sync" style="max-width: {plot.width_px}px"></picture>'
-            f'<figcaption><strong>{esc(plot.title)}.</strong> '
-            f'<span class="provenance">Produced by: {esc(plot.provenance)}</span></figcaption></figure>')
+    return render_template("figure.html", plot=plot, narrow=narrow, narrow_max=NARROW_MAX_PX)
 
 
-def verdict_badge(verdict: object) -> Raw:
+def grid(fragments: Iterable[Markup]) -> Markup:
+    """Figures side by side on wide screens (two per row), one per row on phones."""
+    items = [f for f in fragments if f]
+    return html("<div class=\"fig-grid\">{}</div>", Markup("\n").join(items)) if items else Markup("")
+
+
+def verdict_badge(verdict: object) -> Markup:
     text = str(verdict)
     cls = {"holds": "v-holds", "contradicted": "v-fails", "does not hold": "v-fails",
            "inconclusive": "v-inconclusive"}.get(text, "v-other")
-    return Raw(f'<span class="verdict {cls}">{esc(text)}</span>')
+    return html('<span class="verdict {}">{}</span>', cls, text)
 
 
-def missing_notes(section: Section, runs: list, name: str, what: str, command: str) -> None:
-    """Add a notice naming the runs where input file ``name`` is missing or unreadable.
-
-    Per-arm files are not expected in a folder that holds only lab-level files (claims.json).
-    """
-    if name not in LAB_LEVEL_FILES:
-        runs = [r for r in runs if not r.lab_only] or runs
-    lacking = [r for r in runs if name not in r.data]
-    if not lacking:
-        return
-    unreadable = [f"{esc(r.label)}: {esc(r.unreadable[name])}" for r in lacking if name in r.unreadable]
-    missing = [esc(r.label) for r in lacking if name not in r.unreadable]
-    parts = []
-    if missing:
-        if len(missing) == len(runs):
-            parts.append(f"no run has <code>{name}</code>, so the {what} are absent; "
-                         f"produce them with <code>{esc(command)}</code>.")
-        else:
-            parts.append(f"<code>{name}</code> not found for {', '.join(missing)}.")
-    if unreadable:
-        parts.append(f"<code>{name}</code> unreadable for " + "; ".join(unreadable) + ".")
-    section.add(absent(" ".join(parts)))
-
-
-
-def figure_or_note(make, *args) -> str:
+def figure_or_note(make, *args) -> Markup:
     """Draw ``make(*args)`` wide and narrow, or say what the input lacked if drawing failed."""
     try:
         return figure(*draw_both(make, *args))
@@ -162,7 +129,7 @@ CSS = """
 html { -webkit-text-size-adjust: 100%; }
 body { margin:0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", Arial, sans-serif;
        color:var(--fg); background:var(--bg); }
-main { max-width: 1200px; margin: 0 auto; padding: 16px 20px 48px; }
+main { max-width: 1500px; margin: 0 auto; padding: 16px 20px 48px; }
 header.page { border-bottom: 1px solid var(--line); margin-bottom: 16px; }
 h1 { font-size: 1.7rem; margin: 0.4em 0 0.2em; }
 h2 { font-size: 1.35rem; margin-top: 2em; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
@@ -174,13 +141,22 @@ nav.toc a { color: #0969da; text-decoration: none; }
 table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
 caption { text-align: left; padding: 6px 8px; color: var(--muted); caption-side: top; }
 th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-thead th { background: var(--panel); white-space: nowrap; }
+thead th { background: var(--panel); }
+
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+thead th.num { white-space: normal; overflow-wrap: anywhere; min-width: 4.5em; }
 figure.plot { margin: 12px 0 24px; }
 figure.plot img { display: block; width: 100%; height: auto; border: 1px solid var(--line);
                   border-radius: 6px; background: #fff; }
 figcaption { font-size: 0.88rem; color: var(--muted); margin-top: 6px; max-width: 1000px; }
-th[scope=row] { min-width: 7em; }
+th[scope=row] { min-width: 11em; }
+.fig-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 480px), 1fr)); gap: 0 24px; }
+.answer-grid { display: grid; grid-template-columns: minmax(0, 1fr); gap: 0 20px; }
+.answer-claims th[scope=row] { min-width: 8em; }
+.answer-claims td { min-width: 4.5em; }
+@media (min-width: 1100px) {
+  .answer-grid { grid-template-columns: minmax(0, 1.5fr) minmax(0, 1fr); align-items: start; }
+}
 td.text { min-width: 9em; overflow-wrap: anywhere; }
 .provenance { overflow-wrap: anywhere; }
 p.absent, p.warning { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 8px 12px; color: #4d2d00; }
@@ -201,26 +177,15 @@ code { font-size: 0.9em; background: var(--panel); padding: 0 3px; border-radius
 
 
 def page(*, title: str, meta: str, sections: list[Section]) -> str:
-    toc = "".join(f'<li><a href="#{esc(s.id)}">{esc(s.title)}</a></li>' for s in sections)
-    body = "\n".join(s.html() for s in sections)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<title>{esc(title)}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<main>
-<header class="page">
-<h1>{esc(title)}</h1>
-<p class="meta">{meta}</p>
-<nav class="toc" aria-label="Sections"><ul>{toc}</ul></nav>
-</header>
-{body}
-</main>
-</body>
-</html>
-"""
+    return str(render_template("page.html", title=title, meta=meta, sections=sections, css=Markup(CSS)))
+
+
+def missing_notes(section: Section, pairs: list, name: str, what: str, command: str) -> None:
+    """One notice when no pair has input ``name`` (which pairs lack it is said once, in the Pairs
+    table), and one naming the pairs whose ``name`` exists but is unreadable."""
+    if not any(name in p.data for p in pairs):
+        section.add(absent(html("no input has <code>{}</code>, so the {} are absent; produce them with <code>{}</code>.",
+                                name, what, command)))
+    bad = [f"{p.label}: {p.unreadable[name]}" for p in pairs if name in p.unreadable]
+    if bad:
+        section.add(absent(html("<code>{}</code> unreadable for {}.", name, "; ".join(bad))))

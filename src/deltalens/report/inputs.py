@@ -8,7 +8,6 @@ with its reason, so the page can say so instead of failing.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,12 @@ INPUT_FILES = (
     "divergence.json",
     "kernel.json",
     "claims.json",
+    "forgetting.json",
     "tracking.jsonl",
 )
 
 #: Files that describe a whole lab rather than one arm; a folder with only these is not an arm.
-LAB_LEVEL_FILES = ("claims.json",)
+LAB_LEVEL_FILES = ("claims.json", "forgetting.json")
 
 #: Fields a tracking line must carry (the lab's ``UpdateStatsCallback`` contract).
 TRACKING_FIELDS = ("step", "tensor")
@@ -60,18 +60,6 @@ class Run:
     def missing(self) -> list[str]:
         return [n for n in INPUT_FILES if n not in self.data and n not in self.unreadable]
 
-    @property
-    def base_and_tuned(self) -> tuple[str | None, str | None]:
-        """The model names this run compares, from the first input that states them."""
-        for name in ("diff.json", "divergence.json", "support.json"):
-            doc = self.data.get(name)
-            if isinstance(doc, dict) and (doc.get("base") or doc.get("tuned")):
-                return doc.get("base"), doc.get("tuned")
-        crossover = (self.data.get("passk.json") or {}).get("crossover") or {}
-        if crossover.get("base") or crossover.get("tuned"):
-            return crossover.get("base"), crossover.get("tuned")
-        return None, None
-
 
 def _read_one(path: Path) -> Any:
     if path.suffix == ".jsonl":
@@ -92,6 +80,10 @@ def _load_folder(folder: Path, label: str) -> Run | None:
             run.data[name] = _read_one(folder / name)
         except DeltalensError as exc:
             run.unreadable[name] = str(exc)
+    if "claims.json" in run.data and not is_claims_doc(run.data["claims.json"]):
+        del run.data["claims.json"]  # e.g. the lab's OUT/stages/claims.json, a stage marker
+    if not run.data and not run.unreadable:
+        return None
     return run
 
 
@@ -127,9 +119,15 @@ def discover_runs(run_dirs: list[str | Path]) -> list[Run]:
         if not any(run.data for run in found):
             reasons = "; ".join(r for run in found for r in run.unreadable.values())
             raise DeltalensError(f"{root}: every deltalens output found is unreadable: {reasons}")
-        runs.extend(found)
+        seen = {r.path.resolve() for r in runs}
+        runs.extend(r for r in found if r.path.resolve() not in seen)  # a folder given twice is read once
     _make_labels_unique(runs)
     return runs
+
+
+def is_claims_doc(doc: Any) -> bool:
+    """A lab's claims.json (a ``claims`` list), not the lab's stage marker of the same name."""
+    return isinstance(doc, dict) and isinstance(doc.get("claims"), list)
 
 
 def _make_labels_unique(runs: list[Run]) -> None:
@@ -146,6 +144,3 @@ def as_float(value: Any) -> float:
     from deltalens.weights.aggregate import number
 
     return number(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    return math.nan

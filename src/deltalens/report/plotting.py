@@ -16,10 +16,9 @@ import io
 import contextlib
 import contextvars
 import math
+import re
 from dataclasses import dataclass
 
-#: One colour per run, in run order, used by every figure so a run keeps its colour.
-RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 MODULE_MARKERS = {"q": "o", "k": "s", "v": "^", "o": "v", "gate": "D", "up": "P", "down": "X",
                   "embed": "*", "norm": ".", "lm_head": "h", "other": "d"}
 
@@ -52,6 +51,7 @@ class Plot:
     provenance: str
     svg: bytes
     width_px: int
+    text_outside: tuple[str, ...] = ()
 
     def data_uri(self) -> str:
         return "data:image/svg+xml;base64," + base64.b64encode(self.svg).decode("ascii")
@@ -64,10 +64,6 @@ def draw_both(make, *args):
     with layout("narrow"):
         narrow = make(*args)
     return wide, narrow
-
-
-def run_color(index: int) -> str:
-    return RUN_COLORS[index % len(RUN_COLORS)]
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 8.0, height: float = 3.6, **kw):
@@ -108,7 +104,12 @@ def integer_ticks(*axes) -> None:
 
 
 def render(fig, *, title: str, alt: str, provenance: str) -> Plot:
-    """Check every visible axes has a title and both axis labels, then save the figure as SVG."""
+    """Check every visible axes has a title and both axis labels, then save the figure as SVG.
+
+    The plot records which texts (titles, labels, legends, tick labels) extend past the figure's
+    edge (``text_outside``; the browser tests require none) and its SVG is compacted
+    (:func:`compact_svg`).
+    """
     import matplotlib
 
     fig.suptitle(title, fontsize=11 if is_narrow() else 12, fontweight="bold", wrap=True)
@@ -117,12 +118,49 @@ def render(fig, *, title: str, alt: str, provenance: str) -> Plot:
             continue
         if not (ax.get_title() and ax.get_xlabel() and ax.get_ylabel()):
             raise ValueError(f"figure '{title}': every panel needs a title and axis labels")
+        ax.title.set_wrap(True)  # a long panel title wraps at the figure's edge instead of running past it
     buf = io.BytesIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "deltalens",
-                                "font.family": ["DejaVu Sans", "sans-serif"]}):
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "deltalens", "font.family": "sans-serif",
+                                "font.sans-serif": ["DejaVu Sans"]}):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "deltalens"})
+        outside = text_outside(fig)
     width_px = round(fig.get_figwidth() * 96)
-    return Plot(title=title, alt=alt, provenance=provenance, svg=buf.getvalue(), width_px=width_px)
+    return Plot(title=title, alt=alt, provenance=provenance, svg=compact_svg(buf.getvalue()), width_px=width_px,
+                text_outside=tuple(outside))
+
+
+def text_outside(fig) -> list[str]:
+    """Where drawn content of ``fig`` (texts, legends, tick labels actually shown) extends past
+    the figure's edge by more than one pixel: one entry per side, empty when everything fits."""
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    tight = fig.get_tightbbox(renderer)  # inches, drawn artists only
+    box = fig.bbox_inches
+    px = fig.dpi
+    out = []
+    for side, over in (("left", box.x0 - tight.x0), ("bottom", box.y0 - tight.y0), ("right", tight.x1 - box.x1),
+                       ("top", tight.y1 - box.y1)):
+        if over * px > 1:
+            out.append(f"{side} by {over * px:.0f} px")
+    return out
+
+
+_NUMBER = re.compile(rb"-?\d+\.\d{2,}")
+_GEOMETRY = re.compile(rb'\b(d|x|y|x1|x2|y1|y2|transform|points)="([^"]*)"')
+
+
+def compact_svg(svg: bytes) -> bytes:
+    """Matplotlib's SVG with coordinates rounded to 0.1 px (invisible at any zoom a page uses)
+    and the whitespace between elements and inside paths removed: about a third smaller."""
+    def rnd(m):
+        text = b"%.1f" % float(m.group(0))
+        return text[:-2] if text.endswith(b".0") else text
+
+    def attr(m):
+        return m.group(1) + b'="' + re.sub(rb"\s+", b" ", _NUMBER.sub(rnd, m.group(2))).strip() + b'"'
+
+    svg = _GEOMETRY.sub(attr, svg)
+    return re.sub(rb">\s+<", b"><", svg)
 
 
 def finite_xy(xs, ys):

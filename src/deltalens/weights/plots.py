@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import warnings
 
 import pandas as pd
 
 from deltalens.weights.aggregate import ordered_modules, pool
+
+#: PNG resolution: a 10-inch figure is 1200 px wide, readable on a laptop without scaling.
+DPI = 120
+#: Width of a figure in inches (a legend outside the axes adds to it).
+WIDTH_IN = 10.0
 
 PLOT_FILES = tuple(f"{stem}.{ext}" for stem in ("principal_angles", "sparsity_bf16", "nss", "rescale_share")
                    for ext in ("png", "svg"))  # what write_diff_plots may write (checked before a diff starts)
@@ -35,7 +41,7 @@ def _save(fig, out_dir: pathlib.Path, stem: str) -> list[pathlib.Path]:
     paths = []
     for ext in ("png", "svg"):
         buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
+        fig.savefig(buf, format=ext, dpi=DPI, bbox_inches="tight")
         paths.append(write_bytes(out_dir / f"{stem}.{ext}", buf.getvalue()))
     return paths
 
@@ -97,7 +103,7 @@ def _plot_angles(tensors: pd.DataFrame, out_dir: pathlib.Path, title: str) -> li
         return []
     data = pd.DataFrame(rows)
     plt = _figure()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH_IN, 4.6), sharey=True, layout="constrained")
     for ax, side in zip(axes, ("left", "right")):
         for module in _modules(data):
             sub = data[data["module"] == module].sort_values("layer")
@@ -107,14 +113,13 @@ def _plot_angles(tensors: pd.DataFrame, out_dir: pathlib.Path, title: str) -> li
         ax.set_xlabel("layer")
         ax.set_title(f"{side} singular subspace (rows)" if side == "left" else f"{side} singular subspace (columns)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("max principal angle, top-k of W0 vs W1 (degrees)")
+    axes[0].set_ylabel("max principal angle (degrees)")
     for ax in axes:
         _integer_layers(ax)
     ks = sorted(set(data["k"]))
-    axes[1].legend(title="module", fontsize=8, loc="best")
-    fig.suptitle((title + "\n" if title else "") + f"Rotation of the principal subspaces per layer (k = {', '.join(map(str, ks))}; "
-                 "hollow circles: gap-limited, Wedin bound > 1)")
-    fig.tight_layout(rect=(0, 0, 1, 0.93 if title else 0.96))
+    fig.legend(*axes[0].get_legend_handles_labels(), title="module", fontsize=8, loc="outside right center")
+    fig.suptitle((title + "\n" if title else "") + f"Rotation of the principal subspaces per layer, top-k of W0 vs W1 "
+                 f"(k = {', '.join(map(str, ks))}; hollow circles: gap-limited, Wedin bound > 1)", wrap=True)
     out = _save(fig, out_dir, "principal_angles")
     plt.close(fig)
     return out
@@ -136,7 +141,7 @@ def _plot_per_layer(
         warnings.warn(f"skipped the {stem} plot: no layer tensor has a value for {column}", stacklevel=2)
         return []
     plt = _figure()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(WIDTH_IN * 0.8, 4.4), layout="constrained")
     for module in _modules(df):
         sub = df[df["module"].astype(str) == module]
         layers = {layer: group.to_dict("records") for layer, group in sub.groupby("layer")}
@@ -152,11 +157,17 @@ def _plot_per_layer(
     _integer_layers(ax)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(title="module", fontsize=8, ncol=2 if baseline else 1)
-    ax.set_title(heading)
+    fig.legend(*ax.get_legend_handles_labels(), title="module", fontsize=8, loc="outside right center")  # off the data
+    fig.suptitle(heading, wrap=True)
     out = _save(fig, out_dir, stem)
     plt.close(fig)
     return out
+
+
+def short_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last two components (plot titles name the
+    models, not the machine they were on)."""
+    return re.sub(r"(?<![\w.])/(?:[^\s/]+/)+([^\s/]+/[^\s/]+)", r"\1", text)
 
 
 def write_diff_plots(tensors: pd.DataFrame, out_dir, *, title: str = "") -> list[pathlib.Path]:
@@ -174,18 +185,21 @@ def write_diff_plots(tensors: pd.DataFrame, out_dir, *, title: str = "") -> list
     if "layer" in tensors.columns and not tensors.empty:
         tensors = tensors.copy()
         tensors["layer"] = tensors["layer"].astype(object).map(lambda v: None if pd.isna(v) else int(v))
+    title = short_paths(title)
     prefix = (title + ": ") if title else ""
     paths = _plot_angles(tensors, out_dir, title)
     paths += _plot_per_layer(
         tensors, out_dir, "unchanged_bitwise", "sparsity_bf16",
-        "unchanged fraction (bitwise, stored dtype), parameter-weighted",
-        prefix + "Update sparsity per layer: share of weights left bit-identical", weighting="params")
+        "unchanged fraction (bitwise)",
+        prefix + "Update sparsity per layer: share of weights left bit-identical in the stored dtype "
+                 "(parameter-weighted)", weighting="params")
     paths += _plot_per_layer(
-        tensors, out_dir, "nss", "nss", "NSS = ‖σ(W1) − σ(W0)‖₂ / ‖σ(W0)‖₂, mean over tensors",
-        prefix + "Spectrum drift per layer (normalized spectrum shift)")
+        tensors, out_dir, "nss", "nss", "NSS = ‖σ(W1) − σ(W0)‖₂ / ‖σ(W0)‖₂",
+        prefix + "Spectrum drift per layer (normalized spectrum shift, mean over tensors)")
     paths += _plot_per_layer(
         tensors, out_dir, "rescale_share", "rescale_share",
-        "rescale share = ‖diag(UᵀΔV)‖² / ‖Δ‖²_F, ‖Δ‖²-weighted (log scale)",
-        prefix + "Update energy that re-weights W0's own singular directions, vs random baseline (dashed)",
+        "‖diag(UᵀΔV)‖² / ‖Δ‖²_F (log scale)",
+        prefix + "Rescale share: update energy that re-weights W0's own singular directions (‖Δ‖²-weighted), "
+                 "against the random baseline (dashed)",
         weighting="energy", logy=True, baseline="rescale_baseline")
     return paths
