@@ -82,3 +82,17 @@ def test_model_names_of_checkpoint_folders_keep_their_run(tmp_path):
     assert model_name(tmp_path / "grpo" / "final") == "grpo/final"
     assert model_name(tmp_path / "Qwen2.5-1.5B") == "Qwen2.5-1.5B"
     assert model_name(tmp_path / "sft" / "seed0" / "step-000016") != model_name(tmp_path / "rft" / "seed0" / "step-000016")
+
+
+def test_every_command_reads_device_alike(run_cli, tmp_path):
+    import torch
+
+    from deltalens.models import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    code, _, err = run_cli("diff", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "o", "--device", "tpu")
+    assert code == 2 and "--device: expected cpu, cuda, cuda:N or auto, got 'tpu'" in err
+    if not torch.cuda.is_available():
+        code, _, err = run_cli("diff", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "o", "--device", "cuda:1")
+        assert code == 2 and "--device cuda:1: torch sees no CUDA device here" in err

@@ -127,3 +127,17 @@ def check_same_vocabulary(base, tuned, base_label: str, tuned_label: str) -> Non
     if v0 is not None and v1 is not None and v0 != v1:
         raise DeltalensError(f"{tuned_label}: the two models have different vocabularies ({v1} tokens; the base "
                              f"{base_label} has {v0}); both must share one tokenizer")
+
+
+def resolve_device(device: str) -> str:
+    """The ``--device`` of every command: ``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``;
+    ``cpu``/``cuda`` are checked (``cuda`` without a GPU is an error, not a silent CPU run)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise DeltalensError(f"--device: expected cpu, cuda, cuda:N or auto, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeltalensError(f"--device {device}: torch sees no CUDA device here")
+    return device

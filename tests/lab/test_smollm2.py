@@ -186,7 +186,7 @@ def test_bad_lab_options_are_one_line_and_write_nothing(run_cli, tmp_path):
 
     cases = [(("--base", "smolm2"), "--base must be one of tiny, smollm2, got 'smolm2'"),
              (("--threads", "0"), "--threads must be ≥ 1, got 0"),
-             (("--device", "tpu"), "--device: expected cpu, cuda or auto, got 'tpu'")]
+             (("--device", "tpu"), "--device: expected cpu, cuda, cuda:N or auto, got 'tpu'")]
     if not torch.cuda.is_available():
         cases.append((("--device", "cuda"), "--device cuda: torch sees no CUDA device here"))
     for i, (args, message) in enumerate(cases):

@@ -175,12 +175,12 @@ def register(app: typer.Typer) -> None:
         tuned: str = typer.Argument(..., help="Tuned checkpoint, or a PEFT LoRA adapter folder."),
         out: str = typer.Option(..., "--out", help="Output folder (diff.json, tensors.parquet, resume cache)."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated groups (default all): sparsity,size,rank,spectral,frame."),
-        tol: Optional[list[float]] = typer.Option(None, "--tol", help="Absolute tolerance (repeatable; default 1e-5)."),
+        tol: Optional[list[float]] = typer.Option(None, "--tol", metavar="FLOAT", help="Absolute tolerance (repeatable; default 1e-5)."),
         eta: float = typer.Option(1e-3, "--eta", help="Relative rule's η."),
         visible_dtype: Optional[str] = typer.Option(None, "--visible-dtype", help="'bf16': report bf16 visibility of the update."),
-        top_k: Optional[list[float]] = typer.Option(None, "--top-k", help="k for spectral/frame groups (int or fraction; repeatable)."),
+        top_k: Optional[list[float]] = typer.Option(None, "--top-k", metavar="K", help="k for spectral/frame groups (int or fraction; repeatable)."),
         exact: bool = typer.Option(False, "--exact", help="Exact float64 SVDs for rank and spectral measures (slow; the reference for fast mode)."),
-        device: str = typer.Option("cpu", "--device", help="'cpu' or 'cuda' for the arithmetic."),
+        device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (cuda when torch sees a GPU) for the arithmetic."),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read .bin/.pt with torch.load(weights_only=True)."),
         plots: bool = typer.Option(False, "--plots", help="Write per-layer PNG/SVG plots (angles, sparsity, NSS, rescale share) to OUT."),
         report: bool = typer.Option(False, "--report", help="Write a self-contained OUT/report.html."),
@@ -188,6 +188,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a diff of other inputs or options already in OUT (without it: an error; the same run resumes)."),
     ) -> None:
         """Stream two checkpoints and report where, and how much, the fine-tune changed them."""
+        from deltalens.models import resolve_device
         from deltalens.results import check_output_dir
         from deltalens.weights.api import diff as diff_fn
 
@@ -200,7 +201,7 @@ def register(app: typer.Typer) -> None:
             extra.append("report.html")
         check_output_dir(out, extra)  # diff.json and its cache are checked by the library
         result = diff_fn(base, tuned, out=out, metrics=metrics, tols=tol, eta=eta, visible_dtype=visible_dtype,
-                         top_k=top_k, exact=exact, device=device, allow_pickle=allow_pickle, progress=not quiet,
+                         top_k=top_k, exact=exact, device=resolve_device(device), allow_pickle=allow_pickle, progress=not quiet,
                          overwrite=overwrite)
         render_diff(result)
         if result.resumed:

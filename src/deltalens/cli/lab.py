@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
         until: str = typer.Option(None, "--until", help="Stop after this stage: problems, base, tune, arms, gates, analyses."),
     ) -> None:
         """Train SFT and RLVR arms from one base on CPU, measure them, say which claims hold."""
-        from deltalens.lab.pipeline import resolve_device, run_lab
+        from deltalens.lab.pipeline import run_lab
+        from deltalens.models import resolve_device
         from deltalens.results import check_output_dir
 
         check_output_dir(out)

@@ -489,19 +489,6 @@ def run_lab(
     return {"out": str(out), "claims": claims, "stages": timings, "config": cfg}
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cpu``/``cuda`` are checked."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise DeltalensError(f"--device: expected cpu, cuda or auto, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DeltalensError("--device cuda: torch sees no CUDA device here")
-    return device
-
-
 def _quiet_library_progress_bars() -> None:
     """The lab shows one rich bar per stage; per-save and per-dataset bars of transformers and
     datasets would interleave with it."""
