@@ -304,7 +304,7 @@ def machine(ctx: Context) -> dict:
 
 
 def finish(ctx: Context, *, items, gates: dict, arms: list[str], claims, metrics: dict, settings, curves: dict,
-           tuning: dict | None = None, extra: dict | None = None) -> dict:
+           tuning: dict | None = None, extra: dict | None = None, annotate=None) -> dict:
     """Evaluate the claims on ``items`` and write ``claims.json``, ``metrics.json``, ``curves.json``
     and ``report.html`` into the experiment's folder; returns the claims document."""
     from deltalens.lab.claims import claims_document
@@ -314,6 +314,8 @@ def finish(ctx: Context, *, items, gates: dict, arms: list[str], claims, metrics
     seconds = round(time.perf_counter() - ctx.started, 1)
     doc.update(experiment=ctx.name, settings=asdict(settings), tuning=tuning, machine=machine(ctx), seconds=seconds,
                seeds_used=list(range(ctx.seeds)), **(extra or {}))
+    if annotate is not None:
+        annotate(doc)  # experiment-specific descriptive numbers beside a claim (no verdict)
     write_json(ctx.out / "metrics.json", {"items": items.doc})
     write_json(ctx.out / "curves.json", curves)
     write_json(ctx.out / "claims.json", doc)
