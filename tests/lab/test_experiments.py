@@ -13,7 +13,7 @@ import torch
 from scipy import stats
 
 from deltalens.lab.claims import CONTRADICTED, HOLDS, INCONCLUSIVE, VERDICTS, evaluate_claims
-from deltalens.lab.experiments import common, kl_penalty, long, per_batch
+from deltalens.lab.experiments import common, kl_penalty, long, optimizer, per_batch
 
 
 def test_log_slope_recovers_a_planted_power_law():
@@ -135,8 +135,7 @@ def test_all_quick_writes_claims_in_the_main_format(run_cli, tmp_path):
     combined = json.loads((out / "claims.json").read_text())
     assert set(combined["experiments"]) == {"optimizer", "kl-penalty", "per-batch", "long"}
     ids = [c["id"] for c in combined["claims"]]
-    expected = [c.id for m in (__import__("deltalens.lab.experiments.optimizer", fromlist=["x"]), kl_penalty,
-                                per_batch, long) for c in m.CLAIMS]
+    expected = [c.id for m in (optimizer, kl_penalty, per_batch, long) for c in m.CLAIMS]
     assert ids == expected
     for name in combined["experiments"]:
         doc = json.loads((out / name / "claims.json").read_text())

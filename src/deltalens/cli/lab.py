@@ -68,7 +68,7 @@ def _render(result: dict) -> None:
     if claims is None:
         console.print(f"stopped early; outputs in {result['out']}")
         return
-    from deltalens.lab.tables import GATE_HEADER, claim_rows, gate_rows
+    from deltalens.lab.tables import GATE_HEADER, gate_rows
 
     gates = Table(title="training gates (each arm's own dev metric, before → after)")
     for col in GATE_HEADER:
@@ -76,33 +76,32 @@ def _render(result: dict) -> None:
     for row in gate_rows(claims):
         gates.add_row(*row)
     console.print(gates)
-    table = Table(title=f"claims ({claims['seeds']} seed(s){', quick' if claims['quick'] else ''}; 95% bootstrap "
-                        "intervals over seeds and items)")
-    for col in ("claim", "verdict", "effect [95% CI]", "note"):  # the rest: claims.json, report.html
-        table.add_column(col, overflow="fold", no_wrap=col == "verdict")
-    colour = {"holds": "green", "contradicted": "red", "inconclusive": "yellow"}
-    for rec, row in zip(claims["claims"], claim_rows(claims)):
-        table.add_row(row[0], f"[{colour[rec['verdict']]}]{rec['verdict']}[/]", row[2], row[6])
-    console.print(table)
+    console.print(_claims_table("claims", claims))
     console.print(f"claims.json and every model under {result['out']} (layout: docs/lab.md)")
     report = f"{result['out']}/report.html"
     console.print(f"report: {report}")
 
 
-def _render_experiment(result: dict) -> None:
-    from rich.console import Console
+def _claims_table(title: str, doc: dict):
+    """The claims of a claims document as a rich table (the rest: claims.json, report.html)."""
     from rich.table import Table
 
     from deltalens.lab.tables import claim_rows
 
-    doc = result["claims"]
-    console = Console()
-    table = Table(title=f"experiment {doc['experiment']} ({doc['seeds']} seed(s){', quick' if doc['quick'] else ''}; "
-                        "95% bootstrap intervals over seeds and items)")
+    table = Table(title=f"{title} ({doc['seeds']} seed(s){', quick' if doc['quick'] else ''}; 95% bootstrap "
+                        "intervals over seeds and items)")
     for col in ("claim", "verdict", "effect [95% CI]", "note"):
         table.add_column(col, overflow="fold", no_wrap=col == "verdict")
     colour = {"holds": "green", "contradicted": "red", "inconclusive": "yellow"}
     for rec, row in zip(doc["claims"], claim_rows(doc)):
         table.add_row(row[0], f"[{colour[rec['verdict']]}]{rec['verdict']}[/]", row[2], row[6])
-    console.print(table)
+    return table
+
+
+def _render_experiment(result: dict) -> None:
+    from rich.console import Console
+
+    doc = result["claims"]
+    console = Console()
+    console.print(_claims_table(f"experiment {doc['experiment']}", doc))
     console.print(f"claims.json, curves.json, report.html under {result['out']} (docs/lab.md, 'Experiments')")
