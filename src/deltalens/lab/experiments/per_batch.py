@@ -21,8 +21,13 @@ Rules: ``per_batch.rotation_sgd`` / ``per_batch.rotation_adam``: grpo − sft me
 at equal update norm over (batch, tensor) items < 0 (the interval: seeds and items). Beside them:
 the visible-fraction and rescale-share differences. ``explained`` (descriptive, no verdict): the
 least-squares fit of the per-item angle gap (grpo − sft, SGD) on the top-direction-share gap:
-r² and the share of the mean angle gap the fit attributes to the mean share gap. Not measured
-here: the eNTK per update (left out for CPU time; docs/lab.md).
+r² and the share of the mean angle gap the fit attributes to the mean share gap.
+
+The eNTK per update (SPEC §6, exact: the tiny base fits): the kernel of the completion
+log-likelihood on the first :attr:`Settings.kernel_probes` target test problems at W0 + Δ (every
+2-D tensor updated at once; 1-D parameters stay at the base) against the base's kernel: mean
+principal angle between the top-r eigenspaces (gap-limited kernels excluded) and the kernel's
+rescale share; reported beside each claim as grpo − sft.
 """
 
 from __future__ import annotations
@@ -42,16 +47,21 @@ class Settings:
     batches: int = 20
     batch_size: int = 128  # GRPO sequences per update (batch_size / num_generations prompts)
     seeds: int = 3
+    kernel_probes: int = 16  # eNTK probes per update (0: no kernel measures)
 
 
-QUICK = Settings(batches=5, batch_size=64, seeds=2)
+QUICK = Settings(batches=5, batch_size=64, seeds=2, kernel_probes=8)
 DEFAULT = Settings()
 
 KINDS = ("sft-sgd", "grpo-sgd", "sft-adam", "grpo-adam")
-METRICS = {"principal_angle_deg": "per (batch, 2-D tensor): mean top-k principal angle of W0 + Δ at equal ‖Δ‖_F",
+MATRIX_METRICS = {"principal_angle_deg": "per (batch, 2-D tensor): mean top-k principal angle of W0 + Δ at equal ‖Δ‖_F",
            "visible_fraction": "per (batch, 2-D tensor): share of entries with |Δ| ≥ half a bf16 ULP of w0",
            "rescale_share": "per (batch, 2-D tensor): ‖diag UᵀΔV‖² / ‖Δ‖_F² (SPEC §5)",
            "top_share": "per (batch, 2-D tensor): share of ‖Δ‖_F² touching W0's top-k singular directions"}
+KERNEL_METRICS = {"kernel_angle_deg": "per batch: mean principal angle between the top-r eNTK eigenspaces at W0 + Δ and "
+                                      "W0 (gap-limited kernels excluded)",
+                  "kernel_rescale_share": "per batch: rescale share of the eNTK change in the base's eigenbasis"}
+METRICS = {**MATRIX_METRICS, **KERNEL_METRICS}
 
 
 def _claim(opt: str) -> Claim:
@@ -63,7 +73,9 @@ def _claim(opt: str) -> Claim:
                  (diff("principal_angle_deg", rl, sft, "negative", "degrees"),), (),
                  secondary=(diff("visible_fraction", rl, sft, "negative", "fraction"),
                             diff("rescale_share", rl, sft, "positive", "share"),
-                            diff("top_share", rl, sft, "negative", "share")))
+                            diff("top_share", rl, sft, "negative", "share"),
+                            diff("kernel_angle_deg", rl, sft, "negative", "degrees"),
+                            diff("kernel_rescale_share", rl, sft, "positive", "share")))
 
 
 CLAIMS = (_claim("sgd"), _claim("adam"))
@@ -131,6 +143,44 @@ def equal_norm_update(grad, size: float, adam: bool):
     return None if norm == 0.0 else (-size / norm) * d
 
 
+class Kernel:
+    """The exact eNTK of the completion log-likelihood on fixed probes, at the base and at W0 + Δ."""
+
+    def __init__(self, model, tokenizer, probes: list[dict]) -> None:
+        from deltalens.kernel.outputs import encode_probes, model_context_length
+
+        self.model = model
+        self.batch = encode_probes(tokenizer, probes, max_length=model_context_length(model))
+        self.k0 = self._kernel()
+
+    def _kernel(self):
+        from deltalens.kernel.ntk import empirical_ntk
+        from deltalens.kernel.outputs import completion_logprob
+
+        return empirical_ntk(self.model, completion_logprob, self.batch, mode="exact", gradient_threads=None).matrix
+
+    def measure(self, base: dict, deltas: dict) -> tuple[float | None, float | None, str | None]:
+        """(mean top-r eigenspace angle, rescale share, why excluded) of the kernel at W0 + Δ vs W0."""
+        import torch
+
+        from deltalens.kernel.compare import compare_kernels
+
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, d in deltas.items():
+                params[name].add_(d.to(params[name].dtype))
+            try:
+                cmp = compare_kernels(self.k0, self._kernel())
+            finally:
+                for name in deltas:
+                    params[name].copy_(base[name])
+        angles = cmp["angles_deg"]
+        why = "gap-limited kernel (Wedin bound > 1)" if cmp.get("gap_limited") else None
+        share = cmp.get("rescale_share")
+        return (None if why else sum(angles) / len(angles)), share, why or (
+            None if share is not None else f"rescale share undefined ({cmp.get('rescale_undefined_reason')})")
+
+
 def explained(gap: list[float], share_gap: list[float]) -> dict:
     """Least-squares fit gap = a + b·share_gap over items: r², slope, and b·mean(share_gap)/mean(gap)."""
     import numpy as np
@@ -168,6 +218,12 @@ def run(ctx: common.Context, settings: Settings) -> dict:
     gaps, share_gaps = [], []
     per_batch_curve = {k: [] for k in KINDS}
     model = common.load_base(ctx)
+    kernel = None
+    if settings.kernel_probes > 0:
+        from deltalens.lab.analyses import kernel_probes
+
+        kernel = Kernel(model, ctx.tokenizer, kernel_probes(ctx.run)[: settings.kernel_probes])
+    kernel_curve = {k: [] for k in KINDS}
     for seed in range(ctx.seeds):
         grads_rl, prompts = [], []
         common.train(ctx, "grpo-gradients", "grpo", arm_cfg, seed, extra_callbacks=[_capture_callback(grads_rl)],
@@ -176,13 +232,16 @@ def run(ctx: common.Context, settings: Settings) -> dict:
             raise DeltalensError(f"per-batch: captured {len(grads_rl)} gradients for {len(prompts)} prompt batches, "
                                  f"expected {settings.batches} of each")
         task_id = ctx.task(f"seed {seed}: SFT gradients and equal-norm measures", settings.batches)
-        values = {k: {m: [] for m in METRICS} for k in KINDS}
+        values = {k: {m: [] for m in MATRIX_METRICS} for k in KINDS}
         excluded = {k: {} for k in KINDS}
         ids = []
         curve = {k: [] for k in KINDS}
+        kvals = {k: {m: [] for m in KERNEL_METRICS} for k in KINDS}
+        kexcluded = {k: {} for k in KINDS}
         for b in range(settings.batches):
             g = {"sft": sft_gradient(model, ctx.tokenizer, [by_prompt[p] for p in prompts[b]]), "grpo": grads_rl[b]}
             angles = {k: [] for k in KINDS}
+            deltas = {k: {} for k in KINDS}
             for name in names:
                 ids.append(f"batch{b}:{name}")
                 size = rates["sft"] * math.sqrt(base[name].numel())
@@ -197,6 +256,7 @@ def run(ctx: common.Context, settings: Settings) -> dict:
                     else:
                         w0 = base[name].to(torch.float64)
                         v = common.matrix_values(base[name], (w0 + delta).to(torch.float32))
+                        deltas[kind][name] = delta
                     got[kind] = v
                     for metric, key in (("principal_angle_deg", "angle"), ("visible_fraction", "visible"),
                                         ("rescale_share", "rescale"), ("top_share", "top_share")):
@@ -211,20 +271,36 @@ def run(ctx: common.Context, settings: Settings) -> dict:
                     share_gaps.append(a["top_share"] - s["top_share"])
             for kind in KINDS:
                 curve[kind].append(common.mean(angles[kind]))
+                if kernel is not None:
+                    k_angle, k_share, why = kernel.measure(base, deltas[kind])
+                    kvals[kind]["kernel_angle_deg"].append(k_angle)
+                    kvals[kind]["kernel_rescale_share"].append(k_share)
+                    if why:
+                        kexcluded[kind][why] = kexcluded[kind].get(why, 0) + 1
             ctx.advance(task_id)
         for kind in KINDS:
-            for metric in METRICS:
+            for metric in MATRIX_METRICS:
                 items.put(metric, kind, values[kind][metric], item_set="updates",
                           unit=common.UNITS.get(metric, metric), ids=ids,
                           excluded=excluded[kind] if metric == "principal_angle_deg" else None)
             per_batch_curve[kind].append(curve[kind])
+            if kernel is not None:
+                for metric in KERNEL_METRICS:
+                    items.put(metric, kind, kvals[kind][metric], item_set="kernel-updates",
+                              unit="degrees" if metric == "kernel_angle_deg" else "share",
+                              ids=[f"batch{b}" for b in range(settings.batches)],
+                              excluded=kexcluded[kind] if metric == "kernel_angle_deg" else None)
+                kernel_curve[kind].append(kvals[kind]["kernel_angle_deg"])
     fit = explained(gaps, share_gaps)
     xs = [list(range(settings.batches))] * ctx.seeds
     curves = {"experiment": ctx.name, "figures": [
         {"title": "per-batch: one update from the base, equal ‖Δ‖_F per tensor",
          "panels": [{"title": f"mean principal angle per batch ({opt})", "x_label": "batch", "y_label": "degrees",
                      "series": [{"label": k, "x": xs, "y": per_batch_curve[k]} for k in KINDS if k.endswith(opt)]}
-                    for opt in ("sgd", "adam")]},
+                    for opt in ("sgd", "adam")]
+                   + ([{"title": f"eNTK top-r angle per batch ({opt})", "x_label": "batch", "y_label": "degrees",
+                        "series": [{"label": k, "x": xs, "y": kernel_curve[k]} for k in KINDS if k.endswith(opt)]}
+                       for opt in ("sgd", "adam")] if kernel is not None else [])},
         {"title": "per-batch: how much of the angle gap follows the top-direction share (SGD)",
          "panels": [{"title": "grpo − sft per (seed, batch, tensor)", "x_label": "top-k share gap (grpo − sft)",
                      "y_label": "angle gap (degrees)", "kind": "scatter",
