@@ -6,7 +6,7 @@ steps (320 = 5 × the lab's default 64; smaller batches keep it within the CPU b
 :attr:`Settings.checkpoints` evenly spaced steps the model is measured against the base: per
 2-D tensor mean top-k principal angle, NSS, rescale share and ‖Δ‖_F; forward KL(base ‖ model)
 on the target test prompts; pass@1 on the first :attr:`Settings.eval_problems` test problems
-(:attr:`Settings.eval_samples` samples each at the arms' temperature).
+(:attr:`Settings.eval_samples` samples each at the arms' temperature); the curves start at the base.
 
 Rules: ``long.rotation_gap_persists``: grpo − sft mean principal angle at the last checkpoint
 < 0 (beside it: the same at the checkpoint nearest one fifth of the steps, the lab's default
@@ -88,13 +88,17 @@ def run(ctx: common.Context, settings: Settings) -> dict:
     acfg = ctx.run.cfg.arm
     series = ("angle", "nss", "rescale", "fro", "kl", "pass1")
     curves_by_arm = {arm: {k: [] for k in series} for arm in ARMS}
+    # every curve starts at the base (step 0, Δ = 0: angle, NSS, ‖Δ‖, KL 0; rescale share undefined)
+    base_pass1 = common.mean(dev_reward(kl.base, ctx.tokenizer, test, max_new_tokens=acfg.max_completion_length,
+                                        temperature=acfg.temperature, n=settings.eval_samples))
+    at_base = {"angle": 0.0, "nss": 0.0, "rescale": None, "fro": 0.0, "kl": 0.0, "pass1": base_pass1}
     for arm in ARMS:
         cfg = replace(arm_cfg, learning_rate=rates[arm])
         for seed in range(ctx.seeds):
             model, _, states = common.train(ctx, arm, arm, cfg, seed, snapshot_steps=steps)
             gates.check(arm, arm, seed, model)
             task_id = ctx.task(f"{arm} seed {seed}: checkpoints", len(steps))
-            per_step, row = [], {k: [] for k in series}
+            per_step, row = [], {k: [at_base[k]] for k in series}
             for step in steps:
                 model.load_state_dict(states[step])
                 model.eval()
@@ -129,7 +133,7 @@ def run(ctx: common.Context, settings: Settings) -> dict:
 
     curves = {"experiment": ctx.name, "figures": [
         {"title": "long: against optimizer steps (mean over seeds, min–max band)",
-         "panels": panels(lambda arm: [steps] * ctx.seeds, "optimizer step", series)},
+         "panels": panels(lambda arm: [[0, *steps]] * ctx.seeds, "optimizer step", series)},
         {"title": "long: against update size ‖Δ‖_F (one line per seed)",
          "panels": panels(lambda arm: curves_by_arm[arm]["fro"], "‖Δ‖_F over 2-D tensors",
                           ("angle", "nss", "rescale", "kl", "pass1"))}]}
