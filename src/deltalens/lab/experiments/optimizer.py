@@ -33,7 +33,6 @@ class Settings:
     batch_size: int = 128
     seeds: int = 3
     sgd_grid: tuple[float, ...] = SGD_GRID
-    tune_sgd: bool = True
 
 
 QUICK = Settings(steps=12, batch_size=64, seeds=2, sgd_grid=SGD_QUICK_GRID)
