@@ -80,6 +80,16 @@ def prepare(name: str, out: Path, *, quick: bool, device: str, threads: int | No
     return Context(name, out, LabRun(out / "lab", cfg, cache, progress), quick, seeds, device, threads)
 
 
+#: ``--quick`` tunes and gates on the first this many dev problems (the default on all 200)
+QUICK_DEV = 64
+
+
+def dev_problems(ctx: Context) -> list[dict]:
+    """The dev split the experiment tunes and gates on (the first :data:`QUICK_DEV` with ``--quick``)."""
+    dev = ctx.run.problems("target_dev")
+    return dev[:QUICK_DEV] if ctx.quick else dev
+
+
 # ------------------------------------------------------------------------------------ training
 def train_rows(ctx: Context, objective: str) -> list[dict]:
     """The training rows of ``sft`` (teacher demonstrations) or ``grpo`` (problems) on the lab's train split."""
@@ -142,7 +152,7 @@ def select_rate(ctx: Context, objective: str, arm_cfg, grid: tuple[float, ...], 
     once per candidate with the selection seed, keep the best dev metric (ties: the smaller rate)."""
     from deltalens.lab.tuning import TUNE_SEED, dev_metric
 
-    dev = ctx.run.problems("target_dev")
+    dev = dev_problems(ctx)
     results = []
     for lr in grid:
         cfg = replace(arm_cfg, learning_rate=lr)
@@ -239,7 +249,7 @@ class Gates:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx, self.doc, self._before = ctx, {}, {}
-        self.dev = ctx.run.problems("target_dev")
+        self.dev = dev_problems(ctx)
 
     def _metric(self, objective: str, model) -> list[float]:
         from deltalens.lab.gates import dev_loss, dev_reward
