@@ -41,14 +41,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("claims", nargs="+")
     ap.add_argument("--into")
     ap.add_argument("--marker", default="lab-experiments")
-    ap.add_argument("--title", default="")
     args = ap.parse_args(argv)
-    docs = [read_json(p) for p in args.claims]
-    text = (args.title + "\n\n" if args.title else "") + summary(docs)
+    text = summary([read_json(p) for p in args.claims])
     if args.into:
         splice(args.into, args.marker, text)
-    else:
-        print(text)
+        return 0
+    print(text)
     return 0
 
 
