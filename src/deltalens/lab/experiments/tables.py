@@ -1,5 +1,5 @@
 """One short Markdown table over several experiments' ``claims.json``: experiment, claim, verdict,
-effect [95% CI], and the run it came from (date, seeds, machine, load, time). Rows come from
+effect [95% CI], note (e.g. a failed gate), and the run it came from (date, seeds, machine, load, time). Rows come from
 :func:`deltalens.lab.tables.claim_rows`, the same as the terminal and the report.
 
 ``python -m deltalens.lab.experiments.tables A/claims.json B/claims.json ... --into README.md
@@ -15,7 +15,7 @@ import sys
 from deltalens.lab.tables import claim_rows, markdown, splice
 from deltalens.results import read_json
 
-HEADER = ["experiment", "claim", "verdict", "effect [95% CI]", "run"]
+HEADER = ["experiment", "claim", "verdict", "effect [95% CI]", "note", "run"]
 
 
 def run_text(doc: dict) -> str:
@@ -30,7 +30,7 @@ def summary(docs: list[dict]) -> str:
     rows = []
     for doc in docs:
         for c, row in zip(doc["claims"], claim_rows(doc)):
-            rows.append([doc["experiment"], row[0], row[1], row[2], run_text(doc)])
+            rows.append([doc["experiment"], row[0], row[1], row[2], row[6], run_text(doc)])
     return markdown(HEADER, rows) + "\n"
 
 
