@@ -89,8 +89,10 @@ def random_reward(seed: int) -> Callable[..., list[float]]:
     return bernoulli_reward
 
 
-def _common_args(cfg: ArmConfig, out_dir: Path, seed: int, device: str) -> dict:
+def _common_args(cfg: ArmConfig, out_dir: Path, seed: int, device: str, optim: str | None = None) -> dict:
+    extra = {} if optim is None else {"optim": optim}
     return dict(
+        **extra,
         output_dir=str(out_dir / "trainer"),
         max_steps=cfg.steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -125,11 +127,16 @@ def train_arm(
     out_dir: Path,
     callbacks: Sequence = (),
     device: str = "cpu",
+    optim: str | None = None,
+    reward=None,
 ):
     """Fine-tune a fresh float32 copy of the base at ``base_dir`` as ``arm``; returns the model.
 
     ``rows`` are prompt-completion rows (``sft``, ``rft``) or problems with ``prompt``,
-    ``answer`` and ``task`` (``grpo``, ``grpo-random``).
+    ``answer`` and ``task`` (``grpo``, ``grpo-random``). ``optim``: a ``transformers``
+    optimizer name (``"sgd"``: plain SGD, no momentum; default: the trainer's AdamW), kept out
+    of :class:`ArmConfig` so the main lab's configuration hashes do not change. ``reward``: a
+    reward function replacing the arm's own (GRPO arms; the experiments wrap it to record prompts).
     """
     import torch
     from datasets import Dataset
@@ -145,7 +152,7 @@ def train_arm(
         from trl import SFTConfig, SFTTrainer
 
         args = SFTConfig(
-            **_common_args(cfg, out_dir, seed, device),
+            **_common_args(cfg, out_dir, seed, device, optim),
             max_length=cfg.max_length,
             packing=False,
             completion_only_loss=True,
@@ -158,7 +165,7 @@ def train_arm(
         from trl import GRPOConfig, GRPOTrainer
 
         args = GRPOConfig(
-            **_common_args(cfg, out_dir, seed, device),
+            **_common_args(cfg, out_dir, seed, device, optim),
             num_generations=cfg.num_generations,
             max_completion_length=cfg.max_completion_length,
             temperature=cfg.temperature,
@@ -166,7 +173,8 @@ def train_arm(
             disable_dropout=True,
             log_completions=False,
         )
-        reward = correctness_reward if arm == "grpo" else random_reward(seed)
+        if reward is None:
+            reward = correctness_reward if arm == "grpo" else random_reward(seed)
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=reward,

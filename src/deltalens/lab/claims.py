@@ -109,6 +109,7 @@ class Claim:
     published: dict | None = None
     secondary: tuple[Part, ...] = ()  # reported beside the verdict, never deciding it
     custom: Callable | None = field(default=None)  # (table, n_boot) -> list of (Part, Interval), replaces parts
+    decide: Callable | None = field(default=None)  # (part verdicts) -> verdict, replaces combine()
 
 
 def _closer(metric: str, unit: str) -> tuple[Part, Part, Part]:
@@ -243,12 +244,12 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
-def build_table(items: Mapping) -> Table:
-    """A :class:`Table` from the ``items`` section (``None`` → NaN)."""
+def build_table(items: Mapping, known: Mapping[str, str] = METRICS) -> Table:
+    """A :class:`Table` from the ``items`` section (``None`` → NaN); metrics must be in ``known``."""
     table = Table()
     for metric, spec in items.items():
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; expected some of {sorted(METRICS)}")
+        if metric not in known:
+            raise ValueError(f"unknown metric {metric!r}; expected some of {sorted(known)}")
         weights = spec.get("weights")
         for arm, per_seed in spec["arms"].items():
             if not per_seed or not per_seed[0]:
@@ -326,11 +327,13 @@ def failed_gates(gates: Mapping | None, arms: Sequence[str]) -> list[str]:
     return out
 
 
-def evaluate_claims(items: Mapping, gates: Mapping | None = None, n_boot: int = N_BOOT) -> list[dict]:
-    """One record per claim (contract: docs/lab.md, SPEC §10)."""
-    table = build_table(items)
+def evaluate_claims(items: Mapping, gates: Mapping | None = None, n_boot: int = N_BOOT,
+                    claims: Sequence[Claim] = CLAIMS, metrics: Mapping[str, str] = METRICS) -> list[dict]:
+    """One record per claim (contract: docs/lab.md, SPEC §10); ``claims``/``metrics``: another
+    registry in the same format (the lab's experiments, :mod:`deltalens.lab.experiments`)."""
+    table = build_table(items, metrics)
     out = []
-    for claim in CLAIMS:
+    for claim in claims:
         missing = sorted({f"{m} for {a}" for p in (*claim.parts, *claim.secondary) for m, a in p.needs
                           if table.get(m, a) is None})
         record = {"id": claim.id, "claim": claim.claim, "rule": claim.rule, "published": claim.published}
@@ -355,6 +358,8 @@ def evaluate_claims(items: Mapping, gates: Mapping | None = None, n_boot: int = 
         if claim.id == "rft_like_rl" and effects and effects[0]["estimate"] is not None:
             v, finding = _rft_finding(effects)
             record["finding"] = finding
+        elif claim.decide is not None:
+            v = claim.decide(verdicts)
         else:
             v = combine(verdicts)
         failed = failed_gates(gates, claim.arms)
@@ -378,10 +383,10 @@ def evaluate_claims(items: Mapping, gates: Mapping | None = None, n_boot: int = 
 
 
 def claims_document(items: Mapping, *, gates: Mapping | None, arms: Sequence[str], seeds: int, quick: bool,
-                    n_boot: int = N_BOOT) -> dict:
+                    n_boot: int = N_BOOT, claims: Sequence[Claim] = CLAIMS, metrics: Mapping[str, str] = METRICS) -> dict:
     """The ``claims.json`` object: ``{"arms", "seeds", "quick", "gates", "interval", "claims"}``."""
     return {"arms": list(arms), "seeds": int(seeds), "quick": bool(quick), "gates": dict(gates or {}),
             "interval": {"level": 0.95, "n_boot": n_boot, "seed": SEED,
                          "method": "two-level percentile bootstrap over training seeds (modified residuals, Student "
                                    "small-sample widening) and items shared across arms (deltalens.lab.bootstrap)"},
-            "claims": evaluate_claims(items, gates, n_boot)}
+            "claims": evaluate_claims(items, gates, n_boot, claims, metrics)}
