@@ -26,7 +26,7 @@ from deltalens.errors import DeltalensError
 
 #: name → module, in the order of value and cost (optimizer first: it decides how to read the rest)
 EXPERIMENTS = {"optimizer": "optimizer", "kl-penalty": "kl_penalty", "per-batch": "per_batch", "long": "long",
-               "narrow-sft": "narrow_sft"}
+               "narrow-sft": "narrow_sft", "subliminal": "subliminal"}
 NAMES = (*EXPERIMENTS, "all")
 
 

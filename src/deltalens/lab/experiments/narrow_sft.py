@@ -113,7 +113,7 @@ def run(ctx: common.Context, settings: Settings) -> dict:
             gates.setdefault(arm, {})[str(seed)] = {**g, "metric": f"dev loss on the {arm} arm's own targets"}
             tuned[(arm, seed)] = model
     task_id = ctx.task("trait kernels", 1)
-    measures = traits.measure_updates(probe, base, tuned)
+    measures, _ = traits.measure_updates(probe, base, tuned)
     ctx.advance(task_id)
     items = Items()
     held = list(traits.HELDOUT_TRAITS)
@@ -131,19 +131,9 @@ def run(ctx: common.Context, settings: Settings) -> dict:
     extra = {"exploratory": [c.id for c in CLAIMS], "breadth": breadth,
              "trait_suite": {"traits": traits.DESCRIPTIONS, "lines_per_trait": settings.lines_per_trait,
                              "top_r": traits.top_r(len(probe.names))},
-             "per_update": {f"{arm}/seed{seed}": _summary(m) for (arm, seed), m in measures.items()}}
+             "per_update": {f"{arm}/seed{seed}": traits.update_summary(m) for (arm, seed), m in measures.items()}}
     return common.finish(ctx, items=items, gates=gates, arms=list(ARMS), claims=CLAIMS, metrics=METRICS,
                          settings=settings, curves=curves, extra=extra)
-
-
-def _summary(m: dict) -> dict:
-    """The JSON-ready numbers of one update (no kernels)."""
-    comp = m["comparison"]
-    return {"traits": m["traits"], "lande_score": traits.lande_score([t["predicted"] for t in m["traits"]],
-                                                                    [t["measured"] for t in m["traits"]]),
-            "kernel": {k: comp[k] for k in ("top_r", "angles_deg", "angle_mean_deg", "gap", "wedin_bound",
-                                            "gap_limited", "rescale_share", "rescale_baseline", "alignment")},
-            "change": m["change"]}
 
 
 def _trait_figure(measures: dict, names: list[str]) -> dict:

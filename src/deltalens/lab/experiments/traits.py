@@ -226,16 +226,19 @@ LANDE_METRICS = {"lande_sq_error": "per trait: (measured − first-order predict
                  "lande_sq_measured": "per trait: (measured trait change)² (SPEC §6, Lande)"}
 
 
-def measure_updates(probe: TraitProbe, base, tuned: Mapping[tuple[str, int], object]) -> dict:
+def measure_updates(probe: TraitProbe, base, tuned: Mapping[tuple[str, int], object],
+                    vectors: Mapping[str, dict] | None = None) -> tuple[dict, dict]:
     """:func:`measure` for every ``(arm, seed) → tuned model`` from one ``base``: one base kernel pass
-    carries every update's J·Δθ, then one pass per tuned model. Returns ``{(arm, seed): measure}``."""
+    carries every update's J·Δθ (and J·v of the extra parameter-shaped ``vectors``), then one pass per
+    tuned model. Returns ``({(arm, seed): measure}, {"k0": K_trait(θ0), label: J·v per line})``."""
     from deltalens.kernel import parameter_delta
 
     deltas = {f"{arm}/{seed}": parameter_delta(base, model) for (arm, seed), model in tuned.items()}
-    k0, jv = probe.kernel(base, deltas)
+    k0, jv = probe.kernel(base, {**deltas, **dict(vectors or {})})
     losses0 = probe.losses(base)
-    return {(arm, seed): measure(probe, k0, jv[f"{arm}/{seed}"], losses0, model)
-            for (arm, seed), model in tuned.items()}
+    measures = {(arm, seed): measure(probe, k0, jv[f"{arm}/{seed}"], losses0, model)
+                for (arm, seed), model in tuned.items()}
+    return measures, {"k0": k0, **{label: jv[label] for label in (vectors or {})}}
 
 
 def update_metrics(names: Sequence[str]) -> dict[str, str]:
@@ -288,3 +291,13 @@ def trait_intervals(items_doc: Mapping, metrics: Mapping[str, str], arm: str, na
         out.append({"trait": t, "change": iv.estimate, "ci": [iv.lo, iv.hi],
                     "moved": verdict(iv, "positive") != "inconclusive"})
     return out
+
+
+def update_summary(m: dict) -> dict:
+    """The JSON-ready numbers of one :func:`measure` (no kernels): traits, Lande score, kernel comparison, ΔK spectrum."""
+    comp = m["comparison"]
+    return {"traits": m["traits"], "lande_score": lande_score([t["predicted"] for t in m["traits"]],
+                                                              [t["measured"] for t in m["traits"]]),
+            "kernel": {k: comp[k] for k in ("top_r", "angles_deg", "angle_mean_deg", "gap", "wedin_bound",
+                                            "gap_limited", "rescale_share", "rescale_baseline", "alignment")},
+            "change": m["change"]}
