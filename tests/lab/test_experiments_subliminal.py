@@ -59,6 +59,14 @@ def test_filter_pairs_keeps_prompts_where_both_sides_passed():
     assert counts["base_rejections"] == {"no <eos> within the token budget": 1, "not 1–4 ASCII digits": 1}
 
 
+def test_correct_share_counts_correct_sums():
+    problems = [{"id": "a", "prompt": "1+2=", "answer": "3", "task": "add"},
+                {"id": "b", "prompt": "10+5=", "answer": "15", "task": "add"}]
+    rows = [{"prompt": "1+2=", "completion": "3"}, {"prompt": "10+5=", "completion": "16"},
+            {"prompt": "1+2=", "completion": "03"}]  # "03" reads as 3 (the lab's verifier: int of the digits)
+    assert subliminal.correct_share(rows, problems) == pytest.approx(2 / 3)
+
+
 # ------------------------------------------------------------------------------------ the suite
 def _problems():
     from deltalens.lab.tasks import generate_problems

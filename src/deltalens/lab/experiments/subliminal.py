@@ -14,7 +14,9 @@
 3. **Students** (SFT, equal budget, the lab's SFT rate): ``same-init`` (the base on the teacher's
    numbers), ``different-init`` (a base of the same architecture and pre-training recipe from
    another seed, :func:`other_init_base`, on the teacher's numbers) and ``control`` (the base on its
-   own numbers). Each gate: dev loss on held-out rows of its own data fell.
+   own numbers). Gates: dev loss fell (95% interval below 0) for the teacher on held-out free-choice
+   prompts and for the two teacher-data students on held-out rows of their data; the control has
+   none (:data:`CONTROL_GATE`).
 
 Measured, on the trait suite (:mod:`.traits`): every student's trait changes against its own
 base; the alignment of the numbers' mean loss gradient ḡ with the favourite trait's descent
@@ -44,6 +46,11 @@ NUMBER = re.compile(r"[0-9]{1,4}")
 #: traces of the trait (or of anything but a number) the filter must reject
 PLANTED = ("g", "12g", "g12", "1g2", "1 2", "12,g", "p:g", "12\ng", "", "12345", "-12", "12.0", "１２")
 NUMBER_SEED = 777
+#: the control's gate, like the main lab's grpo-random: SFT on the base's own temperature-1 samples has
+#: nothing to learn in expectation (E_p[−log q] is smallest at q = p, so its dev loss can only rise);
+#: the measured change stays in the record for inspection
+CONTROL_GATE = ("none: the base's own samples carry nothing to learn in expectation (its dev loss on them cannot "
+                "fall); after − before dev loss kept for inspection")
 FAV = "favourite"
 
 
@@ -175,6 +182,14 @@ def digit_read_off(teacher: list[dict], base: list[dict]) -> dict:
     res = chi2_contingency([[row[i] for i in cols] for row in table])
     return {"digit_counts": {"teacher": table[0], "base": table[1]}, "chi2": float(res.statistic),
             "dof": int(res.dof), "p_value": float(res.pvalue)}
+
+
+def correct_share(rows: list[dict], problems: list[dict]) -> float:
+    """Share of the rows whose number is the correct sum of its prompt (what the numbers say about the task)."""
+    from deltalens.lab.tasks import is_correct
+
+    by_prompt = {p["prompt"]: p for p in problems}
+    return sum(is_correct(by_prompt[r["prompt"]], r["completion"]) for r in rows) / max(1, len(rows))
 
 
 def cosine_items(jv: dict, k0, grads: dict[str, dict], fav: int, labels: list[str]) -> list[float | None]:
@@ -314,9 +329,11 @@ def run(ctx: common.Context, settings: Settings) -> dict:
         before = dev_loss(start, tok, dev, [r["completion"] for r in dev])
         for seed in range(ctx.seeds):
             model, _ = common.train_sft_rows(ctx, arm, train, scfg, seed, base_dir=folder)
-            g = gate("sft", before, dev_loss(model, tok, dev, [r["completion"] for r in dev]))
-            gates.setdefault(arm, {})[str(seed)] = {**g, "metric": f"dev loss on held-out rows of its own data "
-                                                                   f"({source} numbers)"}
+            g = {**gate("sft", before, dev_loss(model, tok, dev, [r["completion"] for r in dev])),
+                 "metric": f"dev loss on held-out rows of its own data ({source} numbers)"}
+            if source == "base":
+                g.update(passed=True, rule=CONTROL_GATE)
+            gates.setdefault(arm, {})[str(seed)] = g
             tuned["base1" if arm == "different-init" else "base0"][(arm, seed)] = model
 
     # 4. trait kernels, alignment
@@ -360,6 +377,8 @@ def run(ctx: common.Context, settings: Settings) -> dict:
     extra = {"filter": {"rule": "kept when the sample ended with <eos> and is 1–4 ASCII digits (nothing else); a "
                                 "prompt is used when both the teacher's and the base's samples were kept",
                         **counts, "planted_check": check, "read_off": digit_read_off(t_kept, b_kept),
+                        "correct_share": {"teacher": correct_share(t_kept, problems),
+                                          "base": correct_share(b_kept, problems)},
                         "students_train_rows": len(train_t), "students_dev_rows": n_dev},
              "trait_strength": strength, "alignment_spec": alignment,
              "trait_suite": {"traits": traits.DESCRIPTIONS, "lines_per_trait": settings.lines_per_trait,
