@@ -209,6 +209,39 @@ def test_narrow_sft_rows_wrong_and_styled():
     assert narrow_sft.arm_rows("misaligned", target) == bad  # one fixed wrong answer per prompt
 
 
+@pytest.mark.parametrize("a, b, want", [("holds", "holds", "holds"), ("contradicted", "contradicted", "holds"),
+                                         ("holds", "contradicted", "contradicted"),
+                                         ("contradicted", "holds", "contradicted"),
+                                         ("holds", "inconclusive", "inconclusive"),
+                                         ("inconclusive", "contradicted", "inconclusive")])
+def test_same_order_rule(a, b, want):
+    assert narrow_sft.same_order(a, b) == want
+
+
+def test_low_dim_claim_on_planted_arms():
+    """More concentrated and broader in the same arm → holds; concentrated but narrower → contradicted."""
+    from deltalens.lab.claims import evaluate_claims
+
+    def items(top_m, top_b, abs_m, abs_b):
+        it = Items()
+        rng = np.random.default_rng(0)
+        for arm, top, ab in (("misaligned", top_m, abs_m), ("benign", top_b, abs_b)):
+            for _ in range(3):
+                it.put("dk_top_share", arm, [top + 1e-4 * rng.normal()], item_set="kernel", unit="share")
+                it.put("dk_effective_dim", arm, [1.0], item_set="kernel", unit="directions")
+                it.put("trait_rescale_share", arm, [0.9], item_set="kernel", unit="share")
+                it.put("heldout_abs_change", arm, list(ab + 1e-3 * rng.normal(size=7)), item_set="heldout traits",
+                       unit="nats/token")
+        return it.doc
+
+    low = narrow_sft.CLAIMS[1]
+    assert low.id == "narrow_sft.low_dim"
+    rec = evaluate_claims(items(0.99, 0.9, 0.5, 0.2), None, 300, (low,), narrow_sft.METRICS)[0]
+    assert rec["verdict"] == "holds"
+    rec = evaluate_claims(items(0.99, 0.9, 0.2, 0.5), None, 300, (low,), narrow_sft.METRICS)[0]
+    assert rec["verdict"] == "contradicted"
+
+
 # ------------------------------------------------------------------------------------ end to end
 CLAIM_KEYS = {"id", "claim", "rule", "verdict", "direction", "effect", "parts", "numbers", "excluded", "note"}
 

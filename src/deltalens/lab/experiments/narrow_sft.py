@@ -17,8 +17,9 @@ dimension of the trait-kernel change ΔK.
 Claims (both **exploratory**: the tiny world's "misalignment" is a wrong digit, not a persona):
 
 - ``narrow_sft.broader``: mean |Δf_t| over the held-out traits, misaligned − benign > 0;
-- ``narrow_sft.low_dim``: the broader generalization rides on a low-dimensional shared subspace:
-  top-eigenvector share of ΔK, misaligned − benign > 0 (secondary: effective dimension, < 0).
+- ``narrow_sft.low_dim``: breadth tracks the dimension of the shared subspace: the arm whose
+  trait-kernel change ΔK has the larger top-eigenvector share is the one with the larger mean
+  |Δf_t| over held-out traits (both differences decisive with one sign; :func:`same_order`).
 """
 
 from __future__ import annotations
@@ -76,16 +77,32 @@ CLAIMS = (
           (diff("heldout_abs_change", "misaligned", "benign", "positive", "nats/token"),), ARMS,
           secondary=(traits.lande_part("misaligned"), traits.lande_part("benign"))),
     Claim("narrow_sft.low_dim", _EXPLORATORY + "breadth tracks the dimension of the shared trait subspace: the "
-                                               "misaligned update's trait-kernel change is more concentrated",
-          "top-eigenvector share of ΔK_trait = K1 − K0, misaligned − benign > 0; secondary: effective dimension "
-          "(participation ratio), misaligned − benign < 0",
-          (diff("dk_top_share", "misaligned", "benign", "positive", "share"),), ARMS,
+                                               "arm whose trait-kernel change is more concentrated generalizes more "
+                                               "broadly",
+          "two parts, misaligned − benign: top-eigenvector share of ΔK_trait = K1 − K0, and mean |Δf_t| over the "
+          "held-out traits. Holds when both intervals exclude 0 with the same sign (the more concentrated arm is the "
+          "broader one), contradicted when both exclude 0 with opposite signs, inconclusive otherwise; secondary: "
+          "effective dimension (participation ratio) and trait-kernel rescale share, misaligned − benign",
+          (diff("dk_top_share", "misaligned", "benign", "positive", "share"),
+           diff("heldout_abs_change", "misaligned", "benign", "positive", "nats/token")), ARMS,
           secondary=(diff("dk_effective_dim", "misaligned", "benign", "negative", "directions"),
                      Part("misaligned − benign trait-kernel rescale share",
                           (("trait_rescale_share", "misaligned"), ("trait_rescale_share", "benign")),
                           lambda v: v[("trait_rescale_share", "misaligned")] - v[("trait_rescale_share", "benign")],
-                          "positive", "share"))),
+                          "positive", "share")),
+          decide=lambda verdicts: same_order(*verdicts)),
 )
+
+
+def same_order(a: str, b: str) -> str:
+    """Two parts with the same claimed sign: both decisive and agreeing (both hold or both
+    contradicted: the two effects share a sign) → holds; both decisive and disagreeing →
+    contradicted; otherwise inconclusive."""
+    from deltalens.lab.claims import CONTRADICTED, HOLDS, INCONCLUSIVE
+
+    if INCONCLUSIVE in (a, b):
+        return INCONCLUSIVE
+    return HOLDS if a == b else CONTRADICTED
 
 
 def run(ctx: common.Context, settings: Settings) -> dict:
