@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -117,8 +118,6 @@ def other_init_base(ctx: common.Context, seed: int, steps: int | None) -> Path:
     cache = ctx.run.cache_dir / "subliminal-init" if ctx.run.cache_dir is not None else None
     run1 = LabRun(ctx.out / "init", cfg1, cache, ctx.run.progress)
     # the same problems as the lab's base (stage_base reads the prompts to exclude from here)
-    import shutil
-
     shutil.rmtree(run1.problems_dir, ignore_errors=True)
     shutil.copytree(ctx.run.problems_dir, run1.problems_dir)
     stage_base(run1)
