@@ -27,7 +27,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from deltalens.lab.claims import Claim, Part, diff
+from deltalens.lab.claims import Claim, diff
 from deltalens.lab.experiments import common, traits
 
 ARMS = ("misaligned", "benign")
@@ -86,10 +86,7 @@ CLAIMS = (
           (diff("dk_top_share", "misaligned", "benign", "positive", "share"),
            diff("heldout_abs_change", "misaligned", "benign", "positive", "nats/token")), ARMS,
           secondary=(diff("dk_effective_dim", "misaligned", "benign", "negative", "directions"),
-                     Part("misaligned − benign trait-kernel rescale share",
-                          (("trait_rescale_share", "misaligned"), ("trait_rescale_share", "benign")),
-                          lambda v: v[("trait_rescale_share", "misaligned")] - v[("trait_rescale_share", "benign")],
-                          "positive", "share")),
+                     diff("trait_rescale_share", "misaligned", "benign", "positive", "share")),
           decide=lambda verdicts: same_order(*verdicts)),
 )
 
