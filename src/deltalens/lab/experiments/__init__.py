@@ -25,7 +25,8 @@ from pathlib import Path
 from deltalens.errors import DeltalensError
 
 #: name → module, in the order of value and cost (optimizer first: it decides how to read the rest)
-EXPERIMENTS = {"optimizer": "optimizer", "kl-penalty": "kl_penalty", "per-batch": "per_batch", "long": "long"}
+EXPERIMENTS = {"optimizer": "optimizer", "kl-penalty": "kl_penalty", "per-batch": "per_batch", "long": "long",
+               "narrow-sft": "narrow_sft", "subliminal": "subliminal"}
 NAMES = (*EXPERIMENTS, "all")
 
 

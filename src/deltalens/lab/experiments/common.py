@@ -338,3 +338,31 @@ def finish(ctx: Context, *, items, gates: dict, arms: list[str], claims, metrics
 def mean(values) -> float | None:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return sum(vals) / len(vals) if vals else None
+
+
+# ------------------------------------------------------------------------------------ SFT on given rows
+def train_sft_rows(ctx: Context, label: str, rows: list[dict], cfg, seed: int, *, base_dir=None):
+    """SFT (the lab's ``sft`` arm) on the given prompt-completion ``rows`` from ``base_dir`` (default:
+    the lab's base) as arm ``label``; returns (model, log history), the log history in
+    ``OUT/arms/<label>/seed<s>/`` (the subliminal and narrow-sft experiments' own data)."""
+    from deltalens.lab.arms import train_arm
+
+    out = ctx.out / "arms" / label / f"seed{seed}"
+    if out.exists():
+        shutil.rmtree(out)
+    task_id = ctx.task(f"{label} seed {seed} (lr {cfg.learning_rate:g})", cfg.steps)
+    model, history = train_arm("sft", base_dir=Path(base_dir or ctx.run.base_master), tokenizer=ctx.tokenizer,
+                               rows=rows, cfg=cfg, seed=seed, out_dir=out, callbacks=[_advance_callback(ctx, task_id)],
+                               device=ctx.device)
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    write_json(out / "log_history.json", history)
+    return model, history
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """``rows`` as a JSONL file, written atomically (an experiment's data, kept for inspection)."""
+    import json
+
+    from deltalens.results import write_text
+
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
