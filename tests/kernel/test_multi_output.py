@@ -194,3 +194,19 @@ def test_logits_kernels_of_a_transformer(llama64):
         got = empirical_ntk(model, fn, batch, implementation=implementation, trace=True, chunk_size=2)
         assert rel(got.matrix, trace) < 1e-11
     assert got.structured_layers  # the attention and MLP projections
+
+
+def test_batched_method_equals_explicit_jacobian(mlp64):
+    """method='batched': one forward of the chunk, one backward vmapped over the output cotangents."""
+    model, batch, jac = mlp64
+    full, trace = references(jac)
+    for chunk in (3, 64):
+        got = empirical_ntk(model, vec_output, batch, method="batched", chunk_size=chunk, implementation="structured")
+        assert rel(got.matrix, full) < 1e-12
+        got = empirical_ntk(model, vec_output, batch, method="batched", trace=True, chunk_size=chunk)
+        assert rel(got.matrix, trace) < 1e-12
+    scalar = explicit_jacobian(model, scalar_output, batch)[:, 0]
+    assert rel(empirical_ntk(model, scalar_output, batch, method="batched").matrix, scalar @ scalar.T) < 1e-12
+    seq = SequenceModel().double()
+    with pytest.raises(DeltalensError, match="'batched': 'scale' is not in a structured"):
+        empirical_ntk(seq, vec_output, {"x": torch.randn(3, 4, 5, dtype=torch.float64)}, method="batched")

@@ -151,6 +151,9 @@ def jacobian_rows(
     structured = [layer for layer in structured if layer.weight in wanted]
     skip = {k for layer in structured for k in (layer.weight, layer.bias) if k in wanted}
     diff_names = [k for k in names if k not in skip]
+    if method == "batched" and diff_names:
+        raise DeltalensError(f"gradient method 'batched': '{diff_names[0]}' is not in a structured nn.Linear layer "
+                             "(a batched backward gives per-example cotangents, not per-example gradients)")
     keys = [f"model.{k}" for k in diff_names]
     constants = {k: v for k, v in all_params.items() if k not in set(keys)}
     ref = next(iter(all_params.values()))
@@ -162,7 +165,10 @@ def jacobian_rows(
     def f(diff: dict, eps: dict, example):
         taps.begin(eps)
         try:
-            out = functional_call(wrapper, {**constants, **diff}, (_unsqueeze(example),), strict=False)
+            if diff:
+                out = functional_call(wrapper, {**constants, **diff}, (_unsqueeze(example),), strict=False)
+            else:  # every differentiated tensor is in a structured layer: the parameters stay as they are
+                out = wrapper(_unsqueeze(example))
         finally:
             xs = taps.end()
         return (out.reshape(-1) if vector else out.reshape(-1)[0]), xs
@@ -189,7 +195,9 @@ def jacobian_rows(
             diff = {k: all_params[k] for k in keys}
             if method == "vmap":
                 derivative = jacrev if vector else grad
-                with warnings.catch_warnings():  # SDPA's CPU backward has no batching rule yet: a known, harmless slow path
+                # no_grad: the model's own parameters (used as they are when every differentiated tensor is
+                # structured) record no graph; torch.func.grad ignores an outer no_grad
+                with warnings.catch_warnings(), torch.no_grad():  # SDPA's CPU backward has no batching rule yet: a known, harmless slow path
                     warnings.filterwarnings("ignore", message="There is a performance drop")
                     (gdiff, geps), xs = vmap(derivative(f, argnums=(0, 1), has_aux=True), in_dims=(None, None, 0))(
                         diff, eps0, chunk)
@@ -216,9 +224,36 @@ def jacobian_rows(
                 gdiff = {k: torch.stack([r[0][j] for r in rows]) for j, k in enumerate(keys)}
                 geps = {k: torch.stack([r[0][len(keys) + j] for r in rows]) for j, k in enumerate(eps0)}
                 xs = {k: torch.stack([r[1][k] for r in rows]) for k in eps0}
+            elif method == "batched":
+                gdiff, geps, xs = _batched_cotangents(model, output_fn, chunk, taps, eps0, index.stop - index.start,
+                                                      shape)
             else:
-                raise DeltalensError(f"gradient method '{method}': expected 'vmap' or 'loop'")
+                raise DeltalensError(f"gradient method '{method}': expected 'vmap', 'loop' or 'batched'")
             yield assemble(index, gdiff, geps, xs)
+
+
+def _batched_cotangents(model, output_fn, chunk, taps: LinearTaps, eps0: dict, c: int, shape: OutputShape):
+    """The ``batched`` method: one forward of the whole chunk and one backward per output column,
+    vmapped over the m output cotangents (``is_grads_batched``), giving every example's
+    cotangents g at once. Exact only when examples do not interact in the batched forward (no
+    batch statistics, no cross-example attention), which the caller asserts by choosing it."""
+    eps = {k: torch.zeros((c, *v.shape[1:]), dtype=v.dtype, device=v.device, requires_grad=True) for k, v in eps0.items()}
+    with torch.enable_grad():
+        taps.begin(eps)
+        try:
+            out = output_fn(model, chunk)
+        finally:
+            xs = taps.end()
+        leaves = list(eps.values())
+        if shape.n_outputs is None:
+            grads = torch.autograd.grad(out.reshape(-1).sum(), leaves)
+            geps = {k: g.unsqueeze(1) for k, g in zip(eps, grads)}
+        else:
+            m = shape.m
+            cotangents = torch.eye(m, dtype=out.dtype, device=out.device)[:, None, :].expand(m, c, m)
+            grads = torch.autograd.grad(out, leaves, grad_outputs=cotangents, is_grads_batched=True)
+            geps = {k: g.transpose(0, 1) for k, g in zip(eps, grads)}  # (c, m, ...)
+    return {}, {k: g.detach() for k, g in geps.items()}, {k: x.detach() for k, x in xs.items()}
 
 
 def per_example_gradients(

@@ -285,8 +285,8 @@ def _spilled_kernel(model, output_fn, batch, groups, costs, budget, chunk_size, 
 def _pick_method(method: str, chunk: int) -> str:
     if method == "auto":
         return "vmap" if chunk > 1 else "loop"
-    if method not in ("vmap", "loop"):
-        raise DeltalensError(f"gradient method '{method}': expected auto, vmap or loop")
+    if method not in ("vmap", "loop", "batched"):
+        raise DeltalensError(f"gradient method '{method}': expected auto, vmap, loop or batched")
     return method
 
 
@@ -325,6 +325,13 @@ def empirical_ntk(
     T² < d_in·d_out/(d_in + d_out), T its positions per example. Sketch mode always sketches
     Jacobian blocks.
 
+    ``method``: ``"vmap"`` (examples vmapped one at a time through the model), ``"loop"`` (one
+    backward per example), ``"auto"`` (vmap, or loop for chunks of one), or ``"batched"``: the
+    whole chunk in one forward, and one backward per output vmapped over the output cotangents;
+    it needs every differentiated tensor in a structured ``nn.Linear`` and examples that do not
+    interact in a batched forward (an MLP; not batch norm in training mode), which the caller
+    asserts by choosing it.
+
     ``vectors`` maps a label to a parameter-shaped dict {name: tensor}; the result's
     ``jv[label]`` is J·v (float64, exact in both modes; one entry per row of J: n·m for vector
     outputs). ``memory_budget_mb`` bounds the gradient buffers (J slices in exact mode,
@@ -353,9 +360,6 @@ def empirical_ntk(
     n_params = sum(numels.values())
     ref = next(iter(named.values()))
     dtype, device, itemsize = ref.dtype, ref.device, ref.element_size()
-    if memory_budget_mb is None:
-        memory_budget_mb = default_memory_budget_mb(device)
-    budget = int(memory_budget_mb * 2**20)
     shape = inspect_outputs(model, output_fn, batch, list(named))
     m = shape.m
     trace = bool(trace) and shape.n_outputs is not None
@@ -373,6 +377,11 @@ def empirical_ntk(
     # per-example numbers each tensor keeps: m Jacobian rows, or T·(d_in + m·d_out) for a structured weight
     costs = {k: (by_weight[k].positions * (by_weight[k].d_in + m * by_weight[k].d_out) if k in by_weight else m * v)
              for k, v in numels.items()}
+    if memory_budget_mb is None:
+        # no budget above the floor changes anything when J and a full chunk fit the floor: skip reading free memory
+        need = max(n, 4 * chunk_size) * sum(costs.values()) * itemsize
+        memory_budget_mb = MEMORY_BUDGET_FLOOR_MB if need <= MEMORY_BUDGET_FLOOR_MB * 2**20 else default_memory_budget_mb(device)
+    budget = int(memory_budget_mb * 2**20)
     if mode == "exact":
         groups = parameter_groups(costs, n, budget, itemsize)
         strategy = "in-memory" if len(groups) == 1 else _exact_strategy(exact_strategy, n * sum(costs.values()) * itemsize,
