@@ -29,6 +29,7 @@
     python bench/bench_kernel.py --size full --part exact --repeats 5 --budget-mb 2048 --recipe-threads 2 1
     python bench/bench_kernel.py --part mlp --rounds 31     # issue 21's MLP rows
     python bench/bench_kernel.py --part llama --rounds 15   # issue 21's lab-Llama row
+    python bench/bench_kernel.py --part rule --rounds 9      # the structured-derivatives rule, measured
     python bench/bench_kernel.py --part smollm2 --n 128      # issue 21's sketch-vs-backward row
 
 The exact-mode runs alternate (recipe, ours, recipe, ours, ...) and each configuration is
@@ -297,6 +298,34 @@ def bench_llama(args) -> None:
               f"(CPU {r[1]:.1f}) | ours/recipe {o[0] / r[0]:.3f} (CPU {o[1] / r[1]:.3f}) | rel. diff vs recipe {err:.1e}")
 
 
+def bench_rule(args) -> None:
+    """The structured-derivatives rule T² < d_in·d_out/(d_in + d_out), measured: a model of one
+    ``nn.Linear`` (d_in → d_out) over T positions, output tanh(y) summed, 64 examples, one thread;
+    CPU time of ``implementation="structured"`` over ``"jacobian"`` for T around the threshold."""
+    import warnings
+
+    from deltalens.kernel import empirical_ntk
+    from deltalens.kernel.structured import prefers_structured
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    for d_in, d_out in ((128, 128), (128, 512), (576, 1536)):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(d_in, d_out)
+        fn = lambda m, b: torch.tanh(m(b["x"])).sum((1, 2))  # noqa: E731
+        threshold = (d_in * d_out / (d_in + d_out)) ** 0.5
+        line = []
+        for t in (1, 2, 4, 8, 16, 32):
+            x = {"x": torch.randn(64, t, d_in)}
+            cfgs = {impl: (lambda impl=impl, x=x: empirical_ntk(layer, fn, x, implementation=impl).matrix)
+                    for impl in ("structured", "jacobian")}
+            res = _alternate(cfgs, max(3, args.rounds // 3))
+            ratio = res["structured"][1] / res["jacobian"][1]
+            line.append(f"T={t}: {ratio:.2f}{'*' if prefers_structured(t, d_in, d_out) else ''}")
+        print(f"[rule] Linear {d_in}→{d_out} (rule: structured while T < {threshold:.1f}), CPU time structured/jacobian: "
+              + ", ".join(line) + "  (* = the rule picks structured)")
+
+
 def bench_smollm2(args) -> None:
     """Sketch mode on SmolLM2-135M vs n plain per-example backward passes, same process, same threads."""
     import warnings
@@ -356,7 +385,7 @@ def bench_smollm2(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["quick", "full"], default="quick")
-    parser.add_argument("--part", choices=["all", "exact", "sketch", "mlp", "llama", "smollm2"], default="all")
+    parser.add_argument("--part", choices=["all", "exact", "sketch", "mlp", "llama", "rule", "smollm2"], default="all")
     parser.add_argument("--rounds", type=int, default=31, help="alternating rounds of --part mlp / llama")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="alternating repeats of the exact-mode runs (median reported)")
@@ -381,6 +410,8 @@ def main() -> None:
         bench_mlp(args)
     if args.part in ("all", "llama"):
         bench_llama(args)
+    if args.part in ("all", "rule"):
+        bench_rule(args)
     if args.part == "smollm2":
         bench_smollm2(args)
         return
