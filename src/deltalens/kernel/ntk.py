@@ -13,6 +13,12 @@
 
 Optionally the same pass returns J·v for parameter-shaped vectors v (exactly, in both
 modes), which is what the trait prediction (J·Δθ) and gradient alignment (J·ḡ_D) need.
+
+An output function may give m outputs per example: the rows of J are then the (example,
+output) pairs, each example's m rows from one backward vmapped over the output cotangents, and
+K is (n·m)×(n·m) or, traced, n×n. In exact mode ``nn.Linear`` layers may be contracted by
+structured derivatives instead of Jacobian blocks (``implementation``; see ``structured.py``).
+The default memory budget comes from the free memory (:func:`default_memory_budget_mb`).
 """
 
 from __future__ import annotations
