@@ -142,3 +142,26 @@ def test_trajectory_with_traits_matches_the_pair_run(folders):
     assert traj["comparison"] == pair["comparison"] and traj["traits"] == pair["traits"]
     for name in ("base", "tuned", "traits_base", "traits_tuned"):
         assert torch.equal(traj_arrays[name], pair_arrays[name]), name
+
+
+def test_multi_output_kernels_through_the_cli(folders, run_cli):
+    """--output logits-full / logits-trace: rows per (probe, position, token), or their trace; the
+    trace equals the full kernel summed over each probe pair's diagonal output block."""
+    root, (base, tuned, _), probes = folders
+    full, trace = root / "out_full", root / "out_trace"
+    code, _, stderr = run_cli("kernel", base, tuned, "--probes", probes, "--out", full, "--top-r", "3",
+                              "--output", "logits-full", "--top-v", "3")
+    assert code == 0, stderr
+    code, _, stderr = run_cli("kernel", base, tuned, "--probes", probes, "--out", trace, "--top-r", "3",
+                              "--output", "logits-trace", "--top-v", "3", "--implementation", "structured")
+    assert code == 0, stderr
+    rf, rt = (json.loads((d / "kernel.json").read_text()) for d in (full, trace))
+    assert rf["kernel_rows"] == 18 and rt["kernel_rows"] == 6 and rf["n_outputs"] == 3
+    assert rf["output_token_ids"] == rt["output_token_ids"] and rf["output_positions"] == [0]
+    assert rt["structured_layers"] > 0 and rf["memory_budget_mb"] >= 256
+    kf, kt = np.load(full / "kernels.npz")["tuned"], np.load(trace / "kernels.npz")["tuned"]
+    summed = np.einsum("iojo->ij", kf.reshape(6, 3, 6, 3))
+    np.testing.assert_allclose(kt, summed, rtol=1e-5, atol=1e-6 * np.abs(kt).max())
+    code, _, stderr = run_cli("kernel", base, tuned, "--probes", probes, "--out", root / "bad", "--output", "logits-full",
+                              "--positions", "0,3")
+    assert code != 0 and "--positions needs index 3" in stderr and "Traceback" not in stderr

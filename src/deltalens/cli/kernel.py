@@ -80,16 +80,32 @@ Mode = Annotated[str, typer.Option("--mode", help="exact | sketch.")]
 Dim = Annotated[Optional[int], typer.Option("--dim", help="Sketch dimension d (sketch mode; default 4096).")]
 TopR = Annotated[int, typer.Option("--top-r", help="Number of top eigen-directions (capped at n−1).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the sketch's random projection.")]
-Output = Annotated[str, typer.Option("--output", help="Per-probe scalar: logprob (completion log-likelihood) | loss (mean token NLL).")]
+Output = Annotated[str, typer.Option("--output", help="Per-probe output: logprob (completion log-likelihood) | loss (mean token NLL) | logits-trace | logits-full (logits at --positions of --token-ids or the base's --top-v entries; full: one kernel row per (probe, position, token); trace: summed over them).")]
+Positions = Annotated[str, typer.Option("--positions", help="logits outputs: completion token indices whose predicting logits are used, comma-separated (0 = the first completion token).")]
+TopV = Annotated[int, typer.Option("--top-v", help="logits outputs: the V vocabulary entries with the largest mean probability under the base at --positions.")]
+TokenIds = Annotated[Optional[str], typer.Option("--token-ids", help="logits outputs: comma-separated vocabulary ids (instead of --top-v).")]
+Implementation = Annotated[str, typer.Option("--implementation", help="Exact mode: auto (structured derivatives for nn.Linear layers where T² < d_in·d_out/(d_in+d_out)) | jacobian | structured.")]
 Device = Annotated[str, typer.Option("--device", help="cpu | cuda.")]
-Budget = Annotated[float, typer.Option("--memory-budget-mb", help="Bound on gradient buffers (exact mode sweeps parameters in groups that fit).")]
-Chunk = Annotated[int, typer.Option("--chunk-size", help="Examples per gradient chunk (vmap), capped by --memory-budget-mb; in exact mode also the block of the J Jᵀ product.")]
+Budget = Annotated[Optional[float], typer.Option("--memory-budget-mb", help="Bound on gradient buffers (exact mode sweeps parameters in groups that fit); default: a quarter of the free memory as a power of two, 256–4096 MB.")]
+Chunk = Annotated[int, typer.Option("--chunk-size", help="Most examples per gradient chunk (vmap), capped by --memory-budget-mb, in equal-size chunks; in exact mode also the block of the J Jᵀ product.")]
 
 
-def _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size) -> dict:
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise DeltalensError(f"{option}: expected comma-separated integers, got {text!r}") from None
+
+
+def _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size, positions="0", top_v=8,
+             token_ids=None, implementation="auto") -> dict:
     return dict(
         mode=mode, dim=4096 if mode == "sketch" and dim is None else dim, seed=seed, top_r=top_r, output=output,
         device=device, memory_budget_mb=memory_budget_mb, chunk_size=chunk_size,
+        positions=_ints(positions, "--positions"), top_v=top_v, token_ids=_ints(token_ids, "--token-ids"),
+        implementation=implementation,
     )
 
 
@@ -109,13 +125,18 @@ def register(app: typer.Typer) -> None:
         seed: Seed = 0,
         output: Output = "logprob",
         device: Device = "cpu",
-        memory_budget_mb: Budget = 512.0,
+        memory_budget_mb: Budget = None,
         chunk_size: Chunk = 64,
+        positions: Positions = "0",
+        top_v: TopV = 8,
+        token_ids: TokenIds = None,
+        implementation: Implementation = "auto",
     ) -> None:
         """Empirical NTK of two checkpoints on probes, and whether the fine-tune rescaled or rotated it (SPEC §6)."""
         from deltalens.kernel.run import run_kernel, run_trajectory
 
-        options = _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size)
+        options = _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size, positions, top_v,
+                           token_ids, implementation)
         options["out"] = out
         with _progress() as update:
             if trajectory:
@@ -153,13 +174,18 @@ def register(app: typer.Typer) -> None:
         seed: Seed = 0,
         output: Output = "logprob",
         device: Device = "cpu",
-        memory_budget_mb: Budget = 512.0,
+        memory_budget_mb: Budget = None,
         chunk_size: Chunk = 64,
+        positions: Positions = "0",
+        top_v: TopV = 8,
+        token_ids: TokenIds = None,
+        implementation: Implementation = "auto",
     ) -> None:
         """Share of a dataset's function-space push J·ḡ_D on the top-r kernel eigenvectors vs r/n (SPEC §6)."""
         from deltalens.kernel.run import run_align
 
-        options = _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size)
+        options = _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size, positions, top_v,
+                           token_ids, implementation)
         with _progress() as update:
             report = run_align(model, data, probes, out=out, progress=update, **options)
         a = report["alignment"]

@@ -18,10 +18,13 @@ import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 
+from dataclasses import dataclass
+
 import torch
 
 from deltalens.errors import DeltalensError
 from deltalens.kernel.outputs import OutputFn, batch_size, slice_batch
+from deltalens.kernel.structured import LinearLayer, LinearTaps, linear_candidates, positions_of
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -68,6 +71,191 @@ def _unsqueeze(batch):
     return torch.utils._pytree.tree_map(lambda v: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v, batch)
 
 
+@dataclass
+class RowBlock:
+    """The rows of J for one chunk of examples (SPEC §6).
+
+    ``jac[name]``: (c, m, *param.shape) — ∂f_{i,o}/∂θ_name for the chunk's examples i and the m
+    outputs o of each (m = 1 for a scalar output); a structured layer's bias is here too,
+    computed as Σ_t g_t. ``taps[layer]``: (x (c, T, d_in), g (c, m, T, d_out)) for every
+    structured layer (its weight is not in ``jac``; see :mod:`deltalens.kernel.structured`).
+    """
+
+    index: slice
+    jac: dict[str, torch.Tensor]
+    taps: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    n_outputs: int
+
+
+@dataclass(frozen=True)
+class OutputShape:
+    """What a one-example forward shows: the number of outputs per example (``None``: a scalar)
+    and the ``nn.Linear`` layers that can take structured derivatives."""
+
+    n_outputs: int | None
+    layers: dict[str, LinearLayer]
+
+    @property
+    def m(self) -> int:
+        return self.n_outputs or 1
+
+
+def inspect_outputs(model: torch.nn.Module, output_fn: OutputFn, batch, names: Sequence[str]) -> OutputShape:
+    """One forward of the first example (no gradients): the output's width and, for each eligible
+    ``nn.Linear`` (:func:`~deltalens.kernel.structured.linear_candidates`) that runs exactly once,
+    its positions T and dimensions."""
+    candidates = linear_candidates(model, names)
+    modules = dict(model.named_modules())
+    taps = LinearTaps({k: modules[k] for k in candidates})
+    with taps.installed(), torch.no_grad():
+        out = output_fn(model, slice_batch(batch, slice(0, 1)))
+        calls, shapes = taps.count()
+    if out.dim() not in (1, 2) or out.shape[0] != 1:
+        raise DeltalensError(f"output function: expected one scalar or one vector per example (shape [b] or [b, m]), "
+                             f"got shape {tuple(out.shape)} for one example")
+    layers = {}
+    for mod, (w, b) in candidates.items():
+        if calls.get(mod) != 1:
+            continue
+        lin = modules[mod]
+        layers[mod] = LinearLayer(mod, w, b, lin.in_features, lin.out_features, positions_of(shapes[mod]), shapes[mod])
+    return OutputShape(None if out.dim() == 1 else int(out.shape[1]), layers)
+
+
+def jacobian_rows(
+    model: torch.nn.Module,
+    output_fn: OutputFn,
+    batch,
+    names: Sequence[str],
+    *,
+    chunk_size: int = 8,
+    method: str = "vmap",
+    structured: Sequence[LinearLayer] = (),
+    shape: OutputShape | None = None,
+) -> Iterator[RowBlock]:
+    """Yield the rows of J chunk by chunk as :class:`RowBlock` (SPEC §6).
+
+    Differentiates the parameters ``names`` (the others are constants) and, for each layer in
+    ``structured``, the cotangent of its output instead of its weight and bias. For a vector
+    output (``output_fn`` returns [b, m]) each example's m rows come from one backward vmapped
+    over the m output cotangents (``torch.func.jacrev``), not from m separate passes.
+    ``method``: ``"vmap"`` (vmap over the chunk's examples) or ``"loop"`` (one example at a time).
+    """
+    from torch.func import functional_call, grad, jacrev, vmap
+
+    shape = shape or inspect_outputs(model, output_fn, batch, names)
+    vector = shape.n_outputs is not None
+    wrapper = _ScalarModule(model, output_fn)
+    all_params = {f"model.{k}": v.detach() for k, v in model.named_parameters()}
+    wanted = set(names)
+    structured = [layer for layer in structured if layer.weight in wanted]
+    skip = {k for layer in structured for k in (layer.weight, layer.bias) if k in wanted}
+    diff_names = [k for k in names if k not in skip]
+    if method == "batched" and diff_names:
+        raise DeltalensError(f"gradient method 'batched': '{diff_names[0]}' is not in a structured nn.Linear layer "
+                             "(a batched backward gives per-example cotangents, not per-example gradients)")
+    keys = [f"model.{k}" for k in diff_names]
+    constants = {k: v for k, v in all_params.items() if k not in set(keys)}
+    ref = next(iter(all_params.values()))
+    eps0 = {layer.module: torch.zeros(layer.out_shape, dtype=ref.dtype, device=ref.device) for layer in structured}
+    modules = dict(model.named_modules())
+    taps = LinearTaps({layer.module: modules[layer.module] for layer in structured})
+    n = batch_size(batch)
+
+    def f(diff: dict, eps: dict, example):
+        taps.begin(eps)
+        try:
+            if diff:
+                out = functional_call(wrapper, {**constants, **diff}, (_unsqueeze(example),), strict=False)
+            else:  # every differentiated tensor is in a structured layer: the parameters stay as they are
+                out = wrapper(_unsqueeze(example))
+        finally:
+            xs = taps.end()
+        return (out.reshape(-1) if vector else out.reshape(-1)[0]), xs
+
+    def assemble(index: slice, gdiff: dict, geps: dict, xs: dict) -> RowBlock:
+        c = index.stop - index.start
+        jac = {}
+        for name, k in zip(diff_names, keys):
+            g = gdiff[k]
+            jac[name] = g if vector else g.unsqueeze(1)
+        tapped = {}
+        for layer in structured:
+            g = geps[layer.module].reshape(c, shape.m, layer.positions, layer.d_out)
+            x = xs[layer.module].reshape(c, layer.positions, layer.d_in)
+            tapped[layer.module] = (x, g)
+            if layer.bias in wanted:  # the bias's rows, Σ_t g_t (when it is differentiated in this pass)
+                jac[layer.bias] = g.sum(2)
+        return RowBlock(index, jac, tapped, shape.m)
+
+    with taps.installed():
+        for start in range(0, n, chunk_size):
+            index = slice(start, min(start + chunk_size, n))
+            chunk = slice_batch(batch, index)
+            diff = {k: all_params[k] for k in keys}
+            if method == "vmap":
+                derivative = jacrev if vector else grad
+                # no_grad: the model's own parameters (used as they are when every differentiated tensor is
+                # structured) record no graph; torch.func.grad ignores an outer no_grad
+                with warnings.catch_warnings(), torch.no_grad():  # SDPA's CPU backward has no batching rule yet: a known, harmless slow path
+                    warnings.filterwarnings("ignore", message="There is a performance drop")
+                    (gdiff, geps), xs = vmap(derivative(f, argnums=(0, 1), has_aux=True), in_dims=(None, None, 0))(
+                        diff, eps0, chunk)
+            elif method == "loop":
+                rows = []
+                for i in range(index.stop - index.start):
+                    leaves = {k: v.detach().requires_grad_(True) for k, v in diff.items()}
+                    eps = {k: v.clone().requires_grad_(True) for k, v in eps0.items()}
+                    inputs = [*leaves.values(), *eps.values()]
+                    with torch.enable_grad():
+                        value, x = f(leaves, eps, slice_batch(chunk, i))
+                        if vector:
+                            m = value.shape[0]
+                            per_output = [torch.autograd.grad(value[o], inputs, retain_graph=o < m - 1, allow_unused=True)
+                                          for o in range(m)]
+                            got = [None if all(r[j] is None for r in per_output) else
+                                   torch.stack([torch.zeros_like(inputs[j]) if r[j] is None else r[j] for r in per_output])
+                                   for j in range(len(inputs))]
+                        else:
+                            got = list(torch.autograd.grad(value, inputs, allow_unused=True))
+                    got = [torch.zeros((shape.m,) * vector + tuple(v.shape), dtype=v.dtype, device=v.device)
+                           if g is None else g for g, v in zip(got, inputs)]
+                    rows.append((got, {k: v.detach() for k, v in x.items()}))
+                gdiff = {k: torch.stack([r[0][j] for r in rows]) for j, k in enumerate(keys)}
+                geps = {k: torch.stack([r[0][len(keys) + j] for r in rows]) for j, k in enumerate(eps0)}
+                xs = {k: torch.stack([r[1][k] for r in rows]) for k in eps0}
+            elif method == "batched":
+                gdiff, geps, xs = _batched_cotangents(model, output_fn, chunk, taps, eps0, index.stop - index.start,
+                                                      shape)
+            else:
+                raise DeltalensError(f"gradient method '{method}': expected 'vmap', 'loop' or 'batched'")
+            yield assemble(index, gdiff, geps, xs)
+
+
+def _batched_cotangents(model, output_fn, chunk, taps: LinearTaps, eps0: dict, c: int, shape: OutputShape):
+    """The ``batched`` method: one forward of the whole chunk and one backward per output column,
+    vmapped over the m output cotangents (``is_grads_batched``), giving every example's
+    cotangents g at once. Exact only when examples do not interact in the batched forward (no
+    batch statistics, no cross-example attention), which the caller asserts by choosing it."""
+    eps = {k: torch.zeros((c, *v.shape[1:]), dtype=v.dtype, device=v.device, requires_grad=True) for k, v in eps0.items()}
+    with torch.enable_grad():
+        taps.begin(eps)
+        try:
+            out = output_fn(model, chunk)
+        finally:
+            xs = taps.end()
+        leaves = list(eps.values())
+        if shape.n_outputs is None:
+            grads = torch.autograd.grad(out.reshape(-1).sum(), leaves)
+            geps = {k: g.unsqueeze(1) for k, g in zip(eps, grads)}
+        else:
+            m = shape.m
+            cotangents = torch.eye(m, dtype=out.dtype, device=out.device)[:, None, :].expand(m, c, m)
+            grads = torch.autograd.grad(out, leaves, grad_outputs=cotangents, is_grads_batched=True)
+            geps = {k: g.transpose(0, 1) for k, g in zip(eps, grads)}  # (c, m, ...)
+    return {}, {k: g.detach() for k, g in geps.items()}, {k: x.detach() for k, x in xs.items()}
+
+
 def per_example_gradients(
     model: torch.nn.Module,
     output_fn: OutputFn,
@@ -79,45 +267,14 @@ def per_example_gradients(
 ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
     """Yield ``(examples, {name: ∂f_i/∂θ_name for i in examples})``, chunk by chunk.
 
-    Each gradient tensor has shape ``(chunk, *param.shape)`` and the model's dtype. Only the
-    parameters in ``names`` are differentiated; all other parameters and buffers are constants.
-    ``method`` is ``"vmap"`` or ``"loop"`` (see module docstring).
+    Each gradient tensor has shape ``(chunk, *param.shape)`` (``(chunk, m, *param.shape)`` for an
+    output function with m outputs per example) and the model's dtype. Only the parameters in
+    ``names`` are differentiated; all other parameters and buffers are constants. ``method`` is
+    ``"vmap"`` or ``"loop"`` (see module docstring).
     """
-    from torch.func import functional_call, grad, vmap
-
-    wrapper = _ScalarModule(model, output_fn)
-    all_params = {f"model.{k}": v.detach() for k, v in model.named_parameters()}
-    keys = [f"model.{k}" for k in names]
-    constants = {k: v for k, v in all_params.items() if k not in set(keys)}
-    n = batch_size(batch)
-
-    def scalar(diff: dict, example):
-        out = functional_call(wrapper, {**constants, **diff}, (_unsqueeze(example),), strict=False)
-        return out.reshape(-1)[0]
-
-    for start in range(0, n, chunk_size):
-        index = slice(start, min(start + chunk_size, n))
-        chunk = slice_batch(batch, index)
-        diff = {k: all_params[k] for k in keys}
-        if method == "vmap":
-            with warnings.catch_warnings():  # SDPA's CPU backward has no batching rule yet: a known, harmless slow path
-                warnings.filterwarnings("ignore", message="There is a performance drop")
-                grads = vmap(grad(scalar), in_dims=(None, 0))(diff, chunk)
-            out = {name: grads[k] for name, k in zip(names, keys)}
-        elif method == "loop":
-            rows: list[tuple[torch.Tensor, ...]] = []
-            for i in range(index.stop - index.start):
-                leaves = {k: v.detach().requires_grad_(True) for k, v in diff.items()}
-                with torch.enable_grad():
-                    value = scalar(leaves, slice_batch(chunk, i))
-                    rows.append(torch.autograd.grad(value, list(leaves.values()), allow_unused=True))
-            out = {}
-            for j, (name, k) in enumerate(zip(names, keys)):
-                column = [torch.zeros_like(diff[k]) if r[j] is None else r[j] for r in rows]
-                out[name] = column[0].unsqueeze(0) if len(column) == 1 else torch.stack(column)  # no copy for one
-        else:
-            raise DeltalensError(f"gradient method '{method}': expected 'vmap' or 'loop'")
-        yield index, out
+    shape = inspect_outputs(model, output_fn, batch, [])
+    for block in jacobian_rows(model, output_fn, batch, names, chunk_size=chunk_size, method=method, shape=shape):
+        yield block.index, {k: (v if shape.n_outputs is not None else v.squeeze(1)) for k, v in block.jac.items()}
 
 
 class CountSketch:

@@ -13,6 +13,12 @@
 
 Optionally the same pass returns J·v for parameter-shaped vectors v (exactly, in both
 modes), which is what the trait prediction (J·Δθ) and gradient alignment (J·ḡ_D) need.
+
+An output function may give m outputs per example: the rows of J are then the (example,
+output) pairs, each example's m rows from one backward vmapped over the output cotangents, and
+K is (n·m)×(n·m) or, traced, n×n. In exact mode ``nn.Linear`` layers may be contracted by
+structured derivatives instead of Jacobian blocks (``implementation``; see ``structured.py``).
+The default memory budget comes from the free memory (:func:`default_memory_budget_mb`).
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from dataclasses import dataclass, field
 import torch
 
 from deltalens.errors import DeltalensError
-from deltalens.kernel.gradients import CountSketch, parameter_groups, per_example_gradients, trainable_parameters
+from deltalens.kernel.gradients import CountSketch, inspect_outputs, jacobian_rows, parameter_groups, trainable_parameters
 from deltalens.kernel.outputs import OutputFn, batch_size
+from deltalens.kernel.structured import prefers_structured, structured_block, structured_jv
 
 
 @dataclass
@@ -49,6 +56,11 @@ class KernelResult:
     error_method: str
     jv: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
+    n_outputs: int | None = None  # outputs per example (None: one scalar per example)
+    trace: bool = False  # vector outputs: K summed over outputs (n×n) instead of the (n·m)×(n·m) kernel
+    structured_layers: list[str] = field(default_factory=list)  # nn.Linear layers contracted by structured derivatives
+    memory_budget_mb: float | None = None  # the budget used (given, or derived by default_memory_budget_mb)
+    chunk_size: int | None = None  # examples per gradient chunk (equal-size chunks)
 
 
 def sketch_error_estimate(kernel: torch.Tensor, dim: int) -> float:
@@ -81,6 +93,13 @@ DEFAULT_CHUNK = 64
 256×256 ones for 5/8 of its flops (``bench/bench_kernel.py``)."""
 
 
+DIAGONAL_BLOCK_ROWS = 32
+"""Rows per step of a chunk's product with itself (:func:`add_chunk_gram`): the diagonal block is
+filled as an upper triangle of sub-blocks (3/4 of its multiply-adds for a chunk of 64). One
+thread, 64 rows × 764k parameters in 40 tensors: 73–96 ms against 106–110 ms for the full 64×64
+products (bench/bench_kernel.py's tiny Llama, shared machine)."""
+
+
 def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list[torch.Tensor]]]) -> None:
     """K[rows_j, rows_c] += Σ_b J_{j,b} J_{c,b}ᵀ for the last chunk c against every chunk j ≤ c (SPEC §6).
 
@@ -91,10 +110,18 @@ def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list[torch.Te
     :func:`symmetrize_upper`.
     """
     last, new_blocks = chunks[-1]
-    for index, blocks in chunks:
+    for index, blocks in chunks[:-1]:
         out = kernel[index, last]
         for a, b in zip(blocks, new_blocks):
             out.addmm_(a, b.T)
+    out = kernel[last, last]
+    rows = last.stop - last.start
+    sub = DIAGONAL_BLOCK_ROWS if rows > DIAGONAL_BLOCK_ROWS else rows
+    for start in range(0, rows, sub):
+        stop = min(start + sub, rows)
+        target = out[:stop, start:stop]
+        for b in new_blocks:
+            target.addmm_(b[:stop], b[start:stop].T)
 
 
 def upper_gram(rows: torch.Tensor, kernel: torch.Tensor, block: int | None = None) -> None:
@@ -164,36 +191,97 @@ def _exact_strategy(requested: str, jacobian_bytes: int, spill_dir: str | None) 
     return "spill" if jacobian_bytes < 0.5 * free else "recompute"
 
 
-def _spilled_kernel(model, output_fn, batch, groups, numels, budget, chunk_size, method, threads, spill_dir, add_jv,
-                    progress) -> torch.Tensor:
-    """One gradient pass writing each group's n × P_g slice of J to a file; then Σ_g J_g J_gᵀ."""
+MEMORY_FRACTION = 0.25
+MEMORY_BUDGET_CAP_MB = 4096
+MEMORY_BUDGET_FLOOR_MB = 256
+
+
+def available_memory_bytes(device: torch.device | str = "cpu") -> int:
+    """Memory free for new buffers: on CUDA the device's free memory (``torch.cuda.mem_get_info``);
+    on CPU ``MemAvailable`` of /proc/meminfo (psutil elsewhere), lowered to the cgroup's
+    ``memory.max − memory.current`` when a container limit is set."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    free = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if free is None:
+        import psutil
+
+        free = int(psutil.virtual_memory().available)
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as fh:
+                free = min(free, int(limit) - int(fh.read().strip()))
+    except (OSError, ValueError):
+        pass
+    return max(0, free)
+
+
+def default_memory_budget_mb(device: torch.device | str = "cpu", available: int | None = None) -> int:
+    """The default ``memory_budget_mb``: a quarter of the free memory (:func:`available_memory_bytes`),
+    rounded down to a power of two MiB and clamped to [256, 4096] MiB.
+
+    Rounding to a power of two makes it a step function of the free memory: any machine with
+    16 GiB or more free gets 4096 MiB, so the same inputs give the same chunks, groups and
+    kernel (bitwise) from run to run; the budget used is reported (``KernelResult.memory_budget_mb``,
+    ``kernel.json``) so a run can be repeated with it on any machine.
+    """
+    free = available_memory_bytes(device) if available is None else int(available)
+    mb = max(1, int(free * MEMORY_FRACTION) // 2**20)
+    return int(min(MEMORY_BUDGET_CAP_MB, max(MEMORY_BUDGET_FLOOR_MB, 2 ** int(math.log2(mb)))))
+
+
+def equal_chunks(n: int, cap: int) -> int:
+    """The chunk size that splits n examples into the fewest chunks of at most ``cap``, all of
+    (nearly) equal size: ⌈n / ⌈n / cap⌉⌉. 64 probes under a cap of 49 run as 32 + 32, not 49 + 15."""
+    cap = max(1, min(int(cap), n))
+    pieces = -(-n // cap)
+    return -(-n // pieces)
+
+
+def _spilled_kernel(model, output_fn, batch, groups, costs, budget, chunk_size, method, threads, spill_dir, add_jv,
+                    progress, shape, trace, n_rows) -> torch.Tensor:
+    """One gradient pass writing each group's n_rows × P_g slice of J to a file; then Σ_g J_g J_gᵀ."""
     names = [k for g in groups for k in g]
     ref = next(iter(model.parameters()))
     dtype, device, itemsize = ref.dtype, ref.device, ref.element_size()
-    n_params = sum(numels.values())
-    chunk = max(1, min(chunk_size, budget // max(1, 4 * n_params * itemsize)))
+    chunk = equal_chunks(batch_size(batch), min(chunk_size, budget // max(1, 4 * sum(costs.values()) * itemsize)))
     n = batch_size(batch)
-    kernel = torch.zeros(n, n, dtype=torch.float64, device=device)
+    m = shape.m
+    widths = [0] * len(groups)
+    kernel = torch.zeros(n_rows, n_rows, dtype=torch.float64, device=device)
     with tempfile.TemporaryDirectory(prefix="deltalens-jacobian-", dir=spill_dir) as tmp:
         paths = [f"{tmp}/group{g}.bin" for g in range(len(groups))]
         files = [open(p, "wb") for p in paths]
         try:
             with intra_op_threads(threads):
-                for index, grads in per_example_gradients(model, output_fn, batch, names, chunk_size=chunk, method=method):
-                    for fh, group in zip(files, groups):
-                        slab = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in group], dim=1)
+                for block in jacobian_rows(model, output_fn, batch, names, chunk_size=chunk, method=method, shape=shape):
+                    c = block.index.stop - block.index.start
+                    rows = c if trace else c * m
+                    for g, (fh, group) in enumerate(zip(files, groups)):
+                        slab = torch.cat([block.jac[k].reshape(rows, -1) for k in group], dim=1)
+                        widths[g] = slab.shape[1]
                         fh.write(slab.cpu().contiguous().view(torch.uint8).numpy().tobytes())
-                    add_jv(index, grads, names)
+                    add_jv(block)
                     if progress is not None:
-                        progress(index.stop, n)
-                    del grads
+                        progress(block.index.stop, n)
+                    del block
         finally:
             for fh in files:
                 fh.close()
-        for path, group in zip(paths, groups):
-            width = sum(numels[k] for k in group)
-            rows = torch.from_file(path, shared=False, size=n * width, dtype=dtype).view(n, width).to(device)
-            part = torch.zeros(n, n, dtype=dtype, device=device)
+        for path, width in zip(paths, widths):
+            rows = torch.from_file(path, shared=False, size=n_rows * width, dtype=dtype).view(n_rows, width).to(device)
+            part = torch.zeros(n_rows, n_rows, dtype=dtype, device=device)
             upper_gram(rows, part)
             kernel += part.double()
             del rows
@@ -203,8 +291,8 @@ def _spilled_kernel(model, output_fn, batch, groups, numels, budget, chunk_size,
 def _pick_method(method: str, chunk: int) -> str:
     if method == "auto":
         return "vmap" if chunk > 1 else "loop"
-    if method not in ("vmap", "loop"):
-        raise DeltalensError(f"gradient method '{method}': expected auto, vmap or loop")
+    if method not in ("vmap", "loop", "batched"):
+        raise DeltalensError(f"gradient method '{method}': expected auto, vmap, loop or batched")
     return method
 
 
@@ -218,27 +306,50 @@ def empirical_ntk(
     seed: int = 0,
     params: list[str] | None = None,
     vectors: dict[str, dict[str, torch.Tensor]] | None = None,
-    memory_budget_mb: float = 512.0,
+    memory_budget_mb: float | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     method: str = "auto",
     exact_strategy: str = "auto",
     spill_dir: str | None = None,
     gradient_threads: int | str | None = "auto",
     progress: Callable[[int, int], None] | None = None,
+    trace: bool = False,
+    implementation: str = "auto",
 ) -> KernelResult:
     """K_ij = ⟨∇_θ f_i, ∇_θ f_j⟩ over the trainable parameters (or ``params``). SPEC §6.
 
-    ``output_fn(model, batch) -> Tensor[b]`` gives one scalar per example; ``batch`` is a dict
-    of tensors with the example index first. ``vectors`` maps a label to a parameter-shaped
-    dict {name: tensor}; the result's ``jv[label]`` is J·v (float64, exact in both modes).
-    ``memory_budget_mb`` bounds the gradient buffers (J slices in exact mode, per-chunk
-    gradients in both); ``exact_strategy`` (auto|spill|recompute) and ``spill_dir`` say how
-    exact mode stays within it when J does not fit. ``gradient_threads`` is torch's intra-op
-    thread count for the per-example pass (gradients, sketching; ``None``: the caller's;
-    ``"auto"``: see :func:`pass_threads`). The J Jᵀ products, large GEMMs, run with the caller's
-    threads. ``chunk_size`` examples go through one vmap (fewer when the budget says so); in
-    exact mode the chunks are also the blocks of J Jᵀ (:func:`add_chunk_gram`), so chunks much
-    smaller than 64 make small, slow products. ``progress(done, total)`` is called after each chunk.
+    ``output_fn(model, batch)`` gives one scalar per example (Tensor[b]) or m outputs per
+    example (Tensor[b, m]). For m outputs the rows of J are the (example, output) pairs, example
+    major, and K is (n·m)×(n·m); with ``trace=True`` it is Σ_o K[(i,o),(j,o)], n×n (the
+    neural-tangents ``trace_axes`` kernel). Each example's m rows come from one backward vmapped
+    over the output cotangents. ``batch`` is a dict of tensors with the example index first.
+
+    ``implementation`` (exact mode): ``"jacobian"`` contracts per-example Jacobian blocks;
+    ``"structured"`` takes every eligible ``nn.Linear`` by structured derivatives
+    (:mod:`deltalens.kernel.structured`: K_W = Σ_{t,s}(x_t·x'_s)(g_t·g'_s) from activations and
+    output cotangents, no Jacobian block); ``"auto"`` (default) does so per layer when
+    T² < d_in·d_out/(d_in + d_out), T its positions per example. Sketch mode always sketches
+    Jacobian blocks.
+
+    ``method``: ``"vmap"`` (examples vmapped one at a time through the model), ``"loop"`` (one
+    backward per example), ``"auto"`` (vmap, or loop for chunks of one), or ``"batched"``: the
+    whole chunk in one forward, and one backward per output vmapped over the output cotangents;
+    it needs every differentiated tensor in a structured ``nn.Linear`` and examples that do not
+    interact in a batched forward (an MLP; not batch norm in training mode), which the caller
+    asserts by choosing it.
+
+    ``vectors`` maps a label to a parameter-shaped dict {name: tensor}; the result's
+    ``jv[label]`` is J·v (float64, exact in both modes; one entry per row of J: n·m for vector
+    outputs). ``memory_budget_mb`` bounds the gradient buffers (J slices in exact mode,
+    per-chunk gradients in both); ``None`` (default) derives it from the free memory
+    (:func:`default_memory_budget_mb`). ``exact_strategy`` (auto|spill|recompute) and
+    ``spill_dir`` say how exact mode stays within it when J does not fit. ``gradient_threads`` is
+    torch's intra-op thread count for the per-example pass (gradients, sketching; ``None``: the
+    caller's; ``"auto"``: see :func:`pass_threads`); the J Jᵀ products run with the caller's
+    threads. At most ``chunk_size`` examples go through one vmap, fewer when the budget says so
+    (a quarter of it per chunk), in equal-size chunks (:func:`equal_chunks`); in exact mode the
+    chunks are also the blocks of J Jᵀ (:func:`add_chunk_gram`). ``progress(done, total)`` is
+    called after each chunk.
     """
     named = trainable_parameters(model)
     if params is not None:
@@ -249,19 +360,42 @@ def empirical_ntk(
     n = batch_size(batch)
     if n < 1:
         raise DeltalensError("probes: no examples")
+    if implementation not in ("auto", "jacobian", "structured"):
+        raise DeltalensError(f"implementation '{implementation}': expected auto, jacobian or structured")
     numels = {k: v.numel() for k, v in named.items()}
     n_params = sum(numels.values())
     ref = next(iter(named.values()))
     dtype, device, itemsize = ref.dtype, ref.device, ref.element_size()
-    budget = int(memory_budget_mb * 2**20)
+    shape = inspect_outputs(model, output_fn, batch, list(named))
+    m = shape.m
+    trace = bool(trace) and shape.n_outputs is not None
+    n_rows = n if trace or shape.n_outputs is None else n * m
     vectors = vectors or {}
-    jv = {label: torch.zeros(n, dtype=torch.float64, device=device) for label in vectors}
-    kernel = torch.zeros(n, n, dtype=torch.float64, device=device)
+    jv = {label: torch.zeros(n, m, dtype=torch.float64, device=device) for label in vectors}
+    kernel = torch.zeros(n_rows, n_rows, dtype=torch.float64, device=device)
     started = time.perf_counter()
 
+    layers = []
+    if mode == "exact" and implementation != "jacobian":
+        layers = [layer for layer in shape.layers.values()
+                  if implementation == "structured" or prefers_structured(layer.positions, layer.d_in, layer.d_out)]
+    by_weight = {layer.weight: layer for layer in layers}
+    # per-example numbers each tensor keeps: m Jacobian rows, or T·(d_in + m·d_out) for a structured weight
+    costs = {k: (by_weight[k].positions * (by_weight[k].d_in + m * by_weight[k].d_out) if k in by_weight else m * v)
+             for k, v in numels.items()}
+    if memory_budget_mb is None:
+        # no budget above the floor changes anything when J and a full chunk fit the floor: skip reading free memory
+        need = max(n, 4 * chunk_size) * sum(costs.values()) * itemsize
+        memory_budget_mb = MEMORY_BUDGET_FLOOR_MB if need <= MEMORY_BUDGET_FLOOR_MB * 2**20 else default_memory_budget_mb(device)
+    budget = int(memory_budget_mb * 2**20)
     if mode == "exact":
-        groups = parameter_groups(numels, n, budget, itemsize)
-        strategy = "in-memory" if len(groups) == 1 else _exact_strategy(exact_strategy, n * n_params * itemsize, spill_dir)
+        groups = parameter_groups(costs, n, budget, itemsize)
+        strategy = "in-memory" if len(groups) == 1 else _exact_strategy(exact_strategy, n * sum(costs.values()) * itemsize,
+                                                                         spill_dir)
+        if strategy == "spill" and layers:
+            layers, by_weight = [], {}
+            costs = {k: m * v for k, v in numels.items()}
+            groups = parameter_groups(costs, n, budget, itemsize)
     elif mode == "sketch":
         if dim is None:
             raise DeltalensError("--dim: sketch mode needs a sketch dimension d")
@@ -273,49 +407,67 @@ def empirical_ntk(
     else:
         raise DeltalensError(f"--mode: expected exact or sketch, got '{mode}'")
 
-    def add_jv(index: slice, grads: dict, names: list[str]) -> None:
-        for label, vec in vectors.items():
-            for k in names:
-                g = grads[k].reshape(grads[k].shape[0], -1).double()
-                jv[label][index] += g @ vec[k].reshape(-1).to(device=device, dtype=torch.float64)
+    vec64 = {label: {k: v.to(device=device, dtype=torch.float64) for k, v in vec.items()} for label, vec in vectors.items()}
+
+    def add_jv(block) -> None:
+        for label, vec in vec64.items():
+            for k, g in block.jac.items():
+                jv[label][block.index] += g.reshape(g.shape[0], g.shape[1], -1).double() @ vec[k].reshape(-1)
+            for mod, (x, g) in block.taps.items():
+                layer = shape.layers[mod]
+                jv[label][block.index] += structured_jv(x, g, vec[layer.weight])
+
+    def row_slice(index: slice) -> slice:
+        return index if n_rows == n else slice(index.start * m, index.stop * m)
 
     used = None
     caller_threads = torch.get_num_threads()
     gradient_threads = pass_threads(gradient_threads, numels)
+    chunk_used = None
     if strategy == "spill":
-        used = _pick_method(method, max(1, min(chunk_size, budget // max(1, 4 * n_params * itemsize))))
-        kernel += _spilled_kernel(model, output_fn, batch, groups, numels, budget, chunk_size, used, gradient_threads,
-                                  spill_dir, add_jv, progress)
+        chunk_used = equal_chunks(n, min(chunk_size, budget // max(1, 4 * sum(costs.values()) * itemsize)))
+        used = _pick_method(method, chunk_used)
+        kernel += _spilled_kernel(model, output_fn, batch, groups, costs, budget, chunk_size, used, gradient_threads,
+                                  spill_dir, add_jv, progress, shape, trace, n_rows)
     else:
         passes = len(groups)
         done = 0
         for names in groups:
-            group_numel = sum(numels[k] for k in names)
-            # per-chunk gradients (chunk × P_g) take at most a quarter of the budget
-            chunk = max(1, min(chunk_size, budget // max(1, 4 * group_numel * itemsize)))
+            group_layers = [layer for layer in layers if layer.weight in names]
+            # per-chunk gradients (chunk × the group's per-example numbers) take at most a quarter of the budget
+            chunk = equal_chunks(n, min(chunk_size, budget // max(1, 4 * sum(costs[k] for k in names) * itemsize)))
+            chunk_used = chunk if chunk_used is None else min(chunk_used, chunk)
             used = _pick_method(method, chunk)
-            # exact: J's rows stay the per-chunk gradient blocks the pass returns (no n × P_g copy),
-            # each new chunk contracted against those before it; sketch: the n × d sketched rows,
-            # contracted once at the end (they are small)
-            kept: list[tuple[slice, list[torch.Tensor]]] = []
-            rows = None if mode == "exact" else torch.zeros(n, dim, dtype=dtype, device=device)
-            part = torch.zeros(n, n, dtype=dtype, device=device)
+            # exact: J's rows stay the per-chunk blocks the pass returns (no n × P_g copy), each new chunk
+            # contracted against those before it; sketch: the sketched rows, contracted once at the end
+            kept: list[tuple[slice, list[torch.Tensor], dict]] = []
+            rows = None if mode == "exact" else torch.zeros(n * m, dim, dtype=dtype, device=device)
+            part = torch.zeros(n_rows, n_rows, dtype=dtype, device=device)
             with intra_op_threads(gradient_threads):
-                for index, grads in per_example_gradients(model, output_fn, batch, names, chunk_size=chunk, method=used):
-                    add_jv(index, grads, names)
+                for block in jacobian_rows(model, output_fn, batch, names, chunk_size=chunk, method=used,
+                                           structured=group_layers, shape=shape):
+                    add_jv(block)
+                    c = block.index.stop - block.index.start
                     if mode == "exact":
-                        kept.append((index, [grads[k].reshape(grads[k].shape[0], -1) for k in names]))
+                        width = c if n_rows == n else c * m
+                        kept.append((row_slice(block.index), [g.reshape(width, -1) for g in block.jac.values()],
+                                     block.taps))
                         with intra_op_threads(caller_threads):
-                            add_chunk_gram(part, kept)
+                            add_chunk_gram(part, [(s, b) for s, b, _ in kept])
+                            last, _, new_taps = kept[-1]
+                            for index, _, taps in kept:
+                                for mod, (x, g) in taps.items():
+                                    part[index, last] += structured_block(x, g, *new_taps[mod], trace=n_rows == n)
                     else:
-                        for k in names:
-                            rows[index] += sketch.project(k, grads[k])
-                    del grads
-                    done += index.stop - index.start
+                        target = rows[block.index.start * m:block.index.stop * m]
+                        for k, g in block.jac.items():
+                            target += sketch.project(k, g.reshape(c * m, *g.shape[2:]))
+                    del block
+                    done += c
                     if progress is not None:
                         progress(done, passes * n)
             if rows is not None:
-                upper_gram(rows, part)
+                upper_gram(rows.view(n_rows, -1), part)
             kernel += part.double()
             del rows, part, kept
         kernel = symmetrize_upper(kernel)
@@ -337,6 +489,11 @@ def empirical_ntk(
         strategy=strategy,
         error_estimate=err,
         error_method=err_method,
-        jv={k: v.cpu() for k, v in jv.items()},
+        jv={k: (v.reshape(-1) if shape.n_outputs is not None else v[:, 0]).cpu() for k, v in jv.items()},
         seconds=time.perf_counter() - started,
+        n_outputs=shape.n_outputs,
+        trace=trace,
+        structured_layers=[layer.module for layer in layers],
+        memory_budget_mb=float(memory_budget_mb),
+        chunk_size=chunk_used,
     )

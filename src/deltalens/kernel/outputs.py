@@ -102,6 +102,70 @@ def completion_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 
 OUTPUTS: dict[str, OutputFn] = {"logprob": completion_logprob, "loss": completion_loss}
+VECTOR_OUTPUTS = ("logits-trace", "logits-full")
+"""Multi-output kernels: the logits of chosen vocabulary entries at chosen completion positions;
+``logits-full`` is the (n·m)×(n·m) kernel of all (probe, position, token) rows, ``logits-trace``
+its n×n sum over the m outputs (SPEC §6, multi-output eNTK)."""
+
+
+def _logits(model, ids):
+    out = model(input_ids=ids)
+    logits = out.logits if hasattr(out, "logits") else out
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _position_index(batch: dict, positions: torch.Tensor) -> torch.Tensor:
+    """Sequence index of the logits that predict completion token k, for each k in ``positions``:
+    (first completion index) − 1 + k, as (b, len(positions))."""
+    start = batch["completion_mask"].argmax(-1)
+    return start[:, None] - 1 + positions.to(start.device)[None, :]
+
+
+def logits_output(positions: Sequence[int], token_ids: Sequence[int]) -> OutputFn:
+    """Output function with m = len(positions)·len(token_ids) outputs per probe:
+    f_{i,(k,v)} = logit of vocabulary entry v at the position predicting completion token k
+    (k = 0 is the first completion token), ordered position-major."""
+    pos = torch.tensor([int(k) for k in positions], dtype=torch.long)
+    ids = torch.tensor([int(v) for v in token_ids], dtype=torch.long)
+
+    def logits_of(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        logits = _logits(model, batch["input_ids"])
+        index = _position_index(batch, pos)
+        rows = logits.gather(1, index[:, :, None].expand(-1, -1, logits.shape[-1]))
+        rows = rows.index_select(-1, ids.to(rows.device))
+        return rows.reshape(rows.shape[0], -1)
+
+    return logits_of
+
+
+def check_positions(batch: dict, positions: Sequence[int], source: str = "probes") -> None:
+    """Every probe's completion must have a token at each chosen position (one error line otherwise)."""
+    if not positions or min(positions) < 0:
+        raise DeltalensError(f"--positions: expected completion token indices ≥ 0, got {list(positions)}")
+    lengths = batch["completion_mask"].sum(-1).long().tolist()
+    for i, length in enumerate(lengths, 1):
+        if max(positions) >= length:
+            raise DeltalensError(f"{source}: probe {i} has a completion of {length} token(s); --positions needs "
+                                 f"index {max(positions)} (indices count completion tokens from 0)")
+
+
+@torch.no_grad()
+def top_tokens(model: torch.nn.Module, batch: dict, positions: Sequence[int], count: int, *, chunk_size: int = 32) -> list[int]:
+    """The ``count`` vocabulary entries with the largest mean probability over the probes and
+    ``positions`` under ``model`` (the base), ties to the smaller id."""
+    pos = torch.tensor([int(k) for k in positions], dtype=torch.long)
+    total = None
+    n = batch_size(batch)
+    for s in range(0, n, chunk_size):
+        part = slice_batch(batch, slice(s, s + chunk_size))
+        logits = _logits(model, part["input_ids"])
+        index = _position_index(part, pos)
+        probs = torch.softmax(logits.gather(1, index[:, :, None].expand(-1, -1, logits.shape[-1])).double(), -1)
+        total = probs.sum((0, 1)) if total is None else total + probs.sum((0, 1))
+    if count < 1 or count > total.numel():
+        raise DeltalensError(f"--top-v: expected 1 … {total.numel()} (the vocabulary), got {count}")
+    order = torch.sort(-total.cpu(), stable=True).indices
+    return [int(v) for v in order[:count]]
 
 
 def output_function(name: str) -> OutputFn:

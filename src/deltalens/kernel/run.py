@@ -20,7 +20,17 @@ from deltalens.kernel.align import alignment_share, mean_loss_gradient
 from deltalens.kernel.compare import compare_kernels, kernel_spectrum
 from deltalens.kernel.gradients import trainable_parameters
 from deltalens.kernel.ntk import DEFAULT_CHUNK, KernelResult, empirical_ntk
-from deltalens.kernel.outputs import completion_loss, encode_probes, evaluate_outputs, model_context_length, output_function
+from deltalens.kernel.outputs import (
+    VECTOR_OUTPUTS,
+    check_positions,
+    completion_loss,
+    encode_probes,
+    evaluate_outputs,
+    logits_output,
+    model_context_length,
+    output_function,
+    top_tokens,
+)
 from deltalens.kernel.traits import averaging_matrix, suite_to_probes, trait_changes, trait_kernel
 from deltalens.kernel.trajectory import kernel_trajectory
 from deltalens.results import check_output_dir, read_jsonl, write_bytes, write_json
@@ -33,8 +43,12 @@ class KernelOptions:
     """How kernels are computed and compared; keyword arguments of every ``run_*`` driver.
 
     ``mode`` exact|sketch, ``dim`` the sketch dimension, ``seed`` its seed, ``top_r`` the number
-    of eigen-directions compared, ``output`` the per-probe scalar (logprob|loss), ``device``
-    (``None``: a module stays where it is, a folder loads on CPU), ``memory_budget_mb`` and ``chunk_size`` as in :func:`deltalens.kernel.ntk.empirical_ntk`.
+    of eigen-directions compared, ``output`` the per-probe output (logprob|loss, or the
+    multi-output logits-trace|logits-full over ``positions`` — completion token indices — and
+    ``token_ids``, or when those are not given the ``top_v`` most probable entries under the
+    base), ``device`` (``None``: a module stays where it is, a folder loads on CPU),
+    ``memory_budget_mb`` (``None``: from the free memory), ``chunk_size`` and ``implementation``
+    as in :func:`deltalens.kernel.ntk.empirical_ntk`.
     """
 
     mode: str = "exact"
@@ -43,12 +57,40 @@ class KernelOptions:
     top_r: int | None = None
     output: str = "logprob"
     device: str | None = None
-    memory_budget_mb: float = 512.0
+    memory_budget_mb: float | None = None
     chunk_size: int = DEFAULT_CHUNK
+    positions: tuple[int, ...] = (0,)
+    top_v: int = 8
+    token_ids: tuple[int, ...] | None = None
+    implementation: str = "auto"
 
     def ntk(self) -> dict:
         """The subset passed on to ``empirical_ntk``."""
-        return dict(mode=self.mode, dim=self.dim, seed=self.seed, memory_budget_mb=self.memory_budget_mb, chunk_size=self.chunk_size)
+        return dict(mode=self.mode, dim=self.dim, seed=self.seed, memory_budget_mb=self.memory_budget_mb,
+                    chunk_size=self.chunk_size, trace=self.output == "logits-trace", implementation=self.implementation)
+
+    def output_fn(self, model, batch, source: str = "probes"):
+        """The output function, and the report fields that say what it is; a logits output takes
+        its vocabulary entries from ``token_ids`` or the base ``model``'s top ``top_v``."""
+        if self.output not in VECTOR_OUTPUTS:
+            return output_function(self.output), {}
+        positions = [int(k) for k in self.positions]
+        check_positions(batch, positions, source)
+        vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else None
+        if self.token_ids is not None:
+            ids = [int(v) for v in self.token_ids]
+            bad = [v for v in ids if v < 0 or (vocab is not None and v >= vocab)]
+            if not ids or bad:
+                raise DeltalensError(f"--token-ids: {bad[0] if bad else 'none given'}: expected ids in 0 … {vocab - 1 if vocab else '?'}")
+            chosen = "given"
+        else:
+            ids = top_tokens(model, batch, positions, self.top_v)
+            chosen = f"top {self.top_v} by mean probability under the base at these positions"
+        fields = {"output_positions": positions, "output_token_ids": ids, "output_token_choice": chosen,
+                  "n_outputs": len(positions) * len(ids),
+                  "output_rows": "probe-major, then position, then token" if self.output == "logits-full" else
+                                 "traced: K = Σ over the (position, token) outputs"}
+        return logits_output(positions, ids), fields
 
 
 def load_model(source, *, device: str | None = None, tokenizer=None):
@@ -101,6 +143,10 @@ def _header(result: KernelResult, n: int, output: str) -> dict:
         "parameter_groups": result.n_groups,
         "exact_strategy": result.strategy,
         "error_estimate_method": result.error_method,
+        "kernel_rows": int(result.matrix.shape[0]),
+        "memory_budget_mb": result.memory_budget_mb,
+        "chunk_size": result.chunk_size,
+        "structured_layers": len(result.structured_layers),
     }
 
 
@@ -231,7 +277,8 @@ def run_trajectory(
         raise DeltalensError("--trajectory: give the base and at least one checkpoint")
     opts = KernelOptions(**options)
     device, top_r, options = opts.device, opts.top_r, opts.ntk()
-    output_fn = output_function(opts.output)
+    if opts.output not in VECTOR_OUTPUTS:
+        output_function(opts.output)  # an unknown name fails before any work
     if out is not None:
         check_output_dir(out, ["kernel.json", "kernels.npz"])
     lines, what = _read_lines(probes, "probes")
@@ -239,6 +286,7 @@ def run_trajectory(
     model0, tok = load_model(models[0], device=device, tokenizer=tokenizer)
     batch = _encode(tok, model0, lines, what)
     suite = _encode_suite(tok, model0, traits) if traits is not None else None  # bad input fails before any work
+    output_fn, output_fields = opts.output_fn(model0, batch, what)
     results = [_kernel(model0, output_fn, batch, "base kernel", progress, **options)]
     names = []
     for i, source in enumerate(models[1:], 1):
@@ -247,6 +295,7 @@ def run_trajectory(
         label = "tuned kernel" if len(models) == 2 else f"checkpoint {i}"
         results.append(_kernel(model, output_fn, batch, label, progress, **options))
     report = _header(results[0], len(lines), opts.output)
+    report.update(output_fields)
     report.update(base=_side(results[0], models[0]), tuned=_side(results[-1], models[-1]))
     report["comparison"] = compare_kernels(results[0].matrix, results[-1].matrix, top_r)
     report["error_estimate"] = max(r.error_estimate for r in results)
@@ -275,7 +324,11 @@ def run_align(
     """Share of the dataset's function-space push u = J·ḡ_D on the top-r kernel eigenvectors (SPEC §6)."""
     opts = KernelOptions(**options)
     device = opts.device
-    output_fn = output_function(opts.output)
+    if opts.output == "logits-trace":
+        raise DeltalensError("align --output logits-trace: the push J·ḡ_D has one entry per (probe, output) row, "
+                             "which a traced kernel does not have; use --output logits-full")
+    if opts.output not in VECTOR_OUTPUTS:
+        output_function(opts.output)
     if out is not None:
         check_output_dir(out, ["align.json", "kernels.npz"])
     probe_lines, probe_what = _read_lines(probes, "probes")
@@ -283,9 +336,11 @@ def run_align(
     net, tok = load_model(model, device=device, tokenizer=tokenizer)
     probe_batch = _encode(tok, net, probe_lines, probe_what)
     data_batch = _encode(tok, net, data_lines, data_what)
+    output_fn, output_fields = opts.output_fn(net, probe_batch, probe_what)
     gbar = mean_loss_gradient(net, completion_loss, data_batch, chunk_size=opts.chunk_size)
     result = _kernel(net, output_fn, probe_batch, "probe kernel", progress, vectors={"gbar": gbar}, **opts.ntk())
     report = _header(result, len(probe_lines), opts.output)
+    report.update(output_fields)
     report.update(
         model=_side(result, model),
         n_data=len(data_lines),

@@ -1,0 +1,212 @@
+"""Multi-output kernels and structured derivatives against explicit float64 Jacobians (J Jᵀ)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deltalens.kernel import empirical_ntk, encode_probes
+from deltalens.kernel.ntk import default_memory_budget_mb, equal_chunks
+from deltalens.kernel.outputs import check_positions, logits_output, top_tokens
+from deltalens.kernel.structured import prefers_structured
+from deltalens.errors import DeltalensError
+
+
+class VectorMLP(torch.nn.Module):
+    """32 → 16 → 16 → m with tanh (the issue's MLP, narrower): m outputs per example."""
+
+    def __init__(self, d_in=6, hidden=9, m=4, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.l1 = torch.nn.Linear(d_in, hidden)
+        self.l2 = torch.nn.Linear(hidden, hidden)
+        self.l3 = torch.nn.Linear(hidden, m)
+
+    def forward(self, x):
+        return self.l3(torch.tanh(self.l2(torch.tanh(self.l1(x)))))
+
+
+class SequenceModel(torch.nn.Module):
+    """Linear layers over T positions (x: b×T×d), a shared (tied) layer used twice, and a scale
+    parameter outside any Linear: structured layers with T > 1 next to Jacobian-route tensors."""
+
+    def __init__(self, d=5, hidden=7, m=3, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.inp = torch.nn.Linear(d, hidden)
+        self.twice = torch.nn.Linear(hidden, hidden, bias=False)  # runs twice: Jacobian route
+        self.out = torch.nn.Linear(hidden, m)
+        self.scale = torch.nn.Parameter(torch.randn(hidden))
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x)) * self.scale
+        h = torch.tanh(self.twice(torch.tanh(self.twice(h))))
+        return self.out(h).sum(1)  # b × m: each output sums over the T positions
+
+
+def vec_output(model, batch):
+    return model(batch["x"])
+
+
+def scalar_output(model, batch):
+    return model(batch["x"]).sum(-1)
+
+
+def explicit_jacobian(model, output_fn, batch) -> torch.Tensor:
+    """J as (n, m, P) in float64 from torch.autograd.functional.jacobian."""
+    from torch.func import functional_call
+
+    names = [k for k, _ in model.named_parameters()]
+    values = tuple(p.detach() for _, p in model.named_parameters())
+
+    def f(*flat):
+        bound = lambda *a, **kw: functional_call(model, dict(zip(names, flat)), a, kw)  # noqa: E731
+        return output_fn(bound, batch)
+
+    jac = torch.autograd.functional.jacobian(f, values)
+    out = f(*values)
+    n, m = out.shape[0], (out.shape[1] if out.dim() == 2 else 1)
+    return torch.cat([j.reshape(n, m, -1) for j in jac], dim=2).double()
+
+
+def rel(a, b) -> float:
+    return float(torch.linalg.norm(a.double() - b.double()) / torch.linalg.norm(b.double()))
+
+
+def references(jac):
+    n, m, p = jac.shape
+    full = jac.reshape(n * m, p) @ jac.reshape(n * m, p).T
+    trace = torch.einsum("iop,jop->ij", jac, jac)
+    return full, trace
+
+
+@pytest.fixture(scope="module")
+def mlp64():
+    model = VectorMLP().double()
+    batch = {"x": torch.randn(11, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))}
+    return model, batch, explicit_jacobian(model, vec_output, batch)
+
+
+@pytest.mark.parametrize("implementation", ["jacobian", "structured", "auto"])
+@pytest.mark.parametrize("method", ["vmap", "loop"])
+def test_vector_output_kernels_equal_explicit_jacobian(mlp64, implementation, method):
+    model, batch, jac = mlp64
+    full, trace = references(jac)
+    for chunk in (4, 64):
+        got = empirical_ntk(model, vec_output, batch, implementation=implementation, method=method, chunk_size=chunk)
+        assert got.matrix.shape == (44, 44) and got.n_outputs == 4 and not got.trace
+        assert rel(got.matrix, full) < 1e-12
+        got = empirical_ntk(model, vec_output, batch, implementation=implementation, method=method, chunk_size=chunk,
+                            trace=True)
+        assert got.matrix.shape == (11, 11) and got.trace
+        assert rel(got.matrix, trace) < 1e-12
+    expected = {"jacobian": [], "structured": ["l1", "l2", "l3"], "auto": ["l1", "l2", "l3"]}[implementation]
+    assert got.structured_layers == expected  # T = 1: the rule always prefers structured derivatives
+
+
+def test_float32_model_within_1e7_of_float64_reference():
+    model = VectorMLP(d_in=32, hidden=64, m=10, seed=3)
+    batch = {"x": torch.randn(16, 32, generator=torch.Generator().manual_seed(2))}
+    jac = explicit_jacobian(model.double(), vec_output, {"x": batch["x"].double()})
+    model.float()
+    full, trace = references(jac)
+    for implementation in ("jacobian", "structured"):
+        assert rel(empirical_ntk(model, vec_output, batch, implementation=implementation).matrix, full) < 1e-6
+        assert rel(empirical_ntk(model, vec_output, batch, implementation=implementation, trace=True).matrix, trace) < 1e-6
+
+
+@pytest.mark.parametrize("output_fn", [vec_output, scalar_output])
+def test_structured_over_positions_with_shared_and_other_parameters(output_fn):
+    """T = 4 positions; a Linear that runs twice and a bare parameter keep the Jacobian route."""
+    model = SequenceModel().double()
+    batch = {"x": torch.randn(7, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))}
+    jac = explicit_jacobian(model, output_fn, batch)
+    full, trace = references(jac)
+    got = empirical_ntk(model, output_fn, batch, implementation="structured", chunk_size=3)
+    assert sorted(got.structured_layers) == ["inp", "out"]
+    assert rel(got.matrix, full) < 1e-12
+    if output_fn is vec_output:
+        assert rel(empirical_ntk(model, output_fn, batch, implementation="structured", trace=True).matrix, trace) < 1e-12
+    # J·v: the structured layers contribute Σ_t g_t·(V x_t)
+    gen = torch.Generator().manual_seed(4)
+    vec = {k: torch.randn(p.shape, dtype=torch.float64, generator=gen) for k, p in model.named_parameters()}
+    flat = torch.cat([v.reshape(-1) for v in vec.values()])
+    got = empirical_ntk(model, output_fn, batch, implementation="structured", vectors={"v": vec})
+    assert rel(got.jv["v"], jac.reshape(-1, jac.shape[2]) @ flat) < 1e-12
+
+
+def test_structured_in_parameter_groups_and_restricted_params(mlp64):
+    model, batch, jac = mlp64
+    full, _ = references(jac)
+    p = jac.shape[2]
+    got = empirical_ntk(model, vec_output, batch, implementation="structured", memory_budget_mb=44 * p * 8 / 2**20 / 4,
+                        exact_strategy="recompute")
+    assert got.n_groups > 1 and rel(got.matrix, full) < 1e-12
+    # only l2's weight: its bias is not differentiated, and not counted through the structured route
+    sub = empirical_ntk(model, vec_output, batch, implementation="structured", params=["l2.weight"])
+    cols = slice(6 * 9 + 9, 6 * 9 + 9 + 81)
+    j = jac[:, :, cols].reshape(44, -1)
+    assert sub.structured_layers == ["l2"] and rel(sub.matrix, j @ j.T) < 1e-12
+
+
+def test_rule_and_chunks_and_budget():
+    assert prefers_structured(1, 32, 128) and prefers_structured(5, 128, 128) and not prefers_structured(9, 128, 128)
+    assert prefers_structured(20, 576, 1536) and not prefers_structured(21, 576, 1536)  # 576·1536/2112 = 418.9
+    assert equal_chunks(64, 49) == 32 and equal_chunks(64, 64) == 64 and equal_chunks(100, 64) == 50
+    assert equal_chunks(7, 3) == 3 and equal_chunks(5, 100) == 5 and equal_chunks(5, 0) == 1
+    gib = 2**30
+    assert default_memory_budget_mb(available=64 * gib) == 4096
+    assert default_memory_budget_mb(available=10 * gib) == 2048  # 2.5 GiB → 2048
+    assert default_memory_budget_mb(available=1 * gib) == 256
+    assert default_memory_budget_mb(available=0) == 256
+    assert 256 <= default_memory_budget_mb() <= 4096
+
+
+@pytest.fixture(scope="module")
+def llama64():
+    from deltalens.lab.tiny_model import build_tiny_llama
+    from deltalens.lab.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    model = build_tiny_llama(tokenizer=tok, seed=0).double()
+    probes = [{"prompt": f"Q{i}: {i}*3=", "completion": str(3 * i) + "!" * (i % 3)} for i in range(1, 6)]
+    return model, tok, encode_probes(tok, probes)
+
+
+def test_logits_kernels_of_a_transformer(llama64):
+    model, tok, batch = llama64
+    check_positions(batch, [0])
+    with pytest.raises(DeltalensError, match="probe 3 has a completion of 1 token"):
+        check_positions(batch, [0, 1])
+    ids = top_tokens(model, batch, [0], 3)
+    assert len(set(ids)) == 3
+    fn = logits_output([0], ids)
+    out = fn(model, batch)
+    logits = model(input_ids=batch["input_ids"]).logits
+    start = batch["completion_mask"].argmax(-1)
+    expected = torch.stack([logits[i, start[i] - 1, ids] for i in range(out.shape[0])])
+    torch.testing.assert_close(out, expected)
+    jac = explicit_jacobian(model, fn, batch)
+    full, trace = references(jac)
+    for implementation in ("jacobian", "structured"):
+        got = empirical_ntk(model, fn, batch, implementation=implementation)
+        assert rel(got.matrix, full) < 1e-11
+        got = empirical_ntk(model, fn, batch, implementation=implementation, trace=True, chunk_size=2)
+        assert rel(got.matrix, trace) < 1e-11
+    assert got.structured_layers  # the attention and MLP projections
+
+
+def test_batched_method_equals_explicit_jacobian(mlp64):
+    """method='batched': one forward of the chunk, one backward vmapped over the output cotangents."""
+    model, batch, jac = mlp64
+    full, trace = references(jac)
+    for chunk in (3, 64):
+        got = empirical_ntk(model, vec_output, batch, method="batched", chunk_size=chunk, implementation="structured")
+        assert rel(got.matrix, full) < 1e-12
+        got = empirical_ntk(model, vec_output, batch, method="batched", trace=True, chunk_size=chunk)
+        assert rel(got.matrix, trace) < 1e-12
+    scalar = explicit_jacobian(model, scalar_output, batch)[:, 0]
+    assert rel(empirical_ntk(model, scalar_output, batch, method="batched").matrix, scalar @ scalar.T) < 1e-12
+    seq = SequenceModel().double()
+    with pytest.raises(DeltalensError, match="'batched': 'scale' is not in a structured"):
+        empirical_ntk(seq, vec_output, {"x": torch.randn(3, 4, 5, dtype=torch.float64)}, method="batched")
