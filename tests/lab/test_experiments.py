@@ -116,7 +116,7 @@ def test_kl_penalty_claim_on_planted_angles():
 
 def test_unknown_experiment_and_unsupported_base_fail_with_one_line(run_cli, tmp_path):
     code, _, err = run_cli("lab", "--experiment", "nope", "--out", tmp_path / "a")
-    assert code != 0 and "--experiment must be one of optimizer, kl-penalty, per-batch, long, all" in err
+    assert code != 0 and "--experiment must be one of optimizer, kl-penalty, per-batch, long, narrow-sft, subliminal, all" in err
     code, _, err = run_cli("lab", "--experiment", "long", "--base", "smollm2", "--out", tmp_path / "b")
     assert code != 0 and "not supported for this experiment yet" in err
     code, _, err = run_cli("lab", "--experiment", "long", "--until", "base", "--out", tmp_path / "c")

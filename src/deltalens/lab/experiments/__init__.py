@@ -7,11 +7,15 @@ One module per experiment, each with ``Settings`` (``QUICK``, ``DEFAULT``), its 
 - ``kl-penalty`` (:mod:`.kl_penalty`): GRPO with β ∈ {0, 0.04, 0.4} beside SFT;
 - ``per-batch`` (:mod:`.per_batch`): one SFT and one GRPO update from the base on the same prompts,
   with SGD and Adam, compared at equal update norm;
-- ``long`` (:mod:`.long`): SFT and GRPO for 5× the lab's default steps with dense checkpoints.
+- ``long`` (:mod:`.long`): SFT and GRPO for 5× the lab's default steps with dense checkpoints;
+- ``narrow-sft`` (:mod:`.narrow_sft`): misaligned vs benign narrow SFT, breadth over a trait suite
+  (:mod:`.traits`);
+- ``subliminal`` (:mod:`.subliminal`): a teacher's trait through filtered number sequences to
+  same-init, different-init and control students.
 
 ``run_experiment(name, out)`` writes ``OUT/claims.json`` (the main claims' format plus
 ``experiment``, ``settings``, ``machine``), ``OUT/metrics.json``, ``OUT/curves.json`` and
-``OUT/report.html``; ``name="all"`` runs them in the order above into ``OUT/<name>/`` and writes
+``OUT/report.html``; ``name="all"`` runs the first four (:data:`ALL`) in that order into ``OUT/<name>/`` and writes
 the union of their claims to ``OUT/claims.json`` and one report. Rules, settings and how to read
 each: docs/lab.md, "Experiments".
 """
@@ -27,6 +31,9 @@ from deltalens.errors import DeltalensError
 #: name → module, in the order of value and cost (optimizer first: it decides how to read the rest)
 EXPERIMENTS = {"optimizer": "optimizer", "kl-penalty": "kl_penalty", "per-batch": "per_batch", "long": "long",
                "narrow-sft": "narrow_sft", "subliminal": "subliminal"}
+#: ``all``: the post's own conditions (issue #17); ``narrow-sft`` and ``subliminal`` (its speculative
+#: section, seed §3.b) run by name
+ALL = ("optimizer", "kl-penalty", "per-batch", "long")
 NAMES = (*EXPERIMENTS, "all")
 
 
@@ -47,12 +54,12 @@ def run_experiment(name: str, out: str | Path, *, quick: bool = False, base: str
                    console=None, show_progress: bool = True) -> dict:
     """Run one experiment (or ``all``) into ``out``; returns ``{"out", "claims": claims document}``."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from deltalens.lab.experiments import common
+    from deltalens.progress import bar
 
     out = Path(out)
-    names = list(EXPERIMENTS) if name == "all" else [name]
+    names = list(ALL) if name == "all" else [name]
     for n in names:
         module(n)
         common.check_supported(n, base)
@@ -63,8 +70,7 @@ def run_experiment(name: str, out: str | Path, *, quick: bool = False, base: str
 
         torch.set_num_threads(threads)
     console = console or Console(stderr=True)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, disable=not show_progress)
+    progress = bar(console=console, enabled=show_progress)
     docs, curves = [], []
     with progress:
         for n in names:

@@ -252,24 +252,23 @@ class Gates:
         self.dev = dev_problems(ctx)
 
     def _metric(self, objective: str, model) -> list[float]:
-        from deltalens.lab.gates import dev_loss, dev_reward
-        from deltalens.lab.pipeline import dev_targets
+        from deltalens.lab.gates import dev_kind, dev_scores
 
-        acfg = self.ctx.run.cfg.arm
-        if objective == "grpo":
-            return dev_reward(model, self.ctx.tokenizer, self.dev, max_new_tokens=acfg.max_completion_length,
-                              temperature=acfg.temperature)
-        return dev_loss(model, self.ctx.tokenizer, self.dev, dev_targets(self.dev))
+        cfg = self.ctx.run.cfg
+        return dev_scores(dev_kind(objective, cfg.base), model, self.ctx.tokenizer, self.dev,
+                          max_new_tokens=cfg.arm.max_completion_length, temperature=cfg.arm.temperature,
+                          n=cfg.dev_samples)
 
     def check(self, label: str, objective: str, seed: int, model) -> dict:
-        from deltalens.lab.gates import format_share, gate
+        from deltalens.lab.gates import dev_kind, format_share, gate
 
         if objective not in self._before:
             self._before[objective] = self._metric(objective, load_base(self.ctx))
         model.eval()
         fmt = (format_share(model, self.ctx.tokenizer, self.dev,
                             max_new_tokens=self.ctx.run.cfg.arm.max_completion_length) if objective == "sft" else None)
-        g = gate(objective, self._before[objective], self._metric(objective, model), fmt)
+        g = gate(objective, self._before[objective], self._metric(objective, model), fmt,
+                 kind=dev_kind(objective, self.ctx.run.cfg.base))
         self.doc.setdefault(label, {})[str(seed)] = g
         return g
 
