@@ -29,11 +29,13 @@ def bar(*, enabled: bool = True, unit: str = "items", transient: bool = False, c
 
 
 @contextmanager
-def counter(description: str, total: int, *, enabled: bool = True, unit: str = "items") -> Iterator[Callable[[int], None]]:
-    """One bar counting to ``total``; yields ``advance(k)``."""
+def counter(description: str, total: int, *, enabled: bool = True, unit: str = "items",
+            transient: bool = True) -> Iterator[Callable[[int], None]]:
+    """One bar counting to ``total``; yields ``advance(k)``. Transient by default: the bar is gone
+    when the work is (the command's own summary line follows), and an error stays one line."""
     if not enabled:
         yield lambda k=1: None
         return
-    with bar(unit=unit) as progress:
+    with bar(unit=unit, transient=transient) as progress:
         task = progress.add_task(description, total=total)
         yield lambda k=1: progress.advance(task, k)
