@@ -14,13 +14,14 @@ import json
 import math
 from pathlib import Path
 
-from deltalens.report.html import Section, esc, figure, page, paragraph, table, verdict_badge
-from deltalens.report.plotting import draw_both, finite_xy, new_figure, render, run_color
+from deltalens.report.html import Section, figure, html, page, paragraph, table, verdict_badge
+from deltalens.report.pairs import GROUP_COLORS
+from deltalens.report.plotting import draw_both, finite_xy, new_figure, render
 
 
 def _panel(ax, panel: dict) -> None:
     for i, series in enumerate(panel["series"]):
-        colour = run_color(i)
+        colour = GROUP_COLORS[i % len(GROUP_COLORS)]
         xs, ys = series["x"], series["y"]
         shared = panel.get("kind", "line") == "line" and all(x == xs[0] for x in xs) and len(xs) > 1
         if shared:
@@ -70,10 +71,10 @@ def experiment_section(doc: dict, curves: dict) -> Section:
 
     name = doc["experiment"]
     m = doc.get("machine") or {}
-    intro = (f"{esc(doc.get('seeds'))} seeds{', quick' if doc.get('quick') else ''}; {esc(m.get('date'))} on "
-             f"{esc(m.get('cpus'))} CPUs (load {esc(m.get('load_1min_start'))} → {esc(m.get('load_1min_end'))}); "
-             f"{esc(doc.get('seconds'))} s. Settings: <code>{esc(json.dumps(doc.get('settings')))}</code>. "
-             "Rules and how to read them: docs/lab.md, 'Experiments'.")
+    intro = html("{} seeds{}; {} on {} CPUs (load {} → {}); {} s. Settings: <code>{}</code>. Rules and how to read "
+                 "them: docs/lab.md, 'Experiments'.", doc.get("seeds"), ", quick" if doc.get("quick") else "",
+                 m.get("date"), m.get("cpus"), m.get("load_1min_start"), m.get("load_1min_end"), doc.get("seconds"),
+                 json.dumps(doc.get("settings")))
     section = Section(f"experiment-{name}", f"Experiment: {name}", intro)
     rows = claim_rows(doc)
     section.add(table(["claim", "verdict", "effect [95% CI]", "other parts", "rule", "note"],
@@ -82,13 +83,13 @@ def experiment_section(doc: dict, curves: dict) -> Section:
                       caption="Claims (95% bootstrap intervals over seeds and items)."))
     for c in doc["claims"]:
         if c.get("explained"):
-            section.add(paragraph(esc(c["explained"].get("text", ""))))
+            section.add(paragraph(c["explained"].get("text", "")))
     gates = gate_rows(doc)
     if gates:
         section.add(table(GATE_HEADER, gates, numeric_from=99, caption="Training gates (each arm's own dev metric)."))
     tuning = doc.get("tuning") or {}
     if tuning:
-        section.add(paragraph("Learning rates: " + esc("; ".join(
+        section.add(paragraph("Learning rates: " + ("; ".join(
             f"{k} {v['chosen']['learning_rate']:g}" + (" (tuning rule: " + ", ".join(
                 f"{c['learning_rate']:g} → {c['dev_score']:.4g}" for c in v.get("candidates", [])) + ")"
                 if v.get("candidates") else "") for k, v in tuning.items() if isinstance(v, dict)))))
@@ -107,7 +108,7 @@ def write_experiment_report(out: str | Path, docs: list[dict], curves: list[dict
 
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     names = ", ".join(d["experiment"] for d in docs)
-    meta = (f"deltalens lab experiments: {esc(names)}. Generated {stamp} by deltalens {esc(__version__)}. "
+    meta = (f"deltalens lab experiments: {names}. Generated {stamp} by deltalens {__version__}. "
             "Self-contained: nothing is loaded from the network.")
     sections = [experiment_section(d, c) for d, c in zip(docs, curves, strict=True)]
     return write_text(Path(out) / "report.html", page(title=f"deltalens lab experiments: {names}", meta=meta,
