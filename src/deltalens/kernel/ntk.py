@@ -351,6 +351,59 @@ def empirical_ntk(
     chunks are also the blocks of J Jᵀ (:func:`add_chunk_gram`). ``progress(done, total)`` is
     called after each chunk.
     """
+    plan = _plan(model, output_fn, batch, mode=mode, dim=dim, seed=seed, params=params, vectors=vectors,
+                 memory_budget_mb=memory_budget_mb, chunk_size=chunk_size, exact_strategy=exact_strategy,
+                 spill_dir=spill_dir, trace=trace, implementation=implementation)
+    started = time.perf_counter()
+    add_jv = _jv_accumulator(plan)
+    threads = pass_threads(gradient_threads, plan.numels)
+    if plan.strategy == "spill":
+        chunk_used = equal_chunks(plan.n, min(chunk_size, plan.budget // max(1, 4 * sum(plan.costs.values())
+                                                                              * plan.itemsize)))
+        used = _pick_method(method, chunk_used)
+        plan.kernel += _spilled_kernel(model, output_fn, batch, plan.groups, plan.costs, plan.budget, chunk_size, used,
+                                       threads, spill_dir, add_jv, progress, plan.shape, plan.trace, plan.n_rows)
+    else:
+        used, chunk_used = _in_memory_kernel(model, output_fn, batch, plan, method=method, chunk_size=chunk_size,
+                                             threads=threads, add_jv=add_jv, progress=progress)
+    return _result(plan, used or method, chunk_used, time.perf_counter() - started)
+
+
+@dataclass
+class _Plan:
+    """What :func:`empirical_ntk` decided before any gradient: the parameters, the output shape,
+    the structured layers, each tensor's per-example cost, the budget, the parameter groups (one
+    pass each) and how exact mode stays within the budget; plus the accumulators it fills."""
+
+    mode: str
+    dim: int | None
+    seed: int
+    named: dict
+    numels: dict
+    n: int
+    n_params: int
+    dtype: torch.dtype
+    device: torch.device
+    itemsize: int
+    shape: object
+    m: int
+    trace: bool
+    n_rows: int
+    layers: list
+    costs: dict
+    memory_budget_mb: float
+    budget: int
+    groups: list
+    strategy: str
+    sketch: object
+    vectors: dict
+    jv: dict
+    kernel: torch.Tensor
+
+
+def _plan(model, output_fn, batch, *, mode, dim, seed, params, vectors, memory_budget_mb, chunk_size, exact_strategy,
+          spill_dir, trace, implementation) -> _Plan:
+    """Check the arguments and decide everything :func:`empirical_ntk` needs before its passes."""
     named = trainable_parameters(model)
     if params is not None:
         missing = [p for p in params if p not in named]
@@ -370,10 +423,6 @@ def empirical_ntk(
     m = shape.m
     trace = bool(trace) and shape.n_outputs is not None
     n_rows = n if trace or shape.n_outputs is None else n * m
-    vectors = vectors or {}
-    jv = {label: torch.zeros(n, m, dtype=torch.float64, device=device) for label in vectors}
-    kernel = torch.zeros(n_rows, n_rows, dtype=torch.float64, device=device)
-    started = time.perf_counter()
 
     layers = []
     if mode == "exact" and implementation != "jacobian":
@@ -388,12 +437,13 @@ def empirical_ntk(
         need = max(n, 4 * chunk_size) * sum(costs.values()) * itemsize
         memory_budget_mb = MEMORY_BUDGET_FLOOR_MB if need <= MEMORY_BUDGET_FLOOR_MB * 2**20 else default_memory_budget_mb(device)
     budget = int(memory_budget_mb * 2**20)
+    sketch = None
     if mode == "exact":
         groups = parameter_groups(costs, n, budget, itemsize)
         strategy = "in-memory" if len(groups) == 1 else _exact_strategy(exact_strategy, n * sum(costs.values()) * itemsize,
                                                                          spill_dir)
         if strategy == "spill" and layers:
-            layers, by_weight = [], {}
+            layers = []
             costs = {k: m * v for k, v in numels.items()}
             groups = parameter_groups(costs, n, budget, itemsize)
     elif mode == "sketch":
@@ -406,94 +456,106 @@ def empirical_ntk(
         sketch = CountSketch(dim, seed)
     else:
         raise DeltalensError(f"--mode: expected exact or sketch, got '{mode}'")
+    vectors = vectors or {}
+    return _Plan(mode=mode, dim=dim, seed=seed, named=named, numels=numels, n=n, n_params=n_params, dtype=dtype,
+                 device=device, itemsize=itemsize, shape=shape, m=m, trace=trace, n_rows=n_rows, layers=layers,
+                 costs=costs, memory_budget_mb=memory_budget_mb, budget=budget, groups=groups, strategy=strategy,
+                 sketch=sketch, vectors=vectors,
+                 jv={label: torch.zeros(n, m, dtype=torch.float64, device=device) for label in vectors},
+                 kernel=torch.zeros(n_rows, n_rows, dtype=torch.float64, device=device))
 
-    vec64 = {label: {k: v.to(device=device, dtype=torch.float64) for k, v in vec.items()} for label, vec in vectors.items()}
+
+def _jv_accumulator(plan: _Plan):
+    """``add_jv(block)``: J·v of every requested vector, from a block of Jacobian rows or structured taps."""
+    vec64 = {label: {k: v.to(device=plan.device, dtype=torch.float64) for k, v in vec.items()}
+             for label, vec in plan.vectors.items()}
 
     def add_jv(block) -> None:
         for label, vec in vec64.items():
             for k, g in block.jac.items():
-                jv[label][block.index] += g.reshape(g.shape[0], g.shape[1], -1).double() @ vec[k].reshape(-1)
+                plan.jv[label][block.index] += g.reshape(g.shape[0], g.shape[1], -1).double() @ vec[k].reshape(-1)
             for mod, (x, g) in block.taps.items():
-                layer = shape.layers[mod]
-                jv[label][block.index] += structured_jv(x, g, vec[layer.weight])
+                layer = plan.shape.layers[mod]
+                plan.jv[label][block.index] += structured_jv(x, g, vec[layer.weight])
+
+    return add_jv
+
+
+def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_size, threads, add_jv, progress):
+    """One pass per parameter group: exact mode keeps J's rows as the per-chunk blocks the pass
+    returns (no n × P_g copy) and contracts each new chunk against those before it; sketch mode
+    sketches the rows and contracts once at the end. Fills ``plan.kernel``; returns (method, chunk)."""
+    n, m, n_rows, dtype, device = plan.n, plan.m, plan.n_rows, plan.dtype, plan.device
+    caller_threads = torch.get_num_threads()
 
     def row_slice(index: slice) -> slice:
         return index if n_rows == n else slice(index.start * m, index.stop * m)
 
-    used = None
-    caller_threads = torch.get_num_threads()
-    gradient_threads = pass_threads(gradient_threads, numels)
-    chunk_used = None
-    if strategy == "spill":
-        chunk_used = equal_chunks(n, min(chunk_size, budget // max(1, 4 * sum(costs.values()) * itemsize)))
-        used = _pick_method(method, chunk_used)
-        kernel += _spilled_kernel(model, output_fn, batch, groups, costs, budget, chunk_size, used, gradient_threads,
-                                  spill_dir, add_jv, progress, shape, trace, n_rows)
-    else:
-        passes = len(groups)
-        done = 0
-        for names in groups:
-            group_layers = [layer for layer in layers if layer.weight in names]
-            # per-chunk gradients (chunk × the group's per-example numbers) take at most a quarter of the budget
-            chunk = equal_chunks(n, min(chunk_size, budget // max(1, 4 * sum(costs[k] for k in names) * itemsize)))
-            chunk_used = chunk if chunk_used is None else min(chunk_used, chunk)
-            used = _pick_method(method, chunk)
-            # exact: J's rows stay the per-chunk blocks the pass returns (no n × P_g copy), each new chunk
-            # contracted against those before it; sketch: the sketched rows, contracted once at the end
-            kept: list[tuple[slice, list[torch.Tensor], dict]] = []
-            rows = None if mode == "exact" else torch.zeros(n * m, dim, dtype=dtype, device=device)
-            part = torch.zeros(n_rows, n_rows, dtype=dtype, device=device)
-            with intra_op_threads(gradient_threads):
-                for block in jacobian_rows(model, output_fn, batch, names, chunk_size=chunk, method=used,
-                                           structured=group_layers, shape=shape):
-                    add_jv(block)
-                    c = block.index.stop - block.index.start
-                    if mode == "exact":
-                        width = c if n_rows == n else c * m
-                        kept.append((row_slice(block.index), [g.reshape(width, -1) for g in block.jac.values()],
-                                     block.taps))
-                        with intra_op_threads(caller_threads):
-                            add_chunk_gram(part, [(s, b) for s, b, _ in kept])
-                            last, _, new_taps = kept[-1]
-                            for index, _, taps in kept:
-                                for mod, (x, g) in taps.items():
-                                    part[index, last] += structured_block(x, g, *new_taps[mod], trace=n_rows == n)
-                    else:
-                        target = rows[block.index.start * m:block.index.stop * m]
-                        for k, g in block.jac.items():
-                            target += sketch.project(k, g.reshape(c * m, *g.shape[2:]))
-                    del block
-                    done += c
-                    if progress is not None:
-                        progress(done, passes * n)
-            if rows is not None:
-                upper_gram(rows.view(n_rows, -1), part)
-            kernel += part.double()
-            del rows, part, kept
-        kernel = symmetrize_upper(kernel)
+    used, chunk_used, done, passes = None, None, 0, len(plan.groups)
+    for names in plan.groups:
+        group_layers = [layer for layer in plan.layers if layer.weight in names]
+        # per-chunk gradients (chunk × the group's per-example numbers) take at most a quarter of the budget
+        chunk = equal_chunks(n, min(chunk_size, plan.budget // max(1, 4 * sum(plan.costs[k] for k in names)
+                                                                    * plan.itemsize)))
+        chunk_used = chunk if chunk_used is None else min(chunk_used, chunk)
+        used = _pick_method(method, chunk)
+        kept: list[tuple[slice, list[torch.Tensor], dict]] = []
+        rows = None if plan.mode == "exact" else torch.zeros(n * m, plan.dim, dtype=dtype, device=device)
+        part = torch.zeros(n_rows, n_rows, dtype=dtype, device=device)
+        with intra_op_threads(threads):
+            for block in jacobian_rows(model, output_fn, batch, names, chunk_size=chunk, method=used,
+                                       structured=group_layers, shape=plan.shape):
+                add_jv(block)
+                c = block.index.stop - block.index.start
+                if plan.mode == "exact":
+                    width = c if n_rows == n else c * m
+                    kept.append((row_slice(block.index), [g.reshape(width, -1) for g in block.jac.values()],
+                                 block.taps))
+                    with intra_op_threads(caller_threads):
+                        add_chunk_gram(part, [(s, b) for s, b, _ in kept])
+                        last, _, new_taps = kept[-1]
+                        for index, _, taps in kept:
+                            for mod, (x, g) in taps.items():
+                                part[index, last] += structured_block(x, g, *new_taps[mod], trace=n_rows == n)
+                else:
+                    target = rows[block.index.start * m:block.index.stop * m]
+                    for k, g in block.jac.items():
+                        target += plan.sketch.project(k, g.reshape(c * m, *g.shape[2:]))
+                del block
+                done += c
+                if progress is not None:
+                    progress(done, passes * n)
+        if rows is not None:
+            upper_gram(rows.view(n_rows, -1), part)
+        plan.kernel += part.double()
+        del rows, part, kept
+    plan.kernel = symmetrize_upper(plan.kernel)
+    return used, chunk_used
 
-    if mode == "exact":
-        err, err_method = exact_rounding_estimate(n_params, dtype), f"exact; rounding only, eps({dtype})·√P"
+
+def _result(plan: _Plan, method: str, chunk_used, seconds: float) -> KernelResult:
+    if plan.mode == "exact":
+        err, err_method = exact_rounding_estimate(plan.n_params, plan.dtype), f"exact; rounding only, eps({plan.dtype})·√P"
     else:
-        err = sketch_error_estimate(kernel, dim)
+        err = sketch_error_estimate(plan.kernel, plan.dim)
         err_method = "CountSketch variance: √(((tr K)² + ‖K‖_F²)/d)/‖K‖_F, relative Frobenius"
     return KernelResult(
-        matrix=kernel.cpu(),
-        mode=mode,
-        dim=dim if mode == "sketch" else None,
-        seed=seed if mode == "sketch" else None,
-        n_params=n_params,
-        dtype=str(dtype).replace("torch.", ""),
-        method=used or method,
-        n_groups=len(groups),
-        strategy=strategy,
+        matrix=plan.kernel.cpu(),
+        mode=plan.mode,
+        dim=plan.dim if plan.mode == "sketch" else None,
+        seed=plan.seed if plan.mode == "sketch" else None,
+        n_params=plan.n_params,
+        dtype=str(plan.dtype).replace("torch.", ""),
+        method=method,
+        n_groups=len(plan.groups),
+        strategy=plan.strategy,
         error_estimate=err,
         error_method=err_method,
-        jv={k: (v.reshape(-1) if shape.n_outputs is not None else v[:, 0]).cpu() for k, v in jv.items()},
-        seconds=time.perf_counter() - started,
-        n_outputs=shape.n_outputs,
-        trace=trace,
-        structured_layers=[layer.module for layer in layers],
-        memory_budget_mb=float(memory_budget_mb),
+        jv={k: (v.reshape(-1) if plan.shape.n_outputs is not None else v[:, 0]).cpu() for k, v in plan.jv.items()},
+        seconds=seconds,
+        n_outputs=plan.shape.n_outputs,
+        trace=plan.trace,
+        structured_layers=[layer.module for layer in plan.layers],
+        memory_budget_mb=float(plan.memory_budget_mb),
         chunk_size=chunk_used,
     )
