@@ -105,7 +105,7 @@ def _dir_commands(w):
         "passk": (lambda out: ["passk", w["samples_base"], w["samples_tuned"], "--out", out, "--n-boot", "10"],
                   "passk.json"),
         "support": (lambda out: ["support", w["samples_base"], w["samples_tuned"], "--out", out], "support.json"),
-        "divergence": (lambda out: ["divergence", w["good"], w["tuned"], "--prompts", w["problems"], "--out", out,
+        "divergence": (lambda out: ["divergence", w["good"], w["tuned"], "--problems", w["problems"], "--out", out,
                                     "-n", "1", "--max-new-tokens", "2"], "divergence.json"),
         "forgetting": (lambda out: ["forgetting", "--base-eval", w["root"] / "eval.json", "--eval", w["root"] / "eval.json",
                                     "--divergence", w["root"] / "divergence.json", "--out", out], "forgetting.json"),
@@ -118,7 +118,7 @@ def _file_commands(w):
     """name -> argv builder for an output file."""
     return {
         "sample": lambda out: ["sample", w["good"], "--problems", w["problems"], "--out", out, "--max-new-tokens", "2"],
-        "evaluate": lambda out: ["evaluate", w["good"], "--suite", w["problems"], "--out", out, "--max-new-tokens", "2"],
+        "evaluate": lambda out: ["evaluate", w["good"], "--problems", w["problems"], "--out", out, "--max-new-tokens", "2"],
         "verify": lambda out: ["verify", w["samples_base"], "--problems", w["problems"], "--out", out],
         "report": lambda out: ["report", w["run_dir"], "--out", out],
     }
@@ -255,9 +255,9 @@ def _model_commands(w, out):
         "curvature tuned": lambda m: ["curvature", w["good"], m, "--probes", w["probes"], "--out", out],
         "align": lambda m: ["align", m, "--data", w["probes"], "--probes", w["probes"], "--out", out],
         "sample": lambda m: ["sample", m, "--problems", w["problems"], "--out", out / "s.jsonl"],
-        "evaluate": lambda m: ["evaluate", m, "--suite", w["problems"], "--out", out / "e.json"],
-        "divergence base": lambda m: ["divergence", m, w["tuned"], "--prompts", w["problems"], "--out", out],
-        "divergence tuned": lambda m: ["divergence", w["good"], m, "--prompts", w["problems"], "--out", out],
+        "evaluate": lambda m: ["evaluate", m, "--problems", w["problems"], "--out", out / "e.json"],
+        "divergence base": lambda m: ["divergence", m, w["tuned"], "--problems", w["problems"], "--out", out],
+        "divergence tuned": lambda m: ["divergence", w["good"], m, "--problems", w["problems"], "--out", out],
         "diff": lambda m: ["diff", w["good"], m, "--out", out, "--quiet"],
     }
 

@@ -392,7 +392,7 @@ def test_one_pairs_outputs_in_three_folders_share_one_column(tmp_path):
     assert [r[0] for r in pairs] == ["d + k + p", "u"]
     assert pairs[0][2:4] == ["base", "tuned"]  # below the folder all the models share
     assert pairs[0][6] == "support.json (deltalens support S_BASE.jsonl S_TUNED.jsonl --out DIR)divergence.json " \
-                          "(deltalens divergence BASE TUNED --prompts P.jsonl --out DIR)tracking.jsonl " \
+                          "(deltalens divergence BASE TUNED --problems P.jsonl --out DIR)tracking.jsonl " \
                           "(deltalens.tracking.UpdateStatsCallback during training (deltalens lab))"
     assert len(_table_row(page, "unchanged, bitwise")) == 3  # the weight summary: quantity + one column per pair
     assert _table_row(page, "mode")[1:] == ["sketch"]  # the kernel table: only the pair that has one

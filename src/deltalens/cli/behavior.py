@@ -150,9 +150,9 @@ def _print_honoured(record: Path) -> None:
 def divergence_cmd(
     base: Path = typer.Argument(..., help="Base model folder."),
     tuned: Path = typer.Argument(..., help="Tuned model folder (same tokenizer)."),
-    prompts: Path = typer.Option(..., "--prompts", help="Problems JSONL (the new task's prompts; answers optional)."),
+    prompts: Path = typer.Option(..., "--problems", "--prompts", help="Problems JSONL (the new task's prompts; answers optional). --prompts: the earlier spelling."),
     out: Path = typer.Option(..., "--out", help="Output directory for divergence.json."),
-    n: int = typer.Option(4, "-n", "--n-samples", help="Sampled completions per prompt and model."),
+    n: int = typer.Option(4, "-n", "--n", "--n-samples", help="Sampled completions per prompt and model (--n-samples: the earlier spelling)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     temperature: float = typer.Option(1.0, "--temperature", help="1.0 samples the models' own distributions."),
     top_p: float = typer.Option(1.0, "--top-p"),
@@ -182,7 +182,7 @@ def divergence_cmd(
 
 def evaluate_cmd(
     model: Path = typer.Argument(..., help="Model folder."),
-    suite: Path = typer.Option(..., "--suite", help="Suite JSONL {id, prompt, answer, task}."),
+    suite: Path = typer.Option(..., "--problems", "--suite", help="Problems JSONL {id, prompt, answer, task}: the suite. --suite: the earlier spelling."),
     out: Path = typer.Option(..., "--out", help="Output JSON file (e.g. eval_base.json)."),
     verify: str = typer.Option("numeric", "--verify", help="numeric | math-verify | module:function."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens"),

@@ -25,7 +25,7 @@ def build(runs: list) -> Section:
         ("Support: does the tuned model stay inside the base's reach?", "support.json", "support counts",
          "deltalens support S_BASE.jsonl S_TUNED.jsonl --out DIR", _support_plot, _support_table),
         ("Output distribution: KL, entropy, cross-perplexity", "divergence.json", "KL and entropy results",
-         "deltalens divergence BASE TUNED --prompts P.jsonl --out DIR", _divergence_plot, _divergence_table),
+         "deltalens divergence BASE TUNED --problems P.jsonl --out DIR", _divergence_plot, _divergence_table),
     )
     for title, name, what, command, plot, summary in parts:
         section.add(heading(title))

@@ -34,7 +34,7 @@ PRODUCERS = {
     "diff.json": "deltalens diff BASE TUNED --out DIR",
     "passk.json": "deltalens passk S_BASE.jsonl S_TUNED.jsonl --out DIR",
     "support.json": "deltalens support S_BASE.jsonl S_TUNED.jsonl --out DIR",
-    "divergence.json": "deltalens divergence BASE TUNED --prompts P.jsonl --out DIR",
+    "divergence.json": "deltalens divergence BASE TUNED --problems P.jsonl --out DIR",
     "kernel.json": "deltalens kernel BASE TUNED --probes PROBES.jsonl --out DIR",
     "tracking.jsonl": "deltalens.tracking.UpdateStatsCallback during training (deltalens lab)",
 }
