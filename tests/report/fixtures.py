@@ -237,8 +237,11 @@ def claims_doc() -> dict:
 def forgetting_doc() -> dict:
     """The lab's analysis/forgetting.json: per tuned model its forward KL and held-out accuracy drop."""
     rows = [("sft-seed0", 0.11, 0.05), ("sft-seed1", 0.12, 0.06), ("grpo-seed0", 0.02, 0.01), ("grpo-seed1", 0.03, 0.0)]
+    from deltalens.behavior.evaluate import linear_fit  # the producer's own fit, as the lab writes it
+
     return {"base": "base", "kl": "forward_token", "tasks": ["copy", "reverse"],
-            "models": [{"model": m, "kl": kl, "accuracy_drop": d} for m, kl, d in rows]}
+            "models": [{"model": m, "kl": kl, "accuracy_drop": d} for m, kl, d in rows],
+            "fit_accuracy_drop": linear_fit([r[1] for r in rows], [r[2] for r in rows])}
 
 
 def write_json(path: Path, obj) -> None:

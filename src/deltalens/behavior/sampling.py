@@ -219,11 +219,9 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     name = model_name or default_name
 
     done = _existing(Path(out), name, {p.id for p in probs}) if out is not None else {}
-    record_settings = None
-    if out is not None:
-        record_settings = _check_settings(Path(out), {"backend": backend, "temperature": temperature, "top_p": top_p,
-                                                      "max_new_tokens": max_new_tokens, "seed": seed,
-                                                      "stop": list(stop or [])}, resuming=bool(done))
+    settings = {"backend": backend, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
+                "seed": seed, "stop": list(stop or [])}
+    unrecorded = out is not None and _check_settings(Path(out), settings, resuming=bool(done))
     jobs = [(p, [j for j in range(n) if j not in done.get(p.id, set())]) for p in probs]
     jobs = [(p, idxs) for p, idxs in jobs if idxs]
     by_id = {p.id: p for p in probs}
@@ -245,8 +243,9 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
                                               "correct", "logprob", "n_tokens", "finish_reason")} for r in rows]
                 if out is not None:
                     append_jsonl(out, ordered)
-                    if record_settings is not None:
-                        record_settings = record_settings()
+                    if unrecorded:
+                        _record_settings(Path(out), settings)
+                        unrecorded = False
                 new_rows.extend(ordered)
                 tick(len(rows))
     finally:
@@ -286,27 +285,28 @@ def sampling_record_path(out) -> Path:
     return out.with_name(out.name + ".sampling.json")
 
 
-def _check_settings(out: Path, settings: dict, *, resuming: bool):
+def _check_settings(out: Path, settings: dict, *, resuming: bool) -> bool:
     """Refuse to add samples drawn with other settings to ``out`` (a resume must draw the same
-    distribution; ``n`` may grow: that is what a resume adds). Returns a callable that records the
-    settings, to be called once the first new samples are written (None: nothing to record)."""
-    from deltalens.results import read_json, write_json
+    distribution; ``n`` may grow: that is what a resume adds). True when ``settings`` still have
+    to be recorded (:func:`_record_settings`, once the first new samples are written)."""
+    from deltalens.results import read_json
 
     path = sampling_record_path(out)
-    doc = read_json(path) if path.is_file() else {}
-    recorded = doc.get("settings")
+    recorded = (read_json(path) if path.is_file() else {}).get("settings")
     if recorded is not None and resuming:
         for key, value in settings.items():
             if key in recorded and recorded[key] != value:
                 raise DeltalensError(f"{out}: its samples were drawn with {key} {recorded[key]!r}, this run asks "
                                      f"{value!r}; use another --out or the same settings")
-    if recorded is not None and resuming:
-        return None
+        return False
+    return True
 
-    def record():
-        write_json(path, {**(read_json(path) if path.is_file() else {}), "settings": settings})
 
-    return record
+def _record_settings(out: Path, settings: dict) -> None:
+    from deltalens.results import read_json, write_json
+
+    path = sampling_record_path(out)
+    write_json(path, {**(read_json(path) if path.is_file() else {}), "settings": settings})
 
 
 def _openai_checked(base_url, model, problems, jobs, cfg, *, out, check: bool, api_key, max_retries, timeout):

@@ -22,6 +22,8 @@ LAB_MODEL = TinyConfig(
     num_key_value_heads=4,
     max_position_embeddings=64,
 )
+#: Samples per dev problem behind the dev reward (the GRPO/RFT tuning metric and gate), default
+DEV_SAMPLES = 16
 #: Test problems come from a fixed pool per task (the first n of it), all excluded from
 #: pre-training, so quick and default runs share one base.
 TEST_POOL = 200
@@ -43,7 +45,7 @@ class LabConfig:
     n_train: int = 4096  # target-task prompts the arms train on (64 steps × 256 sequences: 4 epochs for SFT)
     n_test: int = 100  # target-task test problems (never trained on; ≤ TEST_POOL)
     n_dev: int = 200  # target-task dev problems (apart from train and test): tuning and gates read only these
-    dev_samples: int = 16  # samples per dev problem behind the dev reward (GRPO's tuning metric and gate)
+    dev_samples: int = DEV_SAMPLES  # samples per dev problem behind the dev reward (GRPO's tuning metric and gate)
     tune: bool = True  # choose each objective's learning rate on the dev split (deltalens.lab.tuning)
     #: with ``tune=False``: ((objective, learning rate), ...) recorded earlier by the tuning rule
     #: (empty: the arm configuration's learning_rate for every objective)

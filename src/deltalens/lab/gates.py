@@ -25,8 +25,8 @@ import re
 import numpy as np
 
 from deltalens.lab.bootstrap import Table, effect_interval
+from deltalens.lab.config import DEV_SAMPLES
 
-DEV_SAMPLES = 16
 DEV_SEED = 4321
 FORMAT_SHARE = 0.9
 #: the base's answer format for the tiny lab's target task: digits only

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from deltalens.lab.config import DEV_SAMPLES
 from deltalens.lab.gates import dev_kind
 
 LR_GRID = {"sft": (1e-5, 3e-5, 1e-4), "rft": (1e-5, 3e-5, 1e-4), "grpo": (5e-5, 1e-4, 2e-4)}
@@ -47,7 +48,7 @@ OBJECTIVE = {"sft": "sft", "rft": "rft", "grpo": "grpo", "grpo-random": "grpo"}
 
 
 def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bool = False, base: str = "tiny",
-               dev_samples: int = 16) -> str:
+               dev_samples: int = DEV_SAMPLES) -> str:
     blob = {"base": base_hash, "arm": asdict(arm_cfg), "objective": objective, "grid": grid(objective, quick, base),
             "dev": dev_ids, "seed": TUNE_SEED, "v": 1}
     if base != "tiny":  # the tiny lab's keys (and cached choices) predate these settings and stay valid
@@ -56,7 +57,7 @@ def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bo
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def dev_metric(objective: str, model, tokenizer, dev: list[dict], arm_cfg, dev_samples: int = 16,
+def dev_metric(objective: str, model, tokenizer, dev: list[dict], arm_cfg, dev_samples: int = DEV_SAMPLES,
                base: str = "tiny") -> float:
     """The objective's own dev metric (:func:`deltalens.lab.gates.dev_kind`) as a number to
     maximise: the dev mean reward, or minus the dev loss on the targets."""
@@ -71,7 +72,7 @@ def dev_metric(objective: str, model, tokenizer, dev: list[dict], arm_cfg, dev_s
 
 
 def select(objective: str, *, rows: list[dict], dev: list[dict], base_dir: Path, tokenizer, arm_cfg, device: str,
-           on_candidate=None, quick: bool = False, base: str = "tiny", dev_samples: int = 16) -> dict:
+           on_candidate=None, quick: bool = False, base: str = "tiny", dev_samples: int = DEV_SAMPLES) -> dict:
     """Train once per candidate learning rate and keep the best by the objective's dev metric."""
     from deltalens.lab.arms import train_arm
 
