@@ -120,7 +120,8 @@ SMOLLM2 = LabConfig(
     base="smollm2",
     arm=ArmConfig(steps=12, batch_size=16, num_generations=8, learning_rate=1e-5, max_completion_length=32,
                   max_length=96, temperature=0.7, n_checkpoints=2, rft_samples_per_prompt=4),
-    seeds=1, n_train=96, n_test=16, n_heldout=20, n_dev=32, dev_samples=8, tune=False, fixed_rates=SMOLLM2_RATES,
+    seeds=1, digits=1, n_train=96, n_test=16, n_heldout=20, n_dev=32, dev_samples=8, tune=False,
+    fixed_rates=SMOLLM2_RATES,
     eval_samples=32, kl_samples=2, n_probes=8,
     kernel_mode="sketch", kernel_dim=4096, trait_lines=2,
     # 9 of 210 matrices (q, v, down in the first, middle and last layer): a float64 SVD each per step

@@ -64,8 +64,8 @@ def task_family(base: str) -> tuple[str, tuple[str, ...]]:
     raise ValueError(f"unknown lab base {base!r}; expected tiny or smollm2")
 
 
-def _chat_problem(task: str, rng: random.Random, render: Callable[[str], str]) -> dict:
-    problem = word_tasks.make_question(task, rng)
+def _chat_problem(task: str, rng: random.Random, render: Callable[[str], str], digits: int) -> dict:
+    problem = word_tasks.make_question(task, rng, digits)
     return {"prompt": render(problem["question"]), "task": task, **problem}
 
 
@@ -89,7 +89,7 @@ def generate_problems(
         attempts += 1
         if attempts > 50 * n + 1000:
             raise ValueError(f"task {task!r} with digits={digits} cannot supply {n} distinct problems")
-        problem = _chat_problem(task, rng, render) if render is not None else make_problem(task, rng, digits=digits)
+        problem = _chat_problem(task, rng, render, digits) if render is not None else make_problem(task, rng, digits=digits)
         if problem["prompt"] in seen:
             continue
         seen.add(problem["prompt"])

@@ -30,9 +30,10 @@ QUICK_GRID = {"sft": (3e-5, 1e-4), "rft": (3e-5, 1e-4), "grpo": (1e-4, 2e-4)}
 
 
 #: ``--base smollm2``: a pretrained 135M model takes full fine-tuning rates an order below the tiny
-#: model's; two candidates per objective around the rate its recipe started from (1e-5), the
-#: CPU budget having no room for a third training per objective (docs/lab.md)
-SMOLLM2_GRID = {"sft": (1e-5, 3e-5), "rft": (1e-5, 3e-5), "grpo": (1e-5, 3e-5)}
+#: model's; two candidates per objective, the CPU budget having no room for a third training per
+#: objective (docs/lab.md). GRPO and RFT start a step higher than SFT: on the first grid
+#: (1e-5/3e-5 for all, 2026-11-30) both chose the upper edge by their dev reward, SFT the lower.
+SMOLLM2_GRID = {"sft": (1e-5, 3e-5), "rft": (3e-5, 1e-4), "grpo": (3e-5, 1e-4)}
 
 
 def grid(objective: str, quick: bool, base: str = "tiny") -> tuple[float, ...]:

@@ -4,9 +4,11 @@ Problems follow SPEC §7 (``{"id", "prompt", "answer", "task"}``); ``prompt`` ho
 chat template applied to one user message (with the generation prompt), so every tool that takes
 plain prompts (sampling, KL, kernels, TRL) sees exactly what the model was trained to see.
 
-- ``word-arith`` (the target task): a one-step word problem, "Mia has 23 stickers and gets 19 more.
+- ``word-arith`` (the target task): a one-step word problem, "Mia has 7 stickers and gets 5 more.
   How many stickers does Mia have now?", answer the result; the check is the last number in the
-  completion (SPEC §7 "last number").
+  completion (SPEC §7 "last number"). Operands run from 2 to 10^digits − 1 (``LabConfig.digits``:
+  the SmolLM2 preset uses one digit, where the base solves ~18% of dev samples; with two digits it
+  solved ~2%, too rare a success for GRPO's groups to carry a signal — docs/lab.md).
 - held-out tasks the base already does well, to measure forgetting:
   ``capital`` ("What is the capital of Japan?", the first known capital named in the completion),
   ``antonym`` ("What is the opposite of hot?") and ``plural`` ("What is the plural of 'box'?"),
@@ -55,22 +57,31 @@ _LAST_NUMBER = re.compile(r"(-?\d+)(?!.*\d)", re.DOTALL)
 _WORD_AFTER_IS = re.compile(r"\bis\s+(?:the\s+word\s+)?['\"]?([A-Za-z]+)")
 
 
-def word_problem(rng: random.Random) -> tuple[str, int, str]:
-    """One addition or subtraction word problem with operands of one or two digits:
+def max_operand(digits: int) -> int:
+    """The largest operand of a word problem with ``digits`` digits (operands run from 2)."""
+    if digits < 1:
+        raise ValueError(f"digits must be ≥ 1, got {digits}")
+    return 10**digits - 1
+
+
+def word_problem(rng: random.Random, digits: int = 2) -> tuple[str, int, str]:
+    """One addition or subtraction word problem with operands in 2..10^digits − 1:
     (question, result, the arithmetic written out, e.g. ``"23 + 19"``)."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    top = max_operand(digits)
+    a, b = rng.randint(2, top), rng.randint(2, top)
     if rng.random() < 0.5:
         return f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", a + b, f"{a} + {b}"
     a, b = max(a, b), min(a, b)
     return f"{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?", a - b, f"{a} - {b}"
 
 
-def make_question(task: str, rng: random.Random) -> dict:
+def make_question(task: str, rng: random.Random, digits: int = 2) -> dict:
     """One problem of ``task`` before rendering: ``{"question"`` (the user message), ``"answer"}``,
-    plus ``"work"`` (the arithmetic the teacher writes out) for the target task."""
+    plus ``"work"`` (the arithmetic the teacher writes out) for the target task, whose operands
+    have up to ``digits`` digits."""
     if task == TARGET_TASK:
-        question, result, work = word_problem(rng)
+        question, result, work = word_problem(rng, digits)
         return {"question": f"{question} {INSTRUCTION}", "answer": str(result), "work": work}
     if task == "capital":
         country = rng.choice(sorted(CAPITALS))
