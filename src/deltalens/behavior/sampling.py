@@ -136,6 +136,25 @@ def hf_generate(model, tokenizer, jobs, cfg: SamplingConfig) -> Iterator[list[di
                for r, (p, j) in enumerate(rows)]
 
 
+def sample_in_memory(model, tokenizer, problems, cfg: SamplingConfig, on_batch=None) -> dict[str, list[str]]:
+    """``cfg.n`` completions per problem from an in-memory model, by :func:`hf_generate`:
+    ``{problem id: [completion of sample 0, 1, ...]}`` (what the lab's gates, tuning and RFT
+    data read; the same per-sample randomness as a ``sample`` file with ``cfg.seed``)."""
+    from deltalens.behavior.formats import as_problems
+
+    cfg.check()
+    out: dict[str, list[str | None]] = {}
+    probs = as_problems(problems)
+    for p in probs:
+        out[p.id] = [None] * cfg.n
+    for batch in hf_generate(model, tokenizer, [(p, range(cfg.n)) for p in probs], cfg):
+        for r in batch:
+            out[r["id"]][r["sample_index"]] = r["completion"]
+        if on_batch is not None:
+            on_batch(len(batch))
+    return out
+
+
 def left_pad(seqs: list[list[int]], pad_id: int, device):
     """Left-padded [B, L] input ids and attention mask (whatever the tokenizer's padding side)."""
     import torch

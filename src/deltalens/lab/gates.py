@@ -71,18 +71,12 @@ def dev_reward(model, tokenizer, problems: list[dict], *, max_new_tokens: int, t
                n: int = DEV_SAMPLES, seed: int = DEV_SEED) -> list[float]:
     """Per dev problem: the mean correctness reward over ``n`` samples (common random numbers:
     the same ``seed`` for every model)."""
-    from deltalens.behavior.formats import as_problems
-    from deltalens.behavior.sampling import SamplingConfig, hf_generate
+    from deltalens.behavior.sampling import SamplingConfig, sample_in_memory
     from deltalens.lab.tasks import is_correct
 
-    by_id = {p["id"]: p for p in problems}
     cfg = SamplingConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    cfg.check()
-    sums = {p["id"]: 0.0 for p in problems}
-    for batch in hf_generate(model, tokenizer, [(p, range(n)) for p in as_problems(problems)], cfg):
-        for r in batch:
-            sums[r["id"]] += float(is_correct(by_id[r["id"]], r["completion"]))
-    return [sums[p["id"]] / n for p in problems]
+    texts = sample_in_memory(model, tokenizer, problems, cfg)
+    return [sum(float(is_correct(p, c)) for c in texts[p["id"]]) / n for p in problems]
 
 
 def dev_loss(model, tokenizer, problems: list[dict], targets: list[str]) -> list[float]:
@@ -104,12 +98,11 @@ def dev_loss(model, tokenizer, problems: list[dict], targets: list[str]) -> list
 
 def format_share(model, tokenizer, problems: list[dict], *, max_new_tokens: int) -> float:
     """Share of greedy dev completions (up to ``<eos>``) in :data:`TARGET_FORMAT`."""
-    from deltalens.behavior.formats import as_problems
-    from deltalens.behavior.sampling import SamplingConfig, hf_generate
+    from deltalens.behavior.sampling import SamplingConfig, sample_in_memory
 
     cfg = SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=DEV_SEED)
-    rows = [r for b in hf_generate(model, tokenizer, [(p, [0]) for p in as_problems(problems)], cfg) for r in b]
-    ok = [bool(TARGET_FORMAT.match(r["completion"].split("<eos>")[0].strip())) for r in rows]
+    texts = sample_in_memory(model, tokenizer, problems, cfg)
+    ok = [bool(TARGET_FORMAT.match(texts[p["id"]][0].split("<eos>")[0].strip())) for p in problems]
     return sum(ok) / len(ok)
 
 

@@ -336,14 +336,15 @@ def _rft_train_rows(run: LabRun, train: list[dict], seed: int) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from deltalens.behavior.sampling import SamplingConfig, sample_in_memory
     from deltalens.lab.arms import rft_rows
-    from deltalens.lab.sampling import sample_completions
 
     cfg = run.cfg.arm
-    base = AutoModelForCausalLM.from_pretrained(run.base_master, dtype=torch.float32).to(run.cfg.device)
-    samples = sample_completions(base, run.tokenizer, [p["prompt"] for p in train], n=cfg.rft_samples_per_prompt,
-                                 max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, seed=seed)
-    rows = rft_rows(train, samples)
+    base = AutoModelForCausalLM.from_pretrained(run.base_master, dtype=torch.float32).to(run.cfg.device).eval()
+    sampling = SamplingConfig(n=cfg.rft_samples_per_prompt, temperature=cfg.temperature,
+                              max_new_tokens=cfg.max_completion_length, seed=seed, batch_size=256)
+    texts = sample_in_memory(base, run.tokenizer, train, sampling)
+    rows = rft_rows(train, [texts[p["id"]] for p in train])
     if not rows:
         raise DeltalensError("rft: the base produced no correct sample on the training prompts")
     return rows

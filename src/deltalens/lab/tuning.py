@@ -52,6 +52,8 @@ def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bo
                dev_samples: int = DEV_SAMPLES) -> str:
     blob = {"base": base_hash, "arm": asdict(arm_cfg), "objective": objective, "grid": grid(objective, quick, base),
             "dev": dev_ids, "seed": TUNE_SEED, "v": 1}
+    if objective == "rft":  # its rows are the base's samples, drawn through deltalens.behavior since 2026-11-30
+        blob["rows"] = "behavior.sample_in_memory"
     if base != "tiny":  # the tiny lab's keys (and cached choices) predate these settings and stay valid
         blob["dev_samples"] = dev_samples
         blob["dev_metric"] = dev_kind(objective, base)
