@@ -12,6 +12,8 @@ import re
 
 import pytest
 
+from deltalens.lab.config import default_config
+
 from deltalens.errors import DeltalensError
 from deltalens.lab import word_tasks
 from deltalens.lab.tasks import extract_answer, generate_problems, is_correct, task_family, teacher_completion
@@ -46,6 +48,15 @@ def test_chat_problems_are_seeded_distinct_rendered_and_right(task):
             assert p["answer"] == ref, p
             checked += 1
     assert checked >= (n if task == "word-arith" else 1)
+
+
+@pytest.mark.parametrize("digits", [1, 2])
+def test_word_problem_operands_follow_the_digits_setting(digits):
+    probs = generate_problems("word-arith", 60, seed=0, digits=digits, split="train", render=render)
+    operands = [int(x) for p in probs for x in re.findall(r"\d+", p["question"])]
+    assert min(operands) >= 2 and max(operands) <= 10**digits - 1
+    assert max(operands) > 10 ** (digits - 1)  # the range is used, not just its low end
+    assert default_config("smollm2").digits == 1  # the preset's one-digit problems (docs/lab.md)
 
 
 def test_answers_are_extracted_from_free_text():

@@ -30,7 +30,38 @@ from pathlib import Path
 
 from deltalens.lab.tasks import base_completion, is_correct, teacher_completion
 
-ARMS = ("sft", "grpo", "grpo-random", "rft")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """What makes one arm: the TRL trainer it uses, where its training rows come from, its reward
+    (GRPO trainers), the objective whose tuned learning rate it takes, and whether it has a gate."""
+
+    name: str
+    trainer: str  # "sft" (SFTTrainer on prompt-completion rows) or "grpo" (GRPOTrainer on problems)
+    data: str  # "teacher" (sft_target demonstrations), "self" (the base's own correct samples), "problems"
+    reward: str | None  # "correctness" or "random" (grpo trainers); None for SFT trainers
+    objective: str  # the tuning objective whose learning rate it uses (deltalens.lab.tuning)
+    gated: bool = True  # False: no dev metric can show it trained (a reward that ignores the output)
+
+
+#: the lab's arms, in the order they train and appear in tables
+REGISTRY: dict[str, Arm] = {a.name: a for a in (
+    Arm("sft", trainer="sft", data="teacher", reward=None, objective="sft"),
+    Arm("grpo", trainer="grpo", data="problems", reward="correctness", objective="grpo"),
+    Arm("grpo-random", trainer="grpo", data="problems", reward="random", objective="grpo", gated=False),
+    Arm("rft", trainer="sft", data="self", reward=None, objective="rft"),
+)}
+ARMS = tuple(REGISTRY)
+#: the names the claims speak of
+SFT, RL, RANDOM, RFT = "sft", "grpo", "grpo-random", "rft"
+
+
+def arm_spec(arm: str) -> Arm:
+    """The registry entry of ``arm`` (``ValueError`` naming the known arms otherwise)."""
+    if arm not in REGISTRY:
+        raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
+    return REGISTRY[arm]
 
 
 @dataclass(frozen=True)
@@ -142,13 +173,12 @@ def train_arm(
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
+    spec = arm_spec(arm)
     if not rows:
         raise ValueError(f"arm {arm!r} has no training rows")
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     dataset = Dataset.from_list(list(rows))
-    if arm in ("sft", "rft"):
+    if spec.trainer == "sft":
         from trl import SFTConfig, SFTTrainer
 
         args = SFTConfig(
@@ -174,7 +204,7 @@ def train_arm(
             log_completions=False,
         )
         if reward is None:
-            reward = correctness_reward if arm == "grpo" else random_reward(seed)
+            reward = correctness_reward if spec.reward == "correctness" else random_reward(seed)
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=reward,

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deltalens.lab.arms import ARMS, RANDOM, RFT, RL, SFT
 from deltalens.lab.bootstrap import N_BOOT, SEED, Interval, Table, effect_interval, point, seed_means, verdict
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
 VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE)
-RL, SFT, RANDOM, RFT, BASE = "grpo", "sft", "grpo-random", "rft", "base"
-TRAINED = (SFT, RL, RANDOM, RFT)
+BASE = "base"
+TRAINED = ARMS
 
 #: "RL stays inside the base's support": SRR above this (Invisible Leash report 0.93–0.99; SPEC §8).
 SRR_HIGH = 0.9

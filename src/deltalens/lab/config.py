@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 from deltalens.lab.arms import ARMS, ArmConfig
 from deltalens.lab.pretrain import PretrainConfig
@@ -60,7 +60,6 @@ class LabConfig:
     device: str = "cpu"  # where training, sampling and kernels run ("cuda" when the CLI finds one)
     track: tuple[str, ...] | None = None  # tracked matrices (regexes; None: every matrix in the layers)
     quick: bool = False
-    extra: dict = field(default_factory=dict)
 
     def with_seeds(self, seeds: int | None) -> LabConfig:
         return self if seeds is None else replace(self, seeds=seeds)

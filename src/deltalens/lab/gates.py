@@ -45,7 +45,9 @@ def dev_kind(objective: str, base: str = "tiny") -> str:
     are free-form text with no one target string, so its own dev metric is the reward its
     rejection step selects for.
     """
-    if objective in ("grpo", "grpo-random"):
+    from deltalens.lab.arms import REGISTRY
+
+    if objective in REGISTRY and REGISTRY[objective].trainer == "grpo":
         return "reward"
     if objective == "rft" and base != "tiny":
         return "reward"
@@ -120,7 +122,9 @@ def paired_change(before: list[float], after: list[float], n_boot: int = 2000) -
 def gate(arm: str, before: list[float], after: list[float], fmt: float | None = None, kind: str | None = None) -> dict:
     """The gate record ``{passed, metric, before, after, ci, ...}`` of one arm and seed; ``kind``:
     the arm's dev metric (:func:`dev_kind`; default: reward for GRPO, loss otherwise)."""
-    if arm == "grpo-random":
+    from deltalens.lab.arms import arm_spec
+
+    if not arm_spec(arm).gated:
         return {"passed": True, "metric": "none: a random reward has no dev metric to improve", "before": None,
                 "after": None, "ci": [None, None]}
     kind = kind or dev_kind(arm)

@@ -18,6 +18,8 @@ configuration skips finished stages, and a half-finished arm run is discarded an
 7. ``claims``: :func:`deltalens.lab.claims.claims_document` on those items and the gates,
    ``OUT/claims.json``, and the self-contained ``OUT/report.html``.
 
+Each is a :class:`Stage` (name, function, the upstream stages whose re-run redoes it) from
+:func:`plan_stages`; arms come from the registry :data:`deltalens.lab.arms.REGISTRY`.
 The output layout is documented in ``docs/lab.md``.
 """
 
@@ -28,7 +30,8 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from deltalens.errors import DeltalensError
@@ -246,7 +249,7 @@ def _progress_callback(run: LabRun, task_id):
 
 def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
     """Fine-tune one arm for one seed; checkpoints, masters, tracking, logs under its folder."""
-    from deltalens.lab.arms import sft_rows, train_arm
+    from deltalens.lab.arms import arm_spec, train_arm
     from deltalens.lab.release import ReleaseCheckpointCallback
     from deltalens.tracking import UpdateStatsCallback
 
@@ -254,13 +257,7 @@ def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
     out = run.arm_dir(arm, seed)
     if out.exists():
         shutil.rmtree(out)  # a half-finished run is redone from the start
-    train = run.problems("target_train")
-    if arm == "sft":
-        rows = sft_rows(train)
-    elif arm == "rft":
-        rows = _rft_train_rows(run, train, seed=seed)
-    else:
-        rows = [{"prompt": p["prompt"], "answer": p["answer"], "task": p["task"]} for p in train]
+    rows = training_rows(run, arm_spec(arm).data, run.problems("target_train"), seed)
     append_jsonl(out / "train_rows.jsonl", rows)
     task_id = run.task(f"{arm} seed {seed} (lr {cfg.learning_rate:g})", cfg.steps)
     callbacks = [
@@ -274,6 +271,18 @@ def stage_arm(run: LabRun, arm: str, seed: int) -> dict:
     write_json(out / "log_history.json", history)
     return {"arm": arm, "seed": seed, "n_train_rows": len(rows), "learning_rate": cfg.learning_rate,
             "checkpoints": [step_dirname(s) for s in checkpoint_steps(cfg.steps, cfg.n_checkpoints)]}
+
+
+def training_rows(run: LabRun, data: str, train: list[dict], seed: int) -> list[dict]:
+    """An arm's training rows by its registry ``data`` kind (:class:`deltalens.lab.arms.Arm`):
+    teacher demonstrations, the base's own correct samples (drawn with ``seed``), or the problems."""
+    from deltalens.lab.arms import sft_rows
+
+    if data == "teacher":
+        return sft_rows(train)
+    if data == "self":
+        return _rft_train_rows(run, train, seed=seed)
+    return [{"prompt": p["prompt"], "answer": p["answer"], "task": p["task"]} for p in train]
 
 
 def arm_config(run: LabRun, arm: str):
@@ -290,7 +299,7 @@ def arm_config(run: LabRun, arm: str):
 
 def stage_tune(run: LabRun) -> dict:
     """Each objective's learning rate from its own dev metric (:mod:`deltalens.lab.tuning`), cached per base."""
-    from deltalens.lab.arms import sft_rows
+    from deltalens.lab.arms import REGISTRY
     from deltalens.lab.tuning import OBJECTIVE, grid, select, tuning_key
 
     if not run.cfg.tune:
@@ -316,12 +325,7 @@ def stage_tune(run: LabRun) -> dict:
             doc[objective] = {**read_json(cached), "from_cache": str(cached)}
             run.advance(task_id, len(grid(objective, quick, base)))
             continue
-        if objective == "rft":
-            rows = _rft_train_rows(run, train, seed=0)
-        elif objective == "sft":
-            rows = sft_rows(train)
-        else:
-            rows = [{"prompt": p["prompt"], "answer": p["answer"], "task": p["task"]} for p in train]
+        rows = training_rows(run, REGISTRY[objective].data, train, seed=0)  # each objective names its own arm
         record = select(objective, rows=rows, dev=dev, base_dir=run.base_master, tokenizer=run.tokenizer,
                         arm_cfg=run.cfg.arm, device=run.cfg.device, on_candidate=lambda: run.advance(task_id),
                         quick=quick, base=base, dev_samples=n_dev)
@@ -355,6 +359,7 @@ def stage_gates(run: LabRun) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from deltalens.lab.arms import arm_spec
     from deltalens.lab.gates import dev_kind, dev_scores, format_share, gate
 
     dev = run.problems("target_dev")
@@ -367,14 +372,14 @@ def stage_gates(run: LabRun) -> dict:
         return dev_scores(kind, model, run.tokenizer, dev, max_new_tokens=acfg.max_completion_length,
                           temperature=acfg.temperature, n=run.cfg.dev_samples)
 
-    kinds = {arm: dev_kind(arm, run.cfg.base) for arm in run.cfg.arms if arm != "grpo-random"}
+    kinds = {arm: dev_kind(arm, run.cfg.base) for arm in run.cfg.arms if arm_spec(arm).gated}
     base = load(run.base_master)
     before = {kind: metric(kind, base) for kind in sorted(set(kinds.values()))}
     task_id = run.task("gates: dev metric after training", len(run.cfg.arms) * run.cfg.seeds)
     gates: dict = {}
     for arm in run.cfg.arms:
         for seed in run.seeds():
-            if arm == "grpo-random":
+            if not arm_spec(arm).gated:
                 gates.setdefault(arm, {})[str(seed)] = gate(arm, [], [])
             else:
                 model = load(run.final_master(arm, seed))
@@ -416,9 +421,34 @@ def write_lab_report(run: LabRun) -> Path:
     return build_report([run.out, run.out / "analysis"], run.out / "report.html")
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One step of the lab: its name (the ``OUT/stages/<name>.json`` record), what it runs, and the
+    stages whose re-run in the same invocation redoes it (``None``: any stage before it)."""
+
+    name: str
+    run: Callable[[LabRun], dict | None]
+    upstream: tuple[str, ...] | None = None
+    group: str | None = None  # "arms": the stages ``--until arms`` stops after
+
+
+def _claims_and_report(run: LabRun) -> dict:
+    stage_claims(run)
+    return {"report": str(write_lab_report(run))}
+
+
+def plan_stages(cfg: LabConfig) -> list[Stage]:
+    """The lab's stages in order: problems, base, tune, one per (arm, seed), gates, analyses, claims."""
+    arms = [Stage(f"arm-{arm}-seed{seed}", partial(stage_arm, arm=arm, seed=seed),
+                  upstream=("problems", "base", "tune"), group="arms")
+            for arm in cfg.arms for seed in range(cfg.seeds)]
+    return [Stage("problems", stage_problems, upstream=()), Stage("base", stage_base, upstream=("problems",)),
+            Stage("tune", stage_tune, upstream=("problems", "base")), *arms, Stage("gates", stage_gates),
+            Stage("analyses", stage_analyses), Stage("claims", _claims_and_report)]
+
+
 def stage_names(cfg: LabConfig) -> list[str]:
-    arms = [f"arm-{arm}-seed{seed}" for arm in cfg.arms for seed in range(cfg.seeds)]
-    return ["problems", "base", "tune", *arms, "gates", "analyses", "claims"]
+    return [stage.name for stage in plan_stages(cfg)]
 
 
 def run_lab(
@@ -467,21 +497,22 @@ def run_lab(
     progress = progress_bar(console=console, enabled=show_progress)
     run = LabRun(out, cfg, cache, progress)
     timings: dict[str, float | str] = {}
-    plan = stage_names(cfg)
+    plan = plan_stages(cfg)
     stop = len(plan) if until is None else _stop_index(plan, until)
     ran: list[str] = []
     todo = plan[:stop]
     with progress:
         overall = progress.add_task(f"lab: {len(todo)} stages", total=len(todo))
-        for i, name in enumerate(todo):
+        for i, stage in enumerate(todo):
+            name = stage.name
             progress.update(overall, description=f"lab: stage {i + 1}/{len(todo)} {name}")
-            if run.done(name) and not _upstream_ran(name, ran):
+            if run.done(name) and not _upstream_ran(stage, ran):
                 timings[name] = "cached"
                 progress.advance(overall)
                 continue
             ran.append(name)
             started = time.perf_counter()
-            info = _run_stage(run, name) or {}
+            info = stage.run(run) or {}
             progress.advance(overall)
             run.finish(name, started, **info)
             timings[name] = round(time.perf_counter() - started, 2)
@@ -500,43 +531,20 @@ def _quiet_library_progress_bars() -> None:
     datasets.disable_progress_bars()
 
 
-def _upstream_ran(name: str, ran: list[str]) -> bool:
-    """A finished stage is redone when a stage it depends on ran in this invocation: arms
-    depend on problems and base; analyses and claims on everything before them."""
-    if name == "tune":
-        return any(n in ("problems", "base") for n in ran)
-    if name.startswith("arm-"):
-        return any(n in ("problems", "base", "tune") for n in ran)
-    return bool(ran)
+def _upstream_ran(stage: Stage, ran: list[str]) -> bool:
+    """A finished stage is redone when a stage it depends on ran in this invocation."""
+    return bool(ran) if stage.upstream is None else any(n in stage.upstream for n in ran)
 
 
-def _stop_index(plan: list[str], until: str) -> int:
-    if until == "arms":
-        return max(i for i, n in enumerate(plan) if n.startswith("arm-")) + 1
-    if until not in plan:
-        raise DeltalensError(f"unknown stage {until!r}; expected one of problems, base, tune, arms, gates, analyses, "
-                             "claims")
-    return plan.index(until) + 1
-
-
-def _run_stage(run: LabRun, name: str):
-    if name == "problems":
-        return stage_problems(run)
-    if name == "base":
-        return stage_base(run)
-    if name == "tune":
-        return stage_tune(run)
-    if name == "gates":
-        return stage_gates(run)
-    if name.startswith("arm-"):
-        arm, seed = name[len("arm-"):].rsplit("-seed", 1)
-        return stage_arm(run, arm, int(seed))
-    if name == "analyses":
-        return stage_analyses(run)
-    if name == "claims":
-        stage_claims(run)
-        return {"report": str(write_lab_report(run))}
-    raise AssertionError(name)
+def _stop_index(plan: list[Stage], until: str) -> int:
+    groups = {stage.group for stage in plan if stage.group}
+    names = [stage.name for stage in plan]
+    if until in groups:
+        return max(i for i, stage in enumerate(plan) if stage.group == until) + 1
+    if until not in names:
+        raise DeltalensError(f"unknown stage {until!r}; expected one of "
+                             f"{', '.join(n for n in names if not n.startswith('arm-'))}, {', '.join(sorted(groups))}")
+    return names.index(until) + 1
 
 
 def _register_default_analyses() -> None:

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from deltalens.lab.arms import REGISTRY
 from deltalens.lab.config import DEV_SAMPLES
 from deltalens.lab.gates import dev_kind
 
@@ -44,8 +45,8 @@ def grid(objective: str, quick: bool, base: str = "tiny") -> tuple[float, ...]:
 
 
 TUNE_SEED = 1000
-#: which arm uses which objective's setting
-OBJECTIVE = {"sft": "sft", "rft": "rft", "grpo": "grpo", "grpo-random": "grpo"}
+#: which arm uses which objective's setting (from the arm registry)
+OBJECTIVE = {arm.name: arm.objective for arm in REGISTRY.values()}
 
 
 def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bool = False, base: str = "tiny",
