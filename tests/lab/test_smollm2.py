@@ -210,3 +210,13 @@ def test_bad_lab_options_are_one_line_and_write_nothing(run_cli, tmp_path):
     assert not (tmp_path / "api").exists()
     with pytest.raises(ValueError, match="unknown lab base"):
         task_family("smolm2")
+
+
+def test_tuning_cache_key_names_the_problems_on_a_released_base():
+    from deltalens.lab.arms import ArmConfig
+    from deltalens.lab.tuning import problems_digest, tuning_key
+
+    one = problems_digest([{"prompt": "Mia has 5 apples and gets 3 more.", "answer": "8"}])
+    two = problems_digest([{"prompt": "Mia has 55 apples and gets 33 more.", "answer": "88"}])
+    keys = {tuning_key("h", ArmConfig(), "sft", ["dev-0"], base="smollm2", problems=p) for p in (one, two)}
+    assert len(keys) == 2  # same ids, other problems: another cache entry

@@ -300,7 +300,7 @@ def arm_config(run: LabRun, arm: str):
 def stage_tune(run: LabRun) -> dict:
     """Each objective's learning rate from its own dev metric (:mod:`deltalens.lab.tuning`), cached per base."""
     from deltalens.lab.arms import REGISTRY
-    from deltalens.lab.tuning import OBJECTIVE, grid, select, tuning_key
+    from deltalens.lab.tuning import OBJECTIVE, grid, problems_digest, select, tuning_key
 
     if not run.cfg.tune:
         fixed = dict(run.cfg.fixed_rates)
@@ -319,7 +319,8 @@ def stage_tune(run: LabRun) -> dict:
                        sum(len(grid(o, quick, base)) for o in objectives))
     doc = {}
     for objective in objectives:
-        key = tuning_key(key_base, run.cfg.arm, objective, [p["id"] for p in dev] + [run.cfg.n_train], quick, base, n_dev)
+        key = tuning_key(key_base, run.cfg.arm, objective, [p["id"] for p in dev] + [run.cfg.n_train], quick, base, n_dev,
+                         problems=problems_digest(train + dev))
         cached = run.cache_dir / f"tune-{objective}-{key}.json" if run.cache_dir is not None else None
         if cached is not None and cached.is_file():
             doc[objective] = {**read_json(cached), "from_cache": str(cached)}

@@ -49,8 +49,17 @@ TUNE_SEED = 1000
 OBJECTIVE = {arm.name: arm.objective for arm in REGISTRY.values()}
 
 
+def problems_digest(problems: list[dict]) -> str:
+    """A hash of the problems' prompts and answers (what a tuning result was measured on)."""
+    blob = [[p["prompt"], p.get("answer")] for p in problems]
+    return hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:16]
+
+
 def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bool = False, base: str = "tiny",
-               dev_samples: int = DEV_SAMPLES) -> str:
+               dev_samples: int = DEV_SAMPLES, problems: str | None = None) -> str:
+    """The cache key of one objective's tuning result. On the tiny lab the base hash fixes the
+    problem generator, so the dev ids and the train size name the problems; on a released base
+    the key also holds ``problems`` (:func:`problems_digest` of the train and dev problems)."""
     blob = {"base": base_hash, "arm": asdict(arm_cfg), "objective": objective, "grid": grid(objective, quick, base),
             "dev": dev_ids, "seed": TUNE_SEED, "v": 1}
     if objective == "rft":  # its rows are the base's samples, drawn through deltalens.behavior since 2026-11-30
@@ -58,6 +67,7 @@ def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bo
     if base != "tiny":  # the tiny lab's keys (and cached choices) predate these settings and stay valid
         blob["dev_samples"] = dev_samples
         blob["dev_metric"] = dev_kind(objective, base)
+        blob["problems"] = problems
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

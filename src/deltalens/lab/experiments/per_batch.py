@@ -202,8 +202,6 @@ def explained(gap: list[float], share_gap: list[float]) -> dict:
 
 
 def run(ctx: common.Context, settings: Settings) -> dict:
-    import torch
-
     from deltalens.lab.analyses import Items
 
     if settings.batches < 1:
@@ -245,25 +243,11 @@ def run(ctx: common.Context, settings: Settings) -> dict:
             for name in names:
                 ids.append(f"batch{b}:{name}")
                 size = rates["sft"] * math.sqrt(base[name].numel())
-                got = {}
-                for kind in KINDS:
-                    obj, opt = kind.split("-")
-                    grad = g[obj].get(name)
-                    delta = None if grad is None else equal_norm_update(grad, size, adam=opt == "adam")
-                    if delta is None:
-                        v = {"angle": None, "why": "zero gradient", "visible": None, "rescale": None,
-                             "top_share": None}
-                    else:
-                        w0 = base[name].to(torch.float64)
-                        v = common.matrix_values(base[name], (w0 + delta).to(torch.float32))
-                        deltas[kind][name] = delta
-                    got[kind] = v
-                    for metric, key in (("principal_angle_deg", "angle"), ("visible_fraction", "visible"),
-                                        ("rescale_share", "rescale"), ("top_share", "top_share")):
-                        values[kind][metric].append(v[key])
-                        if v[key] is None:
-                            reason = v.get("why") or f"{key} undefined"
-                            excluded[kind][reason] = excluded[kind].get(reason, 0) + 1
+                got, made = _measure_matrix(base[name], {kind: g[kind.split("-")[0]].get(name) for kind in KINDS}, size)
+                for kind, v in got.items():
+                    if kind in made:
+                        deltas[kind][name] = made[kind]
+                    _record(v, values[kind], excluded[kind])
                     angles[kind].append(v["angle"])
                 a, s = got["grpo-sgd"], got["sft-sgd"]
                 if None not in (a["angle"], s["angle"], a["top_share"], s["top_share"]):
@@ -278,33 +262,13 @@ def run(ctx: common.Context, settings: Settings) -> dict:
                     if why:
                         kexcluded[kind][why] = kexcluded[kind].get(why, 0) + 1
             ctx.advance(task_id)
+        _put_items(items, values, excluded, ids, kvals if kernel is not None else None, kexcluded, settings.batches)
         for kind in KINDS:
-            for metric in MATRIX_METRICS:
-                items.put(metric, kind, values[kind][metric], item_set="updates",
-                          unit=common.UNITS.get(metric, metric), ids=ids,
-                          excluded=excluded[kind] if metric == "principal_angle_deg" else None)
             per_batch_curve[kind].append(curve[kind])
-            if kernel is not None:
-                for metric in KERNEL_METRICS:
-                    items.put(metric, kind, kvals[kind][metric], item_set="kernel-updates",
-                              unit="degrees" if metric == "kernel_angle_deg" else "share",
-                              ids=[f"batch{b}" for b in range(settings.batches)],
-                              excluded=kexcluded[kind] if metric == "kernel_angle_deg" else None)
-                kernel_curve[kind].append(kvals[kind]["kernel_angle_deg"])
+            kernel_curve[kind].append(kvals[kind]["kernel_angle_deg"])
     fit = explained(gaps, share_gaps)
-    xs = [list(range(settings.batches))] * ctx.seeds
-    curves = {"experiment": ctx.name, "figures": [
-        {"title": "per-batch: one update from the base, equal ‖Δ‖_F per tensor",
-         "panels": [{"title": f"mean principal angle per batch ({opt})", "x_label": "batch", "y_label": "degrees",
-                     "series": [{"label": k, "x": xs, "y": per_batch_curve[k]} for k in KINDS if k.endswith(opt)]}
-                    for opt in ("sgd", "adam")]
-                   + ([{"title": f"eNTK top-r angle per batch ({opt})", "x_label": "batch", "y_label": "degrees",
-                        "series": [{"label": k, "x": xs, "y": kernel_curve[k]} for k in KINDS if k.endswith(opt)]}
-                       for opt in ("sgd", "adam")] if kernel is not None else [])},
-        {"title": "per-batch: how much of the angle gap follows the top-direction share (SGD)",
-         "panels": [{"title": "grpo − sft per (seed, batch, tensor)", "x_label": "top-k share gap (grpo − sft)",
-                     "y_label": "angle gap (degrees)", "kind": "scatter",
-                     "series": [{"label": "items", "x": [share_gaps], "y": [gaps]}]}]}]}
+    curves = _figures(ctx.name, settings.batches, ctx.seeds, per_batch_curve, kernel_curve if kernel is not None else None,
+                      gaps, share_gaps)
 
     def annotate(doc: dict) -> None:
         for c in doc["claims"]:
@@ -315,3 +279,61 @@ def run(ctx: common.Context, settings: Settings) -> dict:
                          settings=settings, curves=curves, annotate=annotate,
                          tuning={"sft": {"chosen": {"learning_rate": rates["sft"]},
                                          "source": "sets the equal update size lr·√(m·n)"}})
+
+
+def _put_items(items, values: dict, excluded: dict, ids: list, kvals: dict | None, kexcluded: dict,
+               batches: int) -> None:
+    """One seed's per-(batch, matrix) measures and, with a kernel, per-batch kernel measures."""
+    for kind in KINDS:
+        for metric in MATRIX_METRICS:
+            items.put(metric, kind, values[kind][metric], item_set="updates", unit=common.UNITS.get(metric, metric),
+                      ids=ids, excluded=excluded[kind] if metric == "principal_angle_deg" else None)
+        for metric in KERNEL_METRICS if kvals is not None else ():
+            items.put(metric, kind, kvals[kind][metric], item_set="kernel-updates",
+                      unit="degrees" if metric == "kernel_angle_deg" else "share",
+                      ids=[f"batch{b}" for b in range(batches)],
+                      excluded=kexcluded[kind] if metric == "kernel_angle_deg" else None)
+
+
+def _measure_matrix(w0, grads: dict, size: float) -> tuple[dict, dict]:
+    """Per kind: the equal-norm update of its gradient on one matrix and its measures
+    (``{kind: values}``, ``{kind: Δ}`` for the kinds whose gradient is not zero)."""
+    import torch
+
+    got, deltas = {}, {}
+    for kind, grad in grads.items():
+        delta = None if grad is None else equal_norm_update(grad, size, adam=kind.endswith("adam"))
+        if delta is None:
+            got[kind] = {"angle": None, "why": "zero gradient", "visible": None, "rescale": None, "top_share": None}
+        else:
+            got[kind] = common.matrix_values(w0, (w0.to(torch.float64) + delta).to(torch.float32))
+            deltas[kind] = delta
+    return got, deltas
+
+
+def _record(v: dict, values: dict, excluded: dict) -> None:
+    """Append one matrix's measures to ``values[metric]``, counting the undefined ones by reason."""
+    for metric, key in (("principal_angle_deg", "angle"), ("visible_fraction", "visible"),
+                        ("rescale_share", "rescale"), ("top_share", "top_share")):
+        values[metric].append(v[key])
+        if v[key] is None:
+            reason = v.get("why") or f"{key} undefined"
+            excluded[reason] = excluded.get(reason, 0) + 1
+
+
+def _figures(name: str, batches: int, seeds: int, per_batch_curve: dict, kernel_curve: dict | None, gaps: list,
+             share_gaps: list) -> dict:
+    """The experiment's figures: angles per batch (and the kernel's), and the angle gap vs the share gap."""
+    xs = [list(range(batches))] * seeds
+    return {"experiment": name, "figures": [
+        {"title": "per-batch: one update from the base, equal ‖Δ‖_F per tensor",
+         "panels": [{"title": f"mean principal angle per batch ({opt})", "x_label": "batch", "y_label": "degrees",
+                     "series": [{"label": k, "x": xs, "y": per_batch_curve[k]} for k in KINDS if k.endswith(opt)]}
+                    for opt in ("sgd", "adam")]
+                   + ([{"title": f"eNTK top-r angle per batch ({opt})", "x_label": "batch", "y_label": "degrees",
+                        "series": [{"label": k, "x": xs, "y": kernel_curve[k]} for k in KINDS if k.endswith(opt)]}
+                       for opt in ("sgd", "adam")] if kernel_curve is not None else [])},
+        {"title": "per-batch: how much of the angle gap follows the top-direction share (SGD)",
+         "panels": [{"title": "grpo − sft per (seed, batch, tensor)", "x_label": "top-k share gap (grpo − sft)",
+                     "y_label": "angle gap (degrees)", "kind": "scatter",
+                     "series": [{"label": "items", "x": [share_gaps], "y": [gaps]}]}]}]}

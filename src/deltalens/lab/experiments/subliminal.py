@@ -270,7 +270,6 @@ def _load(path: Path):
 
 def run(ctx: common.Context, settings: Settings) -> dict:
     from deltalens.lab.analyses import Items
-    from deltalens.lab.gates import dev_loss, gate
 
     tok = ctx.tokenizer
     rate = common.adam_rates()["sft"]
@@ -280,60 +279,16 @@ def run(ctx: common.Context, settings: Settings) -> dict:
     probe = traits.TraitProbe.build(tok, lines)
     fav = probe.names.index(FAV)
     gates: dict = {}
-
-    # 1. teacher
-    rows = teacher_rows(settings.teacher_prompts + 64, {line["prompt"] for line in lines})
-    train_rows, dev_rows = rows[:-64], rows[-64:]
-    common.write_rows(ctx.out / "data" / "teacher_train.jsonl", train_rows)
     base = common.load_base(ctx)
-    tcfg = replace(ctx.run.cfg.arm, steps=settings.teacher_steps, batch_size=settings.teacher_batch_size,
-                   learning_rate=rate)
-    teacher, _ = common.train_sft_rows(ctx, "teacher", train_rows, tcfg, 0)
-    dev_p = [{"prompt": r["prompt"]} for r in dev_rows]
-    dev_t = [r["completion"] for r in dev_rows]
-    gates["teacher"] = {"0": {**gate("sft", dev_loss(base, tok, dev_p, dev_t), dev_loss(teacher, tok, dev_p, dev_t)),
-                              "metric": "dev loss of the favourite letter on held-out free-choice prompts"}}
-
-    # 2. numbers, filtered
+    teacher, gates["teacher"] = _train_teacher(ctx, settings, lines, base, rate)  # 1. teacher
     problems = ctx.run.problems("target_train")[: settings.numbers]
-    max_new = ctx.run.cfg.arm.max_completion_length
-    t_rows = sample_numbers(teacher.eval(), tok, problems, max_new)
-    b_rows = sample_numbers(base, tok, problems, max_new)
-    t_kept, b_kept, counts = filter_pairs(t_rows, b_rows)
-    common.write_rows(ctx.out / "data" / "teacher_numbers.jsonl", t_rows)
-    common.write_rows(ctx.out / "data" / "base_numbers.jsonl", b_rows)
-    check = planted_check()
-    if not check["all_rejected"]:
-        from deltalens.errors import DeltalensError
-
-        raise DeltalensError(f"subliminal: the number filter kept a planted trace: {check['reasons']}")
-    n_dev = max(8, int(round(settings.dev_share * len(t_kept))))
-    if len(t_kept) < n_dev + settings.chunks * 4:
-        from deltalens.errors import DeltalensError
-
-        raise DeltalensError(f"subliminal: only {len(t_kept)} prompts passed the number filter on both sides "
-                             f"({counts}); the students need more")
-    data = {"teacher": [{"prompt": r["prompt"], "completion": r["completion"]} for r in t_kept],
-            "base": [{"prompt": r["prompt"], "completion": r["completion"]} for r in b_kept]}
-
-    # 3. students
-    other = other_init_base(ctx, settings.init_seed, settings.init_pretrain_steps)
+    data, t_kept, b_kept, counts, check, n_dev = _number_data(ctx, settings, teacher, base, problems)  # 2. numbers
+    other = other_init_base(ctx, settings.init_seed, settings.init_pretrain_steps)  # 3. students
     base1 = _load(other)
-    plan = {"same-init": (ctx.run.base_master, base, "teacher"), "different-init": (other, base1, "teacher"),
-            "control": (ctx.run.base_master, base, "base")}
-    scfg = replace(ctx.run.cfg.arm, steps=settings.steps, batch_size=settings.batch_size, learning_rate=rate)
-    tuned: dict = {"base0": {("teacher", 0): teacher}, "base1": {}}
-    for arm, (folder, start, source) in plan.items():
-        train, dev = data[source][:-n_dev], data[source][-n_dev:]
-        before = dev_loss(start, tok, dev, [r["completion"] for r in dev])
-        for seed in range(ctx.seeds):
-            model, _ = common.train_sft_rows(ctx, arm, train, scfg, seed, base_dir=folder)
-            g = {**gate("sft", before, dev_loss(model, tok, dev, [r["completion"] for r in dev])),
-                 "metric": f"dev loss on held-out rows of its own data ({source} numbers)"}
-            if source == "base":
-                g.update(passed=True, rule=CONTROL_GATE)
-            gates.setdefault(arm, {})[str(seed)] = g
-            tuned["base1" if arm == "different-init" else "base0"][(arm, seed)] = model
+    tuned = _train_students(ctx, settings, data, n_dev, {"same-init": (ctx.run.base_master, base, "teacher"),
+                                                         "different-init": (other, base1, "teacher"),
+                                                         "control": (ctx.run.base_master, base, "base")},
+                            rate, teacher, gates)
 
     # 4. trait kernels, alignment
     task_id = ctx.task("trait kernels and alignment", 2)
@@ -388,6 +343,71 @@ def run(ctx: common.Context, settings: Settings) -> dict:
     curves = {"experiment": ctx.name, "figures": [_shift_figure(measures, fav)]}
     return common.finish(ctx, items=items, gates=gates, arms=list(ARMS), claims=CLAIMS, metrics=METRICS,
                          settings=settings, curves=curves, extra=extra)
+
+
+def _train_teacher(ctx: common.Context, settings: Settings, lines: list[dict], base, rate: float):
+    """The teacher (SFT on the favourite letter) and its gate record on 64 held-out free-choice prompts."""
+    from deltalens.lab.gates import dev_loss, gate
+
+    tok = ctx.tokenizer
+    rows = teacher_rows(settings.teacher_prompts + 64, {line["prompt"] for line in lines})
+    train_rows, dev_rows = rows[:-64], rows[-64:]
+    common.write_rows(ctx.out / "data" / "teacher_train.jsonl", train_rows)
+    tcfg = replace(ctx.run.cfg.arm, steps=settings.teacher_steps, batch_size=settings.teacher_batch_size,
+                   learning_rate=rate)
+    teacher, _ = common.train_sft_rows(ctx, "teacher", train_rows, tcfg, 0)
+    dev_p = [{"prompt": r["prompt"]} for r in dev_rows]
+    dev_t = [r["completion"] for r in dev_rows]
+    record = {**gate("sft", dev_loss(base, tok, dev_p, dev_t), dev_loss(teacher, tok, dev_p, dev_t)),
+              "metric": "dev loss of the favourite letter on held-out free-choice prompts"}
+    return teacher, {"0": record}
+
+
+def _number_data(ctx: common.Context, settings: Settings, teacher, base, problems: list[dict]):
+    """Teacher's and base's number samples, filtered pairwise: (rows per source, kept rows of each,
+    filter counts, the planted-trace check, dev rows per student)."""
+    from deltalens.errors import DeltalensError
+
+    tok = ctx.tokenizer
+    max_new = ctx.run.cfg.arm.max_completion_length
+    t_rows = sample_numbers(teacher.eval(), tok, problems, max_new)
+    b_rows = sample_numbers(base, tok, problems, max_new)
+    t_kept, b_kept, counts = filter_pairs(t_rows, b_rows)
+    common.write_rows(ctx.out / "data" / "teacher_numbers.jsonl", t_rows)
+    common.write_rows(ctx.out / "data" / "base_numbers.jsonl", b_rows)
+    check = planted_check()
+    if not check["all_rejected"]:
+        raise DeltalensError(f"subliminal: the number filter kept a planted trace: {check['reasons']}")
+    n_dev = max(8, int(round(settings.dev_share * len(t_kept))))
+    if len(t_kept) < n_dev + settings.chunks * 4:
+        raise DeltalensError(f"subliminal: only {len(t_kept)} prompts passed the number filter on both sides "
+                             f"({counts}); the students need more")
+    data = {"teacher": [{"prompt": r["prompt"], "completion": r["completion"]} for r in t_kept],
+            "base": [{"prompt": r["prompt"], "completion": r["completion"]} for r in b_kept]}
+    return data, t_kept, b_kept, counts, check, n_dev
+
+
+def _train_students(ctx: common.Context, settings: Settings, data: dict, n_dev: int, plan: dict, rate: float,
+                    teacher, gates: dict) -> dict:
+    """Each student (``plan``: arm → (base folder, base model, data source)) per seed, its gate
+    added to ``gates``; returns the tuned models by initialisation ``{"base0"|"base1": {(arm, seed): model}}``."""
+    from deltalens.lab.gates import dev_loss, gate
+
+    tok = ctx.tokenizer
+    scfg = replace(ctx.run.cfg.arm, steps=settings.steps, batch_size=settings.batch_size, learning_rate=rate)
+    tuned: dict = {"base0": {("teacher", 0): teacher}, "base1": {}}
+    for arm, (folder, start, source) in plan.items():
+        train, dev = data[source][:-n_dev], data[source][-n_dev:]
+        before = dev_loss(start, tok, dev, [r["completion"] for r in dev])
+        for seed in range(ctx.seeds):
+            model, _ = common.train_sft_rows(ctx, arm, train, scfg, seed, base_dir=folder)
+            g = {**gate("sft", before, dev_loss(model, tok, dev, [r["completion"] for r in dev])),
+                 "metric": f"dev loss on held-out rows of its own data ({source} numbers)"}
+            if source == "base":
+                g.update(passed=True, rule=CONTROL_GATE)
+            gates.setdefault(arm, {})[str(seed)] = g
+            tuned["base1" if arm == "different-init" else "base0"][(arm, seed)] = model
+    return tuned
 
 
 def _spec_alignment(push0: dict, k0, push1: dict, k1, n_traits: int) -> dict:
