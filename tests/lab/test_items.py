@@ -91,3 +91,30 @@ def test_each_objective_is_gated_and_tuned_on_its_own_dev_metric():
     after = [b - 0.2 for b in before]
     assert gate("rft", before, after, kind="reward")["passed"] is False  # a reward that fell
     assert gate("rft", before, after)["passed"] is True  # a loss that fell
+
+
+def test_grpo_shape_is_searched_after_the_rate_and_ties_keep_the_configured_shape(monkeypatch, tmp_path):
+    from deltalens.lab import arms, tuning
+    from deltalens.lab.arms import ArmConfig
+
+    planted = {(5e-5, 0.0, 8): 0.30, (1e-4, 0.0, 8): 0.40, (2e-4, 0.0, 8): 0.35,
+               (1e-4, 0.04, 8): 0.40, (1e-4, 0.0, 16): 0.45}  # β ties the rate's best; g = 16 wins
+    trained = []
+
+    def fake_train(arm, *, cfg, **kw):
+        trained.append((arm, cfg.learning_rate, cfg.beta, cfg.num_generations))
+        return cfg, []
+
+    monkeypatch.setattr(arms, "train_arm", fake_train)
+    monkeypatch.setattr(tuning, "dev_metric", lambda obj, cfg, *a, **k: planted[(cfg.learning_rate, cfg.beta,
+                                                                                  cfg.num_generations)])
+    rec = tuning.select("grpo", rows=[{}], dev=[], base_dir=tmp_path, tokenizer=None,
+                        arm_cfg=ArmConfig(beta=0.0, num_generations=8), device="cpu")
+    assert rec["chosen"] == {"learning_rate": 1e-4, "num_generations": 16}
+    assert [t[1:] for t in trained] == [(5e-5, 0.0, 8), (1e-4, 0.0, 8), (2e-4, 0.0, 8), (1e-4, 0.04, 8),
+                                        (1e-4, 0.0, 16)]
+    planted[(1e-4, 0.0, 16)] = 0.40  # now every shape ties: the configured one stays
+    assert tuning.select("grpo", rows=[{}], dev=[], base_dir=tmp_path, tokenizer=None,
+                         arm_cfg=ArmConfig(), device="cpu")["chosen"] == {"learning_rate": 1e-4}
+    assert tuning.shapes("grpo", quick=True) == () and tuning.shapes("grpo", False, "smollm2") == ()
+    assert tuning.shapes("sft", quick=False) == ()

@@ -300,7 +300,7 @@ def arm_config(run: LabRun, arm: str):
 def stage_tune(run: LabRun) -> dict:
     """Each objective's learning rate from its own dev metric (:mod:`deltalens.lab.tuning`), cached per base."""
     from deltalens.lab.arms import REGISTRY
-    from deltalens.lab.tuning import OBJECTIVE, grid, problems_digest, select, tuning_key
+    from deltalens.lab.tuning import OBJECTIVE, grid, problems_digest, select, shapes, tuning_key
 
     if not run.cfg.tune:
         fixed = dict(run.cfg.fixed_rates)
@@ -316,7 +316,7 @@ def stage_tune(run: LabRun) -> dict:
     quick = run.cfg.quick
     base, n_dev = run.cfg.base, run.cfg.dev_samples
     task_id = run.task("tune: learning rate per objective (dev metric)",
-                       sum(len(grid(o, quick, base)) for o in objectives))
+                       sum(len(grid(o, quick, base)) + len(shapes(o, quick, base)) for o in objectives))
     doc = {}
     for objective in objectives:
         key = tuning_key(key_base, run.cfg.arm, objective, [p["id"] for p in dev] + [run.cfg.n_train], quick, base, n_dev,
@@ -324,7 +324,7 @@ def stage_tune(run: LabRun) -> dict:
         cached = run.cache_dir / f"tune-{objective}-{key}.json" if run.cache_dir is not None else None
         if cached is not None and cached.is_file():
             doc[objective] = {**read_json(cached), "from_cache": str(cached)}
-            run.advance(task_id, len(grid(objective, quick, base)))
+            run.advance(task_id, len(grid(objective, quick, base)) + len(shapes(objective, quick, base)))
             continue
         rows = training_rows(run, REGISTRY[objective].data, train, seed=0)  # each objective names its own arm
         record = select(objective, rows=rows, dev=dev, base_dir=run.base_master, tokenizer=run.tokenizer,

@@ -37,6 +37,18 @@ QUICK_GRID = {"sft": (3e-5, 1e-4), "rft": (3e-5, 1e-4), "grpo": (1e-4, 2e-4)}
 SMOLLM2_GRID = {"sft": (1e-5, 3e-5), "rft": (3e-5, 1e-4), "grpo": (3e-5, 1e-4)}
 
 
+#: GRPO's shape, searched after its learning rate on the tiny default (one change at a time from
+#: the arm configuration's β = 0 and group of 8, at the chosen rate): the KL coefficient DeepSeekMath
+#: used, and a group twice as large (half the prompts per step at the same sequences per step)
+GRPO_SHAPES = ({"beta": 0.04}, {"num_generations": 16})
+
+
+def shapes(objective: str, quick: bool, base: str = "tiny") -> tuple[dict, ...]:
+    """The settings tried after the learning rate (GRPO on the tiny default; none elsewhere:
+    ``--quick`` and the SmolLM2 CPU budget have no room for more trainings)."""
+    return GRPO_SHAPES if objective == "grpo" and not quick and base == "tiny" else ()
+
+
 def grid(objective: str, quick: bool, base: str = "tiny") -> tuple[float, ...]:
     """The candidate learning rates of ``objective`` for this base and preset."""
     if base == "smollm2":
@@ -62,6 +74,8 @@ def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bo
     the key also holds ``problems`` (:func:`problems_digest` of the train and dev problems)."""
     blob = {"base": base_hash, "arm": asdict(arm_cfg), "objective": objective, "grid": grid(objective, quick, base),
             "dev": dev_ids, "seed": TUNE_SEED, "v": 1}
+    if shapes(objective, quick, base):
+        blob["shapes"] = list(shapes(objective, quick, base))
     if objective == "rft":  # its rows are the base's samples, drawn through deltalens.behavior since 2026-11-30
         blob["rows"] = "behavior.sample_in_memory"
     if base != "tiny":  # the tiny lab's keys (and cached choices) predate these settings and stay valid
@@ -87,22 +101,27 @@ def dev_metric(objective: str, model, tokenizer, dev: list[dict], arm_cfg, dev_s
 
 def select(objective: str, *, rows: list[dict], dev: list[dict], base_dir: Path, tokenizer, arm_cfg, device: str,
            on_candidate=None, quick: bool = False, base: str = "tiny", dev_samples: int = DEV_SAMPLES) -> dict:
-    """Train once per candidate learning rate and keep the best by the objective's dev metric."""
+    """Train once per candidate learning rate and keep the best by the objective's dev metric;
+    then, where :func:`shapes` has any, once per shape change at that rate, and keep the best of all
+    (ties: the earlier candidate, so the arm configuration's own shape and the smaller rate)."""
     from deltalens.lab.arms import train_arm
 
-    arm = "grpo" if objective == "grpo" else objective
-    results = []
-    for lr in grid(objective, quick, base):
-        cfg = replace(arm_cfg, learning_rate=lr)
+    def score(settings: dict) -> dict:
+        cfg = replace(arm_cfg, **settings)
         with tempfile.TemporaryDirectory() as tmp:
-            model, history = train_arm(arm, base_dir=base_dir, tokenizer=tokenizer, rows=rows, cfg=cfg, seed=TUNE_SEED,
-                                       out_dir=Path(tmp), device=device)
+            model, history = train_arm(objective, base_dir=base_dir, tokenizer=tokenizer, rows=rows, cfg=cfg,
+                                       seed=TUNE_SEED, out_dir=Path(tmp), device=device)
             shutil.rmtree(Path(tmp) / "trainer", ignore_errors=True)
-        score = dev_metric(objective, model, tokenizer, dev, cfg, dev_samples, base)
-        results.append({"learning_rate": lr, "dev_score": round(score, 6)})
+        result = {**settings, "dev_score": round(dev_metric(objective, model, tokenizer, dev, cfg, dev_samples, base), 6)}
         if on_candidate is not None:
             on_candidate()
+        return result
+
+    results = [score({"learning_rate": lr}) for lr in grid(objective, quick, base)]
     best = max(results, key=lambda r: (r["dev_score"], -r["learning_rate"]))
+    for change in shapes(objective, quick, base):
+        results.append(score({"learning_rate": best["learning_rate"], **change}))
+    best = max(enumerate(results), key=lambda ir: (ir[1]["dev_score"], -ir[0]))[1]
     kind = dev_kind(objective, base)
-    return {"objective": objective, "chosen": {"learning_rate": best["learning_rate"]}, "candidates": results,
+    return {"objective": objective, "chosen": {k: v for k, v in best.items() if k != "dev_score"}, "candidates": results,
             "score": "dev mean reward" if kind == "reward" else "minus dev loss on targets (nats/token)"}
