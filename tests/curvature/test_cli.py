@@ -74,6 +74,14 @@ def test_single_model_contract(folders, run_cli):
     assert report["blocks"]["lm_head"]["n_params"] == model.lm_head.weight.numel()
     assert "pp_share" in report and "lm_head.weight" in report["pp_share"]["hessian"]["matrices"]
     assert "hessian_vs_gauss_newton" in stdout
+    # per-block directions in the npz, each an orthonormal basis over the block's own parameters
+    head = arrays["block/lm_head/gauss_newton"]
+    assert head.shape == (model.lm_head.weight.numel(), 3)
+    np.testing.assert_allclose(head.T @ head, np.eye(3), atol=1e-6)
+    assert {f"block/layers.0./{kind}" for kind in KINDS} <= set(arrays.files)
+    for kind in KINDS:  # each spectrum carries its gap and its subspace error bound
+        assert report[kind]["gap"] is not None and 0.0 <= report[kind]["subspace_error_bound_deg"] <= 90.0
+    assert set(report["angles_error_bound_deg"]) == ANGLE_KEYS
 
 
 def test_pair_of_identical_models_has_no_rotation(folders, run_cli):

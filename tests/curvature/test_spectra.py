@@ -212,3 +212,25 @@ def test_curvature_rescale_share_against_explicit_matrices():
     expect = float(torch.diagonal(v0.T @ change).square().sum() / change.square().sum())
     got = curvature_rescale_share(v0, a0 @ v0, a1 @ v0)
     assert math.isclose(got["rescale_share"], expect, rel_tol=1e-12) and got["baseline"] == 2 / 21
+
+
+def test_gap_and_subspace_error_bound_follow_the_planted_spectrum():
+    """λ_{r+1}, the gap and the Davis–Kahan bound against a matrix whose spectrum is planted."""
+    gen = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(200, 200, generator=gen, dtype=torch.float64))
+    spectrum = torch.cat([torch.tensor([10.0, 8.0, 6.0, 5.0]), torch.linspace(1.0, 0.01, 196)]).double()
+    a = q @ torch.diag(spectrum) @ q.T
+    pairs = top_eigenpairs(lambda v: a @ v, 200, 3, seed=0, tol=1e-10, which="LA")
+    assert pairs.next_value == pytest.approx(5.0, rel=1e-8) and pairs.gap == pytest.approx(1.0, rel=1e-8)
+    true = q[:, :3]
+    sin_max = math.sin(math.radians(max_angle_deg(pairs.vectors, true)))
+    bound = math.sin(math.radians(pairs.error_bound_deg))
+    assert sin_max <= bound + 1e-12 and pairs.error_bound_deg < 1e-3  # converged: tight and tiny
+    # a tolerance loose enough to leave residuals: the bound still covers the true angle
+    loose = top_eigenpairs(lambda v: a @ v, 200, 3, seed=0, tol=1e-1, which="LA")
+    assert math.sin(math.radians(max_angle_deg(loose.vectors, true))) <= math.sin(math.radians(loose.error_bound_deg)) + 1e-12
+    summary = pairs.summary()
+    assert summary["gap"] == pytest.approx(1.0, rel=1e-8) and summary["subspace_error_bound_deg"] == pairs.error_bound_deg
+    # no (r+1)-th eigenvalue: no gap, the bound says nothing
+    small = top_eigenpairs(lambda v: a[:4, :4] @ v, 4, 3, seed=0, tol=1e-10, which="LA")
+    assert small.next_value is None and small.error_bound_deg == 90.0

@@ -9,9 +9,18 @@ drawn from ``numpy.random.default_rng(seed)``, so a seed gives the same run, pro
 The returned residuals are recomputed with one more product per pair, ‖A v_i − λ_i v_i‖ (the
 Ritz residual bound: some eigenvalue of A lies within it of λ_i, and the angle between v_i and
 its eigenvector is at most residual/gap), and those products (A V) come back for reuse.
+
+Lanczos is asked for r + 1 pairs (where the dimension allows), so the gap after the r-th,
+|λ_r| − |λ_{r+1}|, is known; with the residual matrix R = A V − V Λ it bounds how far the
+returned subspace can be from the true top-r eigenspace: sin θ ≤ ‖R‖_F / gap (Davis–Kahan's
+sin θ theorem for an approximate invariant subspace), reported as ``subspace_error_bound_deg``
+(90 when the gap is not positive). Principal angles between two such subspaces are resolved only
+above the sum of their two bounds.
 """
 
 from __future__ import annotations
+
+import math
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,10 +46,28 @@ class Eigenpairs:
     image: torch.Tensor | None
     products: int
     tolerance: float
+    next_value: float | None = None  # λ_{r+1} in the same order (None: the dimension has no (r+1)-th)
+
+    @property
+    def gap(self) -> float | None:
+        """|λ_r| − |λ_{r+1}| (the separation of the top r from the rest), None without λ_{r+1}."""
+        if self.next_value is None:
+            return None
+        return abs(float(self.values[-1])) - abs(self.next_value)
+
+    @property
+    def error_bound_deg(self) -> float:
+        """Davis–Kahan bound on the largest angle between the returned subspace and the true
+        top-r eigenspace: asin(min(1, ‖R‖_F / gap)) in degrees (90 without a positive gap)."""
+        gap = self.gap
+        if gap is None or gap <= 0:
+            return 90.0
+        return math.degrees(math.asin(min(1.0, float(torch.linalg.vector_norm(self.residuals)) / gap)))
 
     def summary(self) -> dict:
         return {"eigenvalues": self.values.tolist(), "residuals": self.residuals.tolist(),
-                "products": self.products, "tolerance": self.tolerance}
+                "products": self.products, "tolerance": self.tolerance, "next_eigenvalue": self.next_value,
+                "gap": self.gap, "subspace_error_bound_deg": self.error_bound_deg}
 
 
 def residuals_of(values: torch.Tensor, vectors: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -81,17 +108,20 @@ def top_eigenpairs(
 
     operator = sla.LinearOperator((dim, dim), matvec=apply, dtype=np.float64)
     v0 = np.random.default_rng(seed).standard_normal(dim)
-    ncv = min(dim, max(2 * r + 1, 20))
+    k = r + 1 if r + 1 < dim else r  # one more, for the gap after the r-th
+    ncv = min(dim, max(2 * k + 1, 20))
     limit = max_products or min(20_000, 50 * dim)
     try:
-        values, vectors = sla.eigsh(operator, k=r, which=which, v0=v0, tol=tol, ncv=ncv,
-                                    maxiter=max(1, limit // max(1, ncv - r)))
+        values, vectors = sla.eigsh(operator, k=k, which=which, v0=v0, tol=tol, ncv=ncv,
+                                    maxiter=max(1, limit // max(1, ncv - k)))
     except sla.ArpackNoConvergence as exc:
         raise DeltalensError(f"{what}: Lanczos did not reach the tolerance {tol:g} for the top {r} in {count[0]} "
                              f"products ({len(exc.eigenvalues)} converged); raise the tolerance or lower --top") from None
     products = count[0]
-    order = np.argsort(-np.abs(values), kind="stable")
-    values = torch.from_numpy(values[order].copy())
-    vectors = torch.from_numpy(vectors[:, order].copy())
+    key = -np.abs(values) if which == "LM" else -values
+    order = np.argsort(key, kind="stable")
+    next_value = float(values[order[r]]) if k > r else None
+    values = torch.from_numpy(values[order[:r]].copy())
+    vectors = torch.from_numpy(vectors[:, order[:r]].copy())
     image = torch.stack([matvec(vectors[:, i].clone()).detach().cpu().double() for i in range(r)], dim=1)
-    return Eigenpairs(values, vectors, residuals_of(values, vectors, image), image, products, tol)
+    return Eigenpairs(values, vectors, residuals_of(values, vectors, image), image, products, tol, next_value)

@@ -68,7 +68,8 @@ def _direction(jt_u: torch.Tensor) -> torch.Tensor:
 
 
 def _as_directions(pairs: Eigenpairs, directions: torch.Tensor) -> Eigenpairs:
-    return Eigenpairs(pairs.values, directions, pairs.residuals, None, pairs.products, pairs.tolerance)
+    return Eigenpairs(pairs.values, directions, pairs.residuals, None, pairs.products, pairs.tolerance,
+                      pairs.next_value)
 
 
 def curvature_block(
@@ -123,10 +124,11 @@ def curvature_block(
     started = time.perf_counter()
     kernel = empirical_ntk(model, completion_logprob, batch, params=products.names).matrix
     values, vectors = kernel_spectrum(kernel)
+    next_value = float(values[top]) if values.numel() > top else None
     values, vectors = values[:top], vectors[:, :top]
     residuals = residuals_of(values, vectors, kernel.double() @ vectors)
     directions = torch.stack([_direction(logprob_jt(products, vectors[:, j]).cpu()) for j in range(top)], dim=1)
-    spectra["entk_logprob"] = Eigenpairs(values, directions, residuals, None, 0, 0.0)
+    spectra["entk_logprob"] = Eigenpairs(values, directions, residuals, None, 0, 0.0, next_value)
     seconds["entk_logprob"] = time.perf_counter() - started
     step(5)
     started = time.perf_counter()
@@ -162,6 +164,9 @@ def block_report(block: BlockCurvature, *, seed: int = 0) -> dict:
                             for a, b in ANGLE_PAIRS}
     baseline = random_subspace_angles_deg(block.n_params, top, seed=seed)
     report["angles_baseline_deg"] = {f"{a}_vs_{b}": baseline for a, b in ANGLE_PAIRS}
+    # a computed angle is within the sum of the two subspaces' Davis–Kahan bounds of the true one
+    report["angles_error_bound_deg"] = {f"{a}_vs_{b}": block.spectra[a].error_bound_deg + block.spectra[b].error_bound_deg
+                                        for a, b in ANGLE_PAIRS}
     report["residual_term"] = block.residual
     report["seconds"] = block.seconds
     return report
@@ -197,9 +202,14 @@ def curvature_report(model: torch.nn.Module, whole: BlockCurvature, blocks: Sequ
     return report
 
 
-def curvature_arrays(whole: BlockCurvature, prefix: str = "") -> dict[str, torch.Tensor]:
-    """``curvature.npz``: each kind's P × r directions (float64, columns the eigenvectors)."""
-    return {f"{prefix}{kind}": whole.spectra[kind].vectors for kind in KINDS}
+def curvature_arrays(whole: BlockCurvature, prefix: str = "", blocks: Sequence[BlockCurvature] = ()
+                     ) -> dict[str, torch.Tensor]:
+    """``curvature.npz``: each kind's P × r directions (float64, columns the eigenvectors); each
+    ``--blocks`` block's as ``block/<name>/<kind>`` (rows: the block's parameters in order)."""
+    arrays = {f"{prefix}{kind}": whole.spectra[kind].vectors for kind in KINDS}
+    for block in blocks:
+        arrays.update({f"{prefix}block/{block.name}/{kind}": block.spectra[kind].vectors for kind in KINDS})
+    return arrays
 
 
 def pair_comparison(base: BlockCurvature, tuned: BlockCurvature, tuned_products: CurvatureProducts,
@@ -217,6 +227,7 @@ def pair_comparison(base: BlockCurvature, tuned: BlockCurvature, tuned_products:
         row = {
             "angles_deg": angles_deg(s0.vectors, s1.vectors),
             "angles_baseline_deg": baseline,
+            "angles_error_bound_deg": s0.error_bound_deg + s1.error_bound_deg,
             "eigenvalue_drift": eigenvalue_drift(s0.values, s1.values),
             "update_share": update_share(s0.vectors, delta),
         }
@@ -344,7 +355,7 @@ def run_curvature(model, probes, *, out=None, tokenizer=None, top: int = 10, voc
                                              device=device, dtype=dtype, chunk_size=chunk_size)
     parts, report = _measure(net, batch, n, vocab_index, blocks=blocks, vocab=vocab, k=k, seed=seed,
                              progress=progress, top=top, tol=tol, chunk_size=chunk_size)
-    arrays = curvature_arrays(parts[0])
+    arrays = curvature_arrays(parts[0], blocks=parts[1:])
     if out is not None:
         _write(out, report, arrays)
     return report, arrays
@@ -375,8 +386,8 @@ def run_curvature_pair(base, tuned, probes, *, out=None, tokenizer=None, top: in
         pair.append(pair_comparison(b0, b1, products, flat, seed=seed))
         products.release()
     report["pair"] = {"model": pair[0], "blocks": {b.name: row for b, row in zip(parts0[1:], pair[1:])}}
-    arrays = curvature_arrays(parts0[0])
-    arrays.update(curvature_arrays(parts1[0], "tuned_"))
+    arrays = curvature_arrays(parts0[0], blocks=parts0[1:])
+    arrays.update(curvature_arrays(parts1[0], "tuned_", blocks=parts1[1:]))
     if out is not None:
         _write(out, report, arrays)
     return report, arrays
