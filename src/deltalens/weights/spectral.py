@@ -511,16 +511,7 @@ def spectral_metrics(
     """
     groups = tuple(groups)
     _check_inputs(w0, w1, changed, groups)
-    if delta is not None and tuple(delta.shape) != tuple(w0.shape):
-        raise DeltalensError(f"delta must have the pair's shape {tuple(w0.shape)}, got {tuple(delta.shape)}")
-    if not 0.0 < overlap_alpha < 1.0 or overlap_k < 1:
-        raise DeltalensError(f"overlap needs k >= 1 and 0 < alpha < 1, got k={overlap_k}, alpha={overlap_alpha}")
-    max_iter = MAX_ITER if max_iter is None else max_iter
-    if max_iter < 1:
-        raise DeltalensError(f"max_iter must be >= 1, got {max_iter}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeltalensError("device 'cuda' was asked for but torch sees no CUDA device")
+    max_iter, dev = _check_options(w0, delta, overlap_k, overlap_alpha, max_iter, device)
     m_orig, n_orig = w0.shape
     transposed = m_orig < n_orig
     if dev.type != "cpu":  # one host-to-device copy instead of one per pass over the chunks
@@ -553,6 +544,21 @@ def spectral_metrics(
                                  overlap_alpha, dev))
     out["method"] = method
     return out
+
+
+def _check_options(w0, delta, overlap_k, overlap_alpha, max_iter, device) -> tuple[int, torch.device]:
+    """:func:`spectral_metrics`' options checked: (max_iter, device)."""
+    if delta is not None and tuple(delta.shape) != tuple(w0.shape):
+        raise DeltalensError(f"delta must have the pair's shape {tuple(w0.shape)}, got {tuple(delta.shape)}")
+    if not 0.0 < overlap_alpha < 1.0 or overlap_k < 1:
+        raise DeltalensError(f"overlap needs k >= 1 and 0 < alpha < 1, got k={overlap_k}, alpha={overlap_alpha}")
+    max_iter = MAX_ITER if max_iter is None else max_iter
+    if max_iter < 1:
+        raise DeltalensError(f"max_iter must be >= 1, got {max_iter}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeltalensError("device 'cuda' was asked for but torch sees no CUDA device")
+    return max_iter, dev
 
 
 def _choose_frame(a0, a1, ks, k_ov, k_v0, want_frame, dev, *, exact, full_max, max_iter, delta_spectral,
