@@ -146,3 +146,38 @@ def test_earlier_spellings_still_parse():
     assert params("sample", "m", "--problems", "p", "-o", "s", "--verify", "numeric")["verify"] == "numeric"
     # a value that looks like an old spelling after "--" is an argument, left alone
     assert params("report", "--", "--top-k")["run_dirs"][0].name == "--top-k"
+
+
+def test_docs_name_only_options_the_commands_have():
+    """docs/ and --help agree: every --option written after `deltalens CMD` in README.md or docs/
+    (on its line, or on the indented continuation lines of a usage block) is an option of CMD."""
+    import re
+    from pathlib import Path
+
+    import typer
+
+    from deltalens.cli import app
+    from deltalens.cli.common import ALIASES
+
+    group = typer.main.get_command(app)
+    known = {name: {o for p in cmd.params for o in p.opts + p.secondary_opts} | set(ALIASES.get(name, {}))
+             for name, cmd in group.commands.items()}
+    root = Path(__file__).resolve().parents[1]
+    wrong, checked = [], 0
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        current = None
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if current is not None and not line.startswith((" ", "\t")):
+                current = None
+            spans = [(m.group(1), m.group(2)) for m in re.finditer(r"deltalens (\w+)((?:[^`|]|\\\|)*)", line)]
+            if current is not None and not spans:
+                spans = [(current, line)]
+            for command, rest in spans:
+                if command not in known:
+                    continue
+                current = command if line.lstrip().startswith("deltalens") or current else None
+                for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
+                    checked += 1
+                    if option not in known[command] | {"--help"}:
+                        wrong.append(f"{path.name}:{number}: deltalens {command} {option}")
+    assert checked > 100 and wrong == []
