@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from deltalens.cli.common import Device, Limit, Revision, Tokenizer, TrustRemoteCode, command, device as resolved, loading, out_option
+from deltalens.cli.common import LOADING_OPTIONS, Device, command, device as resolved, loading, out_option, with_options
 
 
 def _table(title: str, columns: list[str], rows: list[list]) -> None:
@@ -94,6 +94,7 @@ def verify_cmd(
     print(f"{n_ok}/{len(rows)} samples correct ({method}); wrote {target}")
 
 
+@with_options(LOADING_OPTIONS)
 def sample_cmd(
     model: str = typer.Argument(..., help="Model folder or hub id (hf), model folder (vllm), or served model name (openai)."),
     problems: Path = typer.Option(..., "--problems", help="Problems JSONL {id, prompt, answer?, task?}."),
@@ -113,10 +114,7 @@ def sample_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (hf)."),
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm only."),
     no_server_check: bool = typer.Option(False, "--no-server-check", help="openai: skip the probe that refuses a server ignoring temperature (for a model that really is that sure)."),
-    limit: Limit = None,
-    revision: Revision = None,
-    trust_remote_code: TrustRemoteCode = False,
-    tokenizer: Tokenizer = None,
+    **options,
 ) -> None:
     """Draw n samples per problem (resumable; records completion, n_tokens, finish_reason, logprob)."""
     import os
@@ -127,7 +125,7 @@ def sample_cmd(
 
     record = sampling_record_path(out)
     runs_before = len(read_json(record).get("runs", [])) if record.is_file() else 0
-    load = loading(revision, trust_remote_code, tokenizer, limit)
+    load = loading(options)
     rows = sample(model, problems, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                   seed=seed, batch_size=batch_size, stop=stop or None, backend=backend, out=out,
                   model_name=model_name, verifier=verify, device=resolved(device) if backend == "hf" else None,
@@ -155,6 +153,7 @@ def _print_honoured(record: Path) -> None:
         print("warning: the server returns no log-probabilities: 'logprob' is null in these samples")
 
 
+@with_options(LOADING_OPTIONS)
 def divergence_cmd(
     base: str = typer.Argument(..., help="Base model folder or hub id."),
     tuned: str = typer.Argument(..., help="Tuned model folder or hub id (same tokenizer)."),
@@ -168,10 +167,7 @@ def divergence_cmd(
     batch_size: int = typer.Option(64, "--batch-size"),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     device: Device = "auto",
-    limit: Limit = None,
-    revision: Revision = None,
-    trust_remote_code: TrustRemoteCode = False,
-    tokenizer: Tokenizer = None,
+    **options,
 ) -> None:
     """Forward/reverse KL (exact over the vocabulary), entropies, cross-perplexity (DIR/divergence.json)."""
     from deltalens.behavior.divergence import divergence
@@ -180,7 +176,7 @@ def divergence_cmd(
     check_output_dir(out, ["divergence.json"])
     res = divergence(base, tuned, prompts, n_samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
                      top_p=top_p, seed=seed, batch_size=batch_size, stop=stop or None, device=resolved(device),
-                     **loading(revision, trust_remote_code, tokenizer, limit))
+                     **loading(options))
     write_json(out / "divergence.json", res)
     fk, rk = res["forward_kl"], res["reverse_kl"]
     _table(f"divergence of {res['tuned']} from {res['base']} (nats)", ["quantity", "token mean", "sequence mean"],
@@ -193,6 +189,7 @@ def divergence_cmd(
     print(f"wrote {out / 'divergence.json'}")
 
 
+@with_options(LOADING_OPTIONS)
 def evaluate_cmd(
     model: str = typer.Argument(..., help="Model folder or hub id."),
     suite: Path = typer.Option(..., "--problems", help="Problems JSONL {id, prompt, answer, task}: the suite."),
@@ -203,10 +200,7 @@ def evaluate_cmd(
     stop: Optional[list[str]] = typer.Option(None, "--stop"),
     model_name: Optional[str] = typer.Option(None, "--model-name"),
     device: Device = "auto",
-    limit: Limit = None,
-    revision: Revision = None,
-    trust_remote_code: TrustRemoteCode = False,
-    tokenizer: Tokenizer = None,
+    **options,
 ) -> None:
     """Accuracy (greedy, verified) and mean loss per task of a suite."""
     from deltalens.behavior.evaluate import evaluate
@@ -215,7 +209,7 @@ def evaluate_cmd(
     check_output_file(out, what="evaluation file")
     res = evaluate(model, suite, verifier=verify, max_new_tokens=max_new_tokens, batch_size=batch_size,
                    stop=stop or None, device=resolved(device), model_name=model_name,
-                   **loading(revision, trust_remote_code, tokenizer, limit))
+                   **loading(options))
     write_json(out, res)
     _table(f"evaluation of {res['model']}", ["task", "n", "accuracy", "mean loss"],
            [[t, v["n"], v["accuracy"], v["mean_loss"]] for t, v in res["tasks"].items()])

@@ -5,6 +5,7 @@ options that mean the same in every command (``-o/--out``, ``--limit``, ``--revi
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Optional
 
 import typer
@@ -100,13 +101,34 @@ def out_option(help: str):
     return typer.Option(..., "-o", "--out", help=help)
 
 
-def loading(revision, trust_remote_code, tokenizer, limit) -> dict:
-    """The keyword arguments the library's drivers take for these options (checked here, before
-    any model is loaded)."""
+#: The options of every command that loads a model: (parameter, annotated type, default).
+LOADING_OPTIONS = (("limit", Limit, None), ("revision", Revision, None), ("trust_remote_code", TrustRemoteCode, False),
+                   ("tokenizer", Tokenizer, None))
+
+
+def with_options(*groups):
+    """Declare groups of options once for several commands: the decorated command ends with
+    ``**options`` and typer sees the groups' parameters in its place (``__signature__``)."""
+
+    def decorate(fn):
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                 for group in groups for name, annotation, default in group]
+        fn.__signature__ = signature.replace(parameters=own + extra)
+        return fn
+
+    return decorate
+
+
+def loading(options: dict) -> dict:
+    """Take :data:`LOADING_OPTIONS` out of a command's ``**options``: the keyword arguments the
+    library's drivers take for them (checked here, before any model is loaded)."""
     from deltalens.limits import check_limit
 
-    check_limit(limit)
-    return dict(revision=revision, trust_remote_code=trust_remote_code, tokenizer=tokenizer, limit=limit)
+    taken = {name: options.pop(name) for name, _, _ in LOADING_OPTIONS}
+    check_limit(taken["limit"])
+    return taken
 
 
 def device(value: str) -> str:

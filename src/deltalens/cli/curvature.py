@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from deltalens.cli.common import Device, Limit, Revision, Tokenizer, TrustRemoteCode, command, device as resolved, loading, out_option
+from deltalens.cli.common import LOADING_OPTIONS, Device, command, device as resolved, loading, out_option, with_options
 from deltalens.errors import DeltalensError
 
 
@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
 
     @command(app, "curvature")
+    @with_options(LOADING_OPTIONS)
     def curvature_command(
         models: list[str] = typer.Argument(..., help="MODEL, or BASE TUNED: HF model folders or hub ids."),
         probes: Path = typer.Option(..., "--probes", help="JSONL of {prompt, completion} probes (the kernel's; or problems {id, prompt, answer})."),
@@ -66,10 +67,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of Lanczos' start vector and of the random baselines."),
         k: Optional[int] = typer.Option(None, "--k", help="Top-k singular subspaces of each weight for the PP share "
                                         "(default SPEC §4's max(1, ⌈0.01·min(m, n)⌉))."),
-        limit: Limit = None,
-        revision: Revision = None,
-        trust_remote_code: TrustRemoteCode = False,
-        tokenizer: Tokenizer = None,
+        **options,
     ) -> None:
         """Hessian, Gauss-Newton and eNTK top eigenvectors on probes, against each other and the weights (SPEC §9)."""
         if len(models) not in (1, 2):
@@ -80,7 +78,7 @@ def register(app: typer.Typer) -> None:
         from deltalens.curvature.run import run_curvature, run_curvature_pair
 
         options = dict(out=out, top=top, vocab=vocab, blocks=blocks or None, device=resolved(device), dtype=dtype,
-                       tol=tol, seed=seed, k=k, **loading(revision, trust_remote_code, tokenizer, limit))
+                       tol=tol, seed=seed, k=k, **loading(options))
         with _progress() as update:
             if len(models) == 1:
                 report, _ = run_curvature(models[0], probes, progress=update, **options)

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from deltalens.cli.common import Device, Limit, Revision, Tokenizer, TrustRemoteCode, command, device as resolved, loading, out_option
+from deltalens.cli.common import LOADING_OPTIONS, Device, command, device as resolved, loading, out_option, with_options
 from deltalens.errors import DeltalensError
 
 
@@ -101,8 +101,20 @@ def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
         raise DeltalensError(f"{option}: expected comma-separated integers, got {text!r}") from None
 
 
-def _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size, positions="0", top_v=8,
-             token_ids=None, implementation="auto") -> dict:
+#: How kernels are computed: the options `kernel` and `align` share (deltalens.kernel.run.KernelOptions).
+KERNEL_OPTIONS = (("mode", Mode, "exact"), ("dim", Dim, None), ("top_r", TopR, 10), ("seed", Seed, 0),
+                  ("output", Output, "logprob"), ("device", Device, "auto"), ("memory_budget_mb", Budget, None),
+                  ("chunk_size", Chunk, 64), ("positions", Positions, "0"), ("top_v", TopV, 8),
+                  ("token_ids", TokenIds, None), ("implementation", Implementation, "auto"))
+
+
+def _options(options: dict) -> dict:
+    """Take :data:`KERNEL_OPTIONS` out of a command's ``**options``: KernelOptions' fields."""
+    return _kernel_options(**{name: options.pop(name) for name, _, _ in KERNEL_OPTIONS})
+
+
+def _kernel_options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size, positions, top_v,
+                    token_ids, implementation) -> dict:
     return dict(
         mode=mode, dim=4096 if mode == "sketch" and dim is None else dim, seed=seed, top_r=top_r, output=output,
         device=resolved(device), memory_budget_mb=memory_budget_mb, chunk_size=chunk_size,
@@ -111,42 +123,26 @@ def _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_siz
     )
 
 
+@with_options(KERNEL_OPTIONS, LOADING_OPTIONS)
 def kernel_command(
     models: list[str] = typer.Argument(..., help="BASE TUNED (or, with --trajectory, BASE CKPT_1 CKPT_2 ...): HF model folders or hub ids."),
     probes: Path = typer.Option(..., "--probes", help=PROBES_HELP),
     out: Path = out_option("Output folder for kernel.json and kernels.npz."),
     traits: Optional[Path] = typer.Option(None, "--traits", help="JSONL suite of {task, prompt, completion} (or problems {id, prompt, answer, task}): trait kernels and predicted vs measured trait change (with --trajectory: the base vs the last checkpoint)."),
     trajectory: bool = typer.Option(False, "--trajectory", help="Compare each checkpoint with the base and with the previous one."),
-    mode: Mode = "exact",
-    dim: Dim = None,
-    top_r: TopR = 10,
-    seed: Seed = 0,
-    output: Output = "logprob",
-    device: Device = "auto",
-    memory_budget_mb: Budget = None,
-    chunk_size: Chunk = 64,
-    positions: Positions = "0",
-    top_v: TopV = 8,
-    token_ids: TokenIds = None,
-    implementation: Implementation = "auto",
-    limit: Limit = None,
-    revision: Revision = None,
-    trust_remote_code: TrustRemoteCode = False,
-    tokenizer: Tokenizer = None,
+    **options,
 ) -> None:
     """Empirical NTK of two checkpoints on probes, and whether the fine-tune rescaled or rotated it (SPEC §6)."""
     from deltalens.kernel.run import run_kernel, run_trajectory
 
     if not trajectory and len(models) != 2:
         raise DeltalensError(f"kernel: expected BASE and TUNED (2 models), got {len(models)}; use --trajectory for more")
-    options = _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size, positions, top_v,
-                       token_ids, implementation)
-    options.update(out=out, traits=traits, **loading(revision, trust_remote_code, tokenizer, limit))
+    kwargs = dict(out=out, traits=traits, **loading(options), **_options(options))
     with _progress() as update:
         if trajectory:
-            report, _ = run_trajectory(models, probes, progress=update, **options)
+            report, _ = run_trajectory(models, probes, progress=update, **kwargs)
         else:
-            report, _ = run_kernel(models[0], models[1], probes, progress=update, **options)
+            report, _ = run_kernel(models[0], models[1], probes, progress=update, **kwargs)
     _render_comparison(f"kernel: {report['mode']}, n = {report['n_probes']}, error ≈ {report['error_estimate']:.2g}", report["comparison"])
     for step in report.get("trajectory", []):
         vb, vp = step["vs_base"], step["vs_previous"]
@@ -162,36 +158,21 @@ def kernel_command(
             print(f"trait {row['name']}: predicted Δloss {row['predicted']:.4g}, measured {row['measured']:.4g}")
     print(f"wrote {out / 'kernel.json'} and {out / 'kernels.npz'}")
 
+
+@with_options(KERNEL_OPTIONS, LOADING_OPTIONS)
 def align_command(
     model: str = typer.Argument(..., help="HF model folder or hub id."),
     data: Path = typer.Option(..., "--data", help="JSONL of {prompt, completion} (or problems {prompt, answer}) training examples (the dataset D)."),
     probes: Path = typer.Option(..., "--probes", help=PROBES_HELP),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder for align.json and kernels.npz."),
-    mode: Mode = "exact",
-    dim: Dim = None,
-    top_r: TopR = 10,
-    seed: Seed = 0,
-    output: Output = "logprob",
-    device: Device = "auto",
-    memory_budget_mb: Budget = None,
-    chunk_size: Chunk = 64,
-    positions: Positions = "0",
-    top_v: TopV = 8,
-    token_ids: TokenIds = None,
-    implementation: Implementation = "auto",
-    limit: Limit = None,
-    revision: Revision = None,
-    trust_remote_code: TrustRemoteCode = False,
-    tokenizer: Tokenizer = None,
+    **options,
 ) -> None:
     """Share of a dataset's function-space push J·ḡ_D on the top-r kernel eigenvectors vs r/n (SPEC §6)."""
     from deltalens.kernel.run import run_align
 
-    options = _options(mode, dim, seed, top_r, output, device, memory_budget_mb, chunk_size, positions, top_v,
-                       token_ids, implementation)
+    kwargs = dict(**loading(options), **_options(options))
     with _progress() as update:
-        report = run_align(model, data, probes, out=out, progress=update,
-                           **loading(revision, trust_remote_code, tokenizer, limit), **options)
+        report = run_align(model, data, probes, out=out, progress=update, **kwargs)
     a = report["alignment"]
     print(
         f"alignment of {data} with the top {a['top_r']} of {report['n_probes']} eigenvectors: "
