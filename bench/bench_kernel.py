@@ -331,13 +331,13 @@ def bench_smollm2(args) -> None:
     import warnings
 
     from deltalens.kernel import completion_logprob, empirical_ntk, encode_probes
-    from deltalens.kernel.run import load_model
+    from deltalens.models import load_model
     from deltalens.lab.smollm2 import converted_folder
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     folder = converted_folder(os.path.expanduser("~/.cache/deltalens/lab"))
-    model, tok = load_model(str(folder))
+    model, tok, _ = load_model(str(folder), dtype="float32")
     n = args.n or 128
     probes = [{"prompt": f"Question {i}: what is {i} plus {2 * i + 7}? Answer:", "completion": f" {3 * i + 7}."}
               for i in range(n)]

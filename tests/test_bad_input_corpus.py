@@ -305,10 +305,12 @@ def test_divergence_refuses_another_vocabulary(world, run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["kernel base", "align", "sample", "evaluate", "divergence base"])
-def test_missing_tokenizer_names_what_to_add_not_an_absent_option(command, world, run_cli, tmp_path):
+def test_missing_tokenizer_names_what_to_add_and_the_option(command, world, run_cli, tmp_path):
     argv = _model_commands(world, tmp_path / "out")[command](world["no_tokenizer"])
-    line = _expect_one_line(run_cli, argv, [world["no_tokenizer"], "tokenizer.json"], world["root"], tmp_path)
-    assert "pass one" not in line and "--tokenizer" not in line
+    _expect_one_line(run_cli, argv, [world["no_tokenizer"], "tokenizer.json", "--tokenizer"], world["root"], tmp_path)
+    # and --tokenizer does what the line says: the same command runs with the good folder's tokenizer
+    code, _, err = run_cli(*argv, "--tokenizer", world["good"], "--limit", "1")
+    assert code == 0, err
 
 
 # ---- modes, interrupted writes, replaced and resumed runs ---------------------------------------
@@ -391,3 +393,40 @@ def test_diff_refuses_to_replace_a_run_of_other_options_and_says_when_it_resumed
     assert code == 0, err
     n_tensors = len(json.loads((tmp_path / "r" / "diff.json").read_text())["tensors"])
     assert f"resumed: 3 of {n_tensors} tensors" in stdout
+
+
+# ---- the loading options every model command shares (issue 16 §9) --------------------------------
+
+LOADING_COMMANDS = ["kernel base", "curvature base", "align", "sample", "evaluate", "divergence base"]
+
+
+@pytest.mark.parametrize("command", LOADING_COMMANDS)
+def test_revision_of_a_local_folder(command, world, run_cli, tmp_path):
+    argv = _model_commands(world, tmp_path / "out")[command](world["good"]) + ["--revision", "v1"]
+    _expect_one_line(run_cli, argv, ["--revision v1", world["good"], "local path", "hub ids"], world["root"], tmp_path)
+
+
+@pytest.mark.parametrize("limit", ["0", "-3"])
+@pytest.mark.parametrize("command", LOADING_COMMANDS)
+def test_limit_below_one(command, limit, world, run_cli, tmp_path):
+    argv = _model_commands(world, tmp_path / "out")[command](world["good"]) + ["--limit", limit]
+    _expect_one_line(run_cli, argv, [f"--limit: expected a positive number", limit], world["root"], tmp_path)
+
+
+@pytest.mark.parametrize("command", LOADING_COMMANDS)
+def test_tokenizer_folder_that_does_not_exist(command, world, run_cli, tmp_path):
+    argv = _model_commands(world, tmp_path / "out")[command](world["good"]) + ["--tokenizer", world["missing"]]
+    _expect_one_line(run_cli, argv, [f"--tokenizer {world['missing']}", "no such folder"], world["root"], tmp_path)
+
+
+def test_revision_twice_for_one_hub_id(world, run_cli, tmp_path):
+    argv = ["evaluate", "owner/model@main", "--problems", world["problems"], "--out", tmp_path / "e.json",
+            "--revision", "v1"]
+    _expect_one_line(run_cli, argv, ["owner/model@main", "two revisions", "--revision v1"], world["root"], tmp_path)
+
+
+def test_hub_id_offline_is_one_line(world, run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = ["kernel", "owner/model", world["tuned"], "--probes", world["probes"], "--out", tmp_path / "o",
+            "--revision", "v1"]
+    _expect_one_line(run_cli, argv, ["owner/model@v1", "offline"], world["root"], tmp_path)

@@ -46,7 +46,7 @@ def test_version_and_short_help(run_cli):
         code, out, _ = run_cli(*args)
         assert code == 0 and out.strip() == f"deltalens {version('deltalens')}"
     code, out, _ = run_cli("diff", "-h")
-    assert code == 0 and "--top-k" in out
+    assert code == 0 and "--subspace-k" in out
 
 
 def test_write_folder_is_all_or_nothing(tmp_path):
@@ -96,3 +96,88 @@ def test_every_command_reads_device_alike(run_cli, tmp_path):
     if not torch.cuda.is_available():
         code, _, err = run_cli("diff", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "o", "--device", "cuda:1")
         assert code == 2 and "--device cuda:1: torch sees no CUDA device here" in err
+
+
+COMMANDS = ("lab", "diff", "overlap", "demo", "kernel", "align", "curvature", "sample", "verify", "passk", "support",
+            "divergence", "evaluate", "forgetting", "report", "version")
+LOADING = ("kernel", "align", "curvature", "sample", "evaluate", "divergence")
+
+
+def test_one_cli_language(run_cli):
+    """Issue 16 §9: help without Python types, -o for every --out, the loading options on every
+    command that loads a model, and the earlier spellings hidden."""
+    import re
+
+    from deltalens.cli import app
+    from deltalens.cli.common import ALIASES
+
+    for command in COMMANDS:
+        code, out, err = run_cli(command, "-h")
+        assert code == 0, (command, err)
+        assert not re.search(r"<(str|int|float|path|bool|list\[)", out, re.IGNORECASE), (command, out)
+        if "--out" in out:
+            assert re.search(r"-o, --out", out), command
+        for option in ("--revision", "--trust-remote-code", "--tokenizer", "--limit"):
+            assert (option in out) == (command in LOADING), (command, option)
+        for old in ALIASES.get(command, {}):
+            assert old not in out, (command, old)
+    assert set(ALIASES) <= set(COMMANDS)
+
+
+def test_earlier_spellings_still_parse():
+    """Hidden aliases are rewritten to the current options (``--x=v`` too) and nothing else is."""
+    import typer
+
+    from deltalens.cli import app
+
+    group = typer.main.get_command(app)
+
+    def params(command, *args):
+        return group.commands[command].make_context(command, [str(a) for a in args]).params
+
+    assert params("diff", "a", "b", "-o", "o", "--top-k", "2", "--top-k=0.5")["top_k"] == [2.0, 0.5]
+    assert params("diff", "a", "b", "-o", "o", "--subspace-k", "3")["top_k"] == [3.0]
+    new = params("divergence", "a", "b", "-o", "o", "--problems", "p.jsonl", "-n", "2")
+    old = params("divergence", "a", "b", "-o", "o", "--prompts", "p.jsonl", "--n-samples", "2")
+    assert new == old and str(new["prompts"]) == "p.jsonl" and new["n"] == 2
+    assert params("evaluate", "m", "-o", "e.json", "--suite", "s.jsonl", "--verify", "math-verify") == \
+        params("evaluate", "m", "-o", "e.json", "--problems", "s.jsonl", "--verifier", "math-verify")
+    assert params("verify", "s.jsonl", "--problems", "p", "--method", "x:y")["method"] == "x:y"
+    assert params("sample", "m", "--problems", "p", "-o", "s", "--verify", "numeric")["verify"] == "numeric"
+    # a value that looks like an old spelling after "--" is an argument, left alone
+    assert params("report", "--", "--top-k")["run_dirs"][0].name == "--top-k"
+
+
+def test_docs_name_only_options_the_commands_have():
+    """docs/ and --help agree: every --option written after `deltalens CMD` in README.md or docs/
+    (on its line, or on the indented continuation lines of a usage block) is an option of CMD."""
+    import re
+    from pathlib import Path
+
+    import typer
+
+    from deltalens.cli import app
+    from deltalens.cli.common import ALIASES
+
+    group = typer.main.get_command(app)
+    known = {name: {o for p in cmd.params for o in p.opts + p.secondary_opts} | set(ALIASES.get(name, {}))
+             for name, cmd in group.commands.items()}
+    root = Path(__file__).resolve().parents[1]
+    wrong, checked = [], 0
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        current = None
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if current is not None and not line.startswith((" ", "\t")):
+                current = None
+            spans = [(m.group(1), m.group(2)) for m in re.finditer(r"deltalens (\w+)((?:[^`|]|\\\|)*)", line)]
+            if current is not None and not spans:
+                spans = [(current, line)]
+            for command, rest in spans:
+                if command not in known:
+                    continue
+                current = command if line.lstrip().startswith("deltalens") or current else None
+                for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
+                    checked += 1
+                    if option not in known[command] | {"--help"}:
+                        wrong.append(f"{path.name}:{number}: deltalens {command} {option}")
+    assert checked > 100 and wrong == []

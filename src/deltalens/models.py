@@ -1,4 +1,4 @@
-"""Loading a causal language model for measurement: one loader for every area."""
+"""Loading a causal language model for measurement: one loader for every area (:func:`load_model`)."""
 
 from __future__ import annotations
 
@@ -10,39 +10,41 @@ from deltalens.errors import DeltalensError
 
 
 def load_model(source, tokenizer=None, *, device: str | None = None, dtype: str | None = None,
-               need_tokenizer: bool = True):
-    """``(model, tokenizer, name)`` from a Hugging Face model folder or an already-loaded module.
+               need_tokenizer: bool = True, revision: str | None = None, trust_remote_code: bool = False):
+    """``(model, tokenizer, name)`` from a Hugging Face model folder, a hub id or an already-loaded
+    module: the one model loader of every command.
 
-    A folder loads with ``AutoModelForCausalLM`` (in ``dtype``, e.g. ``"float32"``, else the
-    stored dtype) and its own tokenizer unless one is given; a missing ``config.json`` or
+    A folder, or a hub id ``owner/name[@revision]`` (``revision``: for an id without ``@``; a local
+    folder has none, so a revision with one is an error), loads with ``AutoModelForCausalLM``
+    (in ``dtype``, e.g. ``"float32"``, else the stored dtype; ``trust_remote_code`` as in
+    transformers). ``tokenizer``: a tokenizer object, a folder or hub id to read one from
+    (``--tokenizer``), or ``None`` for the model folder's own; a missing ``config.json`` or
     tokenizer is a :class:`DeltalensError`. A loaded module is used as is (moved only when
     ``device`` is given); it needs ``tokenizer=`` unless ``need_tokenizer=False`` (a generic
     ``nn.Module`` fed ready-made batches). The model is put in eval mode; a tokenizer without a
-    pad token pads with its eos token. ``name``: :func:`model_name` of the folder, or the module's
-    ``name_or_path``.
+    pad token pads with its eos token. ``name``: :func:`model_name` of the folder, the hub id, or
+    the module's ``name_or_path``.
     """
     import torch
 
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        path = resolve_source(source, revision)
         check_model_folder(path)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError, RuntimeError, ... for bad folders
             raise DeltalensError(f"{path}: cannot load as a causal language model ({_first_line(exc)})") from None
         if tokenizer is None:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(path)
-            except Exception as exc:
-                raise DeltalensError(
-                    f"{path}: no usable tokenizer in the model folder (expected tokenizer.json or tokenizer_config.json "
-                    f"with its vocabulary; save the tokenizer of the model it was trained from there; {_first_line(exc)})"
-                ) from None
-        name = model_name(path)
+            tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, hint=True)
+        name = model_name(path) if path == Path(source).expanduser() else str(source)
     else:
+        if revision is not None:
+            raise DeltalensError(f"--revision {revision}: applies to hub ids, not to an already-loaded model")
         model = source
         if tokenizer is None and need_tokenizer:
             raise DeltalensError("an already-loaded model needs tokenizer=...")
@@ -55,6 +57,46 @@ def load_model(source, tokenizer=None, *, device: str | None = None, dtype: str 
     if tokenizer is not None and tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, name
+
+
+def resolve_source(source, revision: str | None = None):
+    """The local folder of a model source: a path as given, or a hub id ``owner/name[@rev]``
+    (``revision`` for an id without ``@``) downloaded or found in the hub cache; a loaded module
+    is returned as it is. A revision for a local folder, or two revisions, is one
+    :class:`DeltalensError` line."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    from deltalens.checkpoints.sources import MODEL_FOLDER_PATTERNS, looks_like_hub_id, resolve_hub
+
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.exists() or not looks_like_hub_id(text):
+        if revision is not None:
+            raise DeltalensError(f"--revision {revision}: {text} is a local path, which has no revisions "
+                                 "(--revision applies to hub ids such as owner/name)")
+        return path
+    if revision is not None and "@" in text:
+        raise DeltalensError(f"{text}: two revisions (@ in the id and --revision {revision}); give one")
+    return resolve_hub(text if revision is None else f"{text}@{revision}", patterns=MODEL_FOLDER_PATTERNS)
+
+
+def load_tokenizer(source, *, trust_remote_code: bool = False, hint: bool = False):
+    """A tokenizer from a folder or a hub id ``owner/name[@rev]`` (``--tokenizer``); one
+    :class:`DeltalensError` line naming the folder when there is none (``hint``: it is the model
+    folder's own, so say what to add there)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_source(source)
+    if not hint and not path.exists():
+        raise DeltalensError(f"--tokenizer {source}: no such folder (expected a tokenizer folder or a hub id owner/name)")
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        what = ("no usable tokenizer in the model folder (expected tokenizer.json or tokenizer_config.json with its "
+                "vocabulary; save the tokenizer of the model it was trained from there, or name a folder that has "
+                "one with --tokenizer" if hint else
+                "no usable tokenizer (expected tokenizer.json or tokenizer_config.json with its vocabulary")
+        raise DeltalensError(f"{path}: {what}; {_first_line(exc)})") from None
 
 
 #: folder names that say which checkpoint, not which model (``step-000016``, ``checkpoint-500``, ``seed0``, ``final``)

@@ -146,3 +146,24 @@ def test_right_padding_tokenizer_gives_the_same_samples(tok, random_model):
     finally:
         tok.padding_side = "left"
     assert [r["completion"] for r in left] == [r["completion"] for r in right]
+
+
+def test_limit_samples_the_first_problems_of_each_task_and_resumes(tmp_path, tok, random_model):
+    """--limit N: the first N problems of each task; a later run without it adds only the rest, and
+    a limited run over a file holding every problem's samples adds nothing (issue 16 §9)."""
+    problems = [{"id": f"{t}{i}", "prompt": f"{i}+{i}=", "answer": str(2 * i), "task": t}
+                for t in ("x", "y") for i in range(3)]
+    kw = dict(tokenizer=tok, max_new_tokens=3, seed=1, n=2, model_name="m")
+    out = tmp_path / "s.jsonl"
+    rows = sample(random_model, problems, out=out, limit=1, **kw)
+    assert sorted({r["id"] for r in rows}) == ["x0", "y0"] and len(rows) == 4
+    full = sample(random_model, problems, out=out, **kw)
+    assert len(full) == 12 and out.read_text().splitlines()[:4] == [json.dumps(r) for r in rows]
+    before = out.read_text()
+    assert len(sample(random_model, problems, out=out, limit=2, **kw)) == 12 and out.read_text() == before
+    fresh = sample(random_model, problems, **kw)
+    key = lambda rs: sorted((r["id"], r["sample_index"], r["completion"]) for r in rs)  # noqa: E731
+    assert key(full) == key(fresh)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(DeltalensError, match="--limit: expected a positive number"):
+            sample(random_model, problems, limit=bad, **kw)

@@ -165,3 +165,40 @@ def test_multi_output_kernels_through_the_cli(folders, run_cli):
     code, _, stderr = run_cli("kernel", base, tuned, "--probes", probes, "--out", root / "bad", "--output", "logits-full",
                               "--positions", "0,3")
     assert code != 0 and "--positions needs index 3" in stderr and "Traceback" not in stderr
+
+
+def test_trajectory_and_traits_together_through_the_cli(folders, run_cli):
+    """Issue 16 §9: --traits with --trajectory gives the trajectory and the trait block of the base
+    vs the last checkpoint, the same block a pair run of those two gives."""
+    root, (base, tuned, last), probes = folders
+    suite = write_jsonl(root / "suite_tt.jsonl",
+                        [{"task": t, "prompt": f"{t} {i}:", "completion": str(i)} for t in ("a", "b") for i in range(2)])
+    code, stdout, stderr = run_cli("kernel", "--trajectory", base, tuned, last, "--probes", probes, "-o",
+                                   root / "tt", "--traits", suite)
+    assert code == 0, stderr
+    code, _, stderr = run_cli("kernel", base, last, "--probes", probes, "-o", root / "tt_pair", "--traits", suite)
+    assert code == 0, stderr
+    both = json.loads((root / "tt" / "kernel.json").read_text())
+    pair = json.loads((root / "tt_pair" / "kernel.json").read_text())
+    assert [s["checkpoint"] for s in both["trajectory"]] == [str(tuned), str(last)]
+    assert both["traits"] == pair["traits"] and "trait a: predicted" in stdout
+
+
+def test_probes_in_the_problem_format_and_limit(folders, run_cli):
+    """--probes takes problems {id, prompt, answer, task?} (the answer, a number too, is the
+    completion); --limit N keeps the first N of each task: the kernel equals the one of the
+    equivalent {prompt, completion} probes."""
+    root, (base, tuned, _), _ = folders
+    problems = write_jsonl(root / "problems.jsonl",
+                           [{"id": f"{t}{i}", "prompt": f"{i}+{t}=", "answer": i + 1, "task": t}
+                            for t in ("1", "2") for i in range(4)])
+    kept = write_jsonl(root / "kept.jsonl", [{"prompt": f"{i}+{t}=", "completion": str(i + 1)}
+                                             for t in ("1", "2") for i in range(2)])
+    code, _, stderr = run_cli("kernel", base, tuned, "--probes", problems, "-o", root / "lim", "--limit", "2")
+    assert code == 0, stderr
+    code, _, stderr = run_cli("kernel", base, tuned, "--probes", kept, "-o", root / "kept")
+    assert code == 0, stderr
+    a, b = np.load(root / "lim" / "kernels.npz"), np.load(root / "kept" / "kernels.npz")
+    assert a["base"].shape == (4, 4)
+    np.testing.assert_array_equal(a["base"], b["base"])
+    np.testing.assert_array_equal(a["tuned"], b["tuned"])

@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 from models import LinearInParameters, PlantedKernel, linear_output, planted_output
 
-from deltalens.kernel import compare_kernels, empirical_ntk, kernel_alignment, rescale_baseline, rescale_share
+from deltalens.kernel import compare_kernels, empirical_ntk, kernel_alignment, kernel_rescale_baseline, kernel_rescale_share
 from deltalens.kernel.trajectory import kernel_trajectory
 
 N = 8
@@ -86,7 +86,7 @@ def test_rescale_share_of_a_planted_E():
     e = torch.tensor(
         [[3, 1, 0, 0, 2], [1, -2, 0, 1, 0], [0, 0, 1, 0, 0], [0, 1, 0, 0, 0], [2, 0, 0, 0, 1]], dtype=torch.float64
     )
-    share, reason = rescale_share(k0, k0 + u0 @ e @ u0.T)
+    share, reason = kernel_rescale_share(k0, k0 + u0 @ e @ u0.T)
     diag = sum(Fraction(int(v)) ** 2 for v in torch.diagonal(e))
     total = sum(Fraction(int(v)) ** 2 for v in e.reshape(-1))
     assert reason is None
@@ -101,10 +101,10 @@ def test_rescale_baseline_is_the_random_symmetric_share():
     shares = []
     for _ in range(3000):
         a = torch.randn(n, n, generator=gen, dtype=torch.float64)
-        shares.append(rescale_share(k0, k0 + (a + a.T) / 2 * 1e-3)[0])
+        shares.append(kernel_rescale_share(k0, k0 + (a + a.T) / 2 * 1e-3)[0])
     # the mean of a ratio is not the ratio of means; with n=6 the gap is small but not zero
-    assert np.mean(shares) == pytest.approx(rescale_baseline(n), rel=0.1)
-    assert rescale_baseline(n) == pytest.approx(2 / 7)
+    assert np.mean(shares) == pytest.approx(kernel_rescale_baseline(n), rel=0.1)
+    assert kernel_rescale_baseline(n) == pytest.approx(2 / 7)
 
 
 def test_gap_wedin_alignment_and_log_ratios_against_numpy():

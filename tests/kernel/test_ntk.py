@@ -221,3 +221,33 @@ def test_bad_inputs(mlp_case, llama_case):
         encode_probes(tok, [{"prompt": "x" * 20, "completion": "y"}], max_length=16)
     with pytest.raises(DeltalensError, match="no probes"):
         encode_probes(tok, [])
+
+
+@pytest.mark.parametrize("implementation", ["auto", "structured", "jacobian"])
+def test_exact_kernel_is_bit_identical_whatever_the_budget(implementation, tmp_path):
+    """Issue 16 §8: the default budget follows the free memory, so the budget (and with it the
+    chunks, the parameter groups and the strategy) must not change a single bit of K or of J·v.
+    70 probes: two tiles of J Jᵀ; 0.5 MiB: 2-example chunks in 18 groups, recomputed or spilled."""
+    from deltalens.lab.tiny_model import build_tiny_llama
+    from deltalens.lab.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    model = build_tiny_llama(tokenizer=tok, seed=0)
+    probes = [{"prompt": f"Q{i}: {i}*3=", "completion": str(3 * i) + "!" * (i % 3)} for i in range(70)]
+    batch = encode_probes(tok, probes)
+    gen = torch.Generator().manual_seed(5)
+    vec = {k: torch.randn(p.shape, generator=gen) for k, p in model.named_parameters()}
+    runs = [dict(memory_budget_mb=4096), dict(memory_budget_mb=4096, chunk_size=9),
+            dict(memory_budget_mb=0.5, exact_strategy="auto", spill_dir=str(tmp_path)),
+            dict(memory_budget_mb=0.5, exact_strategy="recompute")]
+    if implementation == "jacobian":
+        runs.append(dict(memory_budget_mb=0.5, exact_strategy="spill", spill_dir=str(tmp_path)))
+    results = [empirical_ntk(model, completion_logprob, batch, implementation=implementation, vectors={"v": vec}, **kw)
+               for kw in runs]
+    first = results[0]
+    assert first.n_groups == 1 and {r.n_groups for r in results[2:]} == {18}
+    assert len({(r.strategy, r.chunk_size) for r in results}) >= 3  # in memory (two chunkings), and in groups
+    for r in results[1:]:
+        assert torch.equal(r.matrix, first.matrix) and torch.equal(r.jv["v"], first.jv["v"])
+    jac = reference_jacobian(model, completion_logprob, batch)
+    assert rel(first.matrix, jac @ jac.T) < 1e-5

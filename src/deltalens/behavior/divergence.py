@@ -139,22 +139,25 @@ def _side(scores: list[dict], answers_by_prompt: dict[str, list]) -> dict:
 def divergence(base, tuned, prompts, *, tokenizer=None, n_samples: int = 4, max_new_tokens: int = 128,
                temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
                stop: list[str] | None = None, extractor=None, device: str | None = None,
-               base_name: str | None = None, tuned_name: str | None = None) -> dict:
+               base_name: str | None = None, tuned_name: str | None = None, revision: str | None = None,
+               trust_remote_code: bool = False, limit: int | None = None) -> dict:
     """Forward/reverse KL, entropies and cross-perplexities: the content of ``divergence.json``.
 
     ``base``/``tuned``: model folders or loaded models (then ``tokenizer=`` is required);
     ``prompts``: a problems file or list (answers not needed). Each model draws ``n_samples``
     completions per prompt with the hf backend; ``extractor(text) -> str | None`` gives the
-    final answer for answer-level entropy (default: the numeric extractor).
+    final answer for answer-level entropy (default: the numeric extractor). ``limit``: the first N
+    prompts of each task; ``revision`` (hub ids of both), ``trust_remote_code``, ``tokenizer``
+    (object, folder or hub id): :func:`deltalens.models.load_model`.
     """
     from deltalens.behavior.formats import as_problems
     from deltalens.behavior.sampling import SamplingConfig, hf_generate, load_model
     from deltalens.behavior.verify import extract_number
     from deltalens.models import check_same_vocabulary
 
-    probs = as_problems(prompts, need_answer=False)
-    m0, tok0, name0 = load_model(base, tokenizer, device=device)
-    m1, _, name1 = load_model(tuned, tok0, device=device)
+    probs = as_problems(prompts, need_answer=False, limit=limit)
+    m0, tok0, name0 = load_model(base, tokenizer, device=device, revision=revision, trust_remote_code=trust_remote_code)
+    m1, _, name1 = load_model(tuned, tok0, device=device, revision=revision, trust_remote_code=trust_remote_code)
     check_same_vocabulary(m0, m1, str(base) if isinstance(base, (str, os.PathLike)) else name0,
                           str(tuned) if isinstance(tuned, (str, os.PathLike)) else name1)
     name0, name1 = base_name or name0, tuned_name or name1

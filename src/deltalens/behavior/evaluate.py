@@ -33,9 +33,12 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict:
 
 def evaluate(model_or_path, suite, *, tokenizer=None, verifier="numeric", max_new_tokens: int = 32,
              batch_size: int = 64, stop: list[str] | None = None, device: str | None = None,
-             model_name: str | None = None) -> dict:
+             model_name: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
+             limit: int | None = None) -> dict:
     """Accuracy (greedy decoding, verified) and mean loss per task of a suite (``task`` field;
-    problems without one belong to task "default")."""
+    problems without one belong to task "default"). ``limit``: the first N problems of each task;
+    ``revision``, ``trust_remote_code``, ``tokenizer`` (object, folder or hub id):
+    :func:`deltalens.models.load_model`."""
     import torch
 
     from deltalens.behavior.divergence import completion_logprobs
@@ -43,8 +46,9 @@ def evaluate(model_or_path, suite, *, tokenizer=None, verifier="numeric", max_ne
     from deltalens.behavior.sampling import SamplingConfig, hf_generate, load_model
     from deltalens.behavior.verify import get_verifier
 
-    probs = as_problems(suite)
-    model, tok, name = load_model(model_or_path, tokenizer, device=device)
+    probs = as_problems(suite, limit=limit)
+    model, tok, name = load_model(model_or_path, tokenizer, device=device, revision=revision,
+                                  trust_remote_code=trust_remote_code)
     name = model_name or name
     check = get_verifier(verifier)
     cfg = SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size,

@@ -93,11 +93,14 @@ def _attach_line_numbers(path, rows: list[dict]) -> None:
         row["_line"] = lineno
 
 
-def as_problems(problems, *, need_answer: bool = True) -> list[Problem]:
-    """Accept a path, a list of dicts or a list of :class:`Problem`; return validated problems."""
+def as_problems(problems, *, need_answer: bool = True, limit: int | None = None) -> list[Problem]:
+    """Accept a path, a list of dicts or a list of :class:`Problem`; return validated problems
+    (``limit``: the first N of each task, :func:`deltalens.limits.first_per_task`)."""
+    from deltalens.limits import first_per_task
+
     if isinstance(problems, (str, os.PathLike)):
-        return read_problems(problems, need_answer=need_answer)
-    return parse_problems(list(problems), need_answer=need_answer)
+        return first_per_task(read_problems(problems, need_answer=need_answer), limit)
+    return first_per_task(parse_problems(list(problems), need_answer=need_answer), limit)
 
 
 def parse_samples(rows, *, source: str = "<samples>", model: str | None = None) -> SampleSet:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from deltalens.behavior.backend import SamplingConfig, row_batches, sample_seed  # noqa: F401 (re-exported)
 from deltalens.errors import DeltalensError
+from deltalens.limits import first_per_task
 from deltalens.models import load_model  # noqa: F401 (re-exported)
 
 BACKENDS = ("hf", "openai", "vllm")
@@ -206,7 +207,8 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
            stop: list[str] | None = None, backend: str = "hf", out=None, model_name: str | None = None,
            verifier=None, device: str | None = None, dtype: str | None = None, base_url: str | None = None,
            api_key: str | None = None, max_retries: int = 5, request_timeout: float = 120.0,
-           progress: bool = False, backend_options: dict | None = None, check_server: bool = True) -> list[dict]:
+           progress: bool = False, backend_options: dict | None = None, check_server: bool = True,
+           revision: str | None = None, trust_remote_code: bool = False, limit: int | None = None) -> list[dict]:
     """Draw ``n`` samples per problem and return every sample row (SPEC §7 samples format).
 
     ``model_or_path``: a model folder or a loaded ``PreTrainedModel`` (hf), a model folder
@@ -216,7 +218,9 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     ``"module:function"`` or a callable, applied to each finished batch. ``check_server``
     (openai): probe the server first and refuse one that ignores temperature
     (:func:`deltalens.behavior.openai_backend.check_server`); what it honoured is appended to
-    ``OUT.sampling.json``.
+    ``OUT.sampling.json``. ``revision``, ``trust_remote_code``, ``tokenizer`` (an object, a
+    folder or a hub id): :func:`deltalens.models.load_model` (hf). ``limit``: sample the first N
+    problems of each task (a resumed file may hold samples of the others).
     """
     from deltalens.behavior.formats import as_problems
     from deltalens.progress import counter
@@ -227,22 +231,21 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     cfg = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                          seed=seed, batch_size=batch_size, stop=list(stop or []))
     cfg.check()
-    probs = as_problems(problems, need_answer=verifier is not None)
+    all_probs = as_problems(problems, need_answer=verifier is not None)
+    probs = first_per_task(all_probs, limit)
     if out is not None:
         check_output_file(out, what="samples file")
 
     gen, default_name = _backend(backend, model_or_path, tokenizer, probs, cfg, out=out, device=device, dtype=dtype,
                                  base_url=base_url, api_key=api_key, max_retries=max_retries,
                                  request_timeout=request_timeout, check_server=check_server,
-                                 backend_options=backend_options)
+                                 backend_options=backend_options, revision=revision,
+                                 trust_remote_code=trust_remote_code)
     name = model_name or default_name
 
-    done = _existing(Path(out), name, {p.id for p in probs}) if out is not None else {}
     settings = {"backend": backend, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
                 "seed": seed, "stop": list(stop or [])}
-    unrecorded = out is not None and _check_settings(Path(out), settings, resuming=bool(done))
-    jobs = [(p, [j for j in range(n) if j not in done.get(p.id, set())]) for p in probs]
-    jobs = [(p, idxs) for p, idxs in jobs if idxs]
+    jobs, unrecorded = _pending(out, name, all_probs, probs, n, settings)
     by_id = {p.id: p for p in probs}
     check = None
     if verifier is not None:
@@ -277,13 +280,27 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     return [r for rs in read_samples(out).by_id.values() for r in rs]
 
 
+def _pending(out, name: str, all_probs: list, probs: list, n: int, settings: dict) -> tuple[list, bool]:
+    """What is left to draw: ``[(problem, sample indices)]`` of ``probs`` not already in ``out``
+    (which may hold samples of any of ``all_probs``, drawn with the same ``settings``), and
+    whether the settings still have to be recorded."""
+    done = _existing(Path(out), name, {p.id for p in all_probs}) if out is not None else {}
+    unrecorded = out is not None and _check_settings(Path(out), settings, resuming=bool(done))
+    jobs = [(p, [j for j in range(n) if j not in done.get(p.id, set())]) for p in probs]
+    return [(p, idxs) for p, idxs in jobs if idxs], unrecorded
+
+
 def _backend(backend, model_or_path, tokenizer, probs, cfg, *, out, device, dtype, base_url, api_key, max_retries,
-             request_timeout, check_server, backend_options):
+             request_timeout, check_server, backend_options, revision=None, trust_remote_code=False):
     """``(generate(jobs) -> batches of rows, default model name)`` of one backend."""
     from deltalens.models import model_name
 
+    if backend != "hf" and (revision is not None or trust_remote_code or tokenizer is not None):
+        raise DeltalensError(f"--backend {backend}: --revision, --trust-remote-code and --tokenizer apply to the hf "
+                             "backend (the server or vllm loads the model)")
     if backend == "hf":
-        model, tokenizer, default_name = load_model(model_or_path, tokenizer, device=device, dtype=dtype)
+        model, tokenizer, default_name = load_model(model_or_path, tokenizer, device=device, dtype=dtype,
+                                                    revision=revision, trust_remote_code=trust_remote_code)
         return (lambda jobs: hf_generate(model, tokenizer, jobs, cfg)), default_name
     if backend == "openai":
         if not base_url:

@@ -220,16 +220,20 @@ def _require_pickle_flag(path: Path, allow_pickle: bool) -> None:
         )
 
 
-def _resolve_hub(spec: str) -> Path:
-    """Download (or find in the local cache) a hub repo's weights; offline gives one clear line."""
+#: files a model folder needs besides its weights (configs, tokenizer vocabularies, remote code)
+MODEL_FOLDER_PATTERNS = ("*.safetensors", "*.json", "*.model", "*.txt", "*.tiktoken", "*.py")
+
+
+def resolve_hub(spec: str, patterns=("*.safetensors", "*.json")) -> Path:
+    """Download (or find in the local cache) the files of hub repo ``owner/name[@revision]`` that
+    match ``patterns``; the local snapshot folder. Offline gives one clear line."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         raise DeltalensError(f"{spec}: not a local path, and huggingface_hub is not installed") from None
     repo, _, revision = spec.partition("@")
-    patterns = ["*.safetensors", "*.json"]
     try:
-        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=patterns))
+        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=list(patterns)))
     except Exception as exc:
         reason = type(exc).__name__
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
@@ -237,7 +241,8 @@ def _resolve_hub(spec: str) -> Path:
         raise DeltalensError(f"{spec}: no such local path, and as a hub id: {hint}, and it is not in the local cache") from None
 
 
-def _looks_like_hub_id(spec: str) -> bool:
+def looks_like_hub_id(spec: str) -> bool:
+    """``owner/name`` or ``owner/name@revision``, not a relative or absolute path."""
     parts = spec.split("@")[0].split("/")
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
 
@@ -249,8 +254,8 @@ def open_checkpoint(spec: str | os.PathLike, *, allow_pickle: bool = False, role
     label = str(spec)
     path = Path(spec).expanduser()
     if not path.exists():
-        if _looks_like_hub_id(label):
-            path = _resolve_hub(label)
+        if looks_like_hub_id(label):
+            path = resolve_hub(label)
         else:
             raise DeltalensError(f"{label}: {role} path does not exist")
     if path.is_file():

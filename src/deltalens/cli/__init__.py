@@ -13,6 +13,7 @@ import sys
 
 import typer
 
+from deltalens.cli.common import Command
 from deltalens.errors import DeltalensError
 
 app = typer.Typer(
@@ -45,7 +46,7 @@ def _options(
     """What did this fine-tune actually change? Weight-, kernel- and behaviour-level diffs."""
 
 
-@app.command()
+@app.command(cls=Command)
 def version() -> None:
     """Print the deltalens version."""
     _print_version(True)

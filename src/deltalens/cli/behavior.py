@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from deltalens.cli.common import LOADING_OPTIONS, Device, command, device as resolved, loading, out_option, with_options
+
 
 def _table(title: str, columns: list[str], rows: list[list]) -> None:
     from rich.console import Console
@@ -22,7 +24,7 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
 
 def passk_cmd(
     samples: list[Path] = typer.Argument(..., help="Verified samples JSONL files, one model each (first = base)."),
-    out: Path = typer.Option(..., "--out", help="Output directory for passk.json and passk.png."),
+    out: Path = out_option("Output directory for passk.json and passk.png."),
     problems: Optional[Path] = typer.Option(None, "--problems", help="Problems JSONL: every problem must have samples."),
     base: Optional[str] = typer.Option(None, "--base", help="Model name of the base (default: first file)."),
     tuned: Optional[str] = typer.Option(None, "--tuned", help="Model name of the tuned model (default: second file)."),
@@ -54,7 +56,7 @@ def passk_cmd(
 def support_cmd(
     base: Path = typer.Argument(..., help="Verified samples JSONL of the base model."),
     tuned: Path = typer.Argument(..., help="Verified samples JSONL of the tuned model."),
-    out: Path = typer.Option(..., "--out", help="Output directory for support.json."),
+    out: Path = out_option("Output directory for support.json."),
     k: Optional[int] = typer.Option(None, "--k", help="Sampling budget (default: smallest n)."),
     zeta: float = typer.Option(0.05, "--zeta", help="Confidence parameter of epsilon = ln(1/zeta)/k."),
 ) -> None:
@@ -75,9 +77,9 @@ def support_cmd(
 def verify_cmd(
     samples: Path = typer.Argument(..., help="Samples JSONL to verify."),
     problems: Path = typer.Option(..., "--problems", help="Problems JSONL with gold answers."),
-    method: str = typer.Option("numeric", "--method", help="numeric | math-verify | module:function | file.py:function."),
+    method: str = typer.Option("numeric", "--verifier", help="numeric | math-verify | module:function | file.py:function."),
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds per math-verify check (enforced by process)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of rewriting SAMPLES in place."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write here instead of rewriting SAMPLES in place."),
 ) -> None:
     """Fill 'extracted' and 'correct' of every sample (the file is rewritten atomically)."""
     import json
@@ -92,10 +94,11 @@ def verify_cmd(
     print(f"{n_ok}/{len(rows)} samples correct ({method}); wrote {target}")
 
 
+@with_options(LOADING_OPTIONS)
 def sample_cmd(
-    model: str = typer.Argument(..., help="Model folder (hf, vllm) or served model name (openai)."),
+    model: str = typer.Argument(..., help="Model folder or hub id (hf), model folder (vllm), or served model name (openai)."),
     problems: Path = typer.Option(..., "--problems", help="Problems JSONL {id, prompt, answer?, task?}."),
-    out: Path = typer.Option(..., "--out", help="Samples JSONL (appended to; a re-run adds only what is missing)."),
+    out: Path = out_option("Samples JSONL (appended to; a re-run adds only what is missing)."),
     n: int = typer.Option(1, "-n", "--n", help="Samples per problem."),
     temperature: float = typer.Option(1.0, "--temperature"),
     top_p: float = typer.Option(1.0, "--top-p"),
@@ -106,11 +109,12 @@ def sample_cmd(
     backend: str = typer.Option("hf", "--backend", help="hf | vllm | openai."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Name recorded in the samples (default: the folder name, with parent folders while it names only a checkpoint: sft/seed0/step-000016)."),
-    verify: Optional[str] = typer.Option(None, "--verify", help="Verify while sampling: numeric | math-verify | module:function."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (hf)."),
+    verify: Optional[str] = typer.Option(None, "--verifier", help="Verify while sampling: numeric | math-verify | module:function."),
+    device: Device = "auto",
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (hf)."),
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm only."),
     no_server_check: bool = typer.Option(False, "--no-server-check", help="openai: skip the probe that refuses a server ignoring temperature (for a model that really is that sure)."),
+    **options,
 ) -> None:
     """Draw n samples per problem (resumable; records completion, n_tokens, finish_reason, logprob)."""
     import os
@@ -121,9 +125,11 @@ def sample_cmd(
 
     record = sampling_record_path(out)
     runs_before = len(read_json(record).get("runs", [])) if record.is_file() else 0
+    load = loading(options)
     rows = sample(model, problems, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                   seed=seed, batch_size=batch_size, stop=stop or None, backend=backend, out=out,
-                  model_name=model_name, verifier=verify, device=device, dtype=dtype, base_url=base_url,
+                  model_name=model_name, verifier=verify, device=resolved(device) if backend == "hf" else None,
+                  dtype=dtype, base_url=base_url, **load,
                   api_key=os.environ.get("OPENAI_API_KEY"), progress=True, check_server=not no_server_check,
                   backend_options={"tensor_parallel_size": tensor_parallel_size} if backend == "vllm" else None)
     if record.is_file() and len(read_json(record).get("runs", [])) > runs_before:  # a new server check
@@ -147,19 +153,21 @@ def _print_honoured(record: Path) -> None:
         print("warning: the server returns no log-probabilities: 'logprob' is null in these samples")
 
 
+@with_options(LOADING_OPTIONS)
 def divergence_cmd(
-    base: Path = typer.Argument(..., help="Base model folder."),
-    tuned: Path = typer.Argument(..., help="Tuned model folder (same tokenizer)."),
-    prompts: Path = typer.Option(..., "--problems", "--prompts", help="Problems JSONL (the new task's prompts; answers optional). --prompts: the earlier spelling."),
-    out: Path = typer.Option(..., "--out", help="Output directory for divergence.json."),
-    n: int = typer.Option(4, "-n", "--n", "--n-samples", help="Sampled completions per prompt and model (--n-samples: the earlier spelling)."),
+    base: str = typer.Argument(..., help="Base model folder or hub id."),
+    tuned: str = typer.Argument(..., help="Tuned model folder or hub id (same tokenizer)."),
+    prompts: Path = typer.Option(..., "--problems", help="Problems JSONL (the new task's prompts; answers optional)."),
+    out: Path = out_option("Output directory for divergence.json."),
+    n: int = typer.Option(4, "-n", "--n", help="Sampled completions per prompt and model."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     temperature: float = typer.Option(1.0, "--temperature", help="1.0 samples the models' own distributions."),
     top_p: float = typer.Option(1.0, "--top-p"),
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(64, "--batch-size"),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
-    device: Optional[str] = typer.Option(None, "--device"),
+    device: Device = "auto",
+    **options,
 ) -> None:
     """Forward/reverse KL (exact over the vocabulary), entropies, cross-perplexity (DIR/divergence.json)."""
     from deltalens.behavior.divergence import divergence
@@ -167,7 +175,8 @@ def divergence_cmd(
 
     check_output_dir(out, ["divergence.json"])
     res = divergence(base, tuned, prompts, n_samples=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_p=top_p, seed=seed, batch_size=batch_size, stop=stop or None, device=device)
+                     top_p=top_p, seed=seed, batch_size=batch_size, stop=stop or None, device=resolved(device),
+                     **loading(options))
     write_json(out / "divergence.json", res)
     fk, rk = res["forward_kl"], res["reverse_kl"]
     _table(f"divergence of {res['tuned']} from {res['base']} (nats)", ["quantity", "token mean", "sequence mean"],
@@ -180,16 +189,18 @@ def divergence_cmd(
     print(f"wrote {out / 'divergence.json'}")
 
 
+@with_options(LOADING_OPTIONS)
 def evaluate_cmd(
-    model: Path = typer.Argument(..., help="Model folder."),
-    suite: Path = typer.Option(..., "--problems", "--suite", help="Problems JSONL {id, prompt, answer, task}: the suite. --suite: the earlier spelling."),
-    out: Path = typer.Option(..., "--out", help="Output JSON file (e.g. eval_base.json)."),
-    verify: str = typer.Option("numeric", "--verify", help="numeric | math-verify | module:function."),
+    model: str = typer.Argument(..., help="Model folder or hub id."),
+    suite: Path = typer.Option(..., "--problems", help="Problems JSONL {id, prompt, answer, task}: the suite."),
+    out: Path = out_option("Output JSON file (e.g. eval_base.json)."),
+    verify: str = typer.Option("numeric", "--verifier", help="numeric | math-verify | module:function."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
     batch_size: int = typer.Option(64, "--batch-size"),
     stop: Optional[list[str]] = typer.Option(None, "--stop"),
     model_name: Optional[str] = typer.Option(None, "--model-name"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    device: Device = "auto",
+    **options,
 ) -> None:
     """Accuracy (greedy, verified) and mean loss per task of a suite."""
     from deltalens.behavior.evaluate import evaluate
@@ -197,7 +208,8 @@ def evaluate_cmd(
 
     check_output_file(out, what="evaluation file")
     res = evaluate(model, suite, verifier=verify, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                   stop=stop or None, device=device, model_name=model_name)
+                   stop=stop or None, device=resolved(device), model_name=model_name,
+                   **loading(options))
     write_json(out, res)
     _table(f"evaluation of {res['model']}", ["task", "n", "accuracy", "mean loss"],
            [[t, v["n"], v["accuracy"], v["mean_loss"]] for t, v in res["tasks"].items()])
@@ -208,7 +220,7 @@ def forgetting_cmd(
     base_eval: Path = typer.Option(..., "--base-eval", help="evaluate output of the base model."),
     evals: list[Path] = typer.Option(..., "--eval", help="evaluate output of a tuned model (repeatable)."),
     divergences: list[Path] = typer.Option(..., "--divergence", help="divergence.json of a tuned model (repeatable)."),
-    out: Path = typer.Option(..., "--out", help="Output directory for forgetting.json."),
+    out: Path = out_option("Output directory for forgetting.json."),
     kl: str = typer.Option("forward_token", "--kl", help="forward_token | forward_sequence | reverse_token | reverse_sequence."),
     task: Optional[list[str]] = typer.Option(None, "--task", help="Held-out task(s) (default: all)."),
 ) -> None:
@@ -230,10 +242,6 @@ def forgetting_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
-    app.command("sample")(sample_cmd)
-    app.command("verify")(verify_cmd)
-    app.command("passk")(passk_cmd)
-    app.command("support")(support_cmd)
-    app.command("divergence")(divergence_cmd)
-    app.command("evaluate")(evaluate_cmd)
-    app.command("forgetting")(forgetting_cmd)
+    for name, fn in (("sample", sample_cmd), ("verify", verify_cmd), ("passk", passk_cmd), ("support", support_cmd),
+                     ("divergence", divergence_cmd), ("evaluate", evaluate_cmd), ("forgetting", forgetting_cmd)):
+        command(app, name)(fn)

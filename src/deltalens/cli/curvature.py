@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from deltalens.cli.common import LOADING_OPTIONS, Device, command, device as resolved, loading, out_option, with_options
 from deltalens.errors import DeltalensError
 
 
@@ -47,11 +48,12 @@ def _render(report: dict, pair: dict | None) -> None:
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
 
-    @app.command("curvature")
+    @command(app, "curvature")
+    @with_options(LOADING_OPTIONS)
     def curvature_command(
-        models: list[str] = typer.Argument(..., help="MODEL, or BASE TUNED: HF model folders."),
-        probes: Path = typer.Option(..., "--probes", help="JSONL of {prompt, completion} probes (the kernel's)."),
-        out: Path = typer.Option(..., "--out", help="Output folder for curvature.json and curvature.npz."),
+        models: list[str] = typer.Argument(..., help="MODEL, or BASE TUNED: HF model folders or hub ids."),
+        probes: Path = typer.Option(..., "--probes", help="JSONL of {prompt, completion} probes (the kernel's; or problems {id, prompt, answer})."),
+        out: Path = out_option("Output folder for curvature.json and curvature.npz."),
         top: int = typer.Option(10, "--top", help="Eigenpairs per operator (largest |λ|)."),
         vocab: Optional[int] = typer.Option(None, "--vocab", help="Outputs z: the base's top-V logits per position "
                                             "(default: the whole vocabulary)."),
@@ -59,12 +61,13 @@ def register(app: typer.Typer) -> None:
                                                    "option for more); parameters whose names it matches with the same "
                                                    "text form one block, e.g. 'layers\\.\\d+\\.' (per layer) or "
                                                    "'.*proj\\.weight' (per matrix)."),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+        device: Device = "auto",
         dtype: str = typer.Option("float32", "--dtype", help="float32 | float64 (products and model)."),
         tol: float = typer.Option(1e-6, "--tol", help="Lanczos stop: ‖Av − λv‖ ≤ tol·|λ| for each wanted pair."),
         seed: int = typer.Option(0, "--seed", help="Seed of Lanczos' start vector and of the random baselines."),
         k: Optional[int] = typer.Option(None, "--k", help="Top-k singular subspaces of each weight for the PP share "
                                         "(default SPEC §4's max(1, ⌈0.01·min(m, n)⌉))."),
+        **options,
     ) -> None:
         """Hessian, Gauss-Newton and eNTK top eigenvectors on probes, against each other and the weights (SPEC §9)."""
         if len(models) not in (1, 2):
@@ -74,8 +77,8 @@ def register(app: typer.Typer) -> None:
         from deltalens.cli.kernel import _progress
         from deltalens.curvature.run import run_curvature, run_curvature_pair
 
-        options = dict(out=out, top=top, vocab=vocab, blocks=blocks or None, device=device, dtype=dtype, tol=tol,
-                       seed=seed, k=k)
+        options = dict(out=out, top=top, vocab=vocab, blocks=blocks or None, device=resolved(device), dtype=dtype,
+                       tol=tol, seed=seed, k=k, **loading(options))
         with _progress() as update:
             if len(models) == 1:
                 report, _ = run_curvature(models[0], probes, progress=update, **options)

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from deltalens.cli.common import Device, command, out_option
 
 
 def _pct(x) -> str:
@@ -169,18 +170,18 @@ def register(app: typer.Typer) -> None:
     """Add this area's commands to the app. (Long only because typer declares each command's
     options in its signature; the bodies call the library.)"""
 
-    @app.command()
+    @command(app, "diff")
     def diff(
         base: str = typer.Argument(..., help="Base checkpoint: HF folder, .safetensors file or hub id."),
         tuned: str = typer.Argument(..., help="Tuned checkpoint, or a PEFT LoRA adapter folder."),
-        out: str = typer.Option(..., "--out", help="Output folder (diff.json, tensors.parquet, resume cache)."),
+        out: str = out_option("Output folder (diff.json, tensors.parquet, resume cache)."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated groups (default all): sparsity,size,rank,spectral,frame."),
         tol: Optional[list[float]] = typer.Option(None, "--tol", metavar="FLOAT", help="Absolute tolerance (repeatable; default 1e-5)."),
         eta: float = typer.Option(1e-3, "--eta", help="Relative rule's η."),
         visible_dtype: Optional[str] = typer.Option(None, "--visible-dtype", help="'bf16': report bf16 visibility of the update."),
-        top_k: Optional[list[float]] = typer.Option(None, "--top-k", metavar="K", help="k for spectral/frame groups (int or fraction; repeatable)."),
+        top_k: Optional[list[float]] = typer.Option(None, "--subspace-k", metavar="K", help="k of the top-k singular subspaces for the spectral/frame groups (int or fraction of min(m, n); repeatable)."),
         exact: bool = typer.Option(False, "--exact", help="Exact float64 SVDs for rank and spectral measures (slow; the reference for fast mode)."),
-        device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (cuda when torch sees a GPU) for the arithmetic."),
+        device: Device = "auto",
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read .bin/.pt with torch.load(weights_only=True)."),
         plots: bool = typer.Option(False, "--plots", help="Write per-layer PNG/SVG plots (angles, sparsity, NSS, rescale share) to OUT."),
         report: bool = typer.Option(False, "--report", help="Write a self-contained OUT/report.html."),
@@ -220,11 +221,11 @@ def register(app: typer.Typer) -> None:
 
             print(f"report: {write_run_report(out)}")
 
-    @app.command()
+    @command(app, "overlap")
     def overlap(
         base: str = typer.Argument(..., help="Base checkpoint shared by the runs."),
         runs: list[str] = typer.Argument(..., help="Two or more tuned checkpoints (or LoRA adapters) from BASE."),
-        out: str = typer.Option(..., "--out", help="Output folder (overlap.json, overlap.parquet)."),
+        out: str = out_option("Output folder (overlap.json, overlap.parquet)."),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read .bin/.pt with torch.load(weights_only=True)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
@@ -237,9 +238,9 @@ def register(app: typer.Typer) -> None:
         render_overlap(result)
         print(f"wrote {out}/overlap.json and {out}/overlap.parquet")
 
-    @app.command()
+    @command(app, "demo")
     def demo(
-        out: str = typer.Option("runs/demo", "--out", help="Output folder for the demo checkpoints and results."),
+        out: str = typer.Option("runs/demo", "-o", "--out", help="Output folder for the demo checkpoints and results."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
         """Build a tiny base model and SFT-like, RL-like and LoRA fine-tunes in code, then diff them."""

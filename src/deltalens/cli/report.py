@@ -7,13 +7,15 @@ from typing import Annotated
 
 import typer
 
+from deltalens.cli.common import command
+
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
 
-    @app.command("report")
+    @command(app, "report")
     def report(
-        run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="Run folders (each searched one level deep) to show side by side.")],
+        run_dirs: Annotated[list[Path], typer.Argument(help="Run folders (each searched one level deep) to show side by side.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
         title: Annotated[str | None, typer.Option(help="Page title (default: the run folder names).")] = None,
     ) -> None:

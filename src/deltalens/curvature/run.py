@@ -264,21 +264,10 @@ def block_groups(names: Sequence[str], patterns: Sequence[str]) -> dict[str, lis
     return groups
 
 
-def _load(source, *, device, dtype, tokenizer=None):
-    from deltalens.models import load_model
-
-    model, tok, _ = load_model(source, tokenizer, device=device, dtype=dtype, need_tokenizer=False)
-    return eager_attention(model), tok
-
-
-def _encode(model, tokenizer, probes) -> tuple[dict, int]:
+def _encode(model, tokenizer, probes, loading) -> tuple[dict, int]:
     from deltalens.kernel.outputs import encode_probes, model_context_length
-    from deltalens.results import read_jsonl
 
-    if isinstance(probes, (str, Path)):
-        lines, what = read_jsonl(probes), str(probes)
-    else:
-        lines, what = list(probes), "probes"
+    lines, what = loading.lines(probes, "probes")
     if tokenizer is None:
         raise DeltalensError(f"{what}: a tokenizer is needed to encode text probes")
     batch = encode_probes(tokenizer, lines, max_length=model_context_length(model), source=what)
@@ -318,20 +307,20 @@ def _write(out, report: dict, arrays: dict[str, torch.Tensor]) -> Path:
     return write_json(out / "curvature.json", report)
 
 
-def _prepare(sources: Sequence, probes, *, out, tokenizer, top, vocab, device, dtype, chunk_size):
+def _prepare(sources: Sequence, probes, *, out, tokenizer, top, vocab, device, dtype, chunk_size, loading):
     """Check the options and the output folder, load the models (the first one's tokenizer for
-    all), encode the probes, choose the base's top-V columns: (models, batch, n, vocab_index)."""
-    from deltalens.kernel.run import check_same_model
+    all; ``loading``: :class:`deltalens.kernel.run.Loading`), encode the probes, choose the
+    base's top-V columns: (models, batch, n, vocab_index)."""
     from deltalens.results import check_output_dir
 
     _check(top, vocab)
     if out is not None:
         check_output_dir(out, ["curvature.json", "curvature.npz"])
-    if len(sources) > 1:
-        check_same_model(list(sources))
-    net0, tok = _load(sources[0], device=device, dtype=dtype, tokenizer=tokenizer)
-    nets = [net0] + [_load(s, device=device, dtype=dtype, tokenizer=tok)[0] for s in sources[1:]]
-    batch, n = _encode(net0, tok, probes)
+    sources = loading.sources(list(sources))
+    net0, tok = loading.load(sources[0], device=device, dtype=dtype, tokenizer=tokenizer)
+    nets = [net0] + [loading.load(s, device=device, dtype=dtype, tokenizer=tok)[0] for s in sources[1:]]
+    nets = [eager_attention(net) for net in nets]
+    batch, n = _encode(nets[0], tok, probes, loading)
     vocab_index = None if vocab is None else top_vocabulary(net0, batch, vocab, chunk_size=chunk_size)
     return nets, batch, n, vocab_index
 
@@ -347,12 +336,18 @@ def _measure(net, batch, n: int, vocab_index, *, blocks, vocab, k, seed, progres
 def run_curvature(model, probes, *, out=None, tokenizer=None, top: int = 10, vocab: int | None = None,
                   blocks: Sequence[str] | None = None, device: str | None = None, dtype: str | None = "float32",
                   seed: int = 0, tol: float = 1e-6, k: int | None = None, chunk_size: int = 64,
-                  progress: Progress | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+                  progress: Progress | None = None, revision: str | None = None, trust_remote_code: bool = False,
+                  limit: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """``deltalens curvature MODEL``: the report and arrays of :func:`curvature_report` /
     :func:`curvature_arrays` for a model (a folder or a module) on ``{prompt, completion}`` probes
-    (a JSONL path or a list), written to ``out`` when given. ``dtype=None`` keeps a module's."""
+    (a JSONL path or a list), written to ``out`` when given. ``dtype=None`` keeps a module's.
+    ``model`` may be a hub id (at ``revision``); ``tokenizer`` an object, a folder or a hub id;
+    ``limit``: the first N probes (of each task)."""
+    from deltalens.kernel.run import Loading
+
     (net,), batch, n, vocab_index = _prepare([model], probes, out=out, tokenizer=tokenizer, top=top, vocab=vocab,
-                                             device=device, dtype=dtype, chunk_size=chunk_size)
+                                             device=device, dtype=dtype, chunk_size=chunk_size,
+                                             loading=Loading(revision, trust_remote_code, limit))
     parts, report = _measure(net, batch, n, vocab_index, blocks=blocks, vocab=vocab, k=k, seed=seed,
                              progress=progress, top=top, tol=tol, chunk_size=chunk_size)
     arrays = curvature_arrays(parts[0], blocks=parts[1:])
@@ -364,16 +359,18 @@ def run_curvature(model, probes, *, out=None, tokenizer=None, top: int = 10, voc
 def run_curvature_pair(base, tuned, probes, *, out=None, tokenizer=None, top: int = 10, vocab: int | None = None,
                        blocks: Sequence[str] | None = None, device: str | None = None, dtype: str | None = "float32",
                        seed: int = 0, tol: float = 1e-6, k: int | None = None, chunk_size: int = 64,
-                       progress: Progress | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+                       progress: Progress | None = None, revision: str | None = None,
+                       trust_remote_code: bool = False, limit: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """``deltalens curvature BASE TUNED``: the base's report (the single-model contract) plus
     ``tuned`` (its report) and ``pair``: ``{"model": ..., "blocks": {name: ...}}`` of
     :func:`pair_comparison`.
     Both are scored on the base's tokenization (and with ``vocab``, on the base's top-V columns).
     Arrays: the base's under the contract names, the tuned's as ``tuned_<kind>``."""
-    from deltalens.kernel.run import parameter_delta
+    from deltalens.kernel.run import Loading, parameter_delta
 
     (net0, net1), batch, n, vocab_index = _prepare([base, tuned], probes, out=out, tokenizer=tokenizer, top=top,
-                                                   vocab=vocab, device=device, dtype=dtype, chunk_size=chunk_size)
+                                                   vocab=vocab, device=device, dtype=dtype, chunk_size=chunk_size,
+                                                   loading=Loading(revision, trust_remote_code, limit))
     options = dict(blocks=blocks, vocab=vocab, k=k, seed=seed, progress=progress, top=top, tol=tol,
                    chunk_size=chunk_size)
     parts0, report = _measure(net0, batch, n, vocab_index, **options)

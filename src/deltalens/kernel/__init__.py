@@ -11,9 +11,9 @@ from deltalens.kernel.compare import (
     compare_kernels,
     eigenvalue_log_ratios,
     kernel_alignment,
+    kernel_rescale_baseline,
+    kernel_rescale_share,
     kernel_spectrum,
-    rescale_baseline,
-    rescale_share,
 )
 from deltalens.kernel.gradients import CountSketch, per_example_gradients, trainable_parameters
 from deltalens.kernel.ntk import KernelResult, default_memory_budget_mb, empirical_ntk, sketch_error_estimate
@@ -26,7 +26,7 @@ from deltalens.kernel.outputs import (
     top_tokens,
 )
 from deltalens.kernel.structured import prefers_structured
-from deltalens.kernel.run import KernelOptions, load_model, parameter_delta, run_align, run_kernel, run_trajectory
+from deltalens.kernel.run import KernelOptions, Loading, parameter_delta, run_align, run_kernel, run_trajectory
 from deltalens.kernel.traits import averaging_matrix, suite_to_probes, trait_changes, trait_kernel
 from deltalens.kernel.trajectory import kernel_trajectory
 
@@ -34,6 +34,7 @@ __all__ = [
     "CountSketch",
     "KernelOptions",
     "KernelResult",
+    "Loading",
     "alignment_share",
     "averaging_matrix",
     "compare_kernels",
@@ -48,13 +49,12 @@ __all__ = [
     "kernel_spectrum",
     "kernel_trajectory",
     "logits_output",
-    "load_model",
     "mean_loss_gradient",
     "parameter_delta",
     "per_example_gradients",
     "prefers_structured",
-    "rescale_baseline",
-    "rescale_share",
+    "kernel_rescale_baseline",
+    "kernel_rescale_share",
     "run_align",
     "run_kernel",
     "run_trajectory",

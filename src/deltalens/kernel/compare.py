@@ -38,13 +38,14 @@ def kernel_alignment(k0: torch.Tensor, k1: torch.Tensor) -> float:
     return float((a * b).sum()) / denom if denom > 0 else float("nan")
 
 
-def rescale_share(k0: torch.Tensor, k1: torch.Tensor, vectors0: torch.Tensor | None = None) -> tuple[float | None, str | None]:
+def kernel_rescale_share(k0: torch.Tensor, k1: torch.Tensor, vectors0: torch.Tensor | None = None) -> tuple[float | None, str | None]:
     """Propensity share of the kernel change: ‖diag E‖²/‖E‖_F², E = U0ᵀ(K1 − K0)U0 (SPEC §6, §5).
 
     U0 are all n eigenvectors of K0. E_ii = δλ_i moves eigenvalues along fixed eigenvectors
     (rescale); off-diagonal E_ij rotate them. Returns ``(share, None)``, or ``(None, reason)``
     when K1 = K0 to within ``UNCHANGED_RTOL``·‖K0‖_F (the split of a zero change is undefined).
-    Random baseline for a symmetric E: 2/(n+1) (``rescale_baseline``).
+    Random baseline for a symmetric E: 2/(n+1) (:func:`kernel_rescale_baseline`). Not
+    :func:`deltalens.weights.spectral.rescale_share`, the same split of a weight update (SPEC §5).
     """
     a, b = k0.double(), k1.double()
     if vectors0 is None:
@@ -58,8 +59,8 @@ def rescale_share(k0: torch.Tensor, k1: torch.Tensor, vectors0: torch.Tensor | N
     return float(torch.diagonal(e).square().sum() / e.square().sum()), None
 
 
-def rescale_baseline(n: int) -> float:
-    """Random baseline of ``rescale_share`` for a symmetric n×n E: n/(n(n+1)/2) = 2/(n+1)."""
+def kernel_rescale_baseline(n: int) -> float:
+    """Random baseline of :func:`kernel_rescale_share` for a symmetric n×n E: n/(n(n+1)/2) = 2/(n+1)."""
     return 2.0 / (n + 1)
 
 
@@ -92,7 +93,7 @@ def compare_kernels(k0: torch.Tensor, k1: torch.Tensor, top_r: int | None = None
     gap = float(values0[r - 1]) - next_value
     spectral_change = float(torch.linalg.matrix_norm(k1.double() - k0.double(), ord=2))
     bound = wedin_bound(spectral_change, gap)
-    share, reason = rescale_share(k0, k1, vectors0)
+    share, reason = kernel_rescale_share(k0, k1, vectors0)
     return {
         "top_r": r,
         "eigenvalue_log_ratios": eigenvalue_log_ratios(values0, values1, r),
@@ -105,5 +106,5 @@ def compare_kernels(k0: torch.Tensor, k1: torch.Tensor, top_r: int | None = None
         "alignment": kernel_alignment(k0, k1),
         "rescale_share": share,
         "rescale_undefined_reason": reason,
-        "rescale_baseline": rescale_baseline(n),
+        "rescale_baseline": kernel_rescale_baseline(n),
     }

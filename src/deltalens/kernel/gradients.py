@@ -141,7 +141,7 @@ def jacobian_rows(
     over the m output cotangents (``torch.func.jacrev``), not from m separate passes.
     ``method``: ``"vmap"`` (vmap over the chunk's examples) or ``"loop"`` (one example at a time).
     """
-    from torch.func import functional_call, grad, jacrev, vmap
+    from torch.func import functional_call
 
     shape = shape or inspect_outputs(model, output_fn, batch, names)
     vector = shape.n_outputs is not None
@@ -194,42 +194,58 @@ def jacobian_rows(
             chunk = slice_batch(batch, index)
             diff = {k: all_params[k] for k in keys}
             if method == "vmap":
-                derivative = jacrev if vector else grad
-                # no_grad: the model's own parameters (used as they are when every differentiated tensor is
-                # structured) record no graph; torch.func.grad ignores an outer no_grad
-                with warnings.catch_warnings(), torch.no_grad():  # SDPA's CPU backward has no batching rule yet: a known, harmless slow path
-                    warnings.filterwarnings("ignore", message="There is a performance drop")
-                    (gdiff, geps), xs = vmap(derivative(f, argnums=(0, 1), has_aux=True), in_dims=(None, None, 0))(
-                        diff, eps0, chunk)
+                gdiff, geps, xs = _vmap_gradients(f, diff, eps0, chunk, vector)
             elif method == "loop":
-                rows = []
-                for i in range(index.stop - index.start):
-                    leaves = {k: v.detach().requires_grad_(True) for k, v in diff.items()}
-                    eps = {k: v.clone().requires_grad_(True) for k, v in eps0.items()}
-                    inputs = [*leaves.values(), *eps.values()]
-                    with torch.enable_grad():
-                        value, x = f(leaves, eps, slice_batch(chunk, i))
-                        if vector:
-                            m = value.shape[0]
-                            per_output = [torch.autograd.grad(value[o], inputs, retain_graph=o < m - 1, allow_unused=True)
-                                          for o in range(m)]
-                            got = [None if all(r[j] is None for r in per_output) else
-                                   torch.stack([torch.zeros_like(inputs[j]) if r[j] is None else r[j] for r in per_output])
-                                   for j in range(len(inputs))]
-                        else:
-                            got = list(torch.autograd.grad(value, inputs, allow_unused=True))
-                    got = [torch.zeros((shape.m,) * vector + tuple(v.shape), dtype=v.dtype, device=v.device)
-                           if g is None else g for g, v in zip(got, inputs)]
-                    rows.append((got, {k: v.detach() for k, v in x.items()}))
-                gdiff = {k: torch.stack([r[0][j] for r in rows]) for j, k in enumerate(keys)}
-                geps = {k: torch.stack([r[0][len(keys) + j] for r in rows]) for j, k in enumerate(eps0)}
-                xs = {k: torch.stack([r[1][k] for r in rows]) for k in eps0}
+                gdiff, geps, xs = _loop_gradients(f, diff, eps0, chunk, index.stop - index.start, vector, shape.m)
             elif method == "batched":
                 gdiff, geps, xs = _batched_cotangents(model, output_fn, chunk, taps, eps0, index.stop - index.start,
                                                       shape)
             else:
                 raise DeltalensError(f"gradient method '{method}': expected 'vmap', 'loop' or 'batched'")
             yield assemble(index, gdiff, geps, xs)
+
+
+def _vmap_gradients(f, diff: dict, eps0: dict, chunk, vector: bool):
+    """``method="vmap"``: ``torch.func.grad`` (``jacrev`` for a vector output) of
+    ``f(diff, eps, example)`` vmapped over the chunk's examples: (gradients, cotangents, inputs)."""
+    from torch.func import grad, jacrev, vmap
+
+    derivative = jacrev if vector else grad
+    # no_grad: the model's own parameters (used as they are when every differentiated tensor is
+    # structured) record no graph; torch.func.grad ignores an outer no_grad
+    with warnings.catch_warnings(), torch.no_grad():  # SDPA's CPU backward has no batching rule yet: a known, harmless slow path
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        (gdiff, geps), xs = vmap(derivative(f, argnums=(0, 1), has_aux=True), in_dims=(None, None, 0))(diff, eps0, chunk)
+    return gdiff, geps, xs
+
+
+def _loop_gradients(f, diff: dict, eps0: dict, chunk, c: int, vector: bool, m: int):
+    """``method="loop"``: one backward per example (per output for a vector output) of
+    ``f(diff, eps, example) -> (output, taps)``: (gradients by parameter key, cotangents by
+    layer, layer inputs by layer), each stacked over the chunk's ``c`` examples."""
+    rows = []
+    for i in range(c):
+        leaves = {k: v.detach().requires_grad_(True) for k, v in diff.items()}
+        eps = {k: v.clone().requires_grad_(True) for k, v in eps0.items()}
+        inputs = [*leaves.values(), *eps.values()]
+        with torch.enable_grad():
+            value, x = f(leaves, eps, slice_batch(chunk, i))
+            if vector:
+                per_output = [torch.autograd.grad(value[o], inputs, retain_graph=o < value.shape[0] - 1,
+                                                  allow_unused=True) for o in range(value.shape[0])]
+                got = [None if all(r[j] is None for r in per_output) else
+                       torch.stack([torch.zeros_like(inputs[j]) if r[j] is None else r[j] for r in per_output])
+                       for j in range(len(inputs))]
+            else:
+                got = list(torch.autograd.grad(value, inputs, allow_unused=True))
+        got = [torch.zeros((m,) * vector + tuple(v.shape), dtype=v.dtype, device=v.device) if g is None else g
+               for g, v in zip(got, inputs)]
+        rows.append((got, {k: v.detach() for k, v in x.items()}))
+    keys = list(diff)
+    gdiff = {k: torch.stack([r[0][j] for r in rows]) for j, k in enumerate(keys)}
+    geps = {k: torch.stack([r[0][len(keys) + j] for r in rows]) for j, k in enumerate(eps0)}
+    xs = {k: torch.stack([r[1][k] for r in rows]) for k in eps0}
+    return gdiff, geps, xs
 
 
 def _batched_cotangents(model, output_fn, chunk, taps: LinearTaps, eps0: dict, c: int, shape: OutputShape):

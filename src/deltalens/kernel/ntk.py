@@ -6,8 +6,11 @@
   group, built in memory. Otherwise (``exact_strategy``) either ``spill``: one pass over the
   examples writes each group's slice to a temporary file, then the slices are read back one
   at a time; or ``recompute``: one pass per group, differentiating only that group (no disk,
-  about G times the compute). ``auto`` spills when the temporary folder has room for J.
-  Either way the full n × P Jacobian is never in memory at once.
+  about G times the compute). ``auto`` spills when the temporary folder has room for J and
+  no layer takes structured derivatives. Either way the full n × P Jacobian is never in
+  memory at once, and K is the same to the last bit (tiles of ``GRAM_TILE`` examples, each
+  tensor's products summed in float64 in parameter order): the budget follows the free memory
+  and must not change the result.
 - ``sketch``: each per-example gradient is CountSketched block by block into R^d and
   K ≈ G̃ G̃ᵀ (unbiased, relative Frobenius error ≈ √(((tr K)² + ‖K‖_F²)/d)/‖K‖_F).
 
@@ -34,7 +37,14 @@ from dataclasses import dataclass, field
 import torch
 
 from deltalens.errors import DeltalensError
-from deltalens.kernel.gradients import CountSketch, inspect_outputs, jacobian_rows, parameter_groups, trainable_parameters
+from deltalens.kernel.gradients import (
+    CountSketch,
+    RowBlock,
+    inspect_outputs,
+    jacobian_rows,
+    parameter_groups,
+    trainable_parameters,
+)
 from deltalens.kernel.outputs import OutputFn, batch_size
 from deltalens.kernel.structured import prefers_structured, structured_block, structured_jv
 
@@ -60,7 +70,7 @@ class KernelResult:
     trace: bool = False  # vector outputs: K summed over outputs (n×n) instead of the (n·m)×(n·m) kernel
     structured_layers: list[str] = field(default_factory=list)  # nn.Linear layers contracted by structured derivatives
     memory_budget_mb: float | None = None  # the budget used (given, or derived by default_memory_budget_mb)
-    chunk_size: int | None = None  # examples per gradient chunk (equal-size chunks)
+    chunk_size: int | None = None  # examples per gradient chunk (exact: a power of two ≤ GRAM_TILE; sketch: equal chunks)
 
 
 def sketch_error_estimate(kernel: torch.Tensor, dim: int) -> float:
@@ -100,28 +110,83 @@ thread, 64 rows × 764k parameters in 40 tensors: 73–96 ms against 106–110 m
 products (bench/bench_kernel.py's tiny Llama, shared machine)."""
 
 
-def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list[torch.Tensor]]]) -> None:
+def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list]], trace: bool = False) -> None:
     """K[rows_j, rows_c] += Σ_b J_{j,b} J_{c,b}ᵀ for the last chunk c against every chunk j ≤ c (SPEC §6).
 
-    ``chunks`` holds the rows of J as the gradient pass produced them: (example slice, one
-    chunk × P_b block per parameter tensor b), never copied into one n × P matrix. Called after
-    each new chunk, it fills K's upper triangle (diagonal blocks in full) — a blocked SYRK whose
-    blocks are the chunks (5/8 of the multiply-adds of J Jᵀ for 4 equal chunks). Complete K with
+    ``chunks`` holds the rows of J as the gradient pass produced them: (row slice, one term per
+    parameter tensor b), never copied into one n × P matrix. A term is a chunk × P_b block of
+    Jacobian rows, or a structured layer's taps ``(x, g)`` whose block is
+    :func:`~deltalens.kernel.structured.structured_block` (``trace``: summed over outputs).
+    Called after each new chunk, it fills K's upper triangle (diagonal blocks in full) — a
+    blocked SYRK whose blocks are the chunks (5/8 of the multiply-adds of J Jᵀ for 4 equal
+    chunks). Each term's product is added to ``kernel`` on its own, in ``kernel``'s dtype, in
+    the order of the terms: with float64 ``kernel`` and terms in one fixed parameter order, an
+    entry's sum does not depend on how the tensors were split into passes. Complete K with
     :func:`symmetrize_upper`.
     """
-    last, new_blocks = chunks[-1]
-    for index, blocks in chunks[:-1]:
+    last, new_terms = chunks[-1]
+    for index, terms in chunks[:-1]:
         out = kernel[index, last]
-        for a, b in zip(blocks, new_blocks):
-            out.addmm_(a, b.T)
+        for a, b in zip(terms, new_terms):
+            out += _term_product(a, b, trace).to(out.dtype)
     out = kernel[last, last]
     rows = last.stop - last.start
     sub = DIAGONAL_BLOCK_ROWS if rows > DIAGONAL_BLOCK_ROWS else rows
-    for start in range(0, rows, sub):
-        stop = min(start + sub, rows)
-        target = out[:stop, start:stop]
-        for b in new_blocks:
-            target.addmm_(b[:stop], b[start:stop].T)
+    for b in new_terms:
+        if isinstance(b, tuple):
+            out += structured_block(*b, *b, trace=trace).to(out.dtype)
+            continue
+        for start in range(0, rows, sub):
+            stop = min(start + sub, rows)
+            out[:stop, start:stop] += (b[:stop] @ b[start:stop].T).to(out.dtype)
+
+
+def _term_product(a, b, trace: bool) -> torch.Tensor:
+    """One parameter tensor's block of J_a J_bᵀ: Jacobian rows, or structured taps (x, g)."""
+    if isinstance(a, tuple):
+        return structured_block(*a, *b, trace=trace)
+    return a @ b.T
+
+
+GRAM_TILE = 64
+"""Examples per tile of J Jᵀ in exact mode: the gradient pass's chunks (whose size follows the
+memory budget) are regrouped into tiles of this many examples (the last one: n mod 64) before
+any product, so every entry of K is computed by the same products of the same shapes, whatever
+the budget, the chunks or the parameter groups (``tests/kernel/test_ntk.py``: bit-identical
+kernels at different budgets)."""
+
+
+def tile_chunk(cap: int, tile: int = GRAM_TILE) -> int:
+    """Examples per gradient chunk in exact mode: the largest power of two ≤ min(cap, tile), so
+    chunks never straddle a tile; at the default (cap ≥ 64) every chunk is a tile and nothing is
+    copied (:func:`retile`)."""
+    return 2 ** int(math.log2(max(1, min(int(cap), tile))))
+
+
+def retile(blocks: Iterator[RowBlock], n: int, tile: int = GRAM_TILE) -> Iterator[RowBlock]:
+    """The rows of ``blocks`` (consecutive chunks of examples 0 … n−1) regrouped into tiles of
+    ``tile`` examples, each in fresh contiguous tensors (so the products see the same memory
+    layout whatever the chunks were): a block that is a whole tile already passes as it is,
+    smaller ones are copied together."""
+    pending: list[RowBlock] = []
+    start = 0
+    for block in blocks:
+        if (block.index.start == start and block.index.stop == min(start + tile, n) and not pending
+                and all(t.is_contiguous() for t in block.jac.values())
+                and all(t.is_contiguous() for pair in block.taps.values() for t in pair)):
+            start = block.index.stop
+            yield block
+            continue
+        pending.append(block)
+        while start < n and (block.index.stop - start >= tile or block.index.stop == n):
+            stop = min(start + tile, n)
+            pieces = [(b, slice(max(start, b.index.start) - b.index.start, min(stop, b.index.stop) - b.index.start))
+                      for b in pending if b.index.stop > start and b.index.start < stop]
+            jac = {k: torch.cat([b.jac[k][s] for b, s in pieces]) for k in block.jac}
+            taps = {k: tuple(torch.cat([b.taps[k][i][s] for b, s in pieces]) for i in range(2)) for k in block.taps}
+            yield RowBlock(slice(start, stop), jac, taps, block.n_outputs)
+            start = stop
+            pending = [b for b in pending if b.index.stop > start]
 
 
 def upper_gram(rows: torch.Tensor, kernel: torch.Tensor, block: int | None = None) -> None:
@@ -250,47 +315,50 @@ def equal_chunks(n: int, cap: int) -> int:
 
 
 def _spilled_kernel(model, output_fn, batch, groups, costs, budget, chunk_size, method, threads, spill_dir, add_jv,
-                    progress, shape, trace, n_rows) -> torch.Tensor:
-    """One gradient pass writing each group's n_rows × P_g slice of J to a file; then Σ_g J_g J_gᵀ."""
+                    progress, shape, trace, n_rows, kernel) -> None:
+    """One gradient pass writing each tensor's n_rows × P_b slice of J to a file; then, group by
+    group, K += Σ_b J_b J_bᵀ over tiles of :data:`GRAM_TILE` examples (:func:`add_chunk_gram`)."""
     names = [k for g in groups for k in g]
     ref = next(iter(model.parameters()))
     dtype, device, itemsize = ref.dtype, ref.device, ref.element_size()
     chunk = equal_chunks(batch_size(batch), min(chunk_size, budget // max(1, 4 * sum(costs.values()) * itemsize)))
     n = batch_size(batch)
-    m = shape.m
-    widths = [0] * len(groups)
-    kernel = torch.zeros(n_rows, n_rows, dtype=torch.float64, device=device)
+    rows_per_example = n_rows // n
+    widths: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="deltalens-jacobian-", dir=spill_dir) as tmp:
-        paths = [f"{tmp}/group{g}.bin" for g in range(len(groups))]
-        files = [open(p, "wb") for p in paths]
+        paths = {k: f"{tmp}/tensor{i}.bin" for i, k in enumerate(names)}
+        files = {k: open(p, "wb") for k, p in paths.items()}
         try:
             with intra_op_threads(threads):
                 for block in jacobian_rows(model, output_fn, batch, names, chunk_size=chunk, method=method, shape=shape):
-                    c = block.index.stop - block.index.start
-                    rows = c if trace else c * m
-                    for g, (fh, group) in enumerate(zip(files, groups)):
-                        slab = torch.cat([block.jac[k].reshape(rows, -1) for k in group], dim=1)
-                        widths[g] = slab.shape[1]
-                        fh.write(slab.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                    rows = (block.index.stop - block.index.start) * rows_per_example
+                    for k in names:
+                        slab = block.jac[k].reshape(rows, -1)
+                        widths[k] = slab.shape[1]
+                        files[k].write(slab.cpu().contiguous().view(torch.uint8).numpy().tobytes())
                     add_jv(block)
                     if progress is not None:
                         progress(block.index.stop, n)
                     del block
         finally:
-            for fh in files:
+            for fh in files.values():
                 fh.close()
-        for path, width in zip(paths, widths):
-            rows = torch.from_file(path, shared=False, size=n_rows * width, dtype=dtype).view(n_rows, width).to(device)
-            part = torch.zeros(n_rows, n_rows, dtype=dtype, device=device)
-            upper_gram(rows, part)
-            kernel += part.double()
-            del rows
-    return symmetrize_upper(kernel)
+        for group in groups:
+            slices = [torch.from_file(paths[k], shared=False, size=n_rows * widths[k], dtype=dtype)
+                      .view(n_rows, widths[k]).to(device) for k in group]
+            kept = []
+            for start in range(0, n, GRAM_TILE):
+                index = slice(start * rows_per_example, min(start + GRAM_TILE, n) * rows_per_example)
+                kept.append((index, [j[index] for j in slices]))  # row slices of contiguous files: aligned like tiles
+                add_chunk_gram(kernel, kept)
+            del slices, kept
 
 
 def _pick_method(method: str, chunk: int) -> str:
+    """``auto`` is vmap whatever the chunk: the loop's per-example gradients round differently, and
+    the chunk follows the memory budget, which must not change the kernel."""
     if method == "auto":
-        return "vmap" if chunk > 1 else "loop"
+        return "vmap"
     if method not in ("vmap", "loop", "batched"):
         raise DeltalensError(f"gradient method '{method}': expected auto, vmap, loop or batched")
     return method
@@ -332,7 +400,7 @@ def empirical_ntk(
     Jacobian blocks.
 
     ``method``: ``"vmap"`` (examples vmapped one at a time through the model), ``"loop"`` (one
-    backward per example), ``"auto"`` (vmap, or loop for chunks of one), or ``"batched"``: the
+    backward per example), ``"auto"`` (vmap), or ``"batched"``: the
     whole chunk in one forward, and one backward per output vmapped over the output cotangents;
     it needs every differentiated tensor in a structured ``nn.Linear`` and examples that do not
     interact in a batched forward (an MLP; not batch norm in training mode), which the caller
@@ -347,9 +415,12 @@ def empirical_ntk(
     torch's intra-op thread count for the per-example pass (gradients, sketching; ``None``: the
     caller's; ``"auto"``: see :func:`pass_threads`); the J Jᵀ products run with the caller's
     threads. At most ``chunk_size`` examples go through one vmap, fewer when the budget says so
-    (a quarter of it per chunk), in equal-size chunks (:func:`equal_chunks`); in exact mode the
-    chunks are also the blocks of J Jᵀ (:func:`add_chunk_gram`). ``progress(done, total)`` is
-    called after each chunk.
+    (a quarter of it per chunk): in exact mode a power of two (:func:`tile_chunk`), and the
+    chunks are regrouped into tiles of :data:`GRAM_TILE` examples, the blocks of J Jᵀ
+    (:func:`add_chunk_gram`), and each tensor's products are summed in float64 in one parameter
+    order, so the exact kernel is bit-for-bit the same whatever the budget, the chunk size, the
+    parameter groups or the strategy (auto). ``progress(done, total)`` is called after each tile
+    (exact) or chunk (sketch).
     """
     plan = _plan(model, output_fn, batch, mode=mode, dim=dim, seed=seed, params=params, vectors=vectors,
                  memory_budget_mb=memory_budget_mb, chunk_size=chunk_size, exact_strategy=exact_strategy,
@@ -361,8 +432,9 @@ def empirical_ntk(
         chunk_used = equal_chunks(plan.n, min(chunk_size, plan.budget // max(1, 4 * sum(plan.costs.values())
                                                                               * plan.itemsize)))
         used = _pick_method(method, chunk_used)
-        plan.kernel += _spilled_kernel(model, output_fn, batch, plan.groups, plan.costs, plan.budget, chunk_size, used,
-                                       threads, spill_dir, add_jv, progress, plan.shape, plan.trace, plan.n_rows)
+        _spilled_kernel(model, output_fn, batch, plan.groups, plan.costs, plan.budget, chunk_size, used, threads,
+                        spill_dir, add_jv, progress, plan.shape, plan.trace, plan.n_rows, plan.kernel)
+        plan.kernel = symmetrize_upper(plan.kernel)
     else:
         used, chunk_used = _in_memory_kernel(model, output_fn, batch, plan, method=method, chunk_size=chunk_size,
                                              threads=threads, add_jv=add_jv, progress=progress)
@@ -442,7 +514,9 @@ def _plan(model, output_fn, batch, *, mode, dim, seed, params, vectors, memory_b
         groups = parameter_groups(costs, n, budget, itemsize)
         strategy = "in-memory" if len(groups) == 1 else _exact_strategy(exact_strategy, n * sum(costs.values()) * itemsize,
                                                                          spill_dir)
-        if strategy == "spill" and layers:
+        if strategy == "spill" and layers and exact_strategy == "auto":
+            strategy = "recompute"  # taps are not spilled; dropping the structured layers would change K's rounding
+        elif strategy == "spill" and layers:  # spill asked for: Jacobian blocks for every tensor
             layers = []
             costs = {k: m * v for k, v in numels.items()}
             groups = parameter_groups(costs, n, budget, itemsize)
@@ -466,25 +540,44 @@ def _plan(model, output_fn, batch, *, mode, dim, seed, params, vectors, memory_b
 
 
 def _jv_accumulator(plan: _Plan):
-    """``add_jv(block)``: J·v of every requested vector, from a block of Jacobian rows or structured taps."""
+    """``add_jv(block)``: J·v of every requested vector, from a block of Jacobian rows or structured taps,
+    computed example by example so that, like K, it does not depend on the chunks or groups."""
     vec64 = {label: {k: v.to(device=plan.device, dtype=torch.float64) for k, v in vec.items()}
              for label, vec in plan.vectors.items()}
 
     def add_jv(block) -> None:
+        # example by example, tensors in the model's order: the same products whatever the chunks and groups
+        terms = _block_terms(plan, block)
         for label, vec in vec64.items():
-            for k, g in block.jac.items():
-                plan.jv[label][block.index] += g.reshape(g.shape[0], g.shape[1], -1).double() @ vec[k].reshape(-1)
-            for mod, (x, g) in block.taps.items():
-                layer = plan.shape.layers[mod]
-                plan.jv[label][block.index] += structured_jv(x, g, vec[layer.weight])
+            target = plan.jv[label][block.index]
+            for i in range(block.index.stop - block.index.start):
+                for name, term in terms:
+                    if isinstance(term, tuple):
+                        target[i] += structured_jv(term[0][i:i + 1], term[1][i:i + 1], vec[name])[0]
+                    else:
+                        target[i] += term[i].reshape(term.shape[1], -1).double() @ vec[name].reshape(-1)
 
     return add_jv
 
 
+def _block_terms(plan: _Plan, block: RowBlock) -> list[tuple[str, object]]:
+    """(parameter name, Jacobian rows or a structured weight's taps (x, g)) of a block, in the
+    model's parameter order whatever group the block came from."""
+    weight_module = {layer.weight: layer.module for layer in plan.layers}
+    terms = []
+    for name in plan.named:
+        if name in block.jac:
+            terms.append((name, block.jac[name]))
+        elif weight_module.get(name) in block.taps:
+            terms.append((name, block.taps[weight_module[name]]))
+    return terms
+
+
 def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_size, threads, add_jv, progress):
-    """One pass per parameter group: exact mode keeps J's rows as the per-chunk blocks the pass
-    returns (no n × P_g copy) and contracts each new chunk against those before it; sketch mode
-    sketches the rows and contracts once at the end. Fills ``plan.kernel``; returns (method, chunk)."""
+    """One pass per parameter group: exact mode regroups the pass's chunks into tiles
+    (:func:`retile`), keeps them (no n × P_g copy) and contracts each new tile against those
+    before it, adding every tensor's products to the float64 K on its own; sketch mode sketches
+    the rows and contracts once at the end. Fills ``plan.kernel``; returns (method, chunk)."""
     n, m, n_rows, dtype, device = plan.n, plan.m, plan.n_rows, plan.dtype, plan.device
     caller_threads = torch.get_num_threads()
 
@@ -495,28 +588,24 @@ def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_siz
     for names in plan.groups:
         group_layers = [layer for layer in plan.layers if layer.weight in names]
         # per-chunk gradients (chunk × the group's per-example numbers) take at most a quarter of the budget
-        chunk = equal_chunks(n, min(chunk_size, plan.budget // max(1, 4 * sum(plan.costs[k] for k in names)
-                                                                    * plan.itemsize)))
+        cap = min(chunk_size, plan.budget // max(1, 4 * sum(plan.costs[k] for k in names) * plan.itemsize))
+        chunk = tile_chunk(cap) if plan.mode == "exact" else equal_chunks(n, cap)
         chunk_used = chunk if chunk_used is None else min(chunk_used, chunk)
         used = _pick_method(method, chunk)
-        kept: list[tuple[slice, list[torch.Tensor], dict]] = []
+        kept: list[tuple[slice, list]] = []
         rows = None if plan.mode == "exact" else torch.zeros(n * m, plan.dim, dtype=dtype, device=device)
-        part = torch.zeros(n_rows, n_rows, dtype=dtype, device=device)
+        blocks = jacobian_rows(model, output_fn, batch, names, chunk_size=chunk, method=used,
+                               structured=group_layers, shape=plan.shape)
         with intra_op_threads(threads):
-            for block in jacobian_rows(model, output_fn, batch, names, chunk_size=chunk, method=used,
-                                       structured=group_layers, shape=plan.shape):
+            for block in (retile(blocks, n) if plan.mode == "exact" else blocks):
                 add_jv(block)
                 c = block.index.stop - block.index.start
                 if plan.mode == "exact":
                     width = c if n_rows == n else c * m
-                    kept.append((row_slice(block.index), [g.reshape(width, -1) for g in block.jac.values()],
-                                 block.taps))
+                    kept.append((row_slice(block.index), [t if isinstance(t, tuple) else t.reshape(width, -1)
+                                                          for _, t in _block_terms(plan, block)]))
                     with intra_op_threads(caller_threads):
-                        add_chunk_gram(part, [(s, b) for s, b, _ in kept])
-                        last, _, new_taps = kept[-1]
-                        for index, _, taps in kept:
-                            for mod, (x, g) in taps.items():
-                                part[index, last] += structured_block(x, g, *new_taps[mod], trace=n_rows == n)
+                        add_chunk_gram(plan.kernel, kept, trace=n_rows == n)
                 else:
                     target = rows[block.index.start * m:block.index.stop * m]
                     for k, g in block.jac.items():
@@ -526,9 +615,11 @@ def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_siz
                 if progress is not None:
                     progress(done, passes * n)
         if rows is not None:
+            part = torch.zeros(n_rows, n_rows, dtype=dtype, device=device)
             upper_gram(rows.view(n_rows, -1), part)
-        plan.kernel += part.double()
-        del rows, part, kept
+            plan.kernel += part.double()
+            del part
+        del rows, kept
     plan.kernel = symmetrize_upper(plan.kernel)
     return used, chunk_used
 

@@ -32,6 +32,22 @@ def model_context_length(model: torch.nn.Module) -> int | None:
     return None
 
 
+def probe_text(line: dict, where: str) -> tuple[str, str]:
+    """(prompt, completion) of a probe line: ``{prompt, completion}``, or the behaviour problem
+    format ``{id, prompt, answer, task?}`` whose ``answer`` (a string or a number) stands in for a
+    missing ``completion``. One :class:`DeltalensError` line naming ``where`` otherwise."""
+    if not isinstance(line, dict):
+        raise DeltalensError(f"{where}: expected a JSON object with 'prompt' and 'completion' (or 'answer')")
+    completion = line.get("completion", line.get("answer"))
+    if isinstance(completion, (int, float)) and not isinstance(completion, bool):
+        completion = str(completion)
+    for field, value in (("prompt", line.get("prompt")), ("completion", completion)):
+        if not isinstance(value, str):
+            raise DeltalensError(f"{where}: field '{field}' must be a string"
+                                 + (" (or give 'answer', as in a problems file)" if field == "completion" else ""))
+    return line["prompt"], completion
+
+
 def encode_probes(
     tokenizer,
     probes: Sequence[dict],
@@ -39,7 +55,8 @@ def encode_probes(
     max_length: int | None = None,
     source: str = "probes",
 ) -> dict[str, torch.Tensor]:
-    """Encode ``{prompt, completion}`` probes as ``{"input_ids", "completion_mask"}`` (b×L).
+    """Encode ``{prompt, completion}`` probes (or problems ``{prompt, answer}``, :func:`probe_text`)
+    as ``{"input_ids", "completion_mask"}`` (b×L).
 
     The prompt is tokenized with the tokenizer's special tokens, the completion without; an
     empty prompt falls back to the BOS token. ``completion_mask[i, t] = 1`` where token t of
@@ -50,11 +67,9 @@ def encode_probes(
         raise DeltalensError(f"{source}: no probes (expected one {{prompt, completion}} object per line)")
     rows: list[tuple[list[int], int]] = []
     for i, probe in enumerate(probes, 1):
-        for field in ("prompt", "completion"):
-            if not isinstance(probe.get(field), str):
-                raise DeltalensError(f"{source}: probe {i}: field '{field}' must be a string")
-        prompt_ids = list(tokenizer(probe["prompt"], add_special_tokens=True)["input_ids"])
-        completion_ids = list(tokenizer(probe["completion"], add_special_tokens=False)["input_ids"])
+        prompt, completion = probe_text(probe, f"{source}: probe {i}")
+        prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
         if not completion_ids:
             raise DeltalensError(f"{source}: probe {i}: empty completion (nothing to score)")
         if not prompt_ids:

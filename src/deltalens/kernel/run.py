@@ -93,18 +93,38 @@ class KernelOptions:
         return logits_output(positions, ids), fields
 
 
-def load_model(source, *, device: str | None = None, tokenizer=None):
-    """``(model, tokenizer)`` in float32 from a module or a folder (:func:`deltalens.models.load_model`)."""
-    from deltalens.models import load_model as load
+@dataclass(frozen=True)
+class Loading:
+    """How model folders and hub ids are loaded (:func:`deltalens.models.load_model`, float32 by default)
+    and how much of each input is read (``limit``: the first N lines of each task,
+    :func:`deltalens.limits.first_per_task`)."""
 
-    model, tokenizer, _ = load(source, tokenizer, device=device, dtype="float32", need_tokenizer=False)
-    return model, tokenizer
+    revision: str | None = None
+    trust_remote_code: bool = False
+    limit: int | None = None
 
+    def load(self, source, *, device, tokenizer=None, dtype: str | None = "float32"):
+        """``(model, tokenizer)`` of a resolved source (a local folder or a module)."""
+        from deltalens.models import load_model
 
-def _read_lines(source, what: str) -> tuple[list[dict], str]:
-    if isinstance(source, (str, Path)):
-        return read_jsonl(source), str(source)
-    return list(source), what
+        model, tok, _ = load_model(source, tokenizer, device=device, dtype=dtype, need_tokenizer=False,
+                                   trust_remote_code=self.trust_remote_code)
+        return model, tok
+
+    def sources(self, models: Sequence) -> list:
+        """Local folders (hub ids downloaded at ``revision``) or modules, checked to be one model."""
+        from deltalens.models import resolve_source
+
+        resolved = [resolve_source(m, self.revision) for m in models]
+        check_same_model(resolved)
+        return resolved
+
+    def lines(self, source, what: str) -> tuple[list[dict], str]:
+        """The JSONL lines (or list) of ``source``, cut to ``limit`` per task, and its name."""
+        from deltalens.limits import first_per_task
+
+        lines, what = (read_jsonl(source), str(source)) if isinstance(source, (str, Path)) else (list(source), what)
+        return first_per_task(lines, self.limit), what
 
 
 def _encode(tokenizer, model, lines, what: str) -> dict:
@@ -213,26 +233,27 @@ def run_kernel(
     tokenizer=None,
     traits=None,
     progress: Progress | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    limit: int | None = None,
     **options,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Kernels of base and tuned on the probes, their comparison, and optionally the trait kernels.
 
-    ``options``: the fields of :class:`KernelOptions`. The two-model case of :func:`run_trajectory`
-    without its per-checkpoint fields.
+    ``options``: the fields of :class:`KernelOptions`; ``revision``, ``trust_remote_code``,
+    ``limit``: :class:`Loading`. ``tokenizer``: an object, a folder or hub id, or ``None`` for
+    the base folder's.
     """
-    if out is not None:
-        check_output_dir(out, ["kernel.json", "kernels.npz"])
-    report, arrays = run_trajectory([base, tuned], probes, tokenizer=tokenizer, traits=traits, progress=progress,
-                                    **options)
-    del report["trajectory"]
-    arrays = {k: v for k, v in arrays.items() if not k.startswith("checkpoint_")}
+    computed = _compute([base, tuned], probes, out=out, tokenizer=tokenizer, traits=traits, progress=progress,
+                        loading=Loading(revision, trust_remote_code, limit), options=options)
+    report, arrays = computed.report()
     if out is not None:
         write_kernel_outputs(out, report, arrays)
     return report, arrays
 
 
-def _encode_suite(tok, model, suite) -> tuple[dict, list[str], list[int]]:
-    lines, what = _read_lines(suite, "suite")
+def _encode_suite(tok, model, suite, loading: Loading) -> tuple[dict, list[str], list[int]]:
+    lines, what = loading.lines(suite, "suite")
     probes, names, index = suite_to_probes(lines, source=what)
     return _encode(tok, model, probes, what), names, index
 
@@ -258,6 +279,56 @@ def _traits(model0, model1, suite, progress, top_r, options) -> tuple[dict, dict
     return block, {"traits_base": t0, "traits_tuned": t1}
 
 
+@dataclass
+class _Kernels:
+    """The kernels of a base and its checkpoints on one set of probes, before any report."""
+
+    models: Sequence
+    opts: KernelOptions
+    results: list[KernelResult]
+    n_probes: int
+    output_fields: dict
+    traits: tuple[dict, dict] | None
+
+    def report(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """``kernel.json``'s fields for the base vs the last checkpoint, and their matrices."""
+        first, last = self.results[0], self.results[-1]
+        report = _header(first, self.n_probes, self.opts.output)
+        report.update(self.output_fields)
+        report.update(base=_side(first, self.models[0]), tuned=_side(last, self.models[-1]))
+        report["comparison"] = compare_kernels(first.matrix, last.matrix, self.opts.top_r)
+        report["error_estimate"] = max(r.error_estimate for r in self.results)
+        arrays = {"base": first.matrix, "tuned": last.matrix}
+        if self.traits is not None:
+            report["traits"] = self.traits[0]
+            arrays.update(self.traits[1])
+        return report, arrays
+
+
+def _compute(models: Sequence, probes, *, out, tokenizer, traits, progress, loading: Loading, options: dict) -> _Kernels:
+    """Check everything, then the kernel of each model on the probes (and, with ``traits``, the
+    trait block of the base vs the last model)."""
+    opts = KernelOptions(**options)
+    device, ntk_options = opts.device, opts.ntk()
+    if opts.output not in VECTOR_OUTPUTS:
+        output_function(opts.output)  # an unknown name fails before any work
+    if out is not None:
+        check_output_dir(out, ["kernel.json", "kernels.npz"])
+    lines, what = loading.lines(probes, "probes")
+    sources = loading.sources(models)
+    model0, tok = loading.load(sources[0], device=device, tokenizer=tokenizer)
+    batch = _encode(tok, model0, lines, what)
+    suite = _encode_suite(tok, model0, traits, loading) if traits is not None else None  # bad input fails before any work
+    output_fn, output_fields = opts.output_fn(model0, batch, what)
+    results = [_kernel(model0, output_fn, batch, "base kernel", progress, **ntk_options)]
+    for i, source in enumerate(sources[1:], 1):
+        model, _ = loading.load(source, device=device, tokenizer=tok)
+        label = "tuned kernel" if len(models) == 2 else f"checkpoint {i}"
+        results.append(_kernel(model, output_fn, batch, label, progress, **ntk_options))
+    trait_block = _traits(model0, model, suite, progress, opts.top_r, ntk_options) if suite is not None else None
+    return _Kernels(models, opts, results, len(lines), output_fields, trait_block)
+
+
 def run_trajectory(
     models: Sequence,
     probes,
@@ -266,46 +337,26 @@ def run_trajectory(
     tokenizer=None,
     traits=None,
     progress: Progress | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    limit: int | None = None,
     **options,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Kernel of the base (``models[0]``) and of each checkpoint; every checkpoint vs base and vs previous.
 
     The report also holds :func:`run_kernel`'s fields for base vs the last checkpoint (and, with
-    ``traits``, its trait block), so one call serves both without computing those kernels twice.
+    ``traits``, its trait block: the base vs the last checkpoint), so one call serves both
+    without computing those kernels twice.
     """
     if len(models) < 2:
         raise DeltalensError("--trajectory: give the base and at least one checkpoint")
-    opts = KernelOptions(**options)
-    device, top_r, options = opts.device, opts.top_r, opts.ntk()
-    if opts.output not in VECTOR_OUTPUTS:
-        output_function(opts.output)  # an unknown name fails before any work
-    if out is not None:
-        check_output_dir(out, ["kernel.json", "kernels.npz"])
-    lines, what = _read_lines(probes, "probes")
-    check_same_model(models)
-    model0, tok = load_model(models[0], device=device, tokenizer=tokenizer)
-    batch = _encode(tok, model0, lines, what)
-    suite = _encode_suite(tok, model0, traits) if traits is not None else None  # bad input fails before any work
-    output_fn, output_fields = opts.output_fn(model0, batch, what)
-    results = [_kernel(model0, output_fn, batch, "base kernel", progress, **options)]
-    names = []
-    for i, source in enumerate(models[1:], 1):
-        model, _ = load_model(source, device=device, tokenizer=tok)
-        names.append(str(source) if isinstance(source, (str, Path)) else f"checkpoint_{i}")
-        label = "tuned kernel" if len(models) == 2 else f"checkpoint {i}"
-        results.append(_kernel(model, output_fn, batch, label, progress, **options))
-    report = _header(results[0], len(lines), opts.output)
-    report.update(output_fields)
-    report.update(base=_side(results[0], models[0]), tuned=_side(results[-1], models[-1]))
-    report["comparison"] = compare_kernels(results[0].matrix, results[-1].matrix, top_r)
-    report["error_estimate"] = max(r.error_estimate for r in results)
-    report["trajectory"] = kernel_trajectory(results[0].matrix, [r.matrix for r in results[1:]], names, top_r)
-    arrays = {"base": results[0].matrix, "tuned": results[-1].matrix}
-    arrays.update({f"checkpoint_{i}": r.matrix for i, r in enumerate(results[1:], 1)})
-    if suite is not None:
-        block, trait_arrays = _traits(model0, model, suite, progress, top_r, options)
-        report["traits"] = block
-        arrays.update(trait_arrays)
+    computed = _compute(models, probes, out=out, tokenizer=tokenizer, traits=traits, progress=progress,
+                        loading=Loading(revision, trust_remote_code, limit), options=options)
+    report, arrays = computed.report()
+    names = [str(s) if isinstance(s, (str, Path)) else f"checkpoint_{i}" for i, s in enumerate(models[1:], 1)]
+    matrices = [r.matrix for r in computed.results]
+    report["trajectory"] = kernel_trajectory(matrices[0], matrices[1:], names, computed.opts.top_r)
+    arrays.update({f"checkpoint_{i}": m for i, m in enumerate(matrices[1:], 1)})
     if out is not None:
         write_kernel_outputs(out, report, arrays)
     return report, arrays
@@ -319,10 +370,16 @@ def run_align(
     out=None,
     tokenizer=None,
     progress: Progress | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    limit: int | None = None,
     **options,
 ) -> dict:
-    """Share of the dataset's function-space push u = J·ḡ_D on the top-r kernel eigenvectors (SPEC §6)."""
+    """Share of the dataset's function-space push u = J·ḡ_D on the top-r kernel eigenvectors (SPEC §6).
+
+    ``limit`` cuts the probes and the data alike (:class:`Loading`)."""
     opts = KernelOptions(**options)
+    loading = Loading(revision, trust_remote_code, limit)
     device = opts.device
     if opts.output == "logits-trace":
         raise DeltalensError("align --output logits-trace: the push J·ḡ_D has one entry per (probe, output) row, "
@@ -331,9 +388,10 @@ def run_align(
         output_function(opts.output)
     if out is not None:
         check_output_dir(out, ["align.json", "kernels.npz"])
-    probe_lines, probe_what = _read_lines(probes, "probes")
-    data_lines, data_what = _read_lines(data, "data")
-    net, tok = load_model(model, device=device, tokenizer=tokenizer)
+    probe_lines, probe_what = loading.lines(probes, "probes")
+    data_lines, data_what = loading.lines(data, "data")
+    (source,) = loading.sources([model])
+    net, tok = loading.load(source, device=device, tokenizer=tokenizer)
     probe_batch = _encode(tok, net, probe_lines, probe_what)
     data_batch = _encode(tok, net, data_lines, data_what)
     output_fn, output_fields = opts.output_fn(net, probe_batch, probe_what)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from deltalens.errors import DeltalensError
+from deltalens.kernel.outputs import probe_text
 
 
 def suite_to_probes(lines: Sequence[dict], *, source: str = "suite") -> tuple[list[dict], list[str], list[int]]:
@@ -24,14 +25,12 @@ def suite_to_probes(lines: Sequence[dict], *, source: str = "suite") -> tuple[li
         raise DeltalensError(f"{source}: empty suite (expected {{task, prompt, completion}} lines)")
     probes, names, index = [], [], []
     for i, line in enumerate(lines, 1):
-        completion = line.get("completion", line.get("answer"))
-        if not isinstance(line.get("prompt"), str) or completion is None:
-            raise DeltalensError(f"{source}: line {i}: needs 'prompt' and 'completion' (or 'answer')")
+        prompt, completion = probe_text(line, f"{source}: line {i}")
         task = str(line.get("task", "all"))
         if task not in names:
             names.append(task)
         index.append(names.index(task))
-        probes.append({"prompt": line["prompt"], "completion": str(completion)})
+        probes.append({"prompt": prompt, "completion": completion})
     return probes, names, index
 
 

@@ -471,18 +471,6 @@ def _check_inputs(w0: torch.Tensor, w1: torch.Tensor, changed: torch.Tensor | No
         raise DeltalensError(f"unknown spectral metric group(s) {sorted(unknown)}; expected some of {list(GROUPS)}")
 
 
-def _check_options(w0: torch.Tensor, delta, overlap_k: int, overlap_alpha: float, max_iter: int, dev) -> None:
-    """One line per bad option of :func:`spectral_metrics`."""
-    if delta is not None and tuple(delta.shape) != tuple(w0.shape):
-        raise DeltalensError(f"delta must have the pair's shape {tuple(w0.shape)}, got {tuple(delta.shape)}")
-    if not 0.0 < overlap_alpha < 1.0 or overlap_k < 1:
-        raise DeltalensError(f"overlap needs k >= 1 and 0 < alpha < 1, got k={overlap_k}, alpha={overlap_alpha}")
-    if max_iter < 1:
-        raise DeltalensError(f"max_iter must be >= 1, got {max_iter}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeltalensError("device 'cuda' was asked for but torch sees no CUDA device")
-
-
 def spectral_metrics(
     w0: torch.Tensor,
     w1: torch.Tensor,
@@ -523,9 +511,7 @@ def spectral_metrics(
     """
     groups = tuple(groups)
     _check_inputs(w0, w1, changed, groups)
-    max_iter = MAX_ITER if max_iter is None else max_iter
-    dev = torch.device(device)
-    _check_options(w0, delta, overlap_k, overlap_alpha, max_iter, dev)
+    max_iter, dev = _check_options(w0, delta, overlap_k, overlap_alpha, max_iter, device)
     m_orig, n_orig = w0.shape
     transposed = m_orig < n_orig
     if dev.type != "cpu":  # one host-to-device copy instead of one per pass over the chunks
@@ -558,6 +544,21 @@ def spectral_metrics(
                                  overlap_alpha, dev))
     out["method"] = method
     return out
+
+
+def _check_options(w0, delta, overlap_k, overlap_alpha, max_iter, device) -> tuple[int, torch.device]:
+    """:func:`spectral_metrics`' options checked: (max_iter, device)."""
+    if delta is not None and tuple(delta.shape) != tuple(w0.shape):
+        raise DeltalensError(f"delta must have the pair's shape {tuple(w0.shape)}, got {tuple(delta.shape)}")
+    if not 0.0 < overlap_alpha < 1.0 or overlap_k < 1:
+        raise DeltalensError(f"overlap needs k >= 1 and 0 < alpha < 1, got k={overlap_k}, alpha={overlap_alpha}")
+    max_iter = MAX_ITER if max_iter is None else max_iter
+    if max_iter < 1:
+        raise DeltalensError(f"max_iter must be >= 1, got {max_iter}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeltalensError("device 'cuda' was asked for but torch sees no CUDA device")
+    return max_iter, dev
 
 
 def _choose_frame(a0, a1, ks, k_ov, k_v0, want_frame, dev, *, exact, full_max, max_iter, delta_spectral,
