@@ -105,13 +105,13 @@ def check_base(base: str) -> None:
         raise DeltalensError(f"--base must be one of {', '.join(BASES)}, got {base!r}")
 
 
-#: ``--base smollm2``'s learning rates: what the tuning rule (deltalens.lab.tuning, SMOLLM2_GRID
-#: 1e-5/3e-5 per objective, each objective's own dev metric on 32 dev problems, 8 samples each
-#: for the reward kind) chose for this preset's arms, 2026-11-30 (docs/lab.md: SFT dev loss 0.105
-#: vs 0.115 nats/token, GRPO dev reward 0.047 vs 0.113, RFT dev reward 0.191 vs 0.250), kept here
-#: because the rule's six trainings (38 min on the 2-core machine) cost more than the default's
+#: ``--base smollm2``'s learning rates: what the tuning rule (deltalens.lab.tuning, SMOLLM2_GRID:
+#: SFT 1e-5/3e-5, RFT and GRPO 3e-5/1e-4; each objective's own dev metric on 32 one-digit dev
+#: problems, 8 samples each for the reward kind) chose for this preset's arms, 2026-11-30
+#: (docs/lab.md: SFT dev loss 0.0122 vs 0.0034 nats/token, GRPO dev reward 0.375 vs 0.035, RFT dev
+#: reward 0.668 vs 0.566), kept here because the rule's six trainings cost more than the default's
 #: budget. ``run_lab(config=replace(default_config("smollm2"), tune=True))`` re-runs the rule.
-SMOLLM2_RATES = (("sft", 1e-5), ("rft", 3e-5), ("grpo", 3e-5))
+SMOLLM2_RATES = (("sft", 3e-5), ("rft", 3e-5), ("grpo", 3e-5))
 
 #: SmolLM2-135M-Instruct (``--base smollm2``): budgets measured on a 2-core CPU (docs/lab.md).
 SMOLLM2_QUICK_STEPS = 2
