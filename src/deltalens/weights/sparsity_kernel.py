@@ -85,48 +85,66 @@ def _value_overload(a, i):
     return lambda a, i: np.float64(a[i])
 
 
+@njit(inline="always")
+def _block(b0, b1, v0, v1, eta, tol0, checked):
+    """Counts and sums over one block. ``checked`` (a constant at each call) masks NaN/Inf out of
+    the sums; unchecked, the loop is shorter and valid when both sums come out finite (then every
+    w0 and every Δ, hence every w1, is finite)."""
+    n_same = n_both = n_rel = n_abs = 0
+    s0 = sd = 0.0
+    top = 0  # bits of max|Δ|: Δ ≥ 0, where integer order is float order (an integer max vectorizes)
+    for i in range(v0.size):
+        x0 = _value(v0, i)
+        x1 = _value(v1, i)
+        same = _bitwise(b0[i], b1[i])
+        d = _update_abs(x0, x1)
+        if checked:
+            fin0 = abs(x0) < INF
+            both = fin0 & (abs(x1) < INF)
+            n_both += both
+            s0 += x0 * x0 if fin0 else 0.0
+            d_sum = d if both else 0.0
+        else:
+            s0 += x0 * x0
+            d_sum = d
+        sd += d_sum * d_sum
+        top = max(top, _f64_bits(d_sum))
+        n_same += same
+        n_rel += _relative(same, d, x0, x1, eta)
+        n_abs += _absolute(same, d, tol0)
+    if not checked:
+        n_both = v0.size
+    return n_same, n_both, n_rel, n_abs, s0, sd, top
+
+
 @njit(nogil=True, cache=True, fastmath={"reassoc"})
 def _pass(bits0, bits1, vals0, vals1, eta, tols, block, counts, sums):
     """Add to ``counts`` [bitwise-unchanged, both finite, relative-unchanged, absolute-unchanged
     per tolerance] and ``sums`` [Σw0², ΣΔ² (finite entries), max|Δ|] over the pair."""
-    n = vals0.size
     ntol = tols.size
     tol0 = tols[0] if ntol > 0 else np.nan
-    n_same = n_both = n_rel = n_abs = 0
-    s0 = sd = 0.0
-    top = 0  # bits of max|Δ|
-    for lo in range(0, n, block):
+    top = 0
+    for lo in range(0, vals0.size, block):
         # per-block views indexed from 0: an index LLVM cannot prove ≥ 0 keeps numba's
         # negative-index wraparound in the loop, which stops it from vectorizing (3× slower)
         b0, b1, v0, v1 = bits0[lo:lo + block], bits1[lo:lo + block], vals0[lo:lo + block], vals1[lo:lo + block]
-        for i in range(v0.size):
-            x0 = _value(v0, i)
-            x1 = _value(v1, i)
-            same = _bitwise(b0[i], b1[i])
-            d = _update_abs(x0, x1)
-            fin0 = abs(x0) < INF
-            both = fin0 & (abs(x1) < INF)
-            dz = d if both else 0.0
-            s0 += x0 * x0 if fin0 else 0.0
-            sd += dz * dz
-            top = max(top, _f64_bits(dz))
-            n_same += same
-            n_both += both
-            n_rel += _relative(same, d, x0, x1, eta)
-            n_abs += _absolute(same, d, tol0)
+        r = _block(b0, b1, v0, v1, eta, tol0, False)
+        if not (abs(r[4]) < INF and abs(r[5]) < INF):  # a NaN/Inf (or a float64 overflow) in the block
+            r = _block(b0, b1, v0, v1, eta, tol0, True)
+        counts[0] += r[0]
+        counts[1] += r[1]
+        counts[2] += r[2]
+        if ntol > 0:
+            counts[3] += r[3]
+        sums[0] += r[4]
+        sums[1] += r[5]
+        top = max(top, r[6])
         for k in range(1, ntol):  # a further tolerance re-reads the block while it is in cache
             tol = tols[k]
             c = 0
             for i in range(v0.size):
                 c += _absolute(_bitwise(b0[i], b1[i]), _update_abs(_value(v0, i), _value(v1, i)), tol)
             counts[3 + k] += c
-    counts[0] += n_same
-    counts[1] += n_both
-    counts[2] += n_rel
-    if ntol > 0:
-        counts[3] += n_abs
-    sums[0] += s0
-    sums[1] += sd
     sums[2] = max(sums[2], _f64_from_bits(top))
 
 
