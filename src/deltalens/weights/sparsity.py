@@ -25,6 +25,8 @@ finite entries) accumulate in float64.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 
 import torch
@@ -213,13 +215,14 @@ def _tol_key(tol: float) -> str:
     return repr(float(tol))
 
 
+@functools.cache
 def compiled_pass():
     """The numba-compiled CPU pass (:mod:`deltalens.weights.sparsity_kernel`), or None when numba
     is not installed (the torch pass then runs on CPU too, with the same rule functions)."""
-    try:
-        from deltalens.weights import sparsity_kernel
-    except ImportError:
+    if importlib.util.find_spec("numba") is None:
         return None
+    from deltalens.weights import sparsity_kernel
+
     return sparsity_kernel
 
 

@@ -15,6 +15,8 @@ the first time; the compiled code is cached on disk (numba's ``cache=True``).
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -117,35 +119,52 @@ def _block(b0, b1, v0, v1, eta, tol0, checked):
     return n_same, n_both, n_rel, n_abs, s0, sd, top
 
 
-@njit(nogil=True, cache=True, fastmath={"reassoc"})
-def _pass(bits0, bits1, vals0, vals1, eta, tols, block, counts, sums):
-    """Add to ``counts`` [bitwise-unchanged, both finite, relative-unchanged, absolute-unchanged
-    per tolerance] and ``sums`` [Σw0², ΣΔ² (finite entries), max|Δ|] over the pair."""
-    ntol = tols.size
-    tol0 = tols[0] if ntol > 0 else np.nan
-    top = 0
-    for lo in range(0, vals0.size, block):
-        # per-block views indexed from 0: an index LLVM cannot prove ≥ 0 keeps numba's
-        # negative-index wraparound in the loop, which stops it from vectorizing (3× slower)
-        b0, b1, v0, v1 = bits0[lo:lo + block], bits1[lo:lo + block], vals0[lo:lo + block], vals1[lo:lo + block]
-        r = _block(b0, b1, v0, v1, eta, tol0, False)
-        if not (abs(r[4]) < INF and abs(r[5]) < INF):  # a NaN/Inf (or a float64 overflow) in the block
-            r = _block(b0, b1, v0, v1, eta, tol0, True)
-        counts[0] += r[0]
-        counts[1] += r[1]
-        counts[2] += r[2]
-        if ntol > 0:
-            counts[3] += r[3]
-        sums[0] += r[4]
-        sums[1] += r[5]
-        top = max(top, r[6])
-        for k in range(1, ntol):  # a further tolerance re-reads the block while it is in cache
-            tol = tols[k]
-            c = 0
-            for i in range(v0.size):
-                c += _absolute(_bitwise(b0[i], b1[i]), _update_abs(_value(v0, i), _value(v1, i)), tol)
-            counts[3 + k] += c
-    sums[2] = max(sums[2], _f64_from_bits(top))
+def _rules_fingerprint() -> str:
+    """sha256 of the source of the rule functions the loop inlines from sparsity.py. numba keys its
+    disk cache on this file's timestamp and on the compiled function's bytecode and closure, not on
+    the functions it calls, so an edited rule would keep running its old compiled form: the
+    fingerprint is put in the loop's closure instead, and a changed rule is compiled anew."""
+    rules = (bitwise_unchanged, update_abs, relative_unchanged, absolute_unchanged)
+    return hashlib.sha256("".join(inspect.getsource(f) for f in rules).encode()).hexdigest()
+
+
+def _make_pass(rules: str):
+    @njit(nogil=True, cache=True, fastmath={"reassoc"})
+    def _pass(bits0, bits1, vals0, vals1, eta, tols, block, counts, sums):
+        """Add to ``counts`` [bitwise-unchanged, both finite, relative-unchanged, absolute-unchanged
+        per tolerance] and ``sums`` [Σw0², ΣΔ² (finite entries), max|Δ|] over the pair."""
+        if len(rules) == 0:  # never: makes the fingerprint part of the closure numba hashes
+            return
+        ntol = tols.size
+        tol0 = tols[0] if ntol > 0 else np.nan
+        top = 0
+        for lo in range(0, vals0.size, block):
+            # per-block views indexed from 0: an index LLVM cannot prove ≥ 0 keeps numba's
+            # negative-index wraparound in the loop, which stops it from vectorizing (3× slower)
+            b0, b1, v0, v1 = bits0[lo:lo + block], bits1[lo:lo + block], vals0[lo:lo + block], vals1[lo:lo + block]
+            r = _block(b0, b1, v0, v1, eta, tol0, False)
+            if not (abs(r[4]) < INF and abs(r[5]) < INF):  # a NaN/Inf (or a float64 overflow) in the block
+                r = _block(b0, b1, v0, v1, eta, tol0, True)
+            counts[0] += r[0]
+            counts[1] += r[1]
+            counts[2] += r[2]
+            if ntol > 0:
+                counts[3] += r[3]
+            sums[0] += r[4]
+            sums[1] += r[5]
+            top = max(top, r[6])
+            for k in range(1, ntol):  # a further tolerance re-reads the block while it is in cache
+                tol = tols[k]
+                c = 0
+                for i in range(v0.size):
+                    c += _absolute(_bitwise(b0[i], b1[i]), _update_abs(_value(v0, i), _value(v1, i)), tol)
+                counts[3 + k] += c
+        sums[2] = max(sums[2], _f64_from_bits(top))
+
+    return _pass
+
+
+_pass = _make_pass(_rules_fingerprint())
 
 
 def supports(dtype: torch.dtype) -> bool:
