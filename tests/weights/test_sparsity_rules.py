@@ -168,7 +168,7 @@ def _passes(w0, w1, **kw):
         runs["compiled"] = stream_pair_stats(w0, w1, **kw)
         runs["compiled, block 7"] = stream_pair_stats(w0, w1, chunk=7, **kw)
         acc = S.SparsityAccumulator(kw.get("tols", S.DEFAULT_TOLS), kw.get("eta", S.DEFAULT_ETA), False)
-        S.compiled_pass().accumulate(acc, w0.reshape(-1), w1.reshape(-1), block=5, threads=3, min_part=1)
+        S.compiled_pass().accumulate(acc, w0.reshape(-1), w1.reshape(-1), block=5, threads=3, part=11)
         runs["compiled, 3 threads"] = acc.result(True, True)
     return runs
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -31,8 +30,7 @@ from deltalens.weights.sparsity import (
 )
 
 BLOCK = 1 << 14  # elements per block of the loop
-MAX_THREADS = 4  # threads per pair at most (measured: 2 threads on 2 cores cost no more CPU per byte than 1)
-MIN_PART = 1 << 21  # elements per thread at least: below, starting a thread costs more than it saves
+PART = 1 << 20  # elements per part handed to a thread (≈ 1 ms of work)
 # the loop decodes by the element type of the value view: uint16 as bf16, int16 as fp16
 _VALUE_VIEW = {torch.bfloat16: np.uint16, torch.float16: np.int16, torch.float32: np.float32, torch.float64: np.float64}
 
@@ -172,39 +170,34 @@ def supports(dtype: torch.dtype) -> bool:
     return dtype in _VALUE_VIEW
 
 
-def default_threads() -> int:
-    """Threads for one pair: the CPUs this process may use, at most ``MAX_THREADS``."""
-    return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
-
-
 def accumulate(acc: SparsityAccumulator, a: torch.Tensor, b: torch.Tensor, block: int | None = None,
-               threads: int | None = None, min_part: int = MIN_PART) -> None:
-    """Add a same-dtype pair of flat CPU tensors to ``acc`` in one compiled pass, its range split
-    among ``threads`` threads (default :func:`default_threads`) in parts of at least ``min_part``
-    elements. The loop holds no GIL, so the threads cost no more CPU per byte than one."""
+               threads: int = 1, part: int = PART) -> None:
+    """Add a same-dtype pair of flat CPU tensors to ``acc`` in the compiled pass: parts of ``part``
+    elements, taken in turn by ``threads`` threads as each finishes its last (the loop holds no
+    GIL). One thread by default: on the 2-vCPU development box two threads were 17–34% slower on
+    the wall and cost 5–16% more CPU per byte (docs/diff.md), so more is for a machine where
+    ``bench/bench_sparsity_kernel.py`` shows a gain."""
     bits0, bits1 = bits_view(a.contiguous()).numpy(), bits_view(b.contiguous()).numpy()
     view = _VALUE_VIEW[a.dtype]
     vals0, vals1 = bits0.view(view), bits1.view(view)
     tols = np.asarray(acc.tols, np.float64)
     n = a.numel()
-    parts = max(1, min(threads or default_threads(), n // max(min_part, 1)))
-    bounds = [n * k // parts for k in range(parts + 1)]
+    parts = max(1, -(-n // max(part, 1)))
     counts = np.zeros((parts, 3 + len(acc.tols)), np.int64)
     sums = np.zeros((parts, 3), np.float64)
 
     def run(k: int) -> None:
-        lo, hi = bounds[k], bounds[k + 1]
+        lo, hi = k * part, min(n, (k + 1) * part)
         _pass(bits0[lo:hi], bits1[lo:hi], vals0[lo:hi], vals1[lo:hi], acc.eta, tols, int(block or BLOCK),
               counts[k], sums[k])
 
-    if parts == 1:
-        run(0)
-    else:  # threads for this pair only (a few hundred µs against ≥ 2 ms of work per part)
-        with ThreadPoolExecutor(parts - 1, thread_name_prefix="deltalens-sparsity") as pool:
-            helpers = [pool.submit(run, k) for k in range(1, parts)]
-            run(0)
-            for h in helpers:
-                h.result()
+    threads = max(1, min(threads, parts))
+    if threads == 1:
+        for k in range(parts):
+            run(k)
+    else:  # threads for this pair only
+        with ThreadPoolExecutor(threads, thread_name_prefix="deltalens-sparsity") as pool:
+            list(pool.map(run, range(parts)))
     total, (s0, sd, top) = counts.sum(axis=0), (sums[:, 0].sum(), sums[:, 1].sum(), sums[:, 2].max())
     acc.add(numel=n, changed=n - total[0], nonfinite=n - total[1], rel_unchanged=total[2],
             abs_unchanged=total[3:], sum_w02=s0, sum_d2=sd, max_abs=top)
