@@ -5,8 +5,8 @@ already in the page cache, and times in one process, interleaved round by round:
 
 - the minimal pass: bitwise mask and count on the int16 views (the floor: every byte read once);
 - the minimal pass plus the float32 upcast of w0 and Σw0² (what ‖Δ‖/‖W0‖ needs at least);
-- ``stream_pair_stats`` with the general numpy pass (``kernel="numpy"``) and with the bf16 pass
-  (``kernel="auto"``), each on 1 and 2 worker threads.
+- the compiled pass (numba; ``kernel="auto"`` on CPU) on 1 and 2 threads;
+- the torch pass (``kernel="torch"``: the pass on CUDA, and on CPU without numba).
 
 GB counts both tensors' bytes; GB per CPU-second is the steadier figure on a shared machine.
 
@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+CPU_CHUNK = 1 << 16  # the minimal passes' chunk (elements)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,7 +38,8 @@ def main() -> None:
     from bench_diff import build_pair
     from safetensors import safe_open
 
-    from deltalens.weights.sparsity import CPU_CHUNK, stream_pair_stats
+    from deltalens.weights import sparsity_kernel
+    from deltalens.weights.sparsity import DEFAULT_ETA, DEFAULT_TOLS, SparsityAccumulator, stream_pair_stats
 
     torch.set_num_threads(1)  # the minimal passes use torch's copy on one thread, as the real pass does
     b, t, nbytes = build_pair(Path(args.out), args.size)
@@ -54,15 +57,20 @@ def main() -> None:
                     f = buf[:n].copy_(a[s:s + n]).numpy()
                     np.dot(f, f)
 
-    def full(kernel: str, workers: int) -> None:
+    def compiled(threads: int) -> None:
         for a, c in pairs:
-            stream_pair_stats(a, c, kernel=kernel, workers=workers)
+            acc = SparsityAccumulator(DEFAULT_TOLS, DEFAULT_ETA, False)
+            sparsity_kernel.accumulate(acc, a, c, threads=threads)
+
+    def torch_pass() -> None:
+        for a, c in pairs:
+            stream_pair_stats(a, c, kernel="torch")
 
     cases = {"minimal: int16 != and count": lambda: minimal(False),
-             "minimal + float32 upcast + Σw0²": lambda: minimal(True)}
-    for workers in (1, 2):
-        cases[f"general numpy pass, {workers} thread(s)"] = lambda w=workers: full("numpy", w)
-        cases[f"bf16 pass, {workers} thread(s)"] = lambda w=workers: full("auto", w)
+             "minimal + float32 upcast + Σw0²": lambda: minimal(True),
+             "compiled pass, 1 thread": lambda: compiled(1),
+             "compiled pass, 2 threads": lambda: compiled(2),
+             "torch pass": torch_pass}
     for fn in cases.values():  # map the pages and warm up once
         fn()
     res: dict[str, list] = {}

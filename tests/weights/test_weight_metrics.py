@@ -224,15 +224,13 @@ def _float64_reference(w0, w1, tols, eta=1e-3):
 @pytest.mark.parametrize("specials", [False, True])
 @pytest.mark.parametrize("share", [0.0, 0.01, 0.3, 0.9])
 @pytest.mark.parametrize("chunk", [64, 1 << 16])
-def test_bf16_short_pass_agrees_with_general_passes(share, specials, chunk):
-    """The bf16 pass (sparse when ≤ 1/8 changed, dense otherwise, falling back on NaN/Inf chunks)
-    gives the same counts and max as the general numpy and torch passes and float64."""
+def test_bf16_passes_agree_with_float64(share, specials, chunk):
+    """The compiled pass and the torch pass (on the changed elements only when ≤ 1/8 changed,
+    dense otherwise) give the counts and max of float64, and its sums to rounding."""
     tols = (1e-5, 1e-3, 0.0)
     w0, w1 = _bf16_pair(5000, share, seed=int(share * 100) + specials, specials=specials)
     ref = _float64_reference(w0, w1, tols)
-    runs = {k: stream_pair_stats(w0, w1, tols=tols, chunk=chunk, kernel=k) for k in ("auto", "numpy", "torch")}
-    runs["auto, 2 workers"] = stream_pair_stats(w0, w1, tols=tols, chunk=chunk, workers=2)
-    runs["numpy, 2 workers"] = stream_pair_stats(w0, w1, tols=tols, chunk=chunk, workers=2, kernel="numpy")
+    runs = {k: stream_pair_stats(w0, w1, tols=tols, chunk=chunk, kernel=k) for k in ("auto", "torch")}
     for kernel, s in runs.items():
         for key in ("unchanged_bitwise", "unchanged_relative"):
             assert s[key] == pytest.approx(ref[key], abs=0), (kernel, key)
@@ -246,11 +244,11 @@ def test_bf16_short_pass_agrees_with_general_passes(share, specials, chunk):
     assert runs["auto"]["unchanged_relative"] - runs["auto"]["unchanged_bitwise"] == pytest.approx(2 / 5000)
 
 
-def test_bf16_short_pass_not_used_where_it_does_not_hold():
+def test_bf16_relative_rule_with_a_large_eta():
     """η ≥ 2⁻⁹ breaks relative = bitwise (up to ±0) in bf16: the general rule must run."""
     w0 = torch.tensor([1.0, 2.0, 4.0, 0.5], dtype=torch.bfloat16)
     w1 = torch.tensor([1.0078125, 2.0, 4.0, 0.5], dtype=torch.bfloat16)  # one ULP up at 1.0: |Δ| = 2⁻⁷
-    for kernel in ("auto", "numpy"):
+    for kernel in ("auto", "torch"):
         s = stream_pair_stats(w0, w1, eta=2.0 ** -7, kernel=kernel)
         assert s["unchanged_relative"] == 1.0 and s["unchanged_bitwise"] == 0.75
         s = stream_pair_stats(w0, w1, eta=1e-3, kernel=kernel)
