@@ -11,8 +11,8 @@ the layout of a re-save (the same tensors re-sharded or saved with other metadat
 so another fingerprint).
 
 Cost: one streamed read of each weight file (8 MiB buffer, hashlib's SHA-256, which uses the
-CPU's SHA instructions where present); measured 0.38 s for a 500 MB file in the page cache on
-this project's 2-core machine (docs/report.md). A file's digest is remembered by its (device,
+CPU's SHA instructions where present); measured 0.38 s (idle) to 0.98 s (load 10) for 500 MB
+in the page cache on this project's 2-core machine (docs/report.md). A file's digest is remembered by its (device,
 inode, size, mtime_ns): in the process, and in ``fingerprints.jsonl`` under ``$DELTALENS_CACHE``
 (default ``~/.cache/deltalens``; ``DELTALENS_FINGERPRINT_CACHE`` names another file, empty for
 none), so a checkpoint is read once however many commands use it; changing the file changes its
