@@ -132,6 +132,27 @@ def test_a_hub_snapshot_records_its_revision_and_reads_no_blob(tmp_path):
     assert fp.file_sha256(snap / "model.safetensors") == hashlib.sha256(data).hexdigest()
 
 
+def test_a_hub_id_is_read_from_the_local_cache_only(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    plain = _checkpoint(tmp_path / "plain")
+    data = (plain / "model.safetensors").read_bytes()
+    repo = tmp_path / "hub" / "models--org--tiny"
+    commit = "b" * 40
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "model.safetensors").symlink_to(
+        os.path.relpath(repo / "blobs" / hashlib.sha256(data).hexdigest(), repo / "snapshots" / commit))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    expected = {"sha256": fp.model_fingerprint(plain)["sha256"], "revision": commit}
+    assert fp.model_fingerprint("org/tiny") == expected
+    assert fp.model_fingerprint(f"org/tiny@{commit}") == fp.model_fingerprint("org/tiny", commit) == expected
+    assert fp.model_fingerprint("org/absent") is None  # not in the cache: nothing is downloaded for it
+
+
 def test_off_loaded_or_not_local_gives_none(tmp_path, monkeypatch):
     a = _checkpoint(tmp_path / "a")
     assert fp.model_fingerprint("org/not-downloaded") is None  # a hub id is not fetched for a fingerprint
