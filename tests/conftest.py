@@ -9,6 +9,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# weight-file digests are remembered in this process only: tests leave no entries in ~/.cache
+os.environ.setdefault("DELTALENS_FINGERPRINT_CACHE", "")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from scipy import stats
 from deltalens.behavior.divergence import (answer_entropy, divergence, entropy_categorical, kl_categorical,
                                            kl_estimators, perplexity)
 from deltalens.errors import DeltalensError
+from tests.fingerprints import folder_sha256
 
 PROMPTS = [{"id": "a", "prompt": "12"}, {"id": "b", "prompt": "3"}]
 L = 20
@@ -98,6 +99,8 @@ def test_divergence_cli(tmp_path, tok, pair, run_cli):
     assert code == 0, err
     data = json.loads((tmp_path / "o" / "divergence.json").read_text())
     assert data["base"] == "base" and data["tuned"] == "tuned"
+    assert data["fingerprints"] == {"base": {"sha256": folder_sha256(tmp_path / "base")},
+                                    "tuned": {"sha256": folder_sha256(tmp_path / "tuned")}}
     assert set(data) >= {"n_prompts", "n_samples", "method", "forward_kl", "reverse_kl", "entropy", "cross_perplexity"}
     assert set(data["entropy"]["base"]) == {"token", "answer"}
     kl01 = stats.entropy(l0.softmax(-1).numpy(), l1.softmax(-1).numpy())

@@ -13,6 +13,7 @@ from scipy import stats
 
 from deltalens.behavior.evaluate import evaluate, forgetting, linear_fit
 from deltalens.errors import DeltalensError
+from tests.fingerprints import folder_sha256
 
 
 def _table(tok, top: str):
@@ -89,6 +90,8 @@ def test_forgetting_and_cli(tmp_path, tok, run_cli):
         assert code == 0, err
         files[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert files["base"]["tasks"]["t2"]["accuracy"] == 1.0 and files["tuned"]["tasks"]["t2"]["accuracy"] == 0.0
+    assert [files[n]["fingerprint"] for n in ("base", "tuned")] == [{"sha256": folder_sha256(tmp_path / n)}
+                                                                   for n in ("base", "tuned")]
     for i, kl in enumerate((0.3, 0.7)):
         (tmp_path / f"d{i}.json").write_text(json.dumps(_div(f"tuned{i}", kl)))
         ev = dict(files["tuned"], model=f"tuned{i}")

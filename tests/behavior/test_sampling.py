@@ -13,6 +13,7 @@ from scipy import stats
 
 from deltalens.behavior.sampling import draw_tokens, sample
 from deltalens.errors import DeltalensError
+from tests.fingerprints import folder_sha256
 
 PROBLEMS = [{"id": "a", "prompt": "1+1=", "answer": "2"}, {"id": "b", "prompt": "12+30=", "answer": "42"},
             {"id": "c", "prompt": "7", "answer": "7"}]
@@ -135,6 +136,33 @@ def test_sample_cli_with_verification(tmp_path, tok, random_model, run_cli):
                            "--out", out)
     assert code == 0, err
     assert len(out.read_text().splitlines()) == 15
+
+
+def test_the_weights_are_recorded_and_carried_to_passk_and_support(tmp_path, tok, random_model):
+    import shutil
+
+    from deltalens.behavior import passk, support
+    from deltalens.lab.tiny_model import build_tiny_llama
+
+    random_model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    shutil.copytree(tmp_path / "tiny", tmp_path / "copy")  # the same weights in another folder
+    kw = dict(n=2, max_new_tokens=3, verifier="numeric")
+    out, out2 = tmp_path / "s.jsonl", tmp_path / "s2.jsonl"
+    sample(tmp_path / "tiny", PROBLEMS, out=out, **kw)
+    sample(tmp_path / "copy", PROBLEMS, out=out2, **kw)
+    weights = {"sha256": folder_sha256(tmp_path / "tiny")}
+    assert json.loads((tmp_path / "s.jsonl.sampling.json").read_text())["fingerprint"] == weights
+    assert support(out, out2)["fingerprints"] == {"base": weights, "tuned": weights}
+    assert passk([out, out2])["crossover"]["fingerprints"] == {"base": weights, "tuned": weights}
+    # samples given as rows (not a file) have no record to read: None, as for samples drawn before #20
+    rows = [json.loads(x) for x in out2.read_text().splitlines()]
+    assert support(out, rows)["fingerprints"] == {"base": weights, "tuned": None}
+    # a resume from other weights saved in the same folder is refused before anything is drawn
+    build_tiny_llama(tokenizer=tok, seed=1).save_pretrained(tmp_path / "tiny")
+    with pytest.raises(DeltalensError, match="s.jsonl: its samples were drawn from other weights"):
+        sample(tmp_path / "tiny", PROBLEMS, out=out, **{**kw, "n": 3})
+    assert len(out.read_text().splitlines()) == 6
 
 
 def test_right_padding_tokenizer_gives_the_same_samples(tok, random_model):

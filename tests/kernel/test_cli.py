@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.fingerprints import folder_sha256
+
 CONTRACT_COMPARISON = {
     "top_r", "eigenvalue_log_ratios", "angles_deg", "gap", "wedin_bound", "gap_limited",
     "alignment", "rescale_share", "rescale_baseline",
@@ -59,6 +61,7 @@ def test_kernel_command_writes_the_contract(folders, run_cli):
     assert arrays["base"].shape == (6, 6) and arrays["tuned"].shape == (6, 6)
     np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(arrays["base"]))[::-1], values, rtol=1e-9)
     assert "rescale share" in stdout
+    assert report["fingerprints"] == {"base": {"sha256": folder_sha256(base)}, "tuned": {"sha256": folder_sha256(tuned)}}
 
 
 def test_sketch_traits_and_trajectory(folders, run_cli):

@@ -51,6 +51,7 @@ class PageLoad:
     measurements: dict = field(default_factory=dict)
     screenshot: bytes = b""
     load_seconds: float = 0.0
+    navigated_at: float = 0.0  # time.monotonic() when navigation started
 
     @property
     def errors(self) -> list[str]:
@@ -145,7 +146,7 @@ class Chromium:
         self.call("Emulation.setDeviceMetricsOverride",
                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}, session)
         result = PageLoad(url=url)
-        started = time.monotonic()
+        started = result.navigated_at = time.monotonic()
         self._send("Page.navigate", {"url": url}, session)
         deadline = time.monotonic() + self.timeout
         seen = 0
@@ -167,7 +168,9 @@ class Chromium:
         # let late events (image decode errors, console output after load) arrive
         self.call("Runtime.evaluate", {"expression": "new Promise(r => requestAnimationFrame(() => setTimeout(r, 200)))",
                                        "awaitPromise": True}, session)
-        value = self.call("Runtime.evaluate", {"expression": f"JSON.stringify({measure_js})", "returnByValue": True,
+        # measure_js may be a promise (an async measurement): awaited before it is serialized
+        value = self.call("Runtime.evaluate", {"expression": f"(async () => JSON.stringify(await ({measure_js})))()",
+                                               "returnByValue": True,
                                                "awaitPromise": True}, session)
         if "exceptionDetails" in value:
             raise RuntimeError(f"measurement script failed: {value['exceptionDetails']}")

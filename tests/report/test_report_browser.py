@@ -17,10 +17,14 @@ from pathlib import Path
 import pytest
 
 from deltalens.report import SECTION_IDS, build_report
+from deltalens.report.html import EAGER_FIGURES
 from tests.report.browser import Chromium, find_chromium
 from tests.report.fixtures import passk_doc, write_json
 
-MEASURE = """(() => {
+MEASURE = """(async () => {
+  // every figure, the lazily loaded ones too: load and decode it before measuring
+  const atLoad = [...document.images].map(i => ({loading: i.getAttribute('loading'), complete: i.complete}));
+  await Promise.all([...document.images].map(i => { i.loading = 'eager'; return i.decode().catch(() => null); }));
   const imgs = [...document.images].map(i => {
     const r = i.getBoundingClientRect();
     const col = (i.closest('figure') || i.parentElement).parentElement.getBoundingClientRect();
@@ -39,7 +43,7 @@ MEASURE = """(() => {
     return r.right > document.documentElement.clientWidth + 1;
   }).map(e => e.tagName + '.' + e.className);
   const fonts = [...document.querySelectorAll('p, td, th, figcaption')].map(e => parseFloat(getComputedStyle(e).fontSize));
-  return {imgs, sections, captions, wide, minFont: Math.min(...fonts),
+  return {imgs, atLoad, sections, captions, wide, minFont: Math.min(...fonts),
           scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth,
           absent: document.querySelectorAll('p.absent').length, title: document.title};
 })()"""
@@ -84,6 +88,9 @@ def test_full_report_renders_cleanly(chromium, full_report, tmp_path, width, mob
     assert all(s["h"] > 0 and s["heading"] for s in m["sections"])
     # every plot: decoded (natural size) and laid out (rendered size), with alt text and a data: source
     assert len(m["imgs"]) >= 10
+    # the first figures count in the load event, the rest load lazily (a cold open stays under 2 s)
+    assert [i["loading"] for i in m["atLoad"]] == ["eager"] * EAGER_FIGURES + ["lazy"] * (len(m["imgs"]) - EAGER_FIGURES)
+    assert all(i["complete"] for i in m["atLoad"][:EAGER_FIGURES])
     for img in m["imgs"]:
         assert img["complete"] and img["nw"] > 0 and img["nh"] > 0, img["title"]
         assert img["w"] > 0 and img["h"] > 0, img["title"]

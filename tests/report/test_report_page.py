@@ -398,6 +398,57 @@ def test_one_pairs_outputs_in_three_folders_share_one_column(tmp_path):
     assert _table_row(page, "mode")[1:] == ["sketch"]  # the kernel table: only the pair that has one
 
 
+def _weights(path: Path, seed: int) -> Path:
+    """A one-file checkpoint folder whose weights are drawn from ``seed``."""
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({"w": torch.randn(4, 4, generator=torch.Generator().manual_seed(seed))}, str(path / "model.safetensors"))
+    return path
+
+
+def test_copies_of_one_checkpoint_share_a_column_and_other_weights_under_one_name_do_not(tmp_path):
+    import shutil
+
+    from deltalens.fingerprint import model_fingerprint
+    from tests.report.fixtures import divergence_doc, kernel_doc
+
+    base, tuned = _weights(tmp_path / "models" / "base", 0), _weights(tmp_path / "models" / "tuned", 1)
+    base_copy, tuned_copy = tmp_path / "copies" / "b0", tmp_path / "copies" / "t1"  # other folders, other names
+    shutil.copytree(base, base_copy)
+    shutil.copytree(tuned, tuned_copy)
+    rerun = _weights(tmp_path / "rerun" / "tuned", 2)  # the same folder name as `tuned`, other weights
+
+    def prints(b, t):
+        return {"base": model_fingerprint(b), "tuned": model_fingerprint(t)}
+
+    diff = diff_doc("rl", 7)
+    diff.update(base=str(base), tuned=str(tuned), fingerprints=prints(base, tuned))
+    kern = kernel_doc("rl", 7)
+    kern["base"]["source"], kern["tuned"]["source"] = str(base_copy), str(tuned_copy)
+    kern["fingerprints"] = prints(base_copy, tuned_copy)
+    div = divergence_doc("rl", name="tuned")  # names only ("base", "tuned"), as divergence records them
+    div["fingerprints"] = prints(base, rerun)
+    docs = {"d/diff.json": diff, "k/kernel.json": kern, "v/divergence.json": div}
+
+    def columns():
+        for name, doc in docs.items():
+            write_json(tmp_path / name, doc)
+        page = build_report([tmp_path / n.split("/")[0] for n in docs], tmp_path / "r.html")
+        return [r for r in parse(page).rows if len(r) == 8 and r[0] != "pair"]
+
+    pairs = columns()
+    assert [r[0] for r in pairs] == ["d + k", "v"]
+    tuned_sha = diff["fingerprints"]["tuned"]["sha256"]
+    assert tuned_sha == kern["fingerprints"]["tuned"]["sha256"] != div["fingerprints"]["tuned"]["sha256"]
+    assert pairs[0][3].endswith(f"sha256 {tuned_sha[:12]}")  # the start of the fingerprint below the name
+    # the same files without fingerprints: paths and names decide, so the copies part and the names join
+    for doc in docs.values():
+        del doc["fingerprints"]
+    assert [r[0] for r in columns()] == ["d + v", "k"]
+
+
 def test_names_from_the_inputs_are_escaped(tmp_path):
     doc = diff_doc("rl", 9)
     doc["tensors"][1]["name"] = "model.<script>alert(1)</script>.weight"

@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.fingerprints import folder_sha256
+
 CONTRACT_FIELDS = ("name", "shape", "dtype", "numel", "unchanged_bitwise", "unchanged_relative", "unchanged_absolute",
                    "nonfinite", "delta_fro", "delta_rel", "delta_max_abs", "delta_spectral", "numerical_rank",
                    "effective_rank", "stable_rank", "energy_rank_90", "energy_rank_99", "rank1_share", "module", "layer")
@@ -46,6 +48,9 @@ def test_cli_diff_writes_contract(run_cli, tmp_path):
     assert "all" in out and "q" in out
     doc = json.loads((tmp_path / "o" / "diff.json").read_text())
     assert set(doc) >= {"base", "tuned", "options", "summary", "skipped", "unmatched", "tensors"}
+    # each side's content fingerprint: SHA-256 of the sorted SHA-256s of its weight files, by hashlib here
+    assert doc["fingerprints"] == {"base": {"sha256": folder_sha256(b)}, "tuned": {"sha256": folder_sha256(t)}}
+    assert doc["fingerprints"]["base"] != doc["fingerprints"]["tuned"]
     for row in doc["tensors"]:
         assert set(CONTRACT_FIELDS) <= set(row)
     q0 = next(r for r in doc["tensors"] if r["name"] == "model.layers.0.self_attn.q_proj.weight")

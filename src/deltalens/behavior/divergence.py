@@ -153,6 +153,7 @@ def divergence(base, tuned, prompts, *, tokenizer=None, n_samples: int = 4, max_
     from deltalens.behavior.formats import as_problems
     from deltalens.behavior.sampling import SamplingConfig, hf_generate, load_model
     from deltalens.behavior.verify import extract_number
+    from deltalens.fingerprint import model_fingerprint
     from deltalens.models import check_same_vocabulary
 
     probs = as_problems(prompts, need_answer=False, limit=limit)
@@ -182,7 +183,10 @@ def divergence(base, tuned, prompts, *, tokenizer=None, n_samples: int = 4, max_
         sides[key] = _side(scores, answers)
     exact = temperature == 1.0 and top_p == 1.0
     return {
-        "base": name0, "tuned": name1, "n_prompts": len(probs), "n_samples": n_samples,
+        "base": name0, "tuned": name1,
+        "fingerprints": {"base": model_fingerprint(base, revision),
+                         "tuned": model_fingerprint(tuned, revision)},
+        "n_prompts": len(probs), "n_samples": n_samples,
         "method": ("exact over the vocabulary at each position of sequences sampled from the first model "
                    f"(forward: from base; reverse: from tuned); temperature {temperature}, top_p {top_p}"
                    + ("" if exact else " (NOT the models' own distributions: KL is along tempered samples)")

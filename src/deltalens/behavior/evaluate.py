@@ -78,7 +78,9 @@ def evaluate(model_or_path, suite, *, tokenizer=None, verifier="numeric", max_ne
         t["loss_sum"].append(loss)
     out = {task: {"n": t["n"], "accuracy": t["correct"] / t["n"], "mean_loss": math.fsum(t["loss_sum"]) / t["n"]}
            for task, t in sorted(tasks.items())}
-    return {"model": name, "tasks": out,
+    from deltalens.fingerprint import model_fingerprint
+
+    return {"model": name, "fingerprint": model_fingerprint(model_or_path, revision), "tasks": out,
             "mean_accuracy": math.fsum(t["accuracy"] for t in out.values()) / len(out),
             "mean_loss": math.fsum(t["mean_loss"] for t in out.values()) / len(out),
             "method": (f"accuracy: greedy decoding, max_new_tokens {max_new_tokens}, verifier "

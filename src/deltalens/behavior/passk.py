@@ -162,7 +162,12 @@ def passk(samples, *, problems=None, ks: Sequence[int] | None = None, base: str 
             missing = sorted(set(flags[base]) ^ set(flags[tuned]))[0]
             raise DeltalensError(f"problem {missing!r} has samples from only one of {base!r} and {tuned!r}")
         k_star, reason = crossover(models[base], models[tuned])
+        from deltalens.behavior.sampling import recorded_fingerprint
+
+        by_name = {s.model: s for s in sets}
         result["crossover"] = {"base": base, "tuned": tuned, "k": k_star,
+                               "fingerprints": {"base": recorded_fingerprint(by_name[base]),
+                                                "tuned": recorded_fingerprint(by_name[tuned])},
                                "rule": "smallest common k from which base pass@k > tuned pass@k at every larger k, "
                                        "with base <= tuned at the common k below it (the curves cross)"}
         if reason is not None:

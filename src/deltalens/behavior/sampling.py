@@ -245,7 +245,12 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
 
     settings = {"backend": backend, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
                 "seed": seed, "stop": list(stop or [])}
-    jobs, unrecorded = _pending(out, name, all_probs, probs, n, settings)
+    weights = None
+    if out is not None and backend != "openai":  # a served model's weights are not here to read
+        from deltalens.fingerprint import model_fingerprint
+
+        weights = model_fingerprint(model_or_path, revision)
+    jobs, unrecorded = _pending(out, name, all_probs, probs, n, settings, weights)
     by_id = {p.id: p for p in probs}
     check = None
     if verifier is not None:
@@ -266,7 +271,7 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
                 if out is not None:
                     append_jsonl(out, ordered)
                     if unrecorded:
-                        _record_settings(Path(out), settings)
+                        _record_settings(Path(out), settings, weights)
                         unrecorded = False
                 new_rows.extend(ordered)
                 tick(len(rows))
@@ -280,12 +285,13 @@ def sample(model_or_path, problems, *, n: int = 1, tokenizer=None, temperature: 
     return [r for rs in read_samples(out).by_id.values() for r in rs]
 
 
-def _pending(out, name: str, all_probs: list, probs: list, n: int, settings: dict) -> tuple[list, bool]:
+def _pending(out, name: str, all_probs: list, probs: list, n: int, settings: dict,
+             weights: dict | None) -> tuple[list, bool]:
     """What is left to draw: ``[(problem, sample indices)]`` of ``probs`` not already in ``out``
     (which may hold samples of any of ``all_probs``, drawn with the same ``settings``), and
     whether the settings still have to be recorded."""
     done = _existing(Path(out), name, {p.id for p in all_probs}) if out is not None else {}
-    unrecorded = out is not None and _check_settings(Path(out), settings, resuming=bool(done))
+    unrecorded = out is not None and _check_settings(Path(out), settings, weights, resuming=bool(done))
     jobs = [(p, [j for j in range(n) if j not in done.get(p.id, set())]) for p in probs]
     return [(p, idxs) for p, idxs in jobs if idxs], unrecorded
 
@@ -315,20 +321,28 @@ def _backend(backend, model_or_path, tokenizer, probs, cfg, *, out, device, dtyp
 
 
 def sampling_record_path(out) -> Path:
-    """Where :func:`sample` records the settings a samples file was drawn with (``settings``) and
-    what an openai server honoured (``runs``): ``S.jsonl.sampling.json``."""
+    """Where :func:`sample` records the settings a samples file was drawn with (``settings``), the
+    model's content fingerprint (``fingerprint``, :mod:`deltalens.fingerprint`; None for a served
+    or already-loaded model) and what an openai server honoured (``runs``): ``S.jsonl.sampling.json``."""
     out = Path(out)
     return out.with_name(out.name + ".sampling.json")
 
 
-def _check_settings(out: Path, settings: dict, *, resuming: bool) -> bool:
-    """Refuse to add samples drawn with other settings to ``out`` (a resume must draw the same
-    distribution; ``n`` may grow: that is what a resume adds). True when ``settings`` still have
-    to be recorded (:func:`_record_settings`, once the first new samples are written)."""
+def _check_settings(out: Path, settings: dict, weights: dict | None, *, resuming: bool) -> bool:
+    """Refuse to add samples drawn with other settings, or from other weights (both fingerprints
+    known and different), to ``out`` (a resume must draw the same distribution; ``n`` may grow:
+    that is what a resume adds). True when ``settings`` still have to be recorded
+    (:func:`_record_settings`, once the first new samples are written)."""
+    from deltalens.fingerprint import same_weights
     from deltalens.results import read_json
 
     path = sampling_record_path(out)
-    recorded = (read_json(path) if path.is_file() else {}).get("settings")
+    doc = read_json(path) if path.is_file() else {}
+    recorded = doc.get("settings")
+    if resuming and same_weights(doc.get("fingerprint"), weights) is False:
+        raise DeltalensError(f"{out}: its samples were drawn from other weights (sha256 "
+                             f"{doc['fingerprint']['sha256'][:12]}…, this model's is {weights['sha256'][:12]}…); "
+                             "use another --out")
     if recorded is not None and resuming:
         for key, value in settings.items():
             if key in recorded and recorded[key] != value:
@@ -338,11 +352,26 @@ def _check_settings(out: Path, settings: dict, *, resuming: bool) -> bool:
     return True
 
 
-def _record_settings(out: Path, settings: dict) -> None:
+def _record_settings(out: Path, settings: dict, weights: dict | None) -> None:
     from deltalens.results import read_json, write_json
 
     path = sampling_record_path(out)
-    write_json(path, {**(read_json(path) if path.is_file() else {}), "settings": settings})
+    write_json(path, {**(read_json(path) if path.is_file() else {}), "settings": settings, "fingerprint": weights})
+
+
+def recorded_fingerprint(sample_set) -> dict | None:
+    """The model fingerprint :func:`sample` recorded beside a samples file (None for samples
+    not read from a file, or drawn before fingerprints were recorded)."""
+    from deltalens.results import read_json
+
+    path = sampling_record_path(sample_set.source) if sample_set.source not in ("<memory>", "<samples>") else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        value = read_json(path).get("fingerprint")
+    except (DeltalensError, AttributeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _openai_checked(base_url, model, problems, jobs, cfg, *, out, check: bool, api_key, max_retries, timeout):

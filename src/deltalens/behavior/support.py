@@ -78,8 +78,10 @@ def support(base_samples, tuned_samples, *, k: int | None = None, zeta: float = 
     Each argument is a samples file, a :class:`SampleSet` or a list of sample dicts.
     """
     from deltalens.behavior.formats import as_sample_sets, correctness
+    from deltalens.behavior.sampling import recorded_fingerprint
 
     b, t = as_sample_sets([base_samples, tuned_samples])
     res = support_from_flags(correctness(b), correctness(t), k=k, zeta=zeta)
-    return {"base": b.model, "tuned": t.model, **res,
+    return {"base": b.model, "tuned": t.model,
+            "fingerprints": {"base": recorded_fingerprint(b), "tuned": recorded_fingerprint(t)}, **res,
             "method": f"a model 'finds' a problem when one of its first k={res['k']} samples is verified correct"}

@@ -134,6 +134,9 @@ class LoraAdapterSource(TensorSource):
             delta = delta.T
         return w0.to(torch.float32) + scale * delta
 
+    def content_files(self) -> list[Path]:
+        return self._base.content_files() + self._files
+
     def fingerprint(self) -> list:
         return self._base.fingerprint() + [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in self._files]
 

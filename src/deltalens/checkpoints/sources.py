@@ -75,6 +75,11 @@ class TensorSource(ABC):
         """Cheap identity of the files behind this source (paths, sizes, mtimes) for resume."""
         return []
 
+    def content_files(self) -> list[Path]:
+        """The files whose bytes determine this source's tensors (for a content fingerprint,
+        :mod:`deltalens.fingerprint`); empty when there are none (e.g. an in-memory source)."""
+        return list(getattr(self, "_files", []))
+
     def byte_range(self, key: str) -> tuple[Path, int, int] | None:
         """(file, offset, length) of the tensor's stored bytes, where it sits in a file as is
         (for read-ahead); None otherwise."""

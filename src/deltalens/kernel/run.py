@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from deltalens.errors import DeltalensError
+from deltalens.fingerprint import model_fingerprint
 from deltalens.kernel.align import alignment_share, mean_loss_gradient
 from deltalens.kernel.compare import compare_kernels, kernel_spectrum
 from deltalens.kernel.gradients import trainable_parameters
@@ -289,6 +290,7 @@ class _Kernels:
     n_probes: int
     output_fields: dict
     traits: tuple[dict, dict] | None
+    fingerprints: dict  # base and last model's content fingerprints (deltalens.fingerprint)
 
     def report(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """``kernel.json``'s fields for the base vs the last checkpoint, and their matrices."""
@@ -296,6 +298,7 @@ class _Kernels:
         report = _header(first, self.n_probes, self.opts.output)
         report.update(self.output_fields)
         report.update(base=_side(first, self.models[0]), tuned=_side(last, self.models[-1]))
+        report["fingerprints"] = self.fingerprints
         report["comparison"] = compare_kernels(first.matrix, last.matrix, self.opts.top_r)
         report["error_estimate"] = max(r.error_estimate for r in self.results)
         arrays = {"base": first.matrix, "tuned": last.matrix}
@@ -326,7 +329,8 @@ def _compute(models: Sequence, probes, *, out, tokenizer, traits, progress, load
         label = "tuned kernel" if len(models) == 2 else f"checkpoint {i}"
         results.append(_kernel(model, output_fn, batch, label, progress, **ntk_options))
     trait_block = _traits(model0, model, suite, progress, opts.top_r, ntk_options) if suite is not None else None
-    return _Kernels(models, opts, results, len(lines), output_fields, trait_block)
+    prints = {"base": model_fingerprint(sources[0]), "tuned": model_fingerprint(sources[-1])}  # hub ids: their snapshots
+    return _Kernels(models, opts, results, len(lines), output_fields, trait_block, prints)
 
 
 def run_trajectory(

@@ -42,8 +42,9 @@ def render_html(runs: list[Run], *, title: str = "deltalens report") -> str:
 def _pairs_section(runs: list[Run], pairs: list[Pair]) -> Section:
     section = Section("pairs", "Pairs compared",
                       "Each column of the tables below is one (base, tuned) pair. Outputs in different folders that "
-                      "name the same two models (the paths or names recorded in the files) share one pair; what a "
-                      "pair lacks is said here once.")
+                      "name the same two models share one pair: the same weights where the files record both models' "
+                      "content fingerprints (SHA-256 of the weight files, shown below a model's name), else the same "
+                      "paths or names; what a pair lacks is said here once.")
     rows = []
     models = [m for p in pairs for m in p.base_and_tuned if m]
     prefix = _common_dir(models)
@@ -53,7 +54,8 @@ def _pairs_section(runs: list[Run], pairs: list[Pair]) -> Section:
         found = ["all"] if not p.missing and not p.unreadable else found
         absent = [html("<code>{}</code> ({})", n, PRODUCERS.get(n, "")) for n in p.missing]
         unreadable = [html("<code>{}</code>: {}", n, why) for n, why in p.unreadable.items()]
-        rows.append([p.label, p.group, _short_model(base, prefix), _short_model(tuned, prefix),
+        rows.append([p.label, p.group, _with_fingerprint(_short_model(base, prefix), p.fingerprints(1)),
+                     _with_fingerprint(_short_model(tuned, prefix), p.fingerprints(2)),
                      ", ".join(r.label for r in p.runs), ", ".join(found) or "—",
                      Markup("<br>").join(absent) if absent else "—",
                      Markup("<br>").join(unreadable) if unreadable else "—"])
@@ -76,6 +78,13 @@ def _common_dir(paths: list[str]) -> str:
         return ""
     common = os.path.commonpath(absolute)
     return "" if common == os.sep else common
+
+
+def _with_fingerprint(name: str, fingerprints: set[str]) -> str | Markup:
+    """A model's cell: its name, and below it the start of each content fingerprint recorded."""
+    if not fingerprints:
+        return name
+    return html("{}<br><small>sha256 {}</small>", name, ", ".join(f[:12] for f in sorted(fingerprints)))
 
 
 def _short_model(text: str | None, prefix: str) -> str:

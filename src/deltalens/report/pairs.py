@@ -5,11 +5,17 @@ analyses) writes into its own OUT, so one pair's weight, behaviour and kernel ou
 three folders. Each folder states in its files which models it compares: ``diff.json``
 ``base``/``tuned`` (paths as given), ``kernel.json`` ``base.source``/``tuned.source``,
 ``support.json``/``divergence.json`` ``base``/``tuned`` and ``passk.json``'s ``crossover``
-(model names, by default the checkpoint folder's name). Folders are merged into one
-:class:`Pair` when both models match and they hold no file in common:
+(model names, by default the checkpoint folder's name), and, from files written since issue #20,
+each model's content fingerprint (``fingerprints``: the SHA-256 of its weight files,
+:mod:`deltalens.fingerprint`). Folders are merged into one :class:`Pair` when both models match
+and they hold no file in common:
 
-- two paths match when they resolve to the same existing folder or file (``os.path.samefile``;
-  otherwise when their absolute forms are equal);
+- two models whose records both carry a fingerprint match when the fingerprints are equal, and
+  only then: two copies of one checkpoint in different folders match, two checkpoints of other
+  weights under one folder name do not; and two folders whose files give a model's fingerprint
+  and share none for it are never merged, whatever their other files say;
+- otherwise two paths match when they resolve to the same existing folder or file
+  (``os.path.samefile``; otherwise when their absolute forms are equal);
 - a bare name matches a path whose last component is that name, or the same name.
 
 Folders that hold only lab-level files (``claims.json``, ``forgetting.json``) are not pairs.
@@ -43,16 +49,20 @@ PAIR_FILES = tuple(n for n in INPUT_FILES if n not in LAB_LEVEL_FILES)
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model as a file names it: the text recorded, and the resolved path when it is one."""
+    """A model as a file names it: the text recorded, the resolved path when it is one, and the
+    content fingerprint's SHA-256 when the file records one."""
 
     text: str
     path: str | None
+    sha256: str | None = None
 
     @property
     def name(self) -> str:
         return Path(self.path).name if self.path else self.text
 
     def matches(self, other: ModelRef) -> bool:
+        if self.sha256 and other.sha256:
+            return self.sha256 == other.sha256
         if self.path and other.path:
             if self.path == other.path:
                 return True
@@ -63,36 +73,39 @@ class ModelRef:
         return self.name == other.name
 
 
-def model_ref(value: Any) -> ModelRef | None:
+def model_ref(value: Any, fingerprint: Any = None) -> ModelRef | None:
     if not isinstance(value, str) or not value:
         return None
+    sha = fingerprint.get("sha256") if isinstance(fingerprint, dict) else None
+    sha = sha if isinstance(sha, str) and sha else None
     looks_like_path = "/" in value or os.sep in value or Path(value).exists()
     if looks_like_path and not value.startswith(("hf://", "http://", "https://")):
         p = Path(value)
-        return ModelRef(value, str(p.resolve()) if p.exists() else os.path.abspath(value))
-    return ModelRef(value, None)
+        return ModelRef(value, str(p.resolve()) if p.exists() else os.path.abspath(value), sha)
+    return ModelRef(value, None, sha)
 
 
 def stated_models(run: Run) -> list[tuple[str, ModelRef, ModelRef]]:
     """(file, base, tuned) for every file of ``run`` that names the models it compares."""
     out = []
 
-    def add(name, base, tuned):
-        b, t = model_ref(base), model_ref(tuned)
+    def add(name, base, tuned, holder):
+        prints = holder.get("fingerprints") if isinstance(holder.get("fingerprints"), dict) else {}
+        b, t = model_ref(base, prints.get("base")), model_ref(tuned, prints.get("tuned"))
         if b and t:
             out.append((name, b, t))
 
     for name in ("diff.json", "support.json", "divergence.json"):
         doc = run.data.get(name)
         if isinstance(doc, dict):
-            add(name, doc.get("base"), doc.get("tuned"))
+            add(name, doc.get("base"), doc.get("tuned"), doc)
     kernel = run.data.get("kernel.json")
     if isinstance(kernel, dict):
         side = [kernel.get(s) if isinstance(kernel.get(s), dict) else {} for s in ("base", "tuned")]
-        add("kernel.json", side[0].get("source"), side[1].get("source"))
+        add("kernel.json", side[0].get("source"), side[1].get("source"), kernel)
     cross = (run.data.get("passk.json") or {}).get("crossover")
     if isinstance(cross, dict):
-        add("passk.json", cross.get("base"), cross.get("tuned"))
+        add("passk.json", cross.get("base"), cross.get("tuned"), cross)
     return out
 
 
@@ -141,7 +154,15 @@ class Pair:
         _, b, t = self.models[0]
         return b.text, t.text
 
+    def fingerprints(self, role: int) -> set[str]:
+        """The SHA-256 fingerprints the pair's files record for the base (``role`` 1) or tuned (2)."""
+        return {m[role].sha256 for m in self.models if m[role].sha256}
+
     def same_models(self, other: Pair) -> bool:
+        for role in (1, 2):
+            mine, theirs = self.fingerprints(role), other.fingerprints(role)
+            if mine and theirs and not mine & theirs:
+                return False  # the weights differ, whatever names or paths say
         return any(b.matches(ob) and t.matches(ot) for _, b, t in self.models for _, ob, ot in other.models)
 
 

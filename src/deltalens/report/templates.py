@@ -42,7 +42,7 @@ TEMPLATES = {
 <tbody>{% for row in rows %}<tr>{% for cell in row %}{% if loop.first %}<th scope="row"{{ cell.cls }}>{{ cell.text }}</th>{% else %}<td{{ cell.cls }}>{{ cell.text }}</td>{% endif %}{% endfor %}</tr>{% endfor %}</tbody></table></div>""",
     "figure.html": """<figure class="plot"><picture>
 {%- if narrow %}<source media="(max-width: {{ narrow_max }}px)" srcset="{{ narrow.data_uri() }}">{% endif -%}
-<img src="{{ plot.data_uri() }}" alt="{{ plot.alt }}" title="{{ plot.title }}" decoding="sync" style="max-width: {{ plot.width_px }}px" data-text-outside="{{ plot.text_outside | length + (narrow.text_outside | length if narrow else 0) }}"></picture>
+<img src="{{ plot.data_uri() }}" alt="{{ plot.alt }}" title="{{ plot.title }}" decoding="sync" loading="lazy" style="max-width: {{ plot.width_px }}px" data-text-outside="{{ plot.text_outside | length + (narrow.text_outside | length if narrow else 0) }}"></picture>
 <figcaption><strong>{{ plot.title }}.</strong> <span class="provenance">Produced by: {{ plot.provenance }}</span></figcaption></figure>""",
     "note.html": """<p class="{{ cls }}"{% if cls == 'absent' %} role="note"{% endif %}>{% if cls == 'absent' %}<strong>Absent:</strong> {% endif %}{{ text }}</p>""",
 }

@@ -23,6 +23,7 @@ from pathlib import Path
 from deltalens.checkpoints import TensorPair, open_pair, pair_sources
 from deltalens.checkpoints.readahead import ReadAhead
 from deltalens.errors import DeltalensError
+from deltalens.fingerprint import source_fingerprint
 from deltalens.results import append_jsonl, check_output_dir, to_jsonable, write_json, write_parquet, write_text
 from deltalens.weights.aggregate import summarize
 from deltalens.weights.groups import (
@@ -57,6 +58,7 @@ class DiffResult:
     out: Path | None = None
     resumed: int = 0  # rows taken from an interrupted earlier run of the same inputs and options
     replaced: list[str] | None = None  # what an earlier run in ``out`` that this one replaced did differently
+    fingerprints: dict = field(default_factory=dict)  # base/tuned content fingerprints (deltalens.fingerprint)
 
     @property
     def tensors(self):
@@ -69,7 +71,8 @@ class DiffResult:
 
     def to_json(self) -> dict:
         return {
-            "base": self.base, "tuned": self.tuned, "options": self.options, "summary": self.summary,
+            "base": self.base, "tuned": self.tuned, "fingerprints": self.fingerprints, "options": self.options,
+            "summary": self.summary,
             "skipped": self.skipped, "unmatched": self.unmatched, "resized": self.resized,
             "tied": self.tied, "tensors": self.rows,
         }
@@ -242,6 +245,8 @@ def run_diff(base: str | os.PathLike, tuned: str | os.PathLike, *, out: str | os
         summary=to_jsonable(summarize(rows, fields)), rows=rows, skipped=pairing.skipped,
         unmatched=pairing.unmatched, resized=pairing.resized, tied=pairing.tied, out=out_path,
         resumed=resumed, replaced=replaced,
+        # after the pass, so the files are read from the page cache where they fit in it
+        fingerprints={"base": source_fingerprint(base_src), "tuned": source_fingerprint(tuned_src)},
     )
     if out_path is not None:
         write_parquet(out_path / "tensors.parquet", result.tensors)
