@@ -11,13 +11,13 @@ from deltalens.cli.common import Device, command, out_option
 
 
 def _pct(x) -> str:
-    from deltalens.report.numbers import pct
+    from deltalens.numbers import pct
 
     return pct(x)
 
 
 def _num(x, fmt=None) -> str:
-    from deltalens.report.numbers import fmt as number
+    from deltalens.numbers import fmt as number
 
     return number(float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x)
 

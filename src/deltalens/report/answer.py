@@ -18,7 +18,7 @@ import statistics
 
 from markupsafe import Markup
 
-from deltalens.report import aggregate as agg
+import deltalens.report.aggregate as agg
 from deltalens.report.html import (Section, absent, figure_or_note, fmt, grid, html, paragraph, table,
                                    verdict_badge)
 from deltalens.report.inputs import Run, as_float, is_claims_doc
@@ -102,7 +102,7 @@ def gate_text(claim: dict, gates: dict) -> str:
 
 
 def _claims_table(run: Run) -> Markup:
-    from deltalens.lab.tables import effect_text, published_text
+    from deltalens.report.claims_text import effect_text, published_text
 
     doc = run.get("claims.json")
     claims = [c for c in doc.get("claims") or [] if isinstance(c, dict)]
@@ -409,7 +409,7 @@ def _forgetting(ctx, doc: dict, claims: dict):
     claim = next((c for c in (claims or {}).get("claims") or [] if isinstance(c, dict) and c.get("id") == "forgetting_tracks_kl"), None)
     verdict = ""
     if claim and isinstance(claim.get("effect"), dict):
-        from deltalens.lab.tables import effect_text
+        from deltalens.report.claims_text import effect_text
 
         verdict = f"; the lab's claim forgetting_tracks_kl: {claim.get('verdict')}, {effect_text(claim['effect'])}"
     ax.axhline(0, color="#999999", linewidth=0.6)

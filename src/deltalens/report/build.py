@@ -12,7 +12,11 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from deltalens.report import answer, behaviour, kernel, lab, weights
+import deltalens.report.answer as answer
+import deltalens.report.behaviour as behaviour
+import deltalens.report.kernel as kernel
+import deltalens.report.lab as lab
+import deltalens.report.weights as weights
 from deltalens.report.html import Section, html, table
 from deltalens.report.inputs import INPUT_FILES, Run, discover_runs, is_claims_doc
 from deltalens.report.pairs import PRODUCERS, Pair, assign_groups, group_pairs

@@ -1,7 +1,7 @@
 """The report page of the lab's experiments (``deltalens lab --experiment NAME``).
 
 One section per experiment: its settings and machine, its gates and claims (the rows of
-:mod:`deltalens.lab.tables`, so the page, the terminal and the README say the same), and its
+:mod:`deltalens.report.claims_text`, so the page, the terminal and the README say the same), and its
 figures from ``curves.json``. A curve file holds ``{"figures": [{"title", "panels": [{"title",
 "x_label", "y_label", "kind": "line" | "scatter", "series": [{"label", "x": [[per seed]],
 "y": [[per seed]]}]}]}]}``: a line series whose seeds share their x values is drawn as the mean
@@ -67,7 +67,7 @@ def _draw(spec: dict, provenance: str):
 
 def experiment_section(doc: dict, curves: dict) -> Section:
     """The section of one experiment's claims document and curves."""
-    from deltalens.lab.tables import GATE_HEADER, claim_rows, gate_rows
+    from deltalens.report.claims_text import GATE_HEADER, claim_rows, gate_rows
 
     name = doc["experiment"]
     m = doc.get("machine") or {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from markupsafe import Markup, escape
 
-from deltalens.report.numbers import fmt, pct
+from deltalens.numbers import fmt, pct
 
 __all__ = ["Section", "absent", "figure", "figure_or_note", "fmt", "grid", "heading", "html", "missing_notes",
            "page", "paragraph", "pct", "render_template", "table", "verdict_badge"]

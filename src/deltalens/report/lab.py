@@ -71,7 +71,7 @@ def _tracking_plot(have: list):
 
 
 def build_claims(runs: list[Run]) -> Section:
-    from deltalens.lab.tables import GATE_HEADER, effect_text, excluded_text, gate_rows, published_text
+    from deltalens.report.claims_text import GATE_HEADER, effect_text, excluded_text, gate_rows, published_text
 
     section = Section(
         "claims", "Claims in full",

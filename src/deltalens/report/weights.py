@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from deltalens.report import aggregate as agg
+import deltalens.report.aggregate as agg
 from deltalens.report.html import Section, absent, figure_or_note, fmt, heading, html, missing_notes, paragraph, pct, table
 from deltalens.report.inputs import Run, as_float
 from deltalens.report.plotting import (MODULE_MARKERS, describe_range, figure_legend, finite_xy, integer_ticks,

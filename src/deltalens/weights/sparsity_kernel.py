@@ -25,8 +25,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from deltalens.weights.sparsity import (
-    INF, SparsityAccumulator, absolute_unchanged, bits_view, bitwise_unchanged, relative_unchanged, update_abs,
+from deltalens.weights.sparsity_rules import (
+    INF, absolute_unchanged, bits_view, bitwise_unchanged, relative_unchanged, update_abs,
 )
 
 BLOCK = 1 << 14  # elements per block of the loop
@@ -170,7 +170,7 @@ def supports(dtype: torch.dtype) -> bool:
     return dtype in _VALUE_VIEW
 
 
-def accumulate(acc: SparsityAccumulator, a: torch.Tensor, b: torch.Tensor, block: int | None = None,
+def accumulate(acc, a: torch.Tensor, b: torch.Tensor, block: int | None = None,
                threads: int = 1, part: int = PART) -> None:
     """Add a same-dtype pair of flat CPU tensors to ``acc`` in the compiled pass: parts of ``part``
     elements, taken in turn by ``threads`` threads as each finishes its last (the loop holds no

@@ -1,4 +1,4 @@
-"""Number formatting shared by the HTML report and the terminal tables (one definition)."""
+"""Number formatting shared by the HTML report, the terminal tables and the lab's claim tables (one definition)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import math
 def fmt(value: object, digits: int = 3) -> str:
     """A number for a table cell: ``digits`` significant digits, scientific notation below 1e-3
     and from 1e6, thousands separators for integers, '—' for missing or NaN, ±∞ for infinities."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy or torch scalar
+        value = value.item()
     if value is None or isinstance(value, bool):
         return "—" if value is None else str(value)
     if isinstance(value, int):
