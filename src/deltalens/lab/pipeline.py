@@ -389,12 +389,15 @@ def stage_gates(run: LabRun) -> dict:
 def stage_analyses(run: LabRun) -> dict:
     numbers: dict = {}
     sources: dict = {}
+    seconds: dict = {}
     for name, fn in ANALYSES.items():
+        started = time.perf_counter()
         for metric, per_arm in fn(run).items():
             numbers[metric] = per_arm
             sources[metric] = name
+        seconds[name] = round(time.perf_counter() - started, 2)
     write_json(run.out / "metrics.json", {"numbers": numbers, "sources": sources, "items": run.items.doc})
-    return {"analyses": list(ANALYSES)}
+    return {"analyses": list(ANALYSES), "seconds_per_analysis": seconds}
 
 
 def stage_claims(run: LabRun) -> dict:
@@ -540,8 +543,9 @@ def _run_stage(run: LabRun, name: str):
 
 def _register_default_analyses() -> None:
     from deltalens.lab.analyses import ANALYSES as DEFAULT
+    from deltalens.lab.curvature import curvature_analysis
 
-    for name, fn in DEFAULT:
+    for name, fn in (*DEFAULT, ("curvature", curvature_analysis)):
         register_analysis(name, fn)
 
 
