@@ -125,7 +125,8 @@ def curvature_analysis(run) -> dict:
     flat = {}
     for arm, seed, _ in models[1:]:
         delta = parameter_delta(base, nets[(arm, seed)])
-        flat[(arm, seed)] = torch.cat([d.reshape(-1) for d in delta.values()]).cpu()
+        # float32 on the host (the masters' own precision): 0.5 GB per model for SmolLM2, not 1 GB
+        flat[(arm, seed)] = torch.cat([d.reshape(-1).float() for d in delta.values()]).cpu()
     values = {(arm, seed): {m: [] for m in MODEL_METRICS + PAIR_METRICS} for arm, seed, _ in models}
     docs = {(arm, seed): [] for arm, seed, _ in models}
     task_id = run.task(f"curvature: top-{TOP} H, G, eNTK on {len(groups)} probe groups", len(groups) * len(models))
@@ -143,7 +144,7 @@ def curvature_analysis(run) -> dict:
                 base_block = block
             else:
                 # the pair's r products per operator act on the same block (the whole model) as the base's
-                doc["pair"] = pair_comparison(base_block, block, products, flat[(arm, seed)], seed=g)
+                doc["pair"] = pair_comparison(base_block, block, products, flat[(arm, seed)].double(), seed=g)
                 for metric, value in pair_items(doc["pair"]).items():
                     values[(arm, seed)][metric].append(value)
             products.release()
@@ -159,7 +160,7 @@ def curvature_analysis(run) -> dict:
             run.items.put(metric, arm, vals, item_set=ITEM_SET, unit=_unit(metric), ids=ids,
                           excluded={"no pooled PP share (no 2-D matrix, or a zero share)": n_none} if n_none else None)
         if seed is not None:
-            norm = float(torch.linalg.vector_norm(flat[(arm, seed)]))
+            norm = float(torch.linalg.vector_norm(flat[(arm, seed)].double()))
             run.items.put("curv_log_update_norm", arm, [math.log(norm) if norm > 0 else None],
                           item_set="curvature-update", unit="log",
                           excluded={"Δθ = 0": 1} if norm == 0 else None)

@@ -12,9 +12,10 @@ configuration skips finished stages, and a half-finished arm run is discarded an
    ``OUT/gates.json``.
 6. ``analyses``: every registered analysis (:data:`ANALYSES`; by default the weight diff, the
    matched-update-size path, the behaviour comparison and the kernels of
-   :mod:`deltalens.lab.analyses`) fills per-item values ``items[metric][arm][seed][item]``
+   :mod:`deltalens.lab.analyses`, then the curvature of :mod:`deltalens.lab.curvature`) fills per-item values ``items[metric][arm][seed][item]``
    (``run.items``) and returns per-seed means ``{metric: {arm: [per seed]}}``, both written to
-   ``OUT/metrics.json``; more plug in with :func:`register_analysis`.
+   ``OUT/metrics.json`` (each analysis's seconds go to the stage's marker); more plug in with
+   :func:`register_analysis`.
 7. ``claims``: :func:`deltalens.lab.claims.claims_document` on those items and the gates,
    ``OUT/claims.json``, and the self-contained ``OUT/report.html``.
 
