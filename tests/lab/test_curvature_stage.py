@@ -37,9 +37,10 @@ def test_probe_groups_of_the_presets():
                                                              for i in range(cfg.n_test)])
         return K.probe_groups(run)
 
-    for cfg in (quick_config(), default_config()):
+    for cfg, n in ((quick_config(), K.QUICK_GROUPS), (default_config(), K.MAX_GROUPS)):
         got = groups(cfg)
-        assert len(got) == K.MAX_GROUPS and all(len(g) == K.GROUP_SIZE >= K.TOP for g in got)
+        assert len(got) == n and all(len(g) == K.GROUP_SIZE >= K.TOP for g in got)
+        assert [p["prompt"] for g in got for p in g] == [f"{i}+1=" for i in range(n * K.GROUP_SIZE)]
     assert len(groups(replace(quick_config(), n_probes=6))) == 1  # a partial group is dropped
 
 
