@@ -58,6 +58,17 @@ def test_verdict_directions():
 
 
 # --------------------------------------------------------------------------- simulated items
+def item_writer(items: dict):
+    """``put(metric, arm, rows, item_set, weights=None)`` into an ``items`` section."""
+
+    def put(metric, arm, rows, item_set, weights=None):
+        spec = items.setdefault(metric, {"item_set": item_set, "unit": "", "weights": weights, "arms": {},
+                                         "excluded": {}})
+        spec["arms"][arm] = [list(map(float, r)) for r in rows]
+
+    return put
+
+
 def simulate(rng, shift: dict | None = None, seeds: int = 3) -> dict:
     """Items for every metric; every arm from one distribution plus ``shift[(metric, arm)]``.
 
@@ -67,11 +78,7 @@ def simulate(rng, shift: dict | None = None, seeds: int = 3) -> dict:
     shift = shift or {}
     items: dict = {}
 
-    def put(metric, arm, rows, item_set, weights=None):
-        spec = items.setdefault(metric, {"item_set": item_set, "unit": "", "weights": weights, "arms": {},
-                                         "excluded": {}})
-        spec["arms"][arm] = [list(map(float, r)) for r in rows]
-
+    put = item_writer(items)
     difficulty = rng.normal(0, 1.5, N_PROBLEMS)
     n = 16
     flags = {}
@@ -119,7 +126,7 @@ def simulate(rng, shift: dict | None = None, seeds: int = 3) -> dict:
 N_GROUPS = 4
 
 
-def simulate_curvature(rng, put, shift: dict, seeds: int) -> None:
+def simulate_curvature(rng, put, shift: dict, seeds: int, n_groups: int = N_GROUPS) -> None:
     """The curvature items: margins and PP log ratios centred on 0 (measured = random baseline)
     for every model, rotations and ‖Δθ‖ from one distribution for every arm, plus ``shift``.
     Items (probe groups) are shared by all models, each trained seed adds a seed effect."""
@@ -128,13 +135,13 @@ def simulate_curvature(rng, put, shift: dict, seeds: int) -> None:
                           ("curv_pp_log_ratio_gauss_newton", 0.5), ("curv_pp_log_ratio_hessian", 0.5),
                           ("curv_pp_log_ratio_entk_logprob", 0.5), ("curv_rotation_gauss_newton_deg", 3.0),
                           ("curv_rotation_hessian_deg", 3.0)):
-        common = rng.normal(0, scale, N_GROUPS)
+        common = rng.normal(0, scale, n_groups)
         for arm in ARMS:
             if arm == "base" and metric.startswith("curv_rotation"):
                 continue
             ns = 1 if arm == "base" else seeds
             seed_effect = 0.0 if arm == "base" else rng.normal(0, scale, (ns, 1))
-            rows = (common[None, :] + seed_effect + rng.normal(0, scale, (ns, N_GROUPS))
+            rows = (common[None, :] + seed_effect + rng.normal(0, scale, (ns, n_groups))
                     + shift.get((metric, arm), 0.0) + (30.0 if metric.startswith("curv_rotation") else 0.0))
             put(metric, arm, rows, "curvature-probes")
     for arm in ARMS[1:]:
@@ -154,6 +161,20 @@ def test_aa_data_rarely_gives_a_decisive_verdict():
             decisive[rec["id"]] = decisive.get(rec["id"], 0) + (rec["verdict"] != C.INCONCLUSIVE)
     rates = {k: v / 200 for k, v in decisive.items() if k not in THRESHOLD}
     assert rates and all(r <= 0.10 for r in rates.values()), rates
+
+
+def test_aa_curvature_rules_in_the_quick_shape():
+    """--quick: 2 probe groups and 2 seeds; the curvature claims decisive in at most 10% of 200 A/A draws."""
+    rng = np.random.default_rng(2026)
+    ids = ("curvature_agree", "curvature_pp_capture", "curvature_rotation")
+    claims = [c for c in C.CLAIMS if c.id in ids]
+    decisive = dict.fromkeys(ids, 0)
+    for _ in range(200):
+        items: dict = {}
+        simulate_curvature(rng, item_writer(items), {}, seeds=2, n_groups=2)
+        for rec in C.evaluate_claims(items, n_boot=200, claims=claims):
+            decisive[rec["id"]] += rec["verdict"] != C.INCONCLUSIVE
+    assert all(v / 200 <= 0.10 for v in decisive.values()), decisive
 
 
 GOOD = {("logit", "grpo"): 1.5, ("kmax", "base"): 0.4, ("kmax", "sft"): 0.6, ("logit", "grpo-random"): 1.0,

@@ -197,8 +197,8 @@ def _per_model(metric: str, what: str, unit: str) -> tuple[Part, ...]:
 
 
 _MODELS_WORDS = "the base and every arm's final checkpoint (sft, grpo, grpo-random, rft; all seeds)"
-_ONE_SEED = ("Needs ≥ 2 seeds per trained arm: with one seed the interval runs over the 4 probe groups only and "
-             "was decisive in 32–56% of simulated A/A draws (2 or 3 seeds: ≤ 2.5%).")
+_ONE_SEED = ("Needs ≥ 2 seeds per trained arm: with one seed the interval runs over the probe groups only and "
+             "was decisive in 32–56% of simulated A/A draws (4 groups; 2 or 3 seeds: ≤ 2.5%).")
 _NO_GATE = ("no training gate: the claim is about each model as it is, not about what its training achieved; "
             "no published value (SPEC §8 has none)")
 
@@ -283,7 +283,7 @@ CLAIMS: tuple[Claim, ...] = (
           f"logit eNTK's eigenvectors are G's by identity (its margin, beside the verdict, checks that), so H vs G "
           f"is the link that can fail. Beside it: each model's own H vs G margin, and G vs the weighted, plain "
           f"logit and log-prob eNTKs averaged over the models. Averaged rather than a part per model: the base is "
-          f"one model with 4 probe groups, whose items-only interval alone is decisive in ~25% of simulated null draws (a "
+          f"one model on 4 probe groups (2 with --quick), whose items-only interval alone is decisive in ~25% of simulated null draws (a "
           f"conjunction of per-model parts would fail the A/A rule). {_ONE_SEED} {_NO_GATE}",
           (_over_models("curv_margin_h_gn_deg", "H vs G margin, mean over models", "degrees"),), (),
           secondary=(*_per_model("curv_margin_h_gn_deg", "H vs G margin", "degrees"),
