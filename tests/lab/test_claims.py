@@ -58,6 +58,17 @@ def test_verdict_directions():
 
 
 # --------------------------------------------------------------------------- simulated items
+def item_writer(items: dict):
+    """``put(metric, arm, rows, item_set, weights=None)`` into an ``items`` section."""
+
+    def put(metric, arm, rows, item_set, weights=None):
+        spec = items.setdefault(metric, {"item_set": item_set, "unit": "", "weights": weights, "arms": {},
+                                         "excluded": {}})
+        spec["arms"][arm] = [list(map(float, r)) for r in rows]
+
+    return put
+
+
 def simulate(rng, shift: dict | None = None, seeds: int = 3) -> dict:
     """Items for every metric; every arm from one distribution plus ``shift[(metric, arm)]``.
 
@@ -67,11 +78,7 @@ def simulate(rng, shift: dict | None = None, seeds: int = 3) -> dict:
     shift = shift or {}
     items: dict = {}
 
-    def put(metric, arm, rows, item_set, weights=None):
-        spec = items.setdefault(metric, {"item_set": item_set, "unit": "", "weights": weights, "arms": {},
-                                         "excluded": {}})
-        spec["arms"][arm] = [list(map(float, r)) for r in rows]
-
+    put = item_writer(items)
     difficulty = rng.normal(0, 1.5, N_PROBLEMS)
     n = 16
     flags = {}
@@ -111,7 +118,34 @@ def simulate(rng, shift: dict | None = None, seeds: int = 3) -> dict:
                 rows = (1.0 + common[None, :] + rng.normal(0, scale, (ns, 1)) + rng.normal(0, scale, (ns, n_items))
                         + shift.get((metric, arm), 0.0))
             put(metric, arm, rows, item_set, [1.0 + i for i in range(n_items)] if metric == "bf16_unchanged" else None)
+    simulate_curvature(rng, put, shift, seeds)
     return items
+
+
+#: probe groups per model in the lab's curvature analysis (deltalens.lab.curvature.MAX_GROUPS)
+N_GROUPS = 4
+
+
+def simulate_curvature(rng, put, shift: dict, seeds: int, n_groups: int = N_GROUPS) -> None:
+    """The curvature items: margins and PP log ratios centred on 0 (measured = random baseline)
+    for every model, rotations and ‖Δθ‖ from one distribution for every arm, plus ``shift``.
+    Items (probe groups) are shared by all models, each trained seed adds a seed effect."""
+    for metric, scale in (("curv_margin_h_gn_deg", 5.0), ("curv_margin_gn_entk_weighted_deg", 1.0),
+                          ("curv_margin_gn_entk_logits_deg", 5.0), ("curv_margin_gn_entk_logprob_deg", 5.0),
+                          ("curv_pp_log_ratio_gauss_newton", 0.5), ("curv_pp_log_ratio_hessian", 0.5),
+                          ("curv_pp_log_ratio_entk_logprob", 0.5), ("curv_rotation_gauss_newton_deg", 3.0),
+                          ("curv_rotation_hessian_deg", 3.0)):
+        common = rng.normal(0, scale, n_groups)
+        for arm in ARMS:
+            if arm == "base" and metric.startswith("curv_rotation"):
+                continue
+            ns = 1 if arm == "base" else seeds
+            seed_effect = 0.0 if arm == "base" else rng.normal(0, scale, (ns, 1))
+            rows = (common[None, :] + seed_effect + rng.normal(0, scale, (ns, n_groups))
+                    + shift.get((metric, arm), 0.0) + (30.0 if metric.startswith("curv_rotation") else 0.0))
+            put(metric, arm, rows, "curvature-probes")
+    for arm in ARMS[1:]:
+        put("curv_log_update_norm", arm, rng.normal(0, 0.2, (seeds, 1)), "curvature-update")
 
 
 #: claims with a threshold rather than a comparison of arms: no A/A version
@@ -129,12 +163,29 @@ def test_aa_data_rarely_gives_a_decisive_verdict():
     assert rates and all(r <= 0.10 for r in rates.values()), rates
 
 
+def test_aa_curvature_rules_in_the_quick_shape():
+    """--quick: 2 probe groups and 2 seeds; the curvature claims decisive in at most 10% of 200 A/A draws."""
+    rng = np.random.default_rng(2026)
+    ids = ("curvature_agree", "curvature_pp_capture", "curvature_rotation")
+    claims = [c for c in C.CLAIMS if c.id in ids]
+    decisive = dict.fromkeys(ids, 0)
+    for _ in range(200):
+        items: dict = {}
+        simulate_curvature(rng, item_writer(items), {}, seeds=2, n_groups=2)
+        for rec in C.evaluate_claims(items, n_boot=200, claims=claims):
+            decisive[rec["id"]] += rec["verdict"] != C.INCONCLUSIVE
+    assert all(v / 200 <= 0.10 for v in decisive.values()), decisive
+
+
 GOOD = {("logit", "grpo"): 1.5, ("kmax", "base"): 0.4, ("kmax", "sft"): 0.6, ("logit", "grpo-random"): 1.0,
         ("bf16_unchanged", "grpo"): 0.5, ("principal_angle_deg", "grpo"): -15.0, ("nss", "grpo"): -0.05,
         ("matched_angle_deg", "grpo"): -4.0, ("matched_nss", "grpo"): -0.05, ("log_effective_rank", "grpo"): -1.5,
         ("log_stable_rank", "grpo"): -1.5, ("forward_kl", "grpo"): -0.3, ("forward_kl", "rft"): -0.3,
         ("forward_kl", "grpo-random"): -0.2, ("heldout_correct", "sft"): -0.5,
-        ("kernel_rescale_share", "grpo"): 1.0, ("bf16_unchanged", "rft"): 0.5, ("principal_angle_deg", "rft"): -15.0}
+        ("kernel_rescale_share", "grpo"): 1.0, ("bf16_unchanged", "rft"): 0.5, ("principal_angle_deg", "rft"): -15.0,
+        **{(m, arm): v for arm in ARMS for m, v in (("curv_margin_h_gn_deg", 40.0),
+                                                    ("curv_pp_log_ratio_gauss_newton", 3.0))},
+        ("curv_rotation_gauss_newton_deg", "grpo"): -15.0}
 
 
 def verdicts(items, gates=None) -> dict:
@@ -145,7 +196,8 @@ def test_planted_effects_hold():
     recs = verdicts(simulate(np.random.default_rng(7), GOOD, seeds=4))
     for cid in ("rl_raises_pass1", "crossover", "distillation_expands", "bf16_sparsity", "principal_rotation",
                 "principal_rotation_matched", "spectrum_drift", "spectrum_drift_matched", "update_rank",
-                "kl_rl_below_sft", "forgetting_rl_below_sft", "random_reward_raises_pass1", "kernel_rescale"):
+                "kl_rl_below_sft", "forgetting_rl_below_sft", "random_reward_raises_pass1", "kernel_rescale",
+                "curvature_agree", "curvature_pp_capture", "curvature_rotation"):
         assert recs[cid]["verdict"] == C.HOLDS, (cid, recs[cid]["parts"])
     assert recs["rft_like_rl"]["finding"] == "like RL" and recs["rft_like_rl"]["verdict"] == C.HOLDS
 
@@ -157,7 +209,7 @@ def test_planted_reversed_effects_are_contradicted():
     recs = verdicts(simulate(np.random.default_rng(8), bad, seeds=4))
     for cid in ("rl_raises_pass1", "crossover", "bf16_sparsity", "principal_rotation", "spectrum_drift",
                 "update_rank", "kl_rl_below_sft", "forgetting_rl_below_sft", "random_reward_raises_pass1",
-                "kernel_rescale"):
+                "kernel_rescale", "curvature_agree", "curvature_pp_capture", "curvature_rotation"):
         assert recs[cid]["verdict"] == C.CONTRADICTED, (cid, recs[cid]["parts"])
 
 
@@ -251,3 +303,31 @@ def test_published_tables_are_spliced_from_a_claims_file(tmp_path):
     text = page.read_text()
     assert text.startswith("before\n<!-- t:begin -->\ntitle") and text.endswith("<!-- t:end -->\nafter\n")
     assert "STALE TABLE" not in text and text.count("| RL raises pass@1 | holds |") == 1
+
+
+def test_curvature_claims_need_two_seeds():
+    """With one seed the curvature rules rest on 4 probe groups alone (A/A: decisive in about a third of
+    draws): inconclusive whatever the interval, and the note says why; with two seeds the interval decides."""
+    ids = ("curvature_agree", "curvature_pp_capture", "curvature_rotation")
+    one = verdicts(simulate(np.random.default_rng(15), GOOD, seeds=1))
+    two = verdicts(simulate(np.random.default_rng(15), GOOD, seeds=2))
+    for cid in ids:
+        assert one[cid]["verdict"] == C.INCONCLUSIVE and "needs ≥ 2 seeds" in one[cid]["note"], cid
+        assert one[cid]["parts"][0]["verdict"] == C.HOLDS  # the interval alone would have decided
+        assert "needs ≥ 2 seeds" not in (two[cid]["note"] or "")
+    assert two["curvature_agree"]["verdict"] == two["curvature_pp_capture"]["verdict"] == C.HOLDS
+
+
+def test_curvature_rotation_needs_both_gates_and_agreement_needs_none():
+    items = simulate(np.random.default_rng(16), GOOD, seeds=3)
+    gates = {"sft": {"0": {"passed": False, "metric": "dev loss on targets"}}}
+    recs = verdicts(items, gates)
+    assert recs["curvature_rotation"]["verdict"] == C.INCONCLUSIVE
+    assert "training gate failed: sft seed 0: dev loss on targets" in recs["curvature_rotation"]["note"]
+    assert recs["curvature_agree"]["verdict"] == C.HOLDS and recs["curvature_pp_capture"]["verdict"] == C.HOLDS
+    # the verdict's effect is the mean over the five models of their own margins (numbers: per model, per seed)
+    nums = recs["curvature_agree"]["numbers"]["curv_margin_h_gn_deg"]
+    want = np.mean([np.mean(nums[m]) for m in C.CURVATURE_MODELS])
+    assert recs["curvature_agree"]["effect"]["estimate"] == pytest.approx(want, rel=1e-4)
+    assert [p["label"] for p in recs["curvature_agree"]["secondary"]][:5] == [
+        f"{m}: H vs G margin" for m in C.CURVATURE_MODELS]

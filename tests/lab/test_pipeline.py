@@ -101,6 +101,11 @@ def test_claims_follow_the_contract(two_runs):
     assert {"bf16_unchanged", "principal_angle_deg", "pass_at_1", "forward_kl", "heldout_correct",
             "matched_angle_deg"} <= set(items)
     assert len(items["pass_at_1"]["arms"]["grpo"][0]) == MICRO.n_test
+    # the curvature analysis: one probe group of 4 (n_probes = 4), every model; one seed: inconclusive by rule
+    assert len(items["curv_margin_h_gn_deg"]["arms"]["base"][0]) == 1
+    assert set(items["curv_rotation_gauss_newton_deg"]["arms"]) == set(MICRO.arms)
+    assert all((a / "analysis" / f"{arm}-seed0" / "curvature.json").is_file() for arm in MICRO.arms)
+    assert "needs ≥ 2 seeds" in by_id["curvature_agree"]["note"]
     assert set(read_json(a / "tuning.json")) == {"sft", "grpo"}
     assert (a / "report.html").is_file()
 

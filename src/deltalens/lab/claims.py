@@ -63,6 +63,18 @@ METRICS: dict[str, str] = {
     "heldout_correct": "per held-out problem: greedy answer correct (1/0) (SPEC §7; behaviour)",
     "kernel_rescale_share": "per (arm, seed): rescale share of the eNTK change in the base's eigenbasis; gap-limited "
                             "or undefined kernels excluded (SPEC §6; kernel)",
+    **{f"curv_margin_{link}_deg": f"per probe group: random-subspace baseline minus measured mean principal angle "
+                                  f"between the top-r subspaces of {words} (SPEC §9; curvature)"
+       for link, words in (("h_gn", "H and G"), ("gn_entk_weighted", "G and the loss-weighted logit eNTK"),
+                           ("gn_entk_logits", "G and the plain logit eNTK"),
+                           ("gn_entk_logprob", "G and the log-prob eNTK"))},
+    **{f"curv_pp_log_ratio_{kind}": f"per probe group: log(pooled PP share of {words}' top-r directions in the "
+                                    f"weights' top-k singular subspaces / its random baseline) (SPEC §5, §9; curvature)"
+       for kind, words in (("gauss_newton", "G"), ("hessian", "H"), ("entk_logprob", "the log-prob eNTK"))},
+    **{f"curv_rotation_{kind}_deg": f"per probe group: mean principal angle between the base's and the arm's top-r "
+                                    f"{words} subspaces (SPEC §9; curvature)"
+       for kind, words in (("gauss_newton", "Gauss-Newton"), ("hessian", "Hessian"))},
+    "curv_log_update_norm": "per (arm, seed): log ‖Δθ‖₂ of the whole model, float32 masters (curvature)",
 }
 
 PUBLISHED = {
@@ -111,6 +123,8 @@ class Claim:
     secondary: tuple[Part, ...] = ()  # reported beside the verdict, never deciding it
     custom: Callable | None = field(default=None)  # (table, n_boot) -> list of (Part, Interval), replaces parts
     decide: Callable | None = field(default=None)  # (part verdicts) -> verdict, replaces combine()
+    #: fewer seeds of a trained arm than this: inconclusive whatever the interval (few items, no seed level)
+    min_seeds: int = 1
 
 
 def _closer(metric: str, unit: str) -> tuple[Part, Part, Part]:
@@ -166,6 +180,28 @@ def _correlation(table: Table, n_boot: int):
         return [(part, Interval(est, float("nan"), float("nan"), int(reps.size)))]
     lo, hi = np.percentile(reps, [2.5, 97.5])
     return [(part, Interval(est, float(lo), float(hi), int(reps.size)))]
+
+
+#: every model the curvature claims look at: the base and each arm's final checkpoint
+CURVATURE_MODELS = (BASE, SFT, RL, RANDOM, RFT)
+
+
+def _over_models(metric: str, label: str, unit: str) -> Part:
+    """The mean over :data:`CURVATURE_MODELS` of one metric (each model's mean over seeds and items), > 0."""
+    needs = tuple((metric, m) for m in CURVATURE_MODELS)
+    return Part(label, needs, lambda v: sum(v[k] for k in needs) / len(needs), "positive", unit)
+
+
+def _per_model(metric: str, what: str, unit: str) -> tuple[Part, ...]:
+    return tuple(Part(f"{m}: {what}", ((metric, m),), lambda v, m=m: v[(metric, m)], "positive", unit)
+                 for m in CURVATURE_MODELS)
+
+
+_MODELS_WORDS = "the base and every arm's final checkpoint (sft, grpo, grpo-random, rft; all seeds)"
+_ONE_SEED = ("Needs ≥ 2 seeds per trained arm: with one seed the interval runs over the probe groups only and "
+             "was decisive in 32–56% of simulated A/A draws (4 groups; 2 or 3 seeds: ≤ 2.5%).")
+_NO_GATE = ("no training gate: the claim is about each model as it is, not about what its training achieved; "
+            "no published value (SPEC §8 has none)")
 
 
 def _rank_near_full(arm: str) -> Part:
@@ -242,6 +278,42 @@ CLAIMS: tuple[Claim, ...] = (
           "metric rft − grpo and rft − sft exclude 0 with one sign (rft beyond both). Holds: like RL; contradicted: "
           "like SFT or like neither",
           tuple(p for m, u in RFT_METRICS for p in _closer(m, u)), (RFT, RL, SFT)),
+    Claim("curvature_agree", "Hessian, Gauss-Newton and eNTK top eigenvectors agree, well above the random baseline",
+          f"verdict: H vs G margin = random-baseline minus measured mean principal angle between the top-r "
+          f"subspaces (degrees), averaged over {_MODELS_WORDS}, > 0; the eNTK enters through G: the loss-weighted "
+          f"logit eNTK's eigenvectors are G's by identity (its margin, beside the verdict, checks that), so H vs G "
+          f"is the link that can fail. Beside it: each model's own H vs G margin, and G vs the weighted, plain "
+          f"logit and log-prob eNTKs averaged over the models. Averaged rather than a part per model: the base is "
+          f"one model on 4 probe groups (2 with --quick), whose items-only interval alone is decisive in ~25% of simulated null draws (a "
+          f"conjunction of per-model parts would fail the A/A rule). {_ONE_SEED} {_NO_GATE}",
+          (_over_models("curv_margin_h_gn_deg", "H vs G margin, mean over models", "degrees"),), (),
+          secondary=(*_per_model("curv_margin_h_gn_deg", "H vs G margin", "degrees"),
+                     *(_over_models(f"curv_margin_gn_{k}_deg", f"G vs {w} margin, mean over models", "degrees")
+                       for k, w in (("entk_weighted", "weighted logit eNTK"), ("entk_logits", "plain logit eNTK"),
+                                    ("entk_logprob", "log-prob eNTK")))), min_seeds=2),
+    Claim("curvature_pp_capture", "the weights' principal subspaces capture the top curvature directions above baseline",
+          f"verdict: log(pooled §5 PP share of G's top-r directions in each matrix's top-k singular subspaces / its "
+          f"random baseline k²/mn, energy-weighted), averaged over {_MODELS_WORDS}, > 0. Beside it: each model's own, "
+          f"and the same for H's and the log-prob eNTK's top directions averaged over the models. {_ONE_SEED} "
+          f"{_NO_GATE}",
+          (_over_models("curv_pp_log_ratio_gauss_newton", "G: log PP share / baseline, mean over models",
+                        "log ratio"),), (),
+          secondary=(*_per_model("curv_pp_log_ratio_gauss_newton", "G: log PP share / baseline", "log ratio"),
+                     _over_models("curv_pp_log_ratio_hessian", "H: log PP share / baseline, mean over models",
+                                  "log ratio"),
+                     _over_models("curv_pp_log_ratio_entk_logprob",
+                                  "log-prob eNTK: log PP share / baseline, mean over models", "log ratio")),
+          min_seeds=2),
+    Claim("curvature_rotation", "RL rotates the top Gauss-Newton/Hessian eigenvectors less than SFT",
+          "grpo − sft mean principal angle between the base's and the arm's top-r Gauss-Newton subspaces (final "
+          "checkpoints, per probe group) < 0; beside it: the same for the Hessian, and log ‖Δθ_grpo‖/‖Δθ_sft‖ (a "
+          "smaller update rotates less). Not compared at matched update size: that needs the spectra at every saved "
+          f"checkpoint (×n_checkpoints the cost), so read the verdict beside the ‖Δθ‖ ratio. {_ONE_SEED} No "
+          f"published value (SPEC §8 has none)",
+          (diff("curv_rotation_gauss_newton_deg", RL, SFT, "negative", "degrees"),), (RL, SFT),
+          secondary=(diff("curv_rotation_hessian_deg", RL, SFT, "negative", "degrees"),
+                     diff("curv_log_update_norm", RL, SFT, "negative", "log ratio",
+                          "log ‖Δθ_grpo‖ − log ‖Δθ_sft‖ (seed means of the logs)")), min_seeds=2),
 )
 
 
@@ -350,11 +422,11 @@ def evaluate_claims(items: Mapping, gates: Mapping | None = None, n_boot: int = 
         elif missing and any(table.get(m, a) is None for p in claim.parts for m, a in p.needs):
             effects = [{"label": p.label, "estimate": None, "ci": [None, None], "unit": p.unit,
                         "direction": p.direction, "verdict": INCONCLUSIVE} for p in claim.parts]
-            record["numbers"] = _numbers(table, claim.parts)
+            record["numbers"] = _numbers(table, (*claim.parts, *claim.secondary))
             note.append("not measured: " + ", ".join(missing))
         else:
             effects = [_effect(p, effect_interval(table, list(p.needs), p.effect, n_boot)) for p in claim.parts]
-            record["numbers"] = _numbers(table, claim.parts)
+            record["numbers"] = _numbers(table, (*claim.parts, *claim.secondary))
         verdicts = [e["verdict"] for e in effects]
         if claim.id == "rft_like_rl" and effects and effects[0]["estimate"] is not None:
             v, finding = _rft_finding(effects)
@@ -371,6 +443,9 @@ def evaluate_claims(items: Mapping, gates: Mapping | None = None, n_boot: int = 
                  if table.get(m, a) is not None and a != BASE}
         if seeds and min(seeds.values()) < 2:
             note.append("one seed: the interval covers items only, not training randomness")
+        if seeds and min(seeds.values()) < claim.min_seeds:
+            v = INCONCLUSIVE
+            note.append(f"the rule needs ≥ {claim.min_seeds} seeds per trained arm (see the rule)")
         if claim.secondary:
             record["secondary"] = [_effect(p, effect_interval(table, list(p.needs), p.effect, n_boot))
                                    for p in claim.secondary if all(table.get(m, a) is not None for m, a in p.needs)]

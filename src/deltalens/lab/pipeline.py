@@ -12,9 +12,10 @@ configuration skips finished stages, and a half-finished arm run is discarded an
    ``OUT/gates.json``.
 6. ``analyses``: every registered analysis (:data:`ANALYSES`; by default the weight diff, the
    matched-update-size path, the behaviour comparison and the kernels of
-   :mod:`deltalens.lab.analyses`) fills per-item values ``items[metric][arm][seed][item]``
+   :mod:`deltalens.lab.analyses`, then the curvature of :mod:`deltalens.lab.curvature`) fills per-item values ``items[metric][arm][seed][item]``
    (``run.items``) and returns per-seed means ``{metric: {arm: [per seed]}}``, both written to
-   ``OUT/metrics.json``; more plug in with :func:`register_analysis`.
+   ``OUT/metrics.json`` (each analysis's seconds go to the stage's marker); more plug in with
+   :func:`register_analysis`.
 7. ``claims``: :func:`deltalens.lab.claims.claims_document` on those items and the gates,
    ``OUT/claims.json``, and the self-contained ``OUT/report.html``.
 
@@ -396,12 +397,15 @@ def stage_gates(run: LabRun) -> dict:
 def stage_analyses(run: LabRun) -> dict:
     numbers: dict = {}
     sources: dict = {}
+    seconds: dict = {}
     for name, fn in ANALYSES.items():
+        started = time.perf_counter()
         for metric, per_arm in fn(run).items():
             numbers[metric] = per_arm
             sources[metric] = name
+        seconds[name] = round(time.perf_counter() - started, 2)
     write_json(run.out / "metrics.json", {"numbers": numbers, "sources": sources, "items": run.items.doc})
-    return {"analyses": list(ANALYSES)}
+    return {"analyses": list(ANALYSES), "seconds_per_analysis": seconds}
 
 
 def stage_claims(run: LabRun) -> dict:
@@ -550,8 +554,9 @@ def _stop_index(plan: list[Stage], until: str) -> int:
 
 def _register_default_analyses() -> None:
     from deltalens.lab.analyses import ANALYSES as DEFAULT
+    from deltalens.lab.curvature import curvature_analysis
 
-    for name, fn in DEFAULT:
+    for name, fn in (*DEFAULT, ("curvature", curvature_analysis)):
         register_analysis(name, fn)
 
 
