@@ -448,5 +448,7 @@ def kernel_analysis(run) -> dict:
     return numbers
 
 
-ANALYSES = (("weights", weights_analysis), ("matched", matched_analysis), ("behaviour", behaviour_analysis),
+#: the lab's own analyses in order, (name, function): the pipeline registers them (and the
+#: curvature of deltalens.lab.curvature after them) into its ``ANALYSES`` registry
+DEFAULT_ANALYSES = (("weights", weights_analysis), ("matched", matched_analysis), ("behaviour", behaviour_analysis),
             ("kernel", kernel_analysis))

@@ -12,8 +12,8 @@ configuration skips finished stages, and a half-finished arm run is discarded an
    ``OUT/gates.json``.
 6. ``analyses``: every registered analysis (:data:`ANALYSES`; by default the weight diff, the
    matched-update-size path, the behaviour comparison and the kernels of
-   :mod:`deltalens.lab.analyses`, then the curvature of :mod:`deltalens.lab.curvature`) fills per-item values ``items[metric][arm][seed][item]``
-   (``run.items``) and returns per-seed means ``{metric: {arm: [per seed]}}``, both written to
+   :mod:`deltalens.lab.analyses`, then the curvature of :mod:`deltalens.lab.curvature`) fills
+   per-item values ``items[metric][arm][seed][item]`` (``run.items``) and returns per-seed means ``{metric: {arm: [per seed]}}``, both written to
    ``OUT/metrics.json`` (each analysis's seconds go to the stage's marker); more plug in with
    :func:`register_analysis`.
 7. ``claims``: :func:`deltalens.lab.claims.claims_document` on those items and the gates,
@@ -553,10 +553,10 @@ def _stop_index(plan: list[Stage], until: str) -> int:
 
 
 def _register_default_analyses() -> None:
-    from deltalens.lab.analyses import ANALYSES as DEFAULT
+    from deltalens.lab.analyses import DEFAULT_ANALYSES
     from deltalens.lab.curvature import curvature_analysis
 
-    for name, fn in (*DEFAULT, ("curvature", curvature_analysis)):
+    for name, fn in (*DEFAULT_ANALYSES, ("curvature", curvature_analysis)):
         register_analysis(name, fn)
 
 

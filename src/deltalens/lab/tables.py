@@ -24,6 +24,9 @@ from deltalens.report.claims_text import (  # noqa: F401 (re-exported: the CLI a
 )
 from deltalens.results import read_json
 
+__all__ = ["CLAIM_HEADER", "GATE_HEADER", "claim_rows", "document", "effect_text", "excluded_text", "gate_rows",
+           "main", "markdown", "published_text", "splice"]
+
 
 def document(doc: dict, title: str = "") -> str:
     tuning = doc.get("tuning") or {}
