@@ -264,6 +264,22 @@ def block_groups(names: Sequence[str], patterns: Sequence[str]) -> dict[str, lis
     return groups
 
 
+def load_for_curvature(source, *, device=None, dtype: str | None = "float32", tokenizer=None):
+    """``(model, tokenizer)`` ready for curvature products: the one model loader
+    (:func:`deltalens.models.load_model`), then eager attention (forward-mode AD fails through SDPA)."""
+    from deltalens.kernel.run import Loading
+
+    net, tok = Loading().load(source, device=device, dtype=dtype, tokenizer=tokenizer)
+    return eager_attention(net), tok
+
+
+def encode_all(model, tokenizer, probes) -> tuple[dict, int]:
+    """Every probe (no ``--limit``) encoded for ``model``: (batch on the model's device, n)."""
+    from deltalens.kernel.run import Loading
+
+    return _encode(model, tokenizer, probes, Loading())
+
+
 def _encode(model, tokenizer, probes, loading) -> tuple[dict, int]:
     from deltalens.kernel.outputs import encode_probes, model_context_length
 

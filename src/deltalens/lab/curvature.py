@@ -108,7 +108,9 @@ def curvature_analysis(run) -> dict:
     loop so that one group's base spectra are held at a time (P × r × 5 float64 per model)."""
     import torch
 
-    from deltalens.curvature.run import _encode, _load, curvature_block, curvature_report, pair_comparison
+    from deltalens.curvature.run import (
+        curvature_block, curvature_report, encode_all, load_for_curvature, pair_comparison,
+    )
     from deltalens.kernel.run import parameter_delta
 
     reason = skip_reason(run.cfg)
@@ -121,7 +123,7 @@ def curvature_analysis(run) -> dict:
 
         raise DeltalensError(f"curvature: n_probes = {run.cfg.n_probes} gives no group of {GROUP_SIZE} probes")
     models = [("base", None, run.base_master)] + [(arm, seed, run.final_master(arm, seed)) for arm, seed in arm_seeds(run)]
-    nets = {(arm, seed): _load(path, device=run.cfg.device, dtype="float32", tokenizer=run.tokenizer)[0]
+    nets = {(arm, seed): load_for_curvature(path, device=run.cfg.device, tokenizer=run.tokenizer)[0]
             for arm, seed, path in models}
     base = nets[("base", None)]
     flat = {}
@@ -133,7 +135,7 @@ def curvature_analysis(run) -> dict:
     docs = {(arm, seed): [] for arm, seed, _ in models}
     task_id = run.task(f"curvature: top-{TOP} H, G, eNTK on {len(groups)} probe groups", len(groups) * len(models))
     for g, probes in enumerate(groups):
-        batch, n = _encode(base, run.tokenizer, probes)
+        batch, n = encode_all(base, run.tokenizer, probes)
         base_block = None
         for arm, seed, _ in models:
             net = nets[(arm, seed)]
