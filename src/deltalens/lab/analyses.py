@@ -344,11 +344,11 @@ def behaviour_analysis(run) -> dict:
         (f"{arm}-seed{seed}", (arm, seed), run.final_release(arm, seed)) for arm, seed in arm_seeds(run)]
     task_id = run.task("behaviour: sample, verify, KL, held-out", len(models))
     samples, evals, held = {}, {}, {}
+    files = {name: run.out / "analysis" / "samples" / f"{name}.jsonl" for name, _, _ in models}
     for name, _, path in models:
         samples[name] = sample(path, target, n=cfg.eval_samples, tokenizer=tok, temperature=cfg.arm.temperature,
                                max_new_tokens=new_tokens, seed=EVAL_SEED, model_name=name,
-                               verifier=task_verifier(target_task), device=cfg.device,
-                               out=run.out / "analysis" / "samples" / f"{name}.jsonl")
+                               verifier=task_verifier(target_task), device=cfg.device, out=files[name])
         evals[name] = _evaluate_heldout(path, name, heldout, tok, new_tokens, cfg.device)
         held[name] = heldout_flags(path, name, heldout, tok, new_tokens, cfg.device)
         run.advance(task_id)
@@ -372,9 +372,10 @@ def behaviour_analysis(run) -> dict:
     for name, key, path in models[1:]:
         arm, seed = key
         out = analysis_dir(run, arm, seed)
-        pk = passk([samples["base"], samples[name]], problems=target, base="base", tuned=name)
+        # from the files, whose settings record carries each model's fingerprint (the report groups by it)
+        pk = passk([files["base"], files[name]], problems=target, base="base", tuned=name)
         write_json(out / "passk.json", pk)
-        sp = support(samples["base"], samples[name])
+        sp = support(files["base"], files[name])
         write_json(out / "support.json", sp)
         dv = divergence(run.base_release, path, target, tokenizer=tok, n_samples=cfg.kl_samples,
                         max_new_tokens=new_tokens, seed=EVAL_SEED, base_name="base", tuned_name=name, device=cfg.device,
