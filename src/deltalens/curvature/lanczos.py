@@ -58,7 +58,8 @@ class Eigenpairs:
     @property
     def error_bound_deg(self) -> float:
         """Davis–Kahan bound on the largest angle between the returned subspace and the true
-        top-r eigenspace: asin(min(1, ‖R‖_F / gap)) in degrees (90 without a positive gap)."""
+        top-r eigenspace (SPEC §9, with SPEC §4's gap): asin(min(1, ‖R‖_F / gap)) in degrees,
+        R = A V − V Λ (90 without a positive gap)."""
         gap = self.gap
         if gap is None or gap <= 0:
             return 90.0
