@@ -218,5 +218,5 @@ def test_tuning_cache_key_names_the_problems_on_a_released_base():
 
     one = problems_digest([{"prompt": "Mia has 5 apples and gets 3 more.", "answer": "8"}])
     two = problems_digest([{"prompt": "Mia has 55 apples and gets 33 more.", "answer": "88"}])
-    keys = {tuning_key("h", ArmConfig(), "sft", ["dev-0"], base="smollm2", problems=p) for p in (one, two)}
-    assert len(keys) == 2  # same ids, other problems: another cache entry
+    keys = {tuning_key("h", ArmConfig(), "sft", p, base=base) for p in (one, two) for base in ("tiny", "smollm2")}
+    assert len(keys) == 4  # other problems (even under the same ids) or another base: another cache entry

@@ -320,8 +320,7 @@ def stage_tune(run: LabRun) -> dict:
                        sum(len(grid(o, quick, base)) + len(shapes(o, quick, base)) for o in objectives))
     doc = {}
     for objective in objectives:
-        key = tuning_key(key_base, run.cfg.arm, objective, [p["id"] for p in dev] + [run.cfg.n_train], quick, base, n_dev,
-                         problems=problems_digest(train + dev))
+        key = tuning_key(key_base, run.cfg.arm, objective, problems_digest(train + dev), quick, base, n_dev)
         cached = run.cache_dir / f"tune-{objective}-{key}.json" if run.cache_dir is not None else None
         if cached is not None and cached.is_file():
             doc[objective] = {**read_json(cached), "from_cache": str(cached)}

@@ -67,21 +67,16 @@ def problems_digest(problems: list[dict]) -> str:
     return hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:16]
 
 
-def tuning_key(base_hash: str, arm_cfg, objective: str, dev_ids: list, quick: bool = False, base: str = "tiny",
-               dev_samples: int = DEV_SAMPLES, problems: str | None = None) -> str:
-    """The cache key of one objective's tuning result. On the tiny lab the base hash fixes the
-    problem generator, so the dev ids and the train size name the problems; on a released base
-    the key also holds ``problems`` (:func:`problems_digest` of the train and dev problems)."""
+def tuning_key(base_hash: str, arm_cfg, objective: str, problems: str, quick: bool = False, base: str = "tiny",
+               dev_samples: int = DEV_SAMPLES) -> str:
+    """The cache key of one objective's tuning result: everything the rule's answer depends on —
+    the base, the arm configuration, the objective's candidates (rates and shapes), its dev metric
+    and samples, the train and dev problems themselves (``problems``: :func:`problems_digest`),
+    the selection seed — and ``v``, bumped when the rule's code changes what it computes (v2,
+    2026-11-30: RFT's rows drawn through ``deltalens.behavior``; the problems hashed, not named by id)."""
     blob = {"base": base_hash, "arm": asdict(arm_cfg), "objective": objective, "grid": grid(objective, quick, base),
-            "dev": dev_ids, "seed": TUNE_SEED, "v": 1}
-    if shapes(objective, quick, base):
-        blob["shapes"] = list(shapes(objective, quick, base))
-    if objective == "rft":  # its rows are the base's samples, drawn through deltalens.behavior since 2026-11-30
-        blob["rows"] = "behavior.sample_in_memory"
-    if base != "tiny":  # the tiny lab's keys (and cached choices) predate these settings and stay valid
-        blob["dev_samples"] = dev_samples
-        blob["dev_metric"] = dev_kind(objective, base)
-        blob["problems"] = problems
+            "shapes": list(shapes(objective, quick, base)), "dev_samples": dev_samples,
+            "dev_metric": dev_kind(objective, base), "problems": problems, "seed": TUNE_SEED, "v": 2}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
