@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from deltalens.weights import sparsity as S
+from tests.smol_weights import gguf_matrices, needs_gguf
 from deltalens.weights.sparsity import (
     absolute_unchanged, bf16_half_ulp, bf16_visibility, bitwise_unchanged, relative_unchanged, stream_pair_stats,
     update_abs,
@@ -258,3 +259,27 @@ def test_compiled_pass_empty_and_no_tolerances():
 def test_unknown_kernel_is_an_error():
     with pytest.raises(ValueError, match="kernel"):
         stream_pair_stats(torch.zeros(3), torch.zeros(3), kernel="numpy")
+
+
+@needs_gguf
+def test_passes_on_real_weights_against_the_reference():
+    """Real SmolLM2 matrices (the GGUF's values) released in bf16 as a fine-tune would be: an
+    update of 1e-3 of the matrix's scale (most entries round back to W0 in bf16: a realistic
+    sparsity), the same update in float32 (nothing rounds back), and the identical pair (all
+    unchanged, Δ = 0), every pass against the float64 reference."""
+    real = gguf_matrices(("blk.12.attn_v.weight", "blk.3.attn_q.weight"))
+    for i, (name, w) in enumerate(sorted(real.items())):
+        w = w[:96]  # 96 rows: 55k entries keep the Python reference fast
+        g = torch.Generator().manual_seed(i)
+        moved = w + 1e-3 * float(w.std()) * torch.randn(w.shape, generator=g)
+        for dtype in (torch.bfloat16, torch.float32):
+            w0, w1 = w.to(dtype), moved.to(dtype)
+            ref = reference(w0, w1)
+            if dtype == torch.bfloat16:
+                assert 0.3 < ref["unchanged_bitwise"] < 0.99, (name, ref["unchanged_bitwise"])
+            for label, s in _passes(w0, w1, tols=TOLS).items():
+                assert_matches(s, ref, f"{name} {dtype} {label}")
+            same = reference(w0, w0.clone())
+            assert same["unchanged_bitwise"] == 1.0 and same["delta_fro"] == 0.0
+            for label, s in _passes(w0, w0.clone(), tols=TOLS).items():
+                assert_matches(s, same, f"{name} {dtype} identical {label}")

