@@ -10,6 +10,7 @@ from deltalens.kernel.ntk import default_memory_budget_mb, equal_chunks
 from deltalens.kernel.outputs import check_positions, logits_output, top_tokens
 from deltalens.kernel.structured import prefers_structured
 from deltalens.errors import DeltalensError
+from models import explicit_jacobian
 
 
 class VectorMLP(torch.nn.Module):
@@ -50,23 +51,6 @@ def vec_output(model, batch):
 
 def scalar_output(model, batch):
     return model(batch["x"]).sum(-1)
-
-
-def explicit_jacobian(model, output_fn, batch) -> torch.Tensor:
-    """J as (n, m, P) in float64 from torch.autograd.functional.jacobian."""
-    from torch.func import functional_call
-
-    names = [k for k, _ in model.named_parameters()]
-    values = tuple(p.detach() for _, p in model.named_parameters())
-
-    def f(*flat):
-        bound = lambda *a, **kw: functional_call(model, dict(zip(names, flat)), a, kw)  # noqa: E731
-        return output_fn(bound, batch)
-
-    jac = torch.autograd.functional.jacobian(f, values)
-    out = f(*values)
-    n, m = out.shape[0], (out.shape[1] if out.dim() == 2 else 1)
-    return torch.cat([j.reshape(n, m, -1) for j in jac], dim=2).double()
 
 
 def rel(a, b) -> float:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from models import TinyMLP, mlp_output
+from models import TinyMLP, explicit_jacobian, mlp_output
 
 from deltalens.errors import DeltalensError
 from deltalens.kernel import CountSketch, completion_logprob, empirical_ntk, encode_probes
@@ -15,19 +15,9 @@ from deltalens.kernel.ntk import add_chunk_gram, sketch_error_estimate, symmetri
 
 
 def reference_jacobian(model, output_fn, batch) -> torch.Tensor:
-    """J (n×P, float64) from torch.autograd.functional.jacobian over all parameters at once."""
-    from torch.func import functional_call
-
-    names = [k for k, _ in model.named_parameters()]
-    values = tuple(p.detach() for _, p in model.named_parameters())
-
-    def f(*flat):
-        bound = lambda *a, **kw: functional_call(model, dict(zip(names, flat)), a, kw)  # noqa: E731
-        return output_fn(bound, batch)
-
-    jac = torch.autograd.functional.jacobian(f, values)
-    n = jac[0].shape[0]
-    return torch.cat([j.reshape(n, -1) for j in jac], dim=1).double()
+    """J (n×P, float64) of a scalar-per-example output (:func:`models.explicit_jacobian`)."""
+    jac = explicit_jacobian(model, output_fn, batch)
+    return jac.reshape(jac.shape[0], -1)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
