@@ -231,6 +231,13 @@ def test_gap_and_subspace_error_bound_follow_the_planted_spectrum():
     assert math.sin(math.radians(max_angle_deg(loose.vectors, true))) <= math.sin(math.radians(loose.error_bound_deg)) + 1e-12
     summary = pairs.summary()
     assert summary["gap"] == pytest.approx(1.0, rel=1e-8) and summary["subspace_error_bound_deg"] == pairs.error_bound_deg
+    # a flat spectrum across the cut (λ_3 = λ_4): no gap, the top-3 subspace is not determined, the bound is 90°
+    flat = torch.cat([torch.tensor([10.0, 8.0, 5.0, 5.0]), torch.linspace(1.0, 0.01, 196)]).double()
+    tied = top_eigenpairs(lambda v: q @ torch.diag(flat) @ q.T @ v, 200, 3, seed=0, tol=1e-10, which="LA")
+    assert abs(tied.gap) < 1e-8 and tied.error_bound_deg == 90.0
+    # identical operators give identical subspaces: angle 0, within the bound
+    again = top_eigenpairs(lambda v: a @ v, 200, 3, seed=0, tol=1e-10, which="LA")
+    assert max_angle_deg(pairs.vectors, again.vectors) < 1e-6
     # no (r+1)-th eigenvalue: no gap, the bound says nothing
     small = top_eigenpairs(lambda v: a[:4, :4] @ v, 4, 3, seed=0, tol=1e-10, which="LA")
     assert small.next_value is None and small.error_bound_deg == 90.0

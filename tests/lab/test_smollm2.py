@@ -59,6 +59,18 @@ def test_word_problem_operands_follow_the_digits_setting(digits):
     assert default_config("smollm2").digits == 1  # the preset's one-digit problems (docs/lab.md)
 
 
+def test_zero_digits_is_one_clear_error_before_anything_is_written(tmp_path):
+    from dataclasses import replace
+
+    from deltalens.errors import DeltalensError
+    from deltalens.lab.pipeline import run_lab
+
+    with pytest.raises(DeltalensError, match="digits must be ≥ 1"):
+        run_lab(tmp_path / "out", config=replace(default_config("smollm2"), digits=0), cache_dir=None,
+                show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_answers_are_extracted_from_free_text():
     assert extract_answer("word-arith", "Tom has 23 + 19 = 42 apples.") == "42"
     assert extract_answer("word-arith", "She has 7 left, so the answer is 07.") == "7"

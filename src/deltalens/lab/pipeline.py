@@ -482,6 +482,8 @@ def run_lab(
     cfg = config or (quick_config(base) if quick else default_config(base, device))
     cfg = replace(cfg, device=device).with_seeds(seeds) if config is None else cfg.with_seeds(seeds)
     check_base(cfg.base)  # a config built by hand is checked like --base
+    if cfg.digits < 1:
+        raise DeltalensError(f"LabConfig.digits must be ≥ 1 (operand digits of the target task), got {cfg.digits}")
     if threads is not None:
         if threads < 1:
             raise DeltalensError(f"--threads must be ≥ 1, got {threads}")
