@@ -44,8 +44,15 @@ def principal_angles(
     cross = qa.T @ qb  # p×q with p ≥ q
     cosines = torch.linalg.svdvals(cross).clamp(0.0, 1.0)  # descending → angles ascending
     residual = qb - qa @ cross
-    sines = torch.linalg.svdvals(residual).clamp(0.0, 1.0)  # descending
-    small_from_sines = torch.arcsin(sines.flip(0))  # ascending
+    return angles_from(cosines, torch.linalg.svdvals(residual))
+
+
+def angles_from(cosines: torch.Tensor, sines: torch.Tensor) -> torch.Tensor:
+    """Ascending principal angles (radians) from the descending singular values of Q_aᵀQ_b
+    (cosines) and of (I − Q_aQ_aᵀ)Q_b (sines): arcsin for angles ≤ 45°, arccos above (each where
+    it is well conditioned; Knyazev & Argentati 2002)."""
+    cosines = cosines.clamp(0.0, 1.0)
+    small_from_sines = torch.arcsin(sines.clamp(0.0, 1.0).flip(0))  # ascending
     from_cosines = torch.arccos(cosines)
     use_sines = cosines.square() >= 0.5  # angle ≤ 45°
     return torch.where(use_sines, small_from_sines, from_cosines)

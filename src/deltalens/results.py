@@ -13,10 +13,10 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from deltalens.errors import DeltalensError
 
@@ -46,6 +46,12 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     mode a plain ``open()`` would give (0666 less the umask), not ``mkstemp``'s private 0600.
     An unwritable place is a :class:`DeltalensError` naming the path; the temporary is removed
     on any failure or interruption."""
+    return write_stream(path, lambda fh: fh.write(data))
+
+
+def write_stream(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """:func:`write_bytes` for content too large to hold: ``write(fh)`` fills the temporary
+    sibling (a binary file object), which then replaces ``path`` atomically."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +60,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise DeltalensError(f"{path}: cannot write here ({exc.strerror or type(exc).__name__})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             os.fsync(fh.fileno())

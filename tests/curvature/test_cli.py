@@ -116,6 +116,47 @@ def test_pair_contract(folders, run_cli):
     np.testing.assert_allclose(np.sort(np.degrees(np.arccos(np.clip(cos, -1, 1)))), row["angles_deg"], atol=1e-3)
 
 
+def test_streamed_function_space_run_matches_the_in_memory_one(folders, run_cli):
+    """A memory budget of 0.05 MiB sends G to the function-space route and the directions to disk:
+    same eigenvalues and subspaces as the parameter-space, in-memory run (float64), the npz holds
+    P × r float64 arrays, no temporary is left; the pair mode streams too."""
+    root, (base, tuned), probes = folders
+    common = ["--probes", probes, "--top", "3", "--dtype", "float64", "--operators", "gauss_newton,entk_logprob",
+              "--tol", "1e-10", "--blocks", "lm_head"]
+    code, _, stderr = run_cli("curvature", base, "--out", root / "in_memory", *common)
+    assert code == 0, stderr
+    code, _, stderr = run_cli("curvature", base, "--out", root / "streamed", *common, "--memory-budget-mb", "0.05")
+    assert code == 0, stderr
+    memory = json.loads((root / "in_memory" / "curvature.json").read_text())
+    streamed = json.loads((root / "streamed" / "curvature.json").read_text())
+    assert memory["plan"]["gauss_newton_route"] == "parameter space" and not memory["plan"]["directions_streamed_to_disk"]
+    assert streamed["plan"]["gauss_newton_route"] == "function space" and streamed["plan"]["directions_streamed_to_disk"]
+    assert memory["operators"] == streamed["operators"] == ["gauss_newton", "entk_logprob"]
+    assert "hessian" not in streamed and streamed["residual_term"] is None
+    for report in (memory, streamed, streamed["blocks"]["lm_head"]):
+        assert set(report["angles_deg"]) == {"gauss_newton_vs_entk_logprob"}
+    # HF Llama in float64 still runs parts of RMSNorm and softmax in float32: 1e-6, not 1e-10
+    np.testing.assert_allclose(streamed["gauss_newton"]["eigenvalues"], memory["gauss_newton"]["eigenvalues"], rtol=1e-6)
+    np.testing.assert_allclose(streamed["angles_deg"]["gauss_newton_vs_entk_logprob"],
+                               memory["angles_deg"]["gauss_newton_vs_entk_logprob"], atol=1e-4)
+    np.testing.assert_allclose(streamed["pp_share"]["gauss_newton"]["pooled"], memory["pp_share"]["gauss_newton"]["pooled"],
+                               rtol=1e-6)
+    a, b = np.load(root / "in_memory" / "curvature.npz"), np.load(root / "streamed" / "curvature.npz")
+    assert set(a.files) == set(b.files) == {"gauss_newton", "entk_logprob", "block/lm_head/gauss_newton",
+                                            "block/lm_head/entk_logprob"}
+    for name in a.files:
+        assert b[name].dtype == np.float64 and b[name].shape == a[name].shape
+        cos = np.linalg.svd(a[name].T @ b[name], compute_uv=False)
+        assert np.degrees(np.arccos(np.clip(cos.min(), -1, 1))) < 0.01
+    assert sorted(p.name for p in (root / "streamed").iterdir()) == ["curvature.json", "curvature.npz"]
+    code, _, stderr = run_cli("curvature", base, tuned, "--out", root / "streamed_pair", *common,
+                              "--memory-budget-mb", "0.05")
+    assert code == 0, stderr
+    pair = json.loads((root / "streamed_pair" / "curvature.json").read_text())["pair"]["model"]["gauss_newton"]
+    assert max(pair["angles_deg"]) > 0 and pair["curvature_change"] is None and "streamed" in pair["curvature_change_reason"]
+    assert set(np.load(root / "streamed_pair" / "curvature.npz").files) >= {"gauss_newton", "tuned_gauss_newton"}
+
+
 @pytest.mark.parametrize("args,message", [
     (["--probes", "missing.jsonl"], "file not found"),
     (["--probes", "bad.jsonl"], "malformed JSON"),
@@ -126,6 +167,10 @@ def test_pair_contract(folders, run_cli):
     (["--blocks", "("], "not a valid regular expression"),
     (["--blocks", "no_such_parameter"], "no parameter name matches"),
     (["--dtype", "float16"], "--dtype"),
+    (["--operators", "curvy"], "unknown operator 'curvy'"),
+    (["--operators", ","], "--operators"),
+    (["--operators", "hessian", "--memory-budget-mb", "0.01"], "--operators hessian"),
+    (["--memory-budget-mb", "0"], "--memory-budget-mb"),
 ])
 def test_bad_input_is_one_line(folders, run_cli, args, message):
     root, (base, _), probes = folders

@@ -22,7 +22,7 @@ def _render(report: dict, pair: dict | None) -> None:
     table.add_column(f"λ{report['top']}")
     table.add_column("max residual")
     table.add_column("products")
-    for kind in ("hessian", "gauss_newton", "entk_weighted", "entk_logits", "entk_logprob"):
+    for kind in report["operators"]:
         row = report[kind]
         table.add_row(kind, f"{row['eigenvalues'][0]:.4g}", f"{row['eigenvalues'][-1]:.4g}",
                       f"{max(row['residuals']):.2g}", str(row["products"]))
@@ -31,6 +31,8 @@ def _render(report: dict, pair: dict | None) -> None:
         base = report["angles_baseline_deg"][key]
         print(f"{key}: angles {angles[0]:.3g}°–{angles[-1]:.3g}° (random {base[0]:.3g}°–{base[-1]:.3g}°)")
     for kind in ("hessian", "gauss_newton"):
+        if kind not in report["pp_share"]:
+            continue
         pp = report["pp_share"][kind]
         if pp["pooled"] is not None:
             print(f"{kind}: PP share in the weights' top-k frames {sum(pp['pooled']) / len(pp['pooled']):.3g} "
@@ -39,7 +41,7 @@ def _render(report: dict, pair: dict | None) -> None:
         for kind, row in pair["model"].items():
             angles = row["angles_deg"]
             line = f"base→tuned {kind}: max angle {angles[-1]:.3g}° (random {row['angles_baseline_deg'][-1]:.3g}°)"
-            if "curvature_change" in row and row["curvature_change"]["rescale_share"] is not None:
+            if row.get("curvature_change") and row["curvature_change"]["rescale_share"] is not None:
                 change = row["curvature_change"]
                 line += f", rescale share {change['rescale_share']:.3g} (random {change['baseline']:.2g})"
             print(line)
@@ -67,6 +69,13 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of Lanczos' start vector and of the random baselines."),
         k: Optional[int] = typer.Option(None, "--k", help="Top-k singular subspaces of each weight for the PP share "
                                         "(default SPEC §4's max(1, ⌈0.01·min(m, n)⌉))."),
+        operators: Optional[list[str]] = typer.Option(None, "--operators", help="Which of hessian, gauss_newton, "
+                                                      "entk_weighted, entk_logits, entk_logprob (comma-separated or "
+                                                      "repeated; default all five). Large models: gauss_newton."),
+        memory_budget_mb: Optional[float] = typer.Option(None, "--memory-budget-mb", help="Over it, G's Lanczos runs in "
+                                                         "function space and the directions stream to disk; the Hessian "
+                                                         "is refused. Default: a quarter of the free memory as a power "
+                                                         "of two, 256–4096 MB."),
         **options,
     ) -> None:
         """Hessian, Gauss-Newton and eNTK top eigenvectors on probes, against each other and the weights (SPEC §9)."""
@@ -78,7 +87,8 @@ def register(app: typer.Typer) -> None:
         from deltalens.curvature.run import run_curvature, run_curvature_pair
 
         options = dict(out=out, top=top, vocab=vocab, blocks=blocks or None, device=resolved(device), dtype=dtype,
-                       tol=tol, seed=seed, k=k, **loading(options))
+                       tol=tol, seed=seed, k=k, operators=operators, memory_budget_mb=memory_budget_mb,
+                       **loading(options))
         with _progress() as update:
             if len(models) == 1:
                 report, _ = run_curvature(models[0], probes, progress=update, **options)

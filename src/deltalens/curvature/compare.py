@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from deltalens.curvature.store import ColumnFile, column_map, streamed_angles_deg
 from deltalens.linalg import principal_angles, top_k_svd
 from deltalens.weights.spectral import block_shares, default_k
 
@@ -43,8 +44,11 @@ def random_subspace_angles_deg(dim: int, r: int, *, seed: int = 0, draws: int = 
     return (total / draws).tolist()
 
 
-def angles_deg(a: torch.Tensor, b: torch.Tensor) -> list[float]:
-    """Principal angles (ascending, degrees) between span(a) and span(b) (SPEC §4, sine-based)."""
+def angles_deg(a, b) -> list[float]:
+    """Principal angles (ascending, degrees) between span(a) and span(b) (SPEC §4, sine-based);
+    either may be a :class:`~deltalens.curvature.store.ColumnFile` (then read in row blocks)."""
+    if isinstance(a, ColumnFile) or isinstance(b, ColumnFile):
+        return streamed_angles_deg(a, b)
     return torch.rad2deg(principal_angles(a.double(), b.double())).tolist()
 
 
@@ -114,6 +118,23 @@ def pp_shares(vectors: torch.Tensor, shapes: Sequence[tuple[str, torch.Size]],
     }
 
 
+def pp_shares_of(directions, shapes: Sequence[tuple[str, torch.Size]],
+                 frames: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """:func:`pp_shares` of a P × r tensor, or of a :class:`ColumnFile` one column at a time (the
+    numbers of each direction do not depend on the others, so the lists are concatenated)."""
+    if not isinstance(directions, ColumnFile):
+        return pp_shares(directions, shapes, frames)
+    parts = column_map(directions, lambda v: pp_shares(v[:, None], shapes, frames))
+    if parts[0]["pooled"] is None:
+        return parts[0]
+    matrices = {name: {"k": row["k"], "baseline": row["baseline"],
+                       "pp_share": [x for part in parts for x in part["matrices"][name]["pp_share"]],
+                       "energy": [x for part in parts for x in part["matrices"][name]["energy"]]}
+                for name, row in parts[0]["matrices"].items()}
+    return {"matrices": matrices, "pooled": [x for part in parts for x in part["pooled"]],
+            "pooled_baseline": [x for part in parts for x in part["pooled_baseline"]]}
+
+
 def curvature_rescale_share(vectors0: torch.Tensor, image0: torch.Tensor, image1: torch.Tensor) -> dict:
     """Propensity share of a curvature change along the base's top directions (SPEC §9 with §5/§6):
     with E = V0ᵀ (A1 − A0) (r × P), Σ_i E_ii² / ‖E‖_F² = Σ_i (v_iᵀ ΔA v_i)² / Σ_i ‖ΔA v_i‖².
@@ -135,8 +156,28 @@ def eigenvalue_drift(values0: torch.Tensor, values1: torch.Tensor) -> dict:
     return {"log_ratio": logs, "sign_flip": flips}
 
 
-def update_share(vectors: torch.Tensor, delta: torch.Tensor) -> dict:
-    """Share of the parameter update Δθ on the top-r directions, ‖Vᵀ Δθ‖²/‖Δθ‖², against r/P."""
+def update_share(vectors, delta: torch.Tensor) -> dict:
+    """Share of the parameter update Δθ on the top-r directions, ‖Vᵀ Δθ‖²/‖Δθ‖², against r/P
+    (``vectors``: a P × r tensor or :class:`ColumnFile`)."""
     norm = float(delta.square().sum())
-    share = None if norm == 0.0 else float((vectors.T @ delta).square().sum()) / norm
+    delta = delta.double()
+    share = None if norm == 0.0 else sum(column_map(vectors, lambda v: float(v @ delta) ** 2)) / norm
     return {"share": share, "baseline": vectors.shape[1] / vectors.shape[0]}
+
+
+def rotation_bound_deg(vectors0: torch.Tensor, values0: torch.Tensor, image1: torch.Tensor,
+                       next_value1: float | None) -> float:
+    """Davis–Kahan bound on how far the tuned operator's true top-r eigenspace can lie from the
+    base's computed one (SPEC §9 with §4's gap rule): with R = A1 V0 − V0 Λ0 (the base's
+    directions and eigenvalues under the tuned operator: the curvature change plus the base's own
+    Ritz residual) and the separation δ = |λ_r(A0)| − |λ_{r+1}(A1)|,
+    sin θ_max ≤ ‖R‖_F / δ; 90° without a positive δ. A measured base → tuned rotation near this
+    bound is what the change and the gap allow; one far above it (beyond the tuned run's own error
+    bound) would be a numerical failure."""
+    if next_value1 is None:
+        return 90.0
+    gap = abs(float(values0[-1])) - abs(float(next_value1))
+    if gap <= 0:
+        return 90.0
+    residual = float(torch.linalg.vector_norm(image1 - vectors0 * values0))
+    return math.degrees(math.asin(min(1.0, residual / gap)))

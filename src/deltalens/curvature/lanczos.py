@@ -35,7 +35,8 @@ from deltalens.errors import DeltalensError
 class Eigenpairs:
     """Top-r eigenpairs, r largest |λ| first (signed), and how they were obtained.
 
-    ``values`` (r,), ``vectors`` dim × r orthonormal columns, ``image`` = A·vectors,
+    ``values`` (r,), ``vectors`` dim × r orthonormal columns (a tensor, or for directions too
+    large to hold a :class:`deltalens.curvature.store.ColumnFile`), ``image`` = A·vectors,
     ``residuals`` ‖A v_i − λ_i v_i‖, ``products`` the operator applications Lanczos took
     (the r of the residual check not counted), all float64 on the CPU.
     """
@@ -86,13 +87,16 @@ def top_eigenpairs(
     which: str = "LM",
     max_products: int | None = None,
     what: str = "operator",
+    check: bool = True,
 ) -> Eigenpairs:
     """The r eigenpairs of largest |λ| (``which="LM"``; ``"LA"`` for the largest algebraic) of
     the symmetric dim × dim operator ``matvec`` (flat float64 torch vector → same), by Lanczos.
 
     Stops when every wanted Ritz pair has ‖A x − θx‖ ≤ ``tol``·|θ|; raises
     :class:`DeltalensError` when r ≥ dim (Lanczos needs r < dim) or when ``max_products``
-    (default 50·dim capped at 20 000) pass without convergence.
+    (default 50·dim capped at 20 000) pass without convergence. ``check=False`` skips the r
+    products of the residual check (``residuals`` and ``image`` are then None: the caller
+    computes them, e.g. the function-space route of :mod:`deltalens.curvature.run`).
     """
     import scipy.sparse.linalg as sla
 
@@ -110,7 +114,7 @@ def top_eigenpairs(
     operator = sla.LinearOperator((dim, dim), matvec=apply, dtype=np.float64)
     v0 = np.random.default_rng(seed).standard_normal(dim)
     k = r + 1 if r + 1 < dim else r  # one more, for the gap after the r-th
-    ncv = min(dim, max(2 * k + 1, 20))
+    ncv = basis_bytes(dim, r) // (8 * dim)
     limit = max_products or min(20_000, 50 * dim)
     try:
         values, vectors = sla.eigsh(operator, k=k, which=which, v0=v0, tol=tol, ncv=ncv,
@@ -124,5 +128,14 @@ def top_eigenpairs(
     next_value = float(values[order[r]]) if k > r else None
     values = torch.from_numpy(values[order[:r]].copy())
     vectors = torch.from_numpy(vectors[:, order[:r]].copy())
+    if not check:
+        return Eigenpairs(values, vectors, None, None, products, tol, next_value)
     image = torch.stack([matvec(vectors[:, i].clone()).detach().cpu().double() for i in range(r)], dim=1)
     return Eigenpairs(values, vectors, residuals_of(values, vectors, image), image, products, tol, next_value)
+
+
+def basis_bytes(dim: int, r: int) -> int:
+    """Memory of :func:`top_eigenpairs`' Lanczos basis for the top r of a dim-dimensional operator:
+    ncv float64 vectors of dim entries (ncv as chosen there)."""
+    k = r + 1 if r + 1 < dim else r
+    return min(dim, max(2 * k + 1, 20)) * dim * 8

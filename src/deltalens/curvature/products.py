@@ -40,6 +40,16 @@ def eager_attention(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``logits_to_keep`` (positions to project onto the vocabulary)."""
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def model_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """b × L × V logits of ``model(input_ids=...)`` (a Hugging Face output or a plain tensor)."""
     out = model(input_ids=input_ids)
@@ -74,6 +84,7 @@ class _Chunk:
     mask: torch.Tensor  # c × (L−1) bool, rows scored
     targets: torch.Tensor  # M_c target ids
     columns: torch.Tensor | None  # M_c × V chosen vocabulary columns, or None for all
+    positions: torch.Tensor  # the positions t (of L − 1) that some probe of the chunk scores, ascending
     z: torch.Tensor | None = None  # M_c × V outputs with their graph (GN, kernels)
     p: torch.Tensor | None = None  # M_c × V softmax probabilities at those columns (detached)
     leaves: dict | None = None  # the block's leaf tensors z was built from
@@ -120,13 +131,14 @@ class CurvatureProducts:
             c_ids, c_mask = ids[start:start + chunk_size], mask[start:start + chunk_size]
             rows = int(c_mask.sum())
             cols = None if vocab_index is None else vocab_index[offset:offset + rows].to(self.device)
-            self.chunks.append(_Chunk(c_ids, c_mask, c_ids[:, 1:][c_mask], cols))
+            self.chunks.append(_Chunk(c_ids, c_mask, c_ids[:, 1:][c_mask], cols, c_mask.any(0).nonzero()[:, 0]))
             offset += rows
         self.rows = offset
         if vocab_index is not None and vocab_index.shape[0] != offset:
             raise DeltalensError(f"vocab_index: {vocab_index.shape[0]} rows for {offset} scored positions")
         self.width = None if vocab_index is None else int(vocab_index.shape[1])
         self.products = {"hvp": 0, "ggn": 0, "kernel": 0, "jt": 0}
+        self._keeps_logits = accepts_logits_to_keep(model)
 
     # ------------------------------------------------------------------ flat ↔ named
     def split(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -146,10 +158,19 @@ class CurvatureProducts:
 
     # ------------------------------------------------------------------ outputs
     def _logits(self, chunk: _Chunk, block: dict[str, torch.Tensor]) -> torch.Tensor:
+        """M_c × V_full logits at the chunk's scored positions. Models that take ``logits_to_keep``
+        (Hugging Face causal LMs) project only the positions some probe of the chunk scores onto
+        the vocabulary, not all b × L (the output head is ~20% of SmolLM2's forward, and its
+        logits the largest tensor of the cached graph); the rows are the same either way."""
         from torch.func import functional_call
 
-        out = functional_call(self.model, {**self.constants, **block}, (), {"input_ids": chunk.ids}, strict=False)
+        kwargs = {"input_ids": chunk.ids}
+        if self._keeps_logits:
+            kwargs["logits_to_keep"] = chunk.positions
+        out = functional_call(self.model, {**self.constants, **block}, (), kwargs, strict=False)
         logits = out.logits if hasattr(out, "logits") else out
+        if self._keeps_logits:
+            return logits[chunk.mask[:, chunk.positions]]
         return logits[:, :-1][chunk.mask]  # M_c × V_full
 
     def _select(self, chunk: _Chunk, z: torch.Tensor) -> torch.Tensor:
@@ -262,25 +283,38 @@ class CurvatureProducts:
         s, alpha = weight_factor(chunk.p)
         return s * w - alpha * s * (chunk.p * w).sum(-1, keepdim=True)
 
-    def jt(self, u: torch.Tensor, *, weighted: bool) -> torch.Tensor:
-        """Jᵀ u, or Jᵀ B u when ``weighted`` (u flat over the N = M × V outputs, row-major)."""
+    def jt_parts(self, u: torch.Tensor, weighted: bool) -> list[torch.Tensor]:
+        """Jᵀ u (or Jᵀ B u) as the block's tensors in the model's dtype, summed over the chunks."""
         total = None
         for chunk, part in zip(self.chunks, self._rows(u)):
             w = self._b(chunk, part) if weighted else part
-            g = self._vjp(chunk, w)
-            total = g if total is None else total + g
-        self.products["jt"] += 1
+            g = torch.autograd.grad(chunk.z, list(chunk.leaves.values()), grad_outputs=w.to(chunk.z.dtype),
+                                    retain_graph=True, allow_unused=True)
+            g = [torch.zeros_like(p) if t is None else t for t, p in zip(g, chunk.leaves.values())]
+            total = g if total is None else [a + b for a, b in zip(total, g)]
         return total
 
+    def jt(self, u: torch.Tensor, *, weighted: bool) -> torch.Tensor:
+        """Jᵀ u, or Jᵀ B u when ``weighted`` (u flat over the N = M × V outputs, row-major)."""
+        self.products["jt"] += 1
+        return self.flat(self.jt_parts(u, weighted))
+
     def kernel_vp(self, u: torch.Tensor, *, weighted: bool) -> torch.Tensor:
-        """K u = J Jᵀ u (the logit eNTK), or Bᵀ J Jᵀ B u when ``weighted`` (its loss-weighted form)."""
-        tangent = self.split(self.jt(u, weighted=weighted))
-        self.products["jt"] -= 1
+        """K u = J Jᵀ u (the logit eNTK), or Bᵀ J Jᵀ B u when ``weighted`` (its loss-weighted form).
+        The parameter-space vector between the two halves stays in the model's dtype (no float64
+        copy of the parameters: 1 GB saved per product on SmolLM2)."""
+        out = self.outputs_along(self.jt_parts(u, weighted), weighted=weighted)
+        self.products["kernel"] += 1
+        return out
+
+    def outputs_along(self, tangent: Sequence[torch.Tensor], *, weighted: bool) -> torch.Tensor:
+        """J t (or Bᵀ J t when ``weighted``) for a parameter-space tangent given as the block's
+        tensors: one JVP, flat float64 over the N outputs."""
+        tangent = dict(zip(self.names, tangent))
         out = []
         for chunk in self.chunks:
             jv = self._jvp(chunk, tangent)
             out.append((self._bt(chunk, jv) if weighted else jv).reshape(-1))
-        self.products["kernel"] += 1
         return torch.cat(out)
 
     def release(self) -> None:
