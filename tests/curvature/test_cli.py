@@ -171,6 +171,7 @@ def test_streamed_function_space_run_matches_the_in_memory_one(folders, run_cli)
     (["--operators", ","], "--operators"),
     (["--operators", "hessian", "--memory-budget-mb", "0.01"], "--operators hessian"),
     (["--memory-budget-mb", "0"], "--memory-budget-mb"),
+    (["--jvp", "fast"], "--jvp"),
 ])
 def test_bad_input_is_one_line(folders, run_cli, args, message):
     root, (base, _), probes = folders

@@ -67,3 +67,25 @@ def test_llama_products_and_spectra_match_explicit_float64(llama64):
         from deltalens.linalg import principal_angles
 
         assert float(torch.rad2deg(principal_angles(block.spectra[kind].vectors, vectors)).max()) < 0.01
+
+
+def test_llama_linearized_jvp_and_function_space_gauss_newton(llama64):
+    """The opt-in linearized J v and the large-model route (G by Lanczos on the loss-weighted kernel)
+    through a Hugging Face Llama (logits at the scored positions only), against explicit float64 G."""
+    from deltalens.curvature.run import FUNCTION_SPACE
+    from deltalens.linalg import principal_angles
+
+    model, batch = llama64
+    ref = Explicit(model, batch)
+    products = CurvatureProducts(model, batch, jvp="linearize")
+    v = torch.randn(products.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(products.ggn_vp(v), ref.gauss_newton @ v, rtol=0, atol=1e-12)
+    assert products.chunks[0].linear  # traced, not the dual-tensor fallback
+    block, _ = curvature_block(model, batch, top=4, tol=1e-10, operators=("gauss_newton",), route=FUNCTION_SPACE,
+                               jvp="linearize")
+    values, vectors = top_by_magnitude(ref.gauss_newton, 4)
+    got = block.spectra["gauss_newton"]
+    np.testing.assert_allclose(got.values, values, rtol=1e-6)
+    assert float(torch.rad2deg(principal_angles(got.vectors, vectors)).max()) < 0.01
+    np.testing.assert_allclose(got.residuals, torch.linalg.vector_norm(ref.gauss_newton @ got.vectors
+                                                                       - got.vectors * got.values, dim=0), atol=1e-11)

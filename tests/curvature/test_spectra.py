@@ -37,9 +37,10 @@ def toy():
     return model, batch, Explicit(model, batch), block
 
 
-def test_products_match_explicit_matrices(toy):
+@pytest.mark.parametrize("jvp", ["dual", "linearize"])
+def test_products_match_explicit_matrices(toy, jvp):
     model, batch, ref, _ = toy
-    products = CurvatureProducts(model, batch, chunk_size=4)  # two chunks: the sum over chunks is exercised
+    products = CurvatureProducts(model, batch, chunk_size=4, jvp=jvp)  # two chunks: the sum over chunks is exercised
     gen = torch.Generator().manual_seed(3)
     v = torch.randn(products.dim, generator=gen, dtype=torch.float64)
     u = torch.randn(products.outputs, generator=gen, dtype=torch.float64)
@@ -47,6 +48,7 @@ def test_products_match_explicit_matrices(toy):
     np.testing.assert_allclose(products.ggn_vp(v), ref.gauss_newton @ v, rtol=0, atol=1e-12)
     np.testing.assert_allclose(products.kernel_vp(u, weighted=False), ref.kernel_logits @ u, rtol=0, atol=1e-11)
     np.testing.assert_allclose(products.jt(u, weighted=False), ref.jacobian.T @ u, rtol=0, atol=1e-12)
+    assert all(bool(chunk.linear) == (jvp == "linearize") for chunk in products.chunks)  # the route asked for ran
 
 
 @pytest.mark.parametrize("kind,matrix", [("hessian", "hessian"), ("gauss_newton", "gauss_newton")])

@@ -72,6 +72,9 @@ def register(app: typer.Typer) -> None:
         operators: Optional[list[str]] = typer.Option(None, "--operators", help="Which of hessian, gauss_newton, "
                                                       "entk_weighted, entk_logits, entk_logprob (comma-separated or "
                                                       "repeated; default all five). Large models: gauss_newton."),
+        jvp: str = typer.Option("dual", "--jvp", help="How J v is computed: dual (forward-mode dual tensors) or "
+                                "linearize (trace the forward once; each J v then costs about half: fastest for many "
+                                "products on small models, several times the memory on large ones)."),
         memory_budget_mb: Optional[float] = typer.Option(None, "--memory-budget-mb", help="Over it, G's Lanczos runs in "
                                                          "function space and the directions stream to disk; the Hessian "
                                                          "is refused. Default: a quarter of the free memory as a power "
@@ -87,7 +90,7 @@ def register(app: typer.Typer) -> None:
         from deltalens.curvature.run import run_curvature, run_curvature_pair
 
         options = dict(out=out, top=top, vocab=vocab, blocks=blocks or None, device=resolved(device), dtype=dtype,
-                       tol=tol, seed=seed, k=k, operators=operators, memory_budget_mb=memory_budget_mb,
+                       tol=tol, seed=seed, k=k, operators=operators, memory_budget_mb=memory_budget_mb, jvp=jvp,
                        **loading(options))
         with _progress() as update:
             if len(models) == 1:

@@ -32,6 +32,9 @@ from deltalens.errors import DeltalensError
 from deltalens.kernel.gradients import trainable_parameters
 
 
+JVP_MODES = ("dual", "linearize")
+
+
 def eager_attention(model: torch.nn.Module) -> torch.nn.Module:
     """Switch a Hugging Face model to eager attention (forward-mode AD has no SDPA rule on CPU); other modules pass."""
     if hasattr(model, "set_attn_implementation") and getattr(model, "config", None) is not None:
@@ -90,6 +93,7 @@ class _Chunk:
     leaves: dict | None = None  # the block's leaf tensors z was built from
     grads: tuple[torch.Tensor, ...] | None = None  # ∇L_c with its graph (Hessian)
     hleaves: dict | None = None  # the block's leaf tensors ∇L_c was built from
+    linear: object = None  # the chunk's linearized outputs t ↦ J t (None: not built; False: not traceable)
 
 
 class CurvatureProducts:
@@ -101,10 +105,14 @@ class CurvatureProducts:
     of z per row (None: the full vocabulary). ``chunk_size``: probes per cached graph (all the
     caches are kept: memory is that of the whole batch's graphs; the chunks bound the transient
     JVP buffers). The caches are built on first use and kept; ``products`` counts calls.
+    ``jvp``: how J v is computed (:meth:`_jvp`: ``"dual"`` or ``"linearize"``).
     """
 
     def __init__(self, model: torch.nn.Module, batch: dict, *, names: Sequence[str] | None = None,
-                 vocab_index: torch.Tensor | None = None, chunk_size: int = 64):
+                 vocab_index: torch.Tensor | None = None, chunk_size: int = 64, jvp: str = "dual"):
+        if jvp not in JVP_MODES:
+            raise DeltalensError(f"--jvp: expected one of {', '.join(JVP_MODES)}, got '{jvp}'")
+        self.jvp_mode = jvp
         self.model = model
         everything = trainable_parameters(model)
         self.names = list(everything) if names is None else list(names)
@@ -237,7 +245,30 @@ class CurvatureProducts:
         return total
 
     def _jvp(self, chunk: _Chunk, tangent: dict[str, torch.Tensor]) -> torch.Tensor:
-        """J v by forward mode (dual tensors: ~9% faster than ``torch.func.jvp`` on the lab model)."""
+        """J v by forward mode: dual tensors (default), or with ``jvp="linearize"`` the chunk's
+        outputs linearized once (``torch.func.linearize``: the forward traced with the primal values
+        it needs kept, so each JVP runs only the tangent half). Measured: on the lab model 29 ms
+        against 61 ms per JVP after a 3 s trace; on SmolLM2 with 32 probes 4.2 s against 7.6 s, but
+        a 29 s trace and 21.8 GB resident against 4.5 GB, hence opt-in. A model that cannot be
+        traced falls back to dual tensors."""
+        if self.jvp_mode == "linearize" and chunk.linear is None:
+            chunk.linear = self._linearize(chunk)
+        if chunk.linear:
+            return chunk.linear(tangent).double()
+        return self._dual_jvp(chunk, tangent)
+
+    def _linearize(self, chunk: _Chunk):
+        from torch.func import linearize
+
+        try:
+            with torch.no_grad():
+                _, jvp_fn = linearize(lambda block: self._select(chunk, self._logits(chunk, block)), dict(self.params))
+        except Exception:  # noqa: BLE001 - tracing is an optimisation; dual tensors compute the same J v
+            return False
+        return jvp_fn
+
+    def _dual_jvp(self, chunk: _Chunk, tangent: dict[str, torch.Tensor]) -> torch.Tensor:
+        """J v with dual tensors (``torch.autograd.forward_ad``; ~9% faster than ``torch.func.jvp``)."""
         import torch.autograd.forward_ad as fwad
 
         with fwad.dual_level():
@@ -320,7 +351,7 @@ class CurvatureProducts:
     def release(self) -> None:
         """Drop the cached graphs (memory)."""
         for chunk in self.chunks:
-            chunk.z = chunk.p = chunk.grads = chunk.leaves = chunk.hleaves = None
+            chunk.z = chunk.p = chunk.grads = chunk.leaves = chunk.hleaves = chunk.linear = None
 
 
 def logprob_jt(products: CurvatureProducts, u: torch.Tensor) -> torch.Tensor:

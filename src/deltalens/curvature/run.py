@@ -31,7 +31,7 @@ from deltalens.curvature.compare import (
     weight_frames,
 )
 from deltalens.curvature.lanczos import Eigenpairs, basis_bytes, residuals_of, top_eigenpairs
-from deltalens.curvature.products import CurvatureProducts, eager_attention, logprob_jt, top_vocabulary
+from deltalens.curvature.products import JVP_MODES, CurvatureProducts, eager_attention, logprob_jt, top_vocabulary
 from deltalens.curvature.store import DirectionStore
 from deltalens.errors import DeltalensError
 from deltalens.kernel.compare import kernel_spectrum
@@ -108,8 +108,8 @@ def _function_space(products: CurvatureProducts, pairs: Eigenpairs, *, weighted:
         size = torch.linalg.vector_norm(t)
         r = products.outputs_along(parts, weighted=weighted).cpu() - pairs.values[j] * u
         kernel_res.append(torch.linalg.vector_norm(r))
-        v = t / size if float(size) > 0 else t
-        del parts, t
+        del parts
+        v = t.div_(size) if float(size) > 0 else t  # in place: one P-vector of float64 less at the peak
         if "gauss_newton" in sinks:
             ct = products.jt(r, weighted=True).cpu()
             gn_res.append(torch.linalg.vector_norm(ct) / (n * size))
@@ -146,6 +146,7 @@ def curvature_block(
     route: str = PARAMETER_SPACE,
     store: DirectionStore | None = None,
     key: str = "",
+    jvp: str = "dual",
 ) -> tuple[BlockCurvature, CurvatureProducts]:
     """Top-``top`` eigenpairs of the ``operators`` of SPEC §9 (default all five) on one block
     (``names``; default the whole model), and H − G along their top directions when both are
@@ -155,9 +156,9 @@ def curvature_block(
     ``route``: G by Lanczos on G v in parameter space (:data:`PARAMETER_SPACE`, a ncv × P basis) or
     on the loss-weighted kernel in function space (:data:`FUNCTION_SPACE`, a ncv × N basis; the
     same nonzero eigenpairs). ``store``: write the directions to disk as they are computed (keys
-    ``key + kind``) instead of holding P × r tensors."""
+    ``key + kind``) instead of holding P × r tensors. ``jvp``: :class:`CurvatureProducts`' J v mode."""
     operators = [kind for kind in KINDS if kind in operators]
-    products = CurvatureProducts(model, batch, names=names, vocab_index=vocab_index, chunk_size=chunk_size)
+    products = CurvatureProducts(model, batch, names=names, vocab_index=vocab_index, chunk_size=chunk_size, jvp=jvp)
     dim = products.dim
     if top >= dim:
         raise DeltalensError(f"--top {top}: block '{label}' has only {dim} parameters; ask for fewer than {dim}")
@@ -405,7 +406,9 @@ def _encode(model, tokenizer, probes, loading) -> tuple[dict, int]:
     return {k: v.to(device) for k, v in batch.items()}, len(lines)
 
 
-def _check(top: int, vocab: int | None) -> None:
+def _check(top: int, vocab: int | None, jvp: str = "dual") -> None:
+    if jvp not in JVP_MODES:
+        raise DeltalensError(f"--jvp: expected one of {', '.join(JVP_MODES)}, got '{jvp}'")
     if top < 1:
         raise DeltalensError(f"--top: must be ≥ 1, got {top}")
     if vocab is not None and vocab < 1:
@@ -498,13 +501,13 @@ def _write(out, report: dict, arrays: dict) -> Path:
 
 
 def _prepare(sources: Sequence, probes, *, out, tokenizer, top, vocab, device, dtype, chunk_size, loading,
-             operators=None, memory_budget_mb=None):
+             operators=None, memory_budget_mb=None, jvp="dual"):
     """Check the options and the output folder, load the models (the first one's tokenizer for
     all; ``loading``: :class:`deltalens.kernel.run.Loading`), plan, encode the probes, choose the
     base's top-V columns: (models, batch, n, vocab_index, plan)."""
     from deltalens.results import check_output_dir
 
-    _check(top, vocab)
+    _check(top, vocab, jvp)
     operators = parse_operators(operators)
     if out is not None:
         check_output_dir(out, ["curvature.json", "curvature.npz"])
@@ -551,24 +554,26 @@ def run_curvature(model, probes, *, out=None, tokenizer=None, top: int = 10, voc
                   seed: int = 0, tol: float = 1e-6, k: int | None = None, chunk_size: int = 64,
                   progress: Progress | None = None, revision: str | None = None, trust_remote_code: bool = False,
                   limit: int | None = None, operators: Sequence[str] | str | None = None,
-                  memory_budget_mb: float | None = None) -> tuple[dict, dict]:
+                  memory_budget_mb: float | None = None, jvp: str = "dual") -> tuple[dict, dict]:
     """``deltalens curvature MODEL``: the report and arrays of :func:`curvature_report` /
     :func:`curvature_arrays` for a model (a folder or a module) on ``{prompt, completion}`` probes
     (a JSONL path or a list), written to ``out`` when given. ``dtype=None`` keeps a module's.
     ``model`` may be a hub id (at ``revision``); ``tokenizer`` an object, a folder or a hub id;
     ``limit``: the first N probes (of each task); ``operators``: a subset of KINDS;
     ``memory_budget_mb``: see :func:`plan_curvature` (directions over it go to disk under ``out``,
-    and the arrays returned are then ``numpy.load`` of the written npz)."""
+    and the arrays returned are then ``numpy.load`` of the written npz); ``jvp``: ``"dual"`` or
+    ``"linearize"`` (:meth:`CurvatureProducts._jvp`)."""
     from deltalens.kernel.run import Loading
 
     (net,), batch, n, vocab_index, plan = _prepare(
         [model], probes, out=out, tokenizer=tokenizer, top=top, vocab=vocab, device=device, dtype=dtype,
         chunk_size=chunk_size, loading=Loading(revision, trust_remote_code, limit), operators=operators,
-        memory_budget_mb=memory_budget_mb)
+        memory_budget_mb=memory_budget_mb, jvp=jvp)
     store = _store(out, plan)
     try:
         parts, report = _measure(net, batch, n, vocab_index, blocks=blocks, vocab=vocab, k=k, seed=seed,
-                                 progress=progress, top=top, tol=tol, chunk_size=chunk_size, plan=plan, store=store)
+                                 progress=progress, top=top, tol=tol, chunk_size=chunk_size, plan=plan, store=store,
+                                 jvp=jvp)
         return report, _finish(out, report, curvature_arrays(parts[0], blocks=parts[1:]), store)
     finally:
         if store is not None:
@@ -581,7 +586,7 @@ def run_curvature_pair(base, tuned, probes, *, out=None, tokenizer=None, top: in
                        progress: Progress | None = None, revision: str | None = None,
                        trust_remote_code: bool = False, limit: int | None = None,
                        operators: Sequence[str] | str | None = None,
-                       memory_budget_mb: float | None = None) -> tuple[dict, dict]:
+                       memory_budget_mb: float | None = None, jvp: str = "dual") -> tuple[dict, dict]:
     """``deltalens curvature BASE TUNED``: the base's report (the single-model contract) plus
     ``tuned`` (its report) and ``pair``: ``{"model": ..., "blocks": {name: ...}}`` of
     :func:`pair_comparison`.
@@ -592,10 +597,10 @@ def run_curvature_pair(base, tuned, probes, *, out=None, tokenizer=None, top: in
     (net0, net1), batch, n, vocab_index, plan = _prepare(
         [base, tuned], probes, out=out, tokenizer=tokenizer, top=top, vocab=vocab, device=device, dtype=dtype,
         chunk_size=chunk_size, loading=Loading(revision, trust_remote_code, limit), operators=operators,
-        memory_budget_mb=memory_budget_mb)
+        memory_budget_mb=memory_budget_mb, jvp=jvp)
     store = _store(out, plan)
     options = dict(blocks=blocks, vocab=vocab, k=k, seed=seed, progress=progress, top=top, tol=tol,
-                   chunk_size=chunk_size, plan=plan, store=store)
+                   chunk_size=chunk_size, plan=plan, store=store, jvp=jvp)
     try:
         parts0, report = _measure(net0, batch, n, vocab_index, **options)
         parts1, report["tuned"] = _measure(net1, batch, n, vocab_index, prefix="tuned/", **options)
@@ -603,7 +608,8 @@ def run_curvature_pair(base, tuned, probes, *, out=None, tokenizer=None, top: in
         pair = []
         for b0, b1 in zip(parts0, parts1):  # r more products per operator on the tuned model, block by block
             flat = torch.cat([delta[name].reshape(-1) for name in b0.names]).double().cpu()
-            products = CurvatureProducts(net1, batch, names=b0.names, vocab_index=vocab_index, chunk_size=chunk_size)
+            products = CurvatureProducts(net1, batch, names=b0.names, vocab_index=vocab_index, chunk_size=chunk_size,
+                                         jvp=jvp)
             pair.append(pair_comparison(b0, b1, products, flat, seed=seed))
             products.release()
         report["pair"] = {"model": pair[0], "blocks": {b.name: row for b, row in zip(parts0[1:], pair[1:])}}
