@@ -2,8 +2,9 @@
 
 Prints, from one run on one machine:
 - time per Hessian-vector product (cached double backward) and per GGN-vector product (JVP + H_z +
-  cached VJP), and per logit-kernel product, as ratios to one forward + backward of the loss on
-  the same probes (median of repeats, the one-time cache builds timed apart);
+  cached VJP; the JVP by dual tensors, the default, and with ``--jvp linearize``), and per
+  logit-kernel product, as ratios to one forward + backward of the loss on the same probes
+  (median of repeats, the one-time cache builds, the trace included, timed apart);
 - products needed for the top-10 (and top-4) eigenpairs of H and G by Lanczos (``eigsh``,
   tolerance 1e-6), against a PyHessian-style power iteration with deflation written here as the
   baseline (PyHessian 0.1's ``eigenvalues``: a fresh random start per eigenpair, orthogonalized
@@ -111,6 +112,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--only", choices=["hessian", "gauss_newton"], help="only this operator's Lanczos run")
+    parser.add_argument("--no-linearize", action="store_true", help="skip the --jvp linearize row (its trace "
+                        "holds several times a forward's graph: 21.8 GB on SmolLM2 with 32 probes)")
     parser.add_argument("--products-only", action="store_true", help="time the products, skip Lanczos (large models: "
                         "eigsh's basis is 21 x P float64)")
     args = parser.parse_args()
@@ -123,8 +126,18 @@ def main() -> None:
     v = torch.randn(products.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     fb = median_seconds(lambda: forward_backward(products), args.repeats)
     print(f"one forward+backward {fb * 1e3:.1f} ms (median of {args.repeats})")
-    for kind, build, product, label in (("hessian", products._hessian_graphs, products.hvp, "HVP"),
-                                        ("gauss_newton", products._output_graphs, products.ggn_vp, "GGN-vp")):
+    linear = CurvatureProducts(model, batch, jvp="linearize")
+
+    def trace():  # the output graph, then one traced linearization per chunk (timed as the cache)
+        linear._output_graphs()
+        for chunk in linear.chunks:
+            chunk.linear = linear._linearize(chunk)
+
+    rows = [("hessian", products._hessian_graphs, products.hvp, "HVP"),
+            ("gauss_newton", products._output_graphs, products.ggn_vp, "GGN-vp (dual-tensor JVP, default)")]
+    if not args.no_linearize:
+        rows.append(("gauss_newton", trace, linear.ggn_vp, "GGN-vp (--jvp linearize)"))
+    for kind, build, product, label in rows:
         if args.only not in (None, kind):
             continue
         started = time.perf_counter()

@@ -114,6 +114,26 @@ def test_pair_contract(folders, run_cli):
     v0, v1 = arrays["gauss_newton"], arrays["tuned_gauss_newton"]
     cos = np.linalg.svd(v0.T @ v1, compute_uv=False)
     np.testing.assert_allclose(np.sort(np.degrees(np.arccos(np.clip(cos, -1, 1)))), row["angles_deg"], atol=1e-3)
+    assert report["models"] == {"base": str(base), "tuned": str(tuned)}
+    assert report["fingerprints"]["base"]["sha256"] != report["fingerprints"]["tuned"]["sha256"]
+    assert row["curvature_change"]["rotation_bound_deg"] >= 0
+
+
+def test_report_shows_a_curvature_pair(folders, run_cli):
+    """``deltalens report`` on a curvature pair's folder: the curvature section holds its numbers."""
+    import re
+
+    from deltalens.numbers import fmt
+    from deltalens.report import build_report
+
+    root, _, _ = folders
+    page = build_report(root / "pair", root / "pair.html").read_text()
+    section = re.search(r'<section id="curvature".*?</section>', page, re.S).group(0)
+    report = json.loads((root / "pair" / "curvature.json").read_text())
+    assert fmt(report["gauss_newton"]["eigenvalues"][0]) in section
+    angles = report["pair"]["model"]["hessian"]["angles_deg"]
+    assert f"{fmt(max(angles))} / {fmt(sum(angles) / len(angles))}" in section
+    assert "<figure" in section and "class=\"absent\"" not in section
 
 
 def test_streamed_function_space_run_matches_the_in_memory_one(folders, run_cli):

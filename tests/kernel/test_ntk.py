@@ -241,3 +241,23 @@ def test_exact_kernel_is_bit_identical_whatever_the_budget(implementation, tmp_p
         assert torch.equal(r.matrix, first.matrix) and torch.equal(r.jv["v"], first.jv["v"])
     jac = reference_jacobian(model, completion_logprob, batch)
     assert rel(first.matrix, jac @ jac.T) < 1e-5
+
+
+def test_sketch_kernel_does_not_depend_on_the_budget():
+    """Sketch mode at a 4096 MiB budget (one 24-probe chunk), with 5-probe chunks, and at 0.5 MiB
+    (1-probe chunks): the same sketched rows J S, bit for bit, so the same kernel (issue 21: the
+    budget follows the free memory and must not change results)."""
+    from deltalens.lab.tiny_model import build_tiny_llama
+    from deltalens.lab.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    model = build_tiny_llama(tokenizer=tok, seed=0)
+    probes = [{"prompt": f"Q{i}: {i}*3=", "completion": str(3 * i)} for i in range(24)]
+    batch = encode_probes(tok, probes)
+    runs = [dict(memory_budget_mb=4096), dict(memory_budget_mb=4096, chunk_size=5), dict(memory_budget_mb=0.5)]
+    results = [empirical_ntk(model, completion_logprob, batch, mode="sketch", dim=256, seed=3, **kw) for kw in runs]
+    assert [r.chunk_size for r in results] == [24, 5, 1]
+    for r in results[1:]:
+        assert torch.equal(r.matrix, results[0].matrix)
+    jac = reference_jacobian(model, completion_logprob, batch)
+    assert rel(results[0].matrix, jac @ jac.T) < 0.5  # a sketch at d = 256: noisy, but of K

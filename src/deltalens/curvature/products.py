@@ -260,8 +260,11 @@ class CurvatureProducts:
     def _linearize(self, chunk: _Chunk):
         from torch.func import linearize
 
+        import warnings
+
         try:
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")  # torch.fx const folding
                 _, jvp_fn = linearize(lambda block: self._select(chunk, self._logits(chunk, block)), dict(self.params))
         except Exception:  # noqa: BLE001 - tracing is an optimisation; dual tensors compute the same J v
             return False

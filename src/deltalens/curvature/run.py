@@ -111,10 +111,11 @@ def _function_space(products: CurvatureProducts, pairs: Eigenpairs, *, weighted:
         del parts
         v = t.div_(size) if float(size) > 0 else t  # in place: one P-vector of float64 less at the peak
         if "gauss_newton" in sinks:
-            ct = products.jt(r, weighted=True).cpu()
-            gn_res.append(torch.linalg.vector_norm(ct) / (n * size))
+            ct = products.jt_parts(r, True)  # Cᵀ r_j in the model's dtype: its norm needs no float64 copy
+            gn_res.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x.double()) for x in ct]))
+                          / (n * size))
             if keep_image:
-                image.append(pairs.values[j] / n * v + ct / (n * size))
+                image.append(pairs.values[j] / n * v + products.flat(ct).cpu() / (n * size))
             del ct
         for sink in {id(x): x for x in sinks.values()}.values():  # G and entk_weighted may share one
             sink.append(v)
@@ -532,6 +533,17 @@ def _measure(net, batch, n: int, vocab_index, *, blocks, vocab, k, seed, progres
     return parts, report
 
 
+def _models(base, tuned) -> dict:
+    """``models`` (the base and tuned sources as given; ``tuned`` is the tuned model's report) and
+    their content ``fingerprints``, as the diff and the kernel record them, so ``deltalens report``
+    puts this pair in the same column as theirs."""
+    from deltalens.fingerprint import model_fingerprint
+
+    named = [str(s) if isinstance(s, (str, os.PathLike)) else None for s in (base, tuned)]
+    return {"models": {"base": named[0], "tuned": named[1]},
+            "fingerprints": {"base": model_fingerprint(base), "tuned": model_fingerprint(tuned)}}
+
+
 def _store(out, plan: Plan):
     from deltalens.curvature.store import DirectionStore
 
@@ -613,6 +625,7 @@ def run_curvature_pair(base, tuned, probes, *, out=None, tokenizer=None, top: in
             pair.append(pair_comparison(b0, b1, products, flat, seed=seed))
             products.release()
         report["pair"] = {"model": pair[0], "blocks": {b.name: row for b, row in zip(parts0[1:], pair[1:])}}
+        report.update(_models(base, tuned))
         arrays = curvature_arrays(parts0[0], blocks=parts0[1:])
         arrays.update(curvature_arrays(parts1[0], "tuned_", blocks=parts1[1:]))
         return report, _finish(out, report, arrays, store)

@@ -585,6 +585,9 @@ def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_siz
         return index if n_rows == n else slice(index.start * m, index.stop * m)
 
     used, chunk_used, done, passes = None, None, 0, len(plan.groups)
+    # sketch: one n·m × d matrix of sketched rows J S for all groups, contracted once at the end, so the
+    # estimate (J S)(J S)ᵀ does not depend on how the budget split the parameters into passes
+    rows = None if plan.mode == "exact" else torch.zeros(n * m, plan.dim, dtype=dtype, device=device)
     for names in plan.groups:
         group_layers = [layer for layer in plan.layers if layer.weight in names]
         # per-chunk gradients (chunk × the group's per-example numbers) take at most a quarter of the budget
@@ -593,7 +596,6 @@ def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_siz
         chunk_used = chunk if chunk_used is None else min(chunk_used, chunk)
         used = _pick_method(method, chunk)
         kept: list[tuple[slice, list]] = []
-        rows = None if plan.mode == "exact" else torch.zeros(n * m, plan.dim, dtype=dtype, device=device)
         blocks = jacobian_rows(model, output_fn, batch, names, chunk_size=chunk, method=used,
                                structured=group_layers, shape=plan.shape)
         with intra_op_threads(threads):
@@ -614,12 +616,12 @@ def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_siz
                 done += c
                 if progress is not None:
                     progress(done, passes * n)
-        if rows is not None:
-            part = torch.zeros(n_rows, n_rows, dtype=dtype, device=device)
-            upper_gram(rows.view(n_rows, -1), part)
-            plan.kernel += part.double()
-            del part
-        del rows, kept
+        del kept
+    if rows is not None:
+        part = torch.zeros(n_rows, n_rows, dtype=dtype, device=device)
+        upper_gram(rows.view(n_rows, -1), part)
+        plan.kernel += part.double()
+        del part, rows
     plan.kernel = symmetrize_upper(plan.kernel)
     return used, chunk_used
 

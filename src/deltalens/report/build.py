@@ -2,7 +2,7 @@
 
 The page leads with the answer (:mod:`deltalens.report.answer`: the lab's claims and the papers'
 figures), then the pairs compared (:mod:`deltalens.report.pairs`: one column per (base, tuned)
-pair), then one section per level (weights, behaviour, kernel, training) and the claims in full.
+pair), then one section per level (weights, behaviour, kernel, curvature, training) and the claims in full.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from markupsafe import Markup
 
 import deltalens.report.answer as answer
 import deltalens.report.behaviour as behaviour
+import deltalens.report.curvature as curvature
 import deltalens.report.kernel as kernel
 import deltalens.report.lab as lab
 import deltalens.report.weights as weights
@@ -23,7 +24,7 @@ from deltalens.report.pairs import PRODUCERS, Pair, assign_groups, group_pairs
 from deltalens.results import check_output_file, write_text
 
 #: Section ids in page order; every page has all of them, saying what is absent where needed.
-SECTION_IDS = ("answer", "pairs", "weights", "behaviour", "kernel", "training", "claims")
+SECTION_IDS = ("answer", "pairs", "weights", "behaviour", "kernel", "curvature", "training", "claims")
 
 
 def render_html(runs: list[Run], *, title: str = "deltalens report") -> str:
@@ -36,7 +37,8 @@ def render_html(runs: list[Run], *, title: str = "deltalens report") -> str:
     groups = assign_groups(pairs, list(dict.fromkeys(arms)))
     pairs.sort(key=lambda p: groups.index(p.group))  # arms in the lab's order, seeds in order within each
     sections = [answer.build(runs, pairs, groups), _pairs_section(runs, pairs), weights.build(pairs),
-                behaviour.build(pairs), kernel.build(pairs), lab.build_training(pairs), lab.build_claims(runs)]
+                behaviour.build(pairs), kernel.build(pairs), curvature.build(pairs), lab.build_training(pairs),
+                lab.build_claims(runs)]
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = (f"{len(pairs)} pair(s) from {len(runs)} folder(s). Generated {stamp} by deltalens {__version__}. "
             "Self-contained: nothing is loaded from the network.")

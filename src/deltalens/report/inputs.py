@@ -22,6 +22,7 @@ INPUT_FILES = (
     "support.json",
     "divergence.json",
     "kernel.json",
+    "curvature.json",
     "claims.json",
     "forgetting.json",
     "tracking.jsonl",

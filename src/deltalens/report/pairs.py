@@ -44,7 +44,9 @@ PRODUCERS = {
     "kernel.json": "deltalens kernel BASE TUNED --probes PROBES.jsonl --out DIR",
     "tracking.jsonl": "deltalens.tracking.UpdateStatsCallback during training (deltalens lab)",
 }
-PAIR_FILES = tuple(n for n in INPUT_FILES if n not in LAB_LEVEL_FILES)
+#: Per-pair inputs that are optional (slower, deeper analyses): shown when present, not listed as missing.
+OPTIONAL_FILES = ("curvature.json",)
+PAIR_FILES = tuple(n for n in INPUT_FILES if n not in LAB_LEVEL_FILES and n not in OPTIONAL_FILES)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ def stated_models(run: Run) -> list[tuple[str, ModelRef, ModelRef]]:
         doc = run.data.get(name)
         if isinstance(doc, dict):
             add(name, doc.get("base"), doc.get("tuned"), doc)
+    curvature = run.data.get("curvature.json")
+    if isinstance(curvature, dict) and isinstance(curvature.get("models"), dict):
+        add("curvature.json", curvature["models"].get("base"), curvature["models"].get("tuned"), curvature)
     kernel = run.data.get("kernel.json")
     if isinstance(kernel, dict):
         side = [kernel.get(s) if isinstance(kernel.get(s), dict) else {} for s in ("base", "tuned")]

@@ -1,0 +1,182 @@
+"""The curvature-level section: Hessian, Gauss-Newton and eNTK top eigenpairs (SPEC §9), the links
+between them against random subspaces, their share in the weights' principal subspaces, and for a
+pair how far the fine-tune rotated each operator's top subspace."""
+
+from __future__ import annotations
+
+import math
+
+from deltalens.report.html import Section, absent, figure_or_note, fmt, heading, html, paragraph, table
+from deltalens.report.inputs import as_float
+from deltalens.report.plotting import describe_range, finite_xy, integer_ticks, new_figure, render
+
+KINDS = ("hessian", "gauss_newton", "entk_weighted", "entk_logits", "entk_logprob")
+NAMES = {"hessian": "H", "gauss_newton": "G", "entk_weighted": "weighted logit eNTK", "entk_logits": "logit eNTK",
+         "entk_logprob": "log-prob eNTK"}
+NAME = "curvature.json"
+
+
+def build(pairs: list) -> Section:
+    """The section over ``pairs`` (one column each)."""
+    section = Section(
+        "curvature", "Curvature level",
+        "The seed's chain (SPEC §9): near an interpolating minimum the Hessian H ≈ its Gauss-Newton part G, whose "
+        "nonzero eigenpairs are the loss-weighted logit eNTK's; so H, G and eNTK top eigenvectors should agree "
+        "(angles well below the random ~90°) and lie in the weights' top singular subspaces above chance. For a pair: "
+        "re-weighting fixed eigenvectors (propensity) against rotating them (lability).")
+    have = [(i, p) for i, p in enumerate(pairs) if isinstance(p.data.get(NAME), dict)]
+    bad = [f"{p.label}: {p.unreadable[NAME]}" for p in pairs if NAME in p.unreadable]
+    if bad:
+        section.add(absent(html("<code>{}</code> unreadable for {}.", NAME, "; ".join(bad))))
+    if not have:  # an optional, slower analysis: its absence is not a gap in the other levels' evidence
+        section.add(paragraph(html("No input has <code>{}</code>; produce it with <code>{}</code> (on a large model "
+                                   "<code>--operators gauss_newton</code>).", NAME,
+                                   "deltalens curvature BASE TUNED --probes PROBES.jsonl --out DIR")))
+        return section
+    docs = [p.data[NAME] for _, p in have]
+    labels = [p.label for _, p in have]
+    section.add(_spectra_table(docs, labels))
+    section.add(heading("Eigen-spectra of the computed operators"))
+    section.add(figure_or_note(_spectra_plot, have))
+    section.add(_links_table(docs, labels))
+    if any(isinstance(d.get("pair"), dict) for d in docs):
+        section.add(heading("Base → tuned"))
+        section.add(_pair_table(docs, labels))
+    return section
+
+
+def operators(doc: dict) -> list[str]:
+    """The operators a curvature.json holds (``operators``, or every kind with a spectrum)."""
+    listed = doc.get("operators")
+    if isinstance(listed, list):
+        return [k for k in KINDS if k in listed and isinstance(doc.get(k), dict)]
+    return [k for k in KINDS if isinstance(doc.get(k), dict)]
+
+
+def _values(doc: dict, kind: str) -> list[float]:
+    return [as_float(v) for v in ((doc.get(kind) or {}).get("eigenvalues") or [])]
+
+
+def _mean(values) -> float:
+    xs = [as_float(v) for v in values or []]
+    xs = [x for x in xs if math.isfinite(x)]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _spectra_table(docs, labels) -> str:
+    rows = [["probes", *(fmt(d.get("n_probes")) for d in docs)], ["parameters", *(fmt(d.get("n_params")) for d in docs)],
+            ["top r", *(fmt(d.get("top")) for d in docs)], ["outputs z", *(str(d.get("vocab", "—")) for d in docs)],
+            ["G's route", *(str((d.get("gauss_newton") or {}).get("route", "—")) for d in docs)]]
+    for kind in KINDS:
+        if not any(kind in operators(d) for d in docs):
+            continue
+        spectra = [d.get(kind) if kind in operators(d) else None for d in docs]
+        rows.append([f"{NAMES[kind]}: λ1 … λr", *("—" if s is None else
+                                                   f"{fmt(_values(d, kind)[0])} … {fmt(_values(d, kind)[-1])}"
+                                                   for s, d in zip(spectra, docs))])
+        rows.append([f"{NAMES[kind]}: max residual", *("—" if s is None else fmt(max(as_float(r) for r in s.get("residuals")
+                                                                                    or [math.nan]))
+                                                       for s in spectra)])
+        rows.append([f"{NAMES[kind]}: error bound (°)", *("—" if s is None else fmt(s.get("subspace_error_bound_deg"))
+                                                          for s in spectra)])
+    return table(["quantity", *labels], rows,
+                 caption="Top eigenpairs by Lanczos (one column per folder; for a pair, the base's). Residual ‖Av − λv‖ "
+                         "in each operator's own space; error bound: Davis–Kahan, the largest angle between the computed "
+                         "and the true top-r eigenspace (90° when λr does not separate from λr+1). Kernel eigenvalues are "
+                         "on all probes: the weighted eNTK's are n × G's.")
+
+
+def _links_table(docs, labels) -> str:
+    keys = []
+    for d in docs:
+        keys += [k for k in (d.get("angles_deg") or {}) if k not in keys]
+    rows = []
+    for key in keys:
+        a, b = key.split("_vs_")
+        cells = []
+        for d in docs:
+            angles, base = (d.get("angles_deg") or {}).get(key), (d.get("angles_baseline_deg") or {}).get(key)
+            cells.append("—" if angles is None else f"{fmt(_mean(angles))} (random {fmt(_mean(base))})")
+        rows.append([f"{NAMES.get(a, a)} vs {NAMES.get(b, b)}: mean angle (°)", *cells])
+    for kind in KINDS:
+        shares = [(d.get("pp_share") or {}).get(kind) for d in docs]
+        if not any(isinstance(s, dict) and s.get("pooled") for s in shares):
+            continue
+        cells = []
+        for s in shares:
+            if not (isinstance(s, dict) and s.get("pooled")):
+                cells.append("—")
+                continue
+            share, base = _mean(s["pooled"]), _mean(s.get("pooled_baseline"))
+            cells.append(f"{fmt(share)} ({fmt(share / base) if base > 0 else '—'}× random)")
+        rows.append([f"{NAMES[kind]}: PP share of top directions", *cells])
+    return table(["link", *labels], rows,
+                 caption="Principal angles between the top-r subspaces of two operators (mean over the r angles) against "
+                         "two random r-dimensional subspaces; PP share: the top directions' energy in each weight matrix's "
+                         "top-k singular subspaces (SPEC §5, pooled over matrices, mean over directions), and its ratio to "
+                         "the random k²/mn. Angles are resolved only above the two error bounds' sum.")
+
+
+def _pair_table(docs, labels) -> str:
+    rows = []
+    for kind in KINDS:
+        pair_rows = [((d.get("pair") or {}).get("model") or {}).get(kind) for d in docs]
+        if not any(isinstance(r, dict) for r in pair_rows):
+            continue
+
+        def cell(fn):
+            return ["—" if not isinstance(r, dict) else fn(r) for r in pair_rows]
+
+        def change(r, key):
+            c = r.get("curvature_change")
+            return fmt(c.get(key)) if isinstance(c, dict) else "—"
+
+        rows.append([f"{NAMES[kind]}: max / mean angle (°)",
+                     *cell(lambda r: f"{fmt(max((as_float(a) for a in r.get('angles_deg') or []), default=math.nan))} / "
+                                     f"{fmt(_mean(r.get('angles_deg')))} (random {fmt(_mean(r.get('angles_baseline_deg')))})")])
+        if kind in ("hessian", "gauss_newton"):
+            rows.append([f"{NAMES[kind]}: rotation bound (°)", *cell(lambda r: change(r, "rotation_bound_deg"))])
+            rows.append([f"{NAMES[kind]}: rescale share", *cell(lambda r: change(r, "rescale_share"))])
+        rows.append([f"{NAMES[kind]}: update share", *cell(lambda r: fmt((r.get("update_share") or {}).get("share")))])
+        rows.append([f"{NAMES[kind]}: log λ1 drift",
+                     *cell(lambda r: fmt(((r.get("eigenvalue_drift") or {}).get("log_ratio") or [None])[0]))])
+    return table(["operator", *labels], rows,
+                 caption="How far the fine-tune moved each operator's top-r subspace: principal angles base → tuned against "
+                         "random; rotation bound: Davis–Kahan from the curvature change along the base's directions and "
+                         "the gap (a measured rotation is at most this plus the tuned run's error bound); rescale share: "
+                         "the part of that change that re-weights the base's eigenvectors (propensity; random 2/(P+1)); "
+                         "update share: ‖V0ᵀΔθ‖²/‖Δθ‖² (random r/P).")
+
+
+def _spectra_plot(have):
+    ncols = min(len(have), 3)
+    nrows = math.ceil(len(have) / ncols)
+    fig, axes = new_figure(nrows, ncols, width=min(4.2 * ncols + 1, 13), height=3.4 * nrows)
+    colors = {"hessian": "#1b6ca8", "gauss_newton": "#c0392b", "entk_weighted": "#7f8c8d", "entk_logits": "#27ae60",
+              "entk_logprob": "#8e44ad"}
+    alt = []
+    for idx, (_, pair) in enumerate(have):
+        ax = axes[idx // ncols][idx % ncols]
+        doc = pair.data[NAME]
+        for side, style, source in (("base", "-", doc), ("tuned", "--", doc.get("tuned"))):
+            if not isinstance(source, dict):
+                continue
+            for kind in operators(source):
+                ev = [abs(v) for v in _values(source, kind)]
+                if not ev or not ev[0] > 0:
+                    continue
+                xs, ys = finite_xy(range(1, len(ev) + 1), [v / ev[0] for v in ev])
+                ax.plot(xs, ys, linestyle=style, marker=".", color=colors[kind],
+                        label=f"{NAMES[kind]} ({side})")
+                alt.append(f"{pair.label} {side} {NAMES[kind]}: {describe_range(ev)}")
+        ax.set_yscale("log")
+        integer_ticks(ax)
+        ax.set(title=pair.label, xlabel="index (descending |λ|)", ylabel="|λ_i| / |λ_1| (log)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    for idx in range(len(have), nrows * ncols):
+        axes[idx // ncols][idx % ncols].set_visible(False)
+    return render(fig, title="Top eigenvalues of each operator relative to its largest, base (solid) and tuned (dashed)",
+                  alt="Log-scale line charts of |λ_i|/|λ_1| for each computed operator, one panel per folder: "
+                      + "; ".join(alt) + ".",
+                  provenance="curvature.json eigenvalues (and tuned.*.eigenvalues for a pair).")
