@@ -8,7 +8,7 @@ import math
 
 from deltalens.report.html import Section, absent, figure_or_note, fmt, heading, html, paragraph, table
 from deltalens.report.inputs import as_float
-from deltalens.report.plotting import describe_range, finite_xy, integer_ticks, new_figure, render
+from deltalens.report.plotting import describe_range, finish_log_panel, finite_xy, panels, render
 
 KINDS = ("hessian", "gauss_newton", "entk_weighted", "entk_logits", "entk_logprob")
 NAMES = {"hessian": "H", "gauss_newton": "G", "entk_weighted": "weighted logit eNTK", "entk_logits": "logit eNTK",
@@ -149,14 +149,11 @@ def _pair_table(docs, labels) -> str:
 
 
 def _spectra_plot(have):
-    ncols = min(len(have), 3)
-    nrows = math.ceil(len(have) / ncols)
-    fig, axes = new_figure(nrows, ncols, width=min(4.2 * ncols + 1, 13), height=3.4 * nrows)
+    fig, cells = panels(len(have))
     colors = {"hessian": "#1b6ca8", "gauss_newton": "#c0392b", "entk_weighted": "#7f8c8d", "entk_logits": "#27ae60",
               "entk_logprob": "#8e44ad"}
     alt = []
-    for idx, (_, pair) in enumerate(have):
-        ax = axes[idx // ncols][idx % ncols]
+    for ax, (_, pair) in zip(cells, have):
         doc = pair.data[NAME]
         for side, style, source in (("base", "-", doc), ("tuned", "--", doc.get("tuned"))):
             if not isinstance(source, dict):
@@ -169,13 +166,8 @@ def _spectra_plot(have):
                 ax.plot(xs, ys, linestyle=style, marker=".", color=colors[kind],
                         label=f"{NAMES[kind]} ({side})")
                 alt.append(f"{pair.label} {side} {NAMES[kind]}: {describe_range(ev)}")
-        ax.set_yscale("log")
-        integer_ticks(ax)
-        ax.set(title=pair.label, xlabel="index (descending |λ|)", ylabel="|λ_i| / |λ_1| (log)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    for idx in range(len(have), nrows * ncols):
-        axes[idx // ncols][idx % ncols].set_visible(False)
+        finish_log_panel(ax, title=pair.label, xlabel="index (descending |λ|)", ylabel="|λ_i| / |λ_1| (log)",
+                         legend_size=7)
     return render(fig, title="Top eigenvalues of each operator relative to its largest, base (solid) and tuned (dashed)",
                   alt="Log-scale line charts of |λ_i|/|λ_1| for each computed operator, one panel per folder: "
                       + "; ".join(alt) + ".",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from deltalens.report.html import Section, absent, figure_or_note, fmt, heading, html, missing_notes, table
 from deltalens.report.inputs import Run, as_float
-from deltalens.report.plotting import describe_range, figure_legend, finite_xy, integer_ticks, new_figure, render
+from deltalens.report.plotting import (describe_range, figure_legend, finish_log_panel, finite_xy, integer_ticks,
+                                        new_figure, panels, render)
 
 
 def build(runs: list) -> Section:
@@ -114,12 +115,9 @@ def _setup_text(have) -> str:
 
 
 def _spectra_plot(have):
-    ncols = min(len(have), 3)
-    nrows = math.ceil(len(have) / ncols)
-    fig, axes = new_figure(nrows, ncols, width=min(4.2 * ncols + 1, 13), height=3.4 * nrows)
+    fig, cells = panels(len(have))
     alt = []
-    for idx, (i, run) in enumerate(have):
-        ax = axes[idx // ncols][idx % ncols]
+    for ax, (i, run) in zip(cells, have):
         d = run.get("kernel.json")
         for side, color, style in (("base", "#555555", "--"), ("tuned", run.color, "-")):
             ev = [as_float(v) for v in ((d.get(side) or {}).get("eigenvalues") or [])]
@@ -127,13 +125,7 @@ def _spectra_plot(have):
             pos = [(x, y) for x, y in zip(xs, ys) if y > 0]
             ax.plot([p[0] for p in pos], [p[1] for p in pos], linestyle=style, marker=".", color=color, label=side)
             alt.append(f"{run.label} {side}: {len(ev)} eigenvalues {describe_range(ev)}")
-        ax.set_yscale("log")
-        integer_ticks(ax)
-        ax.set(title=run.label, xlabel="eigenvalue index (descending)", ylabel="eigenvalue of K (log)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    for idx in range(len(have), nrows * ncols):
-        axes[idx // ncols][idx % ncols].set_visible(False)
+        finish_log_panel(ax, title=run.label, xlabel="eigenvalue index (descending)", ylabel="eigenvalue of K (log)")
     return render(fig, title="eNTK eigen-spectra, base (dashed) and tuned (solid)",
                   alt="Log-scale line charts of the kernel eigenvalues in descending order, base and tuned, one panel "
                       "per run: " + "; ".join(alt) + ". Non-positive eigenvalues are not drawn.",

@@ -103,6 +103,27 @@ def integer_ticks(*axes) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def panels(count: int, *, per_row: int = 3, width: float = 4.2, height: float = 3.4):
+    """A figure of ``count`` panels, at most ``per_row`` a row: (fig, the ``count`` axes in reading
+    order); the grid's unused cells are hidden."""
+    ncols = min(count, per_row)
+    nrows = math.ceil(count / ncols)
+    fig, axes = new_figure(nrows, ncols, width=min(width * ncols + 1, 13), height=height * nrows)
+    cells = [axes[i // ncols][i % ncols] for i in range(nrows * ncols)]
+    for ax in cells[count:]:
+        ax.set_visible(False)
+    return fig, cells[:count]
+
+
+def finish_log_panel(ax, *, title: str, xlabel: str, ylabel: str, legend_size: int = 8) -> None:
+    """Log y, integer x ticks, labels, a light grid and the legend: one spectrum panel's dressing."""
+    ax.set_yscale("log")
+    integer_ticks(ax)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=legend_size)
+
+
 def render(fig, *, title: str, alt: str, provenance: str) -> Plot:
     """Check every visible axes has a title and both axis labels, then save the figure as SVG.
 
