@@ -126,14 +126,26 @@ def test_report_shows_a_curvature_pair(folders, run_cli):
     from deltalens.numbers import fmt
     from deltalens.report import build_report
 
-    root, _, _ = folders
-    page = build_report(root / "pair", root / "pair.html").read_text()
+    root, (base, tuned), probes = folders
+    out = root / "pair_for_report"
+    code, _, stderr = run_cli("curvature", base, tuned, "--probes", probes, "--out", out, "--top", "2", "--vocab", "4")
+    assert code == 0, stderr
+    page = build_report(out, root / "pair.html").read_text()
     section = re.search(r'<section id="curvature".*?</section>', page, re.S).group(0)
-    report = json.loads((root / "pair" / "curvature.json").read_text())
+    report = json.loads((out / "curvature.json").read_text())
     assert fmt(report["gauss_newton"]["eigenvalues"][0]) in section
     angles = report["pair"]["model"]["hessian"]["angles_deg"]
     assert f"{fmt(max(angles))} / {fmt(sum(angles) / len(angles))}" in section
     assert "<figure" in section and "class=\"absent\"" not in section
+    # the lab's per-probe-group files are not this contract: ignored (its claims summarize them)
+    from deltalens.errors import DeltalensError
+    from deltalens.report.inputs import discover_runs
+
+    lab_style = root / "lab_style"
+    lab_style.mkdir(exist_ok=True)
+    (lab_style / "curvature.json").write_text(json.dumps({"top": 4, "group_size": 4, "groups": []}))
+    with pytest.raises(DeltalensError, match="no deltalens outputs found"):
+        discover_runs([lab_style])
 
 
 def test_streamed_function_space_run_matches_the_in_memory_one(folders, run_cli):
@@ -191,6 +203,7 @@ def test_streamed_function_space_run_matches_the_in_memory_one(folders, run_cli)
     (["--operators", ","], "--operators"),
     (["--operators", "hessian", "--memory-budget-mb", "0.01"], "--operators hessian"),
     (["--memory-budget-mb", "0"], "--memory-budget-mb"),
+    (["--memory-budget-mb", "inf"], "--memory-budget-mb"),
     (["--jvp", "fast"], "--jvp"),
 ])
 def test_bad_input_is_one_line(folders, run_cli, args, message):

@@ -10,6 +10,7 @@ JSON-ready numbers; :func:`run_curvature` and :func:`run_curvature_pair` load, c
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -23,8 +24,8 @@ from deltalens.curvature.compare import (
     angles_deg,
     curvature_rescale_share,
     eigenvalue_drift,
-    random_subspace_angles_deg,
     pp_shares_of,
+    random_subspace_angles_deg,
     residual_term,
     rotation_bound_deg,
     update_share,
@@ -149,15 +150,10 @@ def curvature_block(
     key: str = "",
     jvp: str = "dual",
 ) -> tuple[BlockCurvature, CurvatureProducts]:
-    """Top-``top`` eigenpairs of the ``operators`` of SPEC §9 (default all five) on one block
-    (``names``; default the whole model), and H − G along their top directions when both are
-    computed. Returns the result and the products object (its caches still built, for more
-    products, e.g. a pair's).
-
-    ``route``: G by Lanczos on G v in parameter space (:data:`PARAMETER_SPACE`, a ncv × P basis) or
-    on the loss-weighted kernel in function space (:data:`FUNCTION_SPACE`, a ncv × N basis; the
-    same nonzero eigenpairs). ``store``: write the directions to disk as they are computed (keys
-    ``key + kind``) instead of holding P × r tensors. ``jvp``: :class:`CurvatureProducts`' J v mode."""
+    """Top-``top`` eigenpairs of the ``operators`` of SPEC §9 on one block (``names``; default the
+    whole model), and H − G along their top directions when both are computed; returns the result
+    and the products object (caches built, for a pair's products). ``route``, ``store`` (keys
+    ``key + kind``): see :class:`Plan`; ``jvp``: :class:`CurvatureProducts`' J v mode."""
     operators = [kind for kind in KINDS if kind in operators]
     products = CurvatureProducts(model, batch, names=names, vocab_index=vocab_index, chunk_size=chunk_size, jvp=jvp)
     dim = products.dim
@@ -169,7 +165,6 @@ def curvature_block(
     spectra, seconds = {}, {}
     steps = len(operators) + 1
     done = [0]
-    keep = store is None
 
     def step() -> None:
         if progress is not None:
@@ -201,30 +196,34 @@ def curvature_block(
         started = time.perf_counter()
         pairs = top_eigenpairs(lambda u, w=weighted: products.kernel_vp(u, weighted=w), size, top, seed=seed, tol=tol,
                                which="LA", what=f"{kernel_kind} kernel ({size} outputs)", check=False)
-        results = _function_space(products, pairs, weighted=weighted, sinks=sinks, keep_image=keep)
+        results = _function_space(products, pairs, weighted=weighted, sinks=sinks, keep_image=store is None)
         for role, kind in (("gauss_newton", "gauss_newton"), ("kernel", kernel_kind)):
             if role in results:
                 spectra[kind] = results[role]
                 timed(kind, started)
     if "entk_logprob" in operators:
         started = time.perf_counter()
-        kernel = empirical_ntk(model, completion_logprob, batch, params=products.names).matrix
-        values, vectors = kernel_spectrum(kernel)
-        next_value = float(values[top]) if values.numel() > top else None
-        values, vectors = values[:top], vectors[:, :top]
-        residuals = residuals_of(values, vectors, kernel.double() @ vectors)
-        sink = _Sink(store, key + "entk_logprob", dim, top)
-        for j in range(top):
-            sink.append(_direction(logprob_jt(products, vectors[:, j]).cpu()))
-        spectra["entk_logprob"] = Eigenpairs(values, sink.result(), residuals, None, 0, 0.0, next_value)
+        spectra["entk_logprob"] = _logprob_kernel(model, batch, products, top, _Sink(store, key + "entk_logprob", dim, top))
         timed("entk_logprob", started)
     residual = {}
-    if "hessian" in spectra and "gauss_newton" in spectra and keep:
+    if "hessian" in spectra and "gauss_newton" in spectra and store is None:
         started = time.perf_counter()
         residual = _residual_term(products, spectra["hessian"], spectra["gauss_newton"], top, seed)
         seconds["residual_term"] = time.perf_counter() - started
     block = BlockCurvature(label, list(products.names), dim, spectra, residual, seconds, size, route)
     return block, products
+
+
+def _logprob_kernel(model, batch, products: CurvatureProducts, top: int, sink: _Sink) -> Eigenpairs:
+    """SPEC §6's exact log-prob eNTK on the block, its top eigenpairs by eigh, directions J_fᵀu/√λ."""
+    kernel = empirical_ntk(model, completion_logprob, batch, params=products.names).matrix
+    values, vectors = kernel_spectrum(kernel)
+    next_value = float(values[top]) if values.numel() > top else None
+    values, vectors = values[:top], vectors[:, :top]
+    residuals = residuals_of(values, vectors, kernel.double() @ vectors)
+    for j in range(top):
+        sink.append(_direction(logprob_jt(products, vectors[:, j]).cpu()))
+    return Eigenpairs(values, sink.result(), residuals, None, 0, 0.0, next_value)
 
 
 def _residual_term(products: CurvatureProducts, h: Eigenpairs, g: Eigenpairs, top: int, seed: int) -> dict:
@@ -459,8 +458,8 @@ def plan_curvature(n_params: int, top: int, operators: Sequence[str], *, memory_
     from deltalens.kernel.ntk import default_memory_budget_mb
 
     mb = memory_budget_mb if memory_budget_mb is not None else default_memory_budget_mb(device)
-    if not mb > 0:
-        raise DeltalensError(f"--memory-budget-mb: must be > 0, got {mb}")
+    if not (mb > 0 and math.isfinite(mb)):
+        raise DeltalensError(f"--memory-budget-mb: must be a positive number of MiB, got {mb}")
     budget = int(mb * 2**20)
     basis = basis_bytes(n_params, top)
     if "hessian" in operators and basis > budget:

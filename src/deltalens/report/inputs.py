@@ -83,6 +83,10 @@ def _load_folder(folder: Path, label: str) -> Run | None:
             run.unreadable[name] = str(exc)
     if "claims.json" in run.data and not is_claims_doc(run.data["claims.json"]):
         del run.data["claims.json"]  # e.g. the lab's OUT/stages/claims.json, a stage marker
+    if "curvature.json" in run.data and "loss" not in run.data["curvature.json"]:
+        # the lab's per-probe-group files (OUT/analysis/<model>/curvature.json, {"top", "group_size",
+        # "groups"}): its curvature claims summarize them; the section reads `deltalens curvature`'s contract
+        del run.data["curvature.json"]
     if not run.data and not run.unreadable:
         return None
     return run
