@@ -261,3 +261,15 @@ def test_sketch_kernel_does_not_depend_on_the_budget():
         assert torch.equal(r.matrix, results[0].matrix)
     jac = reference_jacobian(model, completion_logprob, batch)
     assert rel(results[0].matrix, jac @ jac.T) < 0.5  # a sketch at d = 256: noisy, but of K
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_countsketch_projection_is_index_add_bit_for_bit(dtype):
+    """The CPU projection (a compiled int32 scatter for float32/float64, index_add_ otherwise)
+    against zeros(c, 2d).index_add_(1, int64 draws, rows) written out here: the same bits."""
+    sk = CountSketch(64, seed=7)
+    rows = torch.randn(3, 10_007, generator=torch.Generator().manual_seed(1)).to(dtype)
+    got = sk.project("layer.weight", rows)
+    draw = sk._hash("layer.weight", rows.shape[1], rows.device).long()
+    slots = torch.zeros(3, 128, dtype=dtype).index_add_(1, draw, rows)
+    assert got.dtype == dtype and torch.equal(got, slots[:, 1::2] - slots[:, 0::2])

@@ -300,7 +300,8 @@ class CountSketch:
     [0, d) and s_b(j) = ±1, drawn from ``torch.Generator`` seeded by crc32(block name) ⊕ seed,
     so the same (seed, name) always gives the same projection, on any device.
     E[⟨Sx, Sy⟩] = ⟨x, y⟩; Var ⟨Sx, Sy⟩ ≤ (‖x‖²‖y‖² + ⟨x, y⟩²)/d.
-    Hashes are cached per block (one int64 per parameter).
+    Hashes are cached per block: on a CPU one int32 per parameter, scattered by a compiled loop
+    (:mod:`deltalens.kernel.sketch_scatter`, the same bits as ``index_add_``); elsewhere int64.
     """
 
     def __init__(self, dim: int, seed: int = 0):
@@ -315,8 +316,9 @@ class CountSketch:
         if name not in self._cache:
             gen = torch.Generator(device="cpu")
             gen.manual_seed((zlib.crc32(name.encode()) ^ (self.seed * 0x9E3779B1)) & 0x7FFF_FFFF_FFFF_FFFF)
-            # int64 on purpose: index_add_ is an order of magnitude slower with int32 indices on CPU
-            self._cache[name] = torch.randint(0, 2 * self.dim, (numel,), generator=gen).to(device)
+            draw = torch.randint(0, 2 * self.dim, (numel,), generator=gen)
+            # CPU: int32 for the compiled scatter (index_add_ is an order of magnitude slower with int32 indices)
+            self._cache[name] = draw.to(torch.int32) if torch.device(device).type == "cpu" else draw.to(device)
         return self._cache[name]
 
     def project(self, name: str, grads: torch.Tensor) -> torch.Tensor:
@@ -327,6 +329,11 @@ class CountSketch:
         """
         rows = grads.reshape(grads.shape[0], -1)
         draw = self._hash(name, rows.shape[1], rows.device)
-        slots = torch.zeros(rows.shape[0], 2 * self.dim, dtype=rows.dtype, device=rows.device)
-        slots.index_add_(1, draw, rows)
+        if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
+            from deltalens.kernel.sketch_scatter import scatter_slots
+
+            slots = scatter_slots(rows, draw.numpy(), 2 * self.dim)
+        else:
+            slots = torch.zeros(rows.shape[0], 2 * self.dim, dtype=rows.dtype, device=rows.device)
+            slots.index_add_(1, draw.long() if draw.dtype != torch.int64 else draw, rows)
         return slots[:, 1::2] - slots[:, 0::2]

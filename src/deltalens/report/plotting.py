@@ -121,7 +121,8 @@ def finish_log_panel(ax, *, title: str, xlabel: str, ylabel: str, legend_size: i
     integer_ticks(ax)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=legend_size)
+    if ax.get_legend_handles_labels()[0]:  # a panel with nothing positive to draw has no legend to show
+        ax.legend(fontsize=legend_size)
 
 
 def render(fig, *, title: str, alt: str, provenance: str) -> Plot:
