@@ -189,6 +189,26 @@ def test_streamed_function_space_run_matches_the_in_memory_one(folders, run_cli)
     assert set(np.load(root / "streamed_pair" / "curvature.npz").files) >= {"gauss_newton", "tuned_gauss_newton"}
 
 
+def test_streamed_run_without_the_disk_for_it_is_one_line_before_any_work(folders, monkeypatch):
+    """A streamed run writes its directions twice (temporaries, then the npz): with too little
+    free disk it stops before computing anything, and leaves no curvature.json."""
+    import shutil
+    from collections import namedtuple
+
+    from deltalens.curvature import run as curvature_run
+    from deltalens.errors import DeltalensError
+
+    root, (base, _), probes = folders
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+    calls = []
+    monkeypatch.setattr(curvature_run, "curvature_block", lambda *a, **k: calls.append(1))
+    out = root / "no_disk"
+    with pytest.raises(DeltalensError, match="GB of disk"):
+        curvature_run.run_curvature(base, probes, out=out, top=2, operators="gauss_newton", memory_budget_mb=0.01)
+    assert not calls and not (out / "curvature.json").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--probes", "missing.jsonl"], "file not found"),
     (["--probes", "bad.jsonl"], "malformed JSON"),

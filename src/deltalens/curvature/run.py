@@ -500,8 +500,23 @@ def _write(out, report: dict, arrays: dict) -> Path:
     return write_json(out / "curvature.json", report)
 
 
+def _check_disk(out, directions: int) -> None:
+    """A streamed run writes its directions twice under ``out`` (the temporary column files, then
+    curvature.npz): refuse it in one line, before any work, when the disk cannot hold that."""
+    import shutil
+
+    where = Path(out).absolute()
+    while not where.exists() and where != where.parent:  # the folder may not exist yet: its disk is its parent's
+        where = where.parent
+    need, free = 2 * directions, shutil.disk_usage(where).free
+    if need > free:
+        raise DeltalensError(f"{out}: the streamed directions need about {need / 1e9:.3g} GB of disk (temporary files "
+                             f"and curvature.npz) and {free / 1e9:.3g} GB are free; choose another --out or fewer "
+                             "--operators / a smaller --top")
+
+
 def _prepare(sources: Sequence, probes, *, out, tokenizer, top, vocab, device, dtype, chunk_size, loading,
-             operators=None, memory_budget_mb=None, jvp="dual"):
+             operators=None, memory_budget_mb=None, jvp="dual", blocks=None):
     """Check the options and the output folder, load the models (the first one's tokenizer for
     all; ``loading``: :class:`deltalens.kernel.run.Loading`), plan, encode the probes, choose the
     base's top-V columns: (models, batch, n, vocab_index, plan)."""
@@ -516,8 +531,12 @@ def _prepare(sources: Sequence, probes, *, out, tokenizer, top, vocab, device, d
     nets = [net0] + [loading.load(s, device=device, dtype=dtype, tokenizer=tok)[0] for s in sources[1:]]
     nets = [eager_attention(net) for net in nets]
     n_params = sum(p.numel() for p in trainable_parameters(net0).values())
+    if top >= n_params:
+        raise DeltalensError(f"--top {top}: the model has only {n_params} parameters; ask for fewer than {n_params}")
     plan = plan_curvature(n_params, top, operators, memory_budget_mb=memory_budget_mb,
                           device=str(next(net0.parameters()).device), streamable=out is not None)
+    if plan.stream:
+        _check_disk(out, n_params * top * 8 * len(operators) * len(nets) * (2 if blocks else 1))
     batch, n = _encode(nets[0], tok, probes, loading)
     vocab_index = None if vocab is None else top_vocabulary(net0, batch, vocab, chunk_size=chunk_size)
     return nets, batch, n, vocab_index, plan
@@ -579,7 +598,7 @@ def run_curvature(model, probes, *, out=None, tokenizer=None, top: int = 10, voc
     (net,), batch, n, vocab_index, plan = _prepare(
         [model], probes, out=out, tokenizer=tokenizer, top=top, vocab=vocab, device=device, dtype=dtype,
         chunk_size=chunk_size, loading=Loading(revision, trust_remote_code, limit), operators=operators,
-        memory_budget_mb=memory_budget_mb, jvp=jvp)
+        memory_budget_mb=memory_budget_mb, jvp=jvp, blocks=blocks)
     store = _store(out, plan)
     try:
         parts, report = _measure(net, batch, n, vocab_index, blocks=blocks, vocab=vocab, k=k, seed=seed,
@@ -608,7 +627,7 @@ def run_curvature_pair(base, tuned, probes, *, out=None, tokenizer=None, top: in
     (net0, net1), batch, n, vocab_index, plan = _prepare(
         [base, tuned], probes, out=out, tokenizer=tokenizer, top=top, vocab=vocab, device=device, dtype=dtype,
         chunk_size=chunk_size, loading=Loading(revision, trust_remote_code, limit), operators=operators,
-        memory_budget_mb=memory_budget_mb, jvp=jvp)
+        memory_budget_mb=memory_budget_mb, jvp=jvp, blocks=blocks)
     store = _store(out, plan)
     options = dict(blocks=blocks, vocab=vocab, k=k, seed=seed, progress=progress, top=top, tol=tol,
                    chunk_size=chunk_size, plan=plan, store=store, jvp=jvp)

@@ -50,9 +50,12 @@ class ColumnFile:
         values = column.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
         if values.size != self.rows:
             raise DeltalensError(f"{self.path}: a column of {values.size} values for {self.rows} rows")
-        with open(self.path, "r+b") as fh:
-            fh.seek(self.offset + self.written * self.rows * 8)
-            fh.write(values.astype("<f8", copy=False).tobytes())
+        try:
+            with open(self.path, "r+b") as fh:
+                fh.seek(self.offset + self.written * self.rows * 8)
+                fh.write(values.astype("<f8", copy=False).tobytes())
+        except OSError as exc:
+            raise DeltalensError(f"{self.path}: cannot write a streamed direction ({exc.strerror or exc})") from None
         self.written += 1
 
     def _check(self) -> None:
