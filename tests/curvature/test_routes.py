@@ -31,11 +31,20 @@ def toy():
     return model, batch, Explicit(model, batch)
 
 
-def test_function_space_gauss_newton_matches_explicit_g(toy):
+@pytest.mark.parametrize("vocab", [None, 3])
+def test_function_space_gauss_newton_matches_explicit_g(toy, vocab):
     """Eigenvalues, directions, parameter-space residuals and the image G V of the function-space
-    route against eigh of the explicit G = Jᵀ H_z J / n."""
+    route against eigh of the explicit G = Jᵀ H_z J / n (with ``vocab``: on the base's top-3
+    columns, where Σp < 1 and H_z is the principal sub-block)."""
     model, batch, ref = toy
-    block, _ = curvature_block(model, batch, top=R, tol=1e-10, operators=("gauss_newton",), route=FUNCTION_SPACE)
+    columns = None
+    if vocab is not None:
+        from deltalens.curvature import top_vocabulary
+
+        columns = top_vocabulary(model, batch, vocab)
+        ref = Explicit(model, batch, columns=columns)
+    block, _ = curvature_block(model, batch, top=R, tol=1e-10, operators=("gauss_newton",), route=FUNCTION_SPACE,
+                               vocab_index=columns)
     assert set(block.spectra) == {"gauss_newton"} and block.route == FUNCTION_SPACE
     got = block.spectra["gauss_newton"]
     values, vectors = top_by_magnitude(ref.gauss_newton, R)
