@@ -187,6 +187,12 @@ def test_streamed_function_space_run_matches_the_in_memory_one(folders, run_cli)
     pair = json.loads((root / "streamed_pair" / "curvature.json").read_text())["pair"]["model"]["gauss_newton"]
     assert max(pair["angles_deg"]) > 0 and pair["curvature_change"] is None and "streamed" in pair["curvature_change_reason"]
     assert set(np.load(root / "streamed_pair" / "curvature.npz").files) >= {"gauss_newton", "tuned_gauss_newton"}
+    # identical models through the streamed, function-space route: no rotation (angles from disk, sine-accurate)
+    code, _, stderr = run_cli("curvature", base, base, "--out", root / "streamed_same", *common,
+                              "--memory-budget-mb", "0.05")
+    assert code == 0, stderr
+    same = json.loads((root / "streamed_same" / "curvature.json").read_text())["pair"]["model"]
+    assert max(same["gauss_newton"]["angles_deg"]) < 1e-6 and max(same["entk_logprob"]["angles_deg"]) < 1e-6
 
 
 def test_streamed_run_without_the_disk_for_it_is_one_line_before_any_work(folders, monkeypatch):

@@ -16,6 +16,8 @@ from deltalens.curvature.store import ColumnFile, DirectionStore, streamed_angle
 from deltalens.errors import DeltalensError
 from deltalens.linalg import principal_angles
 
+from tests.smol_weights import gguf_matrices, needs_gguf
+
 from .reference import Explicit, TinyLM, top_by_magnitude, toy_batch
 
 R = 4
@@ -196,3 +198,43 @@ def test_rotation_is_within_the_davis_kahan_bound(toy):
         next_abs = float(w.abs().sort(descending=True).values[R])
         expected = np.degrees(np.arcsin(min(1.0, float(explicit) / (abs(float(s0.values[-1])) - next_abs))))
         assert bound == pytest.approx(expected, rel=1e-6)
+
+
+@needs_gguf
+def test_streamed_angles_on_real_smollm2_subspaces(tmp_path):
+    """Real weights: the top-8 right singular subspaces of two SmolLM2 matrices (blk.3 q and blk.29
+    attn_output, 576 columns, float64 SVD) and of one matrix against itself in another basis
+    (identical span: every angle 0), one side on disk read in blocks of 100 rows, against
+    principal_angles (sine-based SVD) on the same matrices."""
+    smol = gguf_matrices(("blk.3.attn_q.weight", "blk.29.attn_output.weight"))
+    frames = [torch.linalg.svd(w.double(), full_matrices=False)[2][:8].T for w in smol.values()]
+    mix = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
+    for a, b in ((frames[0], frames[1]), (frames[0], frames[0] @ mix)):
+        column_file = ColumnFile(tmp_path / f"{len(list(tmp_path.iterdir()))}.npy", 576, 8)
+        for j in range(8):
+            column_file.append(a[:, j])
+        got = streamed_angles_deg(column_file, b, block=100)
+        np.testing.assert_allclose(got, torch.rad2deg(principal_angles(a, b)).tolist(), rtol=1e-8, atol=1e-7)
+    assert max(got) < 1e-6  # the identical span
+
+
+def test_rotation_bound_at_a_zero_gap_and_for_an_unchanged_operator():
+    """Davis–Kahan's rotation bound where it breaks and where it is tight, on explicit matrices:
+    λ_r(A0) = λ_{r+1}(A1) (no separation) gives 90°; A1 = A0 with exact eigenvectors gives 0°; a
+    planted perturbation gives asin(‖E V0‖_F / gap)."""
+    from deltalens.curvature.compare import rotation_bound_deg
+
+    q = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64))[0]
+    values = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+    a0 = q @ torch.diag(values) @ q.T
+    v0, l0 = q[:, :2], values[:2]
+    assert rotation_bound_deg(v0, l0, a0 @ v0, next_value1=4.0) == 90.0  # |λ2| − |λ3'| = 0
+    assert rotation_bound_deg(v0, l0, a0 @ v0, next_value1=None) == 90.0
+    assert rotation_bound_deg(v0, l0, a0 @ v0, next_value1=3.0) < 1e-6
+    e = 0.01 * torch.randn(6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    a1 = a0 + (e + e.T) / 2
+    expected = np.degrees(np.arcsin(float(torch.linalg.matrix_norm(a1 @ v0 - v0 * l0)) / (4.0 - 3.0)))
+    got = rotation_bound_deg(v0, l0, a1 @ v0, next_value1=3.0)
+    assert got == pytest.approx(expected, rel=1e-12)
+    true = torch.linalg.eigh(a1)[1][:, -2:]  # A1's top-2 eigenspace: the bound must hold
+    assert float(torch.rad2deg(principal_angles(v0, true)).max()) <= got

@@ -35,6 +35,12 @@ from deltalens.kernel.gradients import trainable_parameters
 JVP_MODES = ("dual", "linearize")
 
 
+def check_jvp_mode(jvp: str) -> None:
+    """``--jvp``: one of :data:`JVP_MODES` (one :class:`DeltalensError` line otherwise)."""
+    if jvp not in JVP_MODES:
+        raise DeltalensError(f"--jvp: expected one of {', '.join(JVP_MODES)}, got '{jvp}'")
+
+
 def eager_attention(model: torch.nn.Module) -> torch.nn.Module:
     """Switch a Hugging Face model to eager attention (forward-mode AD has no SDPA rule on CPU); other modules pass."""
     if hasattr(model, "set_attn_implementation") and getattr(model, "config", None) is not None:
@@ -110,8 +116,7 @@ class CurvatureProducts:
 
     def __init__(self, model: torch.nn.Module, batch: dict, *, names: Sequence[str] | None = None,
                  vocab_index: torch.Tensor | None = None, chunk_size: int = 64, jvp: str = "dual"):
-        if jvp not in JVP_MODES:
-            raise DeltalensError(f"--jvp: expected one of {', '.join(JVP_MODES)}, got '{jvp}'")
+        check_jvp_mode(jvp)
         self.jvp_mode = jvp
         self.model = model
         everything = trainable_parameters(model)

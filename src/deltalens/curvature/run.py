@@ -32,7 +32,7 @@ from deltalens.curvature.compare import (
     weight_frames,
 )
 from deltalens.curvature.lanczos import Eigenpairs, basis_bytes, residuals_of, top_eigenpairs
-from deltalens.curvature.products import JVP_MODES, CurvatureProducts, eager_attention, logprob_jt, top_vocabulary
+from deltalens.curvature.products import CurvatureProducts, check_jvp_mode, eager_attention, logprob_jt, top_vocabulary
 from deltalens.curvature.store import DirectionStore
 from deltalens.errors import DeltalensError
 from deltalens.kernel.compare import kernel_spectrum
@@ -407,8 +407,7 @@ def _encode(model, tokenizer, probes, loading) -> tuple[dict, int]:
 
 
 def _check(top: int, vocab: int | None, jvp: str = "dual") -> None:
-    if jvp not in JVP_MODES:
-        raise DeltalensError(f"--jvp: expected one of {', '.join(JVP_MODES)}, got '{jvp}'")
+    check_jvp_mode(jvp)
     if top < 1:
         raise DeltalensError(f"--top: must be ≥ 1, got {top}")
     if vocab is not None and vocab < 1:

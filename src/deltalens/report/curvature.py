@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from deltalens.report.html import Section, absent, figure_or_note, fmt, heading, html, paragraph, table
+from deltalens.report.aggregate import mean
 from deltalens.report.inputs import as_float
 from deltalens.report.plotting import describe_range, finish_log_panel, finite_xy, panels, render
 
@@ -58,27 +59,29 @@ def _values(doc: dict, kind: str) -> list[float]:
 
 
 def _mean(values) -> float:
-    xs = [as_float(v) for v in values or []]
-    xs = [x for x in xs if math.isfinite(x)]
-    return sum(xs) / len(xs) if xs else math.nan
+    """Mean of a JSON list's finite numbers (:func:`deltalens.report.aggregate.mean`)."""
+    return mean(as_float(v) for v in values or [])
+
+
+def _row(label: str, items: list, text) -> list[str]:
+    """A table row: ``label``, then ``text(item)`` per column, "—" where the item is None."""
+    return [label, *("—" if item is None else text(item) for item in items)]
 
 
 def _spectra_table(docs, labels) -> str:
-    rows = [["probes", *(fmt(d.get("n_probes")) for d in docs)], ["parameters", *(fmt(d.get("n_params")) for d in docs)],
-            ["top r", *(fmt(d.get("top")) for d in docs)], ["outputs z", *(str(d.get("vocab", "—")) for d in docs)],
-            ["G's route", *(str((d.get("gauss_newton") or {}).get("route", "—")) for d in docs)]]
+    rows = [_row("probes", docs, lambda d: fmt(d.get("n_probes"))), _row("parameters", docs, lambda d: fmt(d.get("n_params"))),
+            _row("top r", docs, lambda d: fmt(d.get("top"))), _row("outputs z", docs, lambda d: str(d.get("vocab", "—"))),
+            _row("G's route", docs, lambda d: str((d.get("gauss_newton") or {}).get("route", "—")))]
     for kind in KINDS:
-        if not any(kind in operators(d) for d in docs):
-            continue
         spectra = [d.get(kind) if kind in operators(d) else None for d in docs]
-        rows.append([f"{NAMES[kind]}: λ1 … λr", *("—" if s is None else
-                                                   f"{fmt(_values(d, kind)[0])} … {fmt(_values(d, kind)[-1])}"
-                                                   for s, d in zip(spectra, docs))])
-        rows.append([f"{NAMES[kind]}: max residual", *("—" if s is None else fmt(max(as_float(r) for r in s.get("residuals")
-                                                                                    or [math.nan]))
-                                                       for s in spectra)])
-        rows.append([f"{NAMES[kind]}: error bound (°)", *("—" if s is None else fmt(s.get("subspace_error_bound_deg"))
-                                                          for s in spectra)])
+        if all(s is None for s in spectra):
+            continue
+        rows += [_row(f"{NAMES[kind]}: λ1 … λr", spectra,
+                      lambda s: f"{fmt(as_float(s['eigenvalues'][0]))} … {fmt(as_float(s['eigenvalues'][-1]))}"
+                      if s.get("eigenvalues") else "—"),
+                 _row(f"{NAMES[kind]}: max residual", spectra,
+                      lambda s: fmt(max((as_float(r) for r in s.get("residuals") or []), default=math.nan))),
+                 _row(f"{NAMES[kind]}: error bound (°)", spectra, lambda s: fmt(s.get("subspace_error_bound_deg")))]
     return table(["quantity", *labels], rows,
                  caption="Top eigenpairs by Lanczos (one column per folder; for a pair, the base's). Residual ‖Av − λv‖ "
                          "in each operator's own space; error bound: Davis–Kahan, the largest angle between the computed "
@@ -87,29 +90,19 @@ def _spectra_table(docs, labels) -> str:
 
 
 def _links_table(docs, labels) -> str:
-    keys = []
-    for d in docs:
-        keys += [k for k in (d.get("angles_deg") or {}) if k not in keys]
+    keys = list(dict.fromkeys(k for d in docs for k in (d.get("angles_deg") or {})))
     rows = []
     for key in keys:
         a, b = key.split("_vs_")
-        cells = []
-        for d in docs:
-            angles, base = (d.get("angles_deg") or {}).get(key), (d.get("angles_baseline_deg") or {}).get(key)
-            cells.append("—" if angles is None else f"{fmt(_mean(angles))} (random {fmt(_mean(base))})")
-        rows.append([f"{NAMES.get(a, a)} vs {NAMES.get(b, b)}: mean angle (°)", *cells])
+        links = [(d["angles_deg"][key], (d.get("angles_baseline_deg") or {}).get(key))
+                 if key in (d.get("angles_deg") or {}) else None for d in docs]
+        rows.append(_row(f"{NAMES.get(a, a)} vs {NAMES.get(b, b)}: mean angle (°)", links,
+                         lambda link: f"{fmt(_mean(link[0]))} (random {fmt(_mean(link[1]))})"))
     for kind in KINDS:
-        shares = [(d.get("pp_share") or {}).get(kind) for d in docs]
-        if not any(isinstance(s, dict) and s.get("pooled") for s in shares):
-            continue
-        cells = []
-        for s in shares:
-            if not (isinstance(s, dict) and s.get("pooled")):
-                cells.append("—")
-                continue
-            share, base = _mean(s["pooled"]), _mean(s.get("pooled_baseline"))
-            cells.append(f"{fmt(share)} ({fmt(share / base) if base > 0 else '—'}× random)")
-        rows.append([f"{NAMES[kind]}: PP share of top directions", *cells])
+        shares = [s if isinstance(s, dict) and s.get("pooled") else None
+                  for s in ((d.get("pp_share") or {}).get(kind) for d in docs)]
+        if any(s is not None for s in shares):
+            rows.append(_row(f"{NAMES[kind]}: PP share of top directions", shares, _pp_text))
     return table(["link", *labels], rows,
                  caption="Principal angles between the top-r subspaces of two operators (mean over the r angles) against "
                          "two random r-dimensional subspaces; PP share: the top directions' energy in each weight matrix's "
@@ -117,29 +110,33 @@ def _links_table(docs, labels) -> str:
                          "the random k²/mn. Angles are resolved only above the two error bounds' sum.")
 
 
+def _pp_text(share: dict) -> str:
+    value, base = _mean(share["pooled"]), _mean(share.get("pooled_baseline"))
+    return f"{fmt(value)} ({fmt(value / base) if base > 0 else '—'}× random)"
+
+
+def _change(row: dict, key: str) -> str:
+    change = row.get("curvature_change")
+    return fmt(change.get(key)) if isinstance(change, dict) else "—"
+
+
 def _pair_table(docs, labels) -> str:
     rows = []
     for kind in KINDS:
-        pair_rows = [((d.get("pair") or {}).get("model") or {}).get(kind) for d in docs]
-        if not any(isinstance(r, dict) for r in pair_rows):
+        pair_rows = [r if isinstance(r, dict) else None
+                     for r in (((d.get("pair") or {}).get("model") or {}).get(kind) for d in docs)]
+        if all(r is None for r in pair_rows):
             continue
-
-        def cell(fn):
-            return ["—" if not isinstance(r, dict) else fn(r) for r in pair_rows]
-
-        def change(r, key):
-            c = r.get("curvature_change")
-            return fmt(c.get(key)) if isinstance(c, dict) else "—"
-
-        rows.append([f"{NAMES[kind]}: max / mean angle (°)",
-                     *cell(lambda r: f"{fmt(max((as_float(a) for a in r.get('angles_deg') or []), default=math.nan))} / "
-                                     f"{fmt(_mean(r.get('angles_deg')))} (random {fmt(_mean(r.get('angles_baseline_deg')))})")])
+        rows.append(_row(f"{NAMES[kind]}: max / mean angle (°)", pair_rows,
+                         lambda r: f"{fmt(max((as_float(a) for a in r.get('angles_deg') or []), default=math.nan))} / "
+                                   f"{fmt(_mean(r.get('angles_deg')))} (random {fmt(_mean(r.get('angles_baseline_deg')))})"))
         if kind in ("hessian", "gauss_newton"):
-            rows.append([f"{NAMES[kind]}: rotation bound (°)", *cell(lambda r: change(r, "rotation_bound_deg"))])
-            rows.append([f"{NAMES[kind]}: rescale share", *cell(lambda r: change(r, "rescale_share"))])
-        rows.append([f"{NAMES[kind]}: update share", *cell(lambda r: fmt((r.get("update_share") or {}).get("share")))])
-        rows.append([f"{NAMES[kind]}: log λ1 drift",
-                     *cell(lambda r: fmt(((r.get("eigenvalue_drift") or {}).get("log_ratio") or [None])[0]))])
+            rows.append(_row(f"{NAMES[kind]}: rotation bound (°)", pair_rows, lambda r: _change(r, "rotation_bound_deg")))
+            rows.append(_row(f"{NAMES[kind]}: rescale share", pair_rows, lambda r: _change(r, "rescale_share")))
+        rows.append(_row(f"{NAMES[kind]}: update share", pair_rows,
+                         lambda r: fmt((r.get("update_share") or {}).get("share"))))
+        rows.append(_row(f"{NAMES[kind]}: log λ1 drift", pair_rows,
+                         lambda r: fmt(((r.get("eigenvalue_drift") or {}).get("log_ratio") or [None])[0])))
     return table(["operator", *labels], rows,
                  caption="How far the fine-tune moved each operator's top-r subspace: principal angles base → tuned against "
                          "random; rotation bound: Davis–Kahan from the curvature change along the base's directions and "

@@ -81,12 +81,9 @@ def _load_folder(folder: Path, label: str) -> Run | None:
             run.data[name] = _read_one(folder / name)
         except DeltalensError as exc:
             run.unreadable[name] = str(exc)
-    if "claims.json" in run.data and not is_claims_doc(run.data["claims.json"]):
-        del run.data["claims.json"]  # e.g. the lab's OUT/stages/claims.json, a stage marker
-    if "curvature.json" in run.data and "loss" not in run.data["curvature.json"]:
-        # the lab's per-probe-group files (OUT/analysis/<model>/curvature.json, {"top", "group_size",
-        # "groups"}): its curvature claims summarize them; the section reads `deltalens curvature`'s contract
-        del run.data["curvature.json"]
+    for name, is_contract in CONTRACTS.items():
+        if name in run.data and not is_contract(run.data[name]):
+            del run.data[name]  # another file of the same name: not an input
     if not run.data and not run.unreadable:
         return None
     return run
@@ -133,6 +130,17 @@ def discover_runs(run_dirs: list[str | Path]) -> list[Run]:
 def is_claims_doc(doc: Any) -> bool:
     """A lab's claims.json (a ``claims`` list), not the lab's stage marker of the same name."""
     return isinstance(doc, dict) and isinstance(doc.get("claims"), list)
+
+
+def is_curvature_doc(doc: Any) -> bool:
+    """``deltalens curvature``'s curvature.json (it states its ``loss``), not the lab's per-probe-group
+    files of the same name (``OUT/analysis/<model>/curvature.json``: ``top``, ``group_size``,
+    ``groups``), which the lab's curvature claims summarize."""
+    return isinstance(doc, dict) and "loss" in doc
+
+
+#: Inputs whose file name other files share: read only when the content is the input's contract.
+CONTRACTS = {"claims.json": is_claims_doc, "curvature.json": is_curvature_doc}
 
 
 def _make_labels_unique(runs: list[Run]) -> None:
