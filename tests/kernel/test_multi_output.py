@@ -122,10 +122,22 @@ def test_structured_over_positions_with_shared_and_other_parameters(output_fn):
 def test_structured_in_parameter_groups_and_restricted_params(mlp64):
     model, batch, jac = mlp64
     full, _ = references(jac)
-    p = jac.shape[2]
-    got = empirical_ntk(model, vec_output, batch, implementation="structured", memory_budget_mb=44 * p * 8 / 2**20 / 4,
+    # structured rows per example: T·(d_in + m·d_out) = 42, 45, 25 numbers; a budget for 60 of them
+    # over 11 examples gives 3 passes, each layer's bias in its weight's pass (its rows are Σ_t g_t)
+    budget = 11 * 60 * 8 / 2**20
+    got = empirical_ntk(model, vec_output, batch, implementation="structured", memory_budget_mb=budget,
                         exact_strategy="recompute")
-    assert got.n_groups > 1 and rel(got.matrix, full) < 1e-12
+    assert got.n_groups == 3 and rel(got.matrix, full) < 1e-12
+    # the same with the biases listed first and J·v (bias terms through the weight's taps)
+    names = [k for k, _ in model.named_parameters()]
+    order = [k for k in names if k.endswith("bias")] + [k for k in names if k.endswith("weight")]
+    gen = torch.Generator().manual_seed(4)
+    vec = {k: torch.randn(p.shape, dtype=torch.float64, generator=gen) for k, p in model.named_parameters()}
+    flat = torch.cat([vec[k].reshape(-1) for k in names])
+    got = empirical_ntk(model, vec_output, batch, implementation="structured", memory_budget_mb=budget,
+                        exact_strategy="recompute", params=order, vectors={"v": vec})
+    assert got.n_groups == 3 and rel(got.matrix, full) < 1e-12
+    assert rel(got.jv["v"], jac.reshape(44, -1) @ flat) < 1e-12
     # only l2's weight: its bias is not differentiated, and not counted through the structured route
     sub = empirical_ntk(model, vec_output, batch, implementation="structured", params=["l2.weight"])
     cols = slice(6 * 9 + 9, 6 * 9 + 9 + 81)
@@ -194,3 +206,61 @@ def test_batched_method_equals_explicit_jacobian(mlp64):
     seq = SequenceModel().double()
     with pytest.raises(DeltalensError, match="'batched': 'scale' is not in a structured"):
         empirical_ntk(seq, vec_output, {"x": torch.randn(3, 4, 5, dtype=torch.float64)}, method="batched")
+
+
+@pytest.mark.parametrize("kind", ["scalar", "full", "trace"])
+def test_auto_runs_an_mlp_batched_and_the_same_bits_whatever_the_chunks(kind):
+    """Issue 21: on a model whose differentiated tensors all sit in structured nn.Linear layers,
+    the default method is 'batched' (one forward and backward per tile of 64, checked for examples
+    that interact); its kernel and J·v match the float64 J Jᵀ, and neither chunk_size nor the
+    budget (while a tile fits) changes a bit."""
+    model = VectorMLP(d_in=6, hidden=9, m=4).double()
+    batch = {"x": torch.randn(70, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))}
+    fn = scalar_output if kind == "scalar" else vec_output
+    jac = explicit_jacobian(model, fn, batch)
+    gen = torch.Generator().manual_seed(6)
+    vec = {k: torch.randn(p.shape, dtype=torch.float64, generator=gen) for k, p in model.named_parameters()}
+    flat = torch.cat([v.reshape(-1) for v in vec.values()])
+    runs = [empirical_ntk(model, fn, batch, trace=kind == "trace", vectors={"v": vec}, **kw)
+            for kw in (dict(), dict(chunk_size=7), dict(memory_budget_mb=1))]
+    full, trace = references(jac)
+    expected = {"scalar": full, "full": full, "trace": trace}[kind]
+    assert {r.method for r in runs} == {"batched"} and runs[0].chunk_size == 64
+    assert rel(runs[0].matrix, expected) < 1e-12
+    assert rel(runs[0].jv["v"], jac.reshape(-1, jac.shape[2]) @ flat) < 1e-12
+    for r in runs[1:]:
+        assert torch.equal(r.matrix, runs[0].matrix) and torch.equal(r.jv["v"], runs[0].jv["v"])
+
+
+class Mixing(torch.nn.Module):
+    """An MLP whose examples interact in a batched forward: 'mean' adds the batch mean (every
+    example's value changes), 'cumsum' sums over the examples before it (example 0 keeps its
+    value; only derivatives show it). Per example, both are functions of that example alone."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.mlp = VectorMLP(d_in=6, hidden=9, m=4)
+        self.how = how
+
+    def forward(self, x):
+        y = self.mlp(x)
+        return y + 0.5 * y.mean(0, keepdim=True) if self.how == "mean" else y.cumsum(0)
+
+
+@pytest.mark.parametrize("how", ["mean", "cumsum"])
+def test_batched_finds_examples_that_interact(how):
+    """The default method notices the interaction and falls back to per-example gradients (vmap),
+    giving the kernel of the per-example function; an explicit 'batched' refuses a forward in
+    which example 0's value changes (the caller asserted independence)."""
+    model = Mixing(how).double()
+    batch = {"x": torch.randn(9, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(7))}
+    per_example = torch.cat([explicit_jacobian(model, vec_output, {"x": batch["x"][i:i + 1]}) for i in range(9)])
+    full, trace = references(per_example)
+    got = empirical_ntk(model, vec_output, batch)
+    assert got.method == "vmap" and got.structured_layers and rel(got.matrix, full) < 1e-12
+    got = empirical_ntk(model, scalar_output, batch)
+    scalar = torch.cat([explicit_jacobian(model, scalar_output, {"x": batch["x"][i:i + 1]}) for i in range(9)])[:, 0]
+    assert got.method == "vmap" and rel(got.matrix, scalar @ scalar.T) < 1e-12
+    if how == "mean":
+        with pytest.raises(DeltalensError, match="example 0's output differs between a batched forward"):
+            empirical_ntk(model, vec_output, batch, method="batched")

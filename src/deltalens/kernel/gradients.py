@@ -18,7 +18,7 @@ import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -76,9 +76,9 @@ class RowBlock:
     """The rows of J for one chunk of examples (SPEC §6).
 
     ``jac[name]``: (c, m, *param.shape) — ∂f_{i,o}/∂θ_name for the chunk's examples i and the m
-    outputs o of each (m = 1 for a scalar output); a structured layer's bias is here too,
-    computed as Σ_t g_t. ``taps[layer]``: (x (c, T, d_in), g (c, m, T, d_out)) for every
-    structured layer (its weight is not in ``jac``; see :mod:`deltalens.kernel.structured`).
+    outputs o of each (m = 1 for a scalar output). ``taps[layer]``: (x (c, T, d_in), g (c, m, T,
+    d_out)) for every structured layer, whose weight is not in ``jac``, nor its bias when that is
+    differentiated too (its rows are Σ_t g_t: see :mod:`deltalens.kernel.structured`).
     """
 
     index: slice
@@ -90,10 +90,13 @@ class RowBlock:
 @dataclass(frozen=True)
 class OutputShape:
     """What a one-example forward shows: the number of outputs per example (``None``: a scalar)
-    and the ``nn.Linear`` layers that can take structured derivatives."""
+    and the ``nn.Linear`` layers that can take structured derivatives; also that forward's
+    output, against which the ``batched`` method checks example 0 of a batched forward."""
 
     n_outputs: int | None
     layers: dict[str, LinearLayer]
+    first_output: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    modules: dict[str, torch.nn.Module] = field(default_factory=dict, compare=False, repr=False)  # the layers'
 
     @property
     def m(self) -> int:
@@ -105,21 +108,20 @@ def inspect_outputs(model: torch.nn.Module, output_fn: OutputFn, batch, names: S
     ``nn.Linear`` (:func:`~deltalens.kernel.structured.linear_candidates`) that runs exactly once,
     its positions T and dimensions."""
     candidates = linear_candidates(model, names)
-    modules = dict(model.named_modules())
-    taps = LinearTaps({k: modules[k] for k in candidates})
+    taps = LinearTaps({k: v[0] for k, v in candidates.items()})
     with taps.installed(), torch.no_grad():
         out = output_fn(model, slice_batch(batch, slice(0, 1)))
         calls, shapes = taps.count()
     if out.dim() not in (1, 2) or out.shape[0] != 1:
         raise DeltalensError(f"output function: expected one scalar or one vector per example (shape [b] or [b, m]), "
                              f"got shape {tuple(out.shape)} for one example")
-    layers = {}
-    for mod, (w, b) in candidates.items():
+    layers, modules = {}, {}
+    for mod, (lin, w, b) in candidates.items():
         if calls.get(mod) != 1:
             continue
-        lin = modules[mod]
         layers[mod] = LinearLayer(mod, w, b, lin.in_features, lin.out_features, positions_of(shapes[mod]), shapes[mod])
-    return OutputShape(None if out.dim() == 1 else int(out.shape[1]), layers)
+        modules[mod] = lin
+    return OutputShape(None if out.dim() == 1 else int(out.shape[1]), layers, out, modules)
 
 
 def jacobian_rows(
@@ -132,6 +134,7 @@ def jacobian_rows(
     method: str = "vmap",
     structured: Sequence[LinearLayer] = (),
     shape: OutputShape | None = None,
+    verify: bool = True,
 ) -> Iterator[RowBlock]:
     """Yield the rows of J chunk by chunk as :class:`RowBlock` (SPEC §6).
 
@@ -139,14 +142,14 @@ def jacobian_rows(
     ``structured``, the cotangent of its output instead of its weight and bias. For a vector
     output (``output_fn`` returns [b, m]) each example's m rows come from one backward vmapped
     over the m output cotangents (``torch.func.jacrev``), not from m separate passes.
-    ``method``: ``"vmap"`` (vmap over the chunk's examples) or ``"loop"`` (one example at a time).
+    ``method``: ``"vmap"`` (vmap over the chunk's examples), ``"loop"`` (one example at a time) or
+    ``"batched"`` (one forward and backward per chunk: only structured layers; ``verify``: check
+    that the first chunk's examples do not interact, with one more backward).
     """
     from torch.func import functional_call
 
     shape = shape or inspect_outputs(model, output_fn, batch, names)
     vector = shape.n_outputs is not None
-    wrapper = _ScalarModule(model, output_fn)
-    all_params = {f"model.{k}": v.detach() for k, v in model.named_parameters()}
     wanted = set(names)
     structured = [layer for layer in structured if layer.weight in wanted]
     skip = {k for layer in structured for k in (layer.weight, layer.bias) if k in wanted}
@@ -155,12 +158,14 @@ def jacobian_rows(
         raise DeltalensError(f"gradient method 'batched': '{diff_names[0]}' is not in a structured nn.Linear layer "
                              "(a batched backward gives per-example cotangents, not per-example gradients)")
     keys = [f"model.{k}" for k in diff_names]
-    constants = {k: v for k, v in all_params.items() if k not in set(keys)}
-    ref = next(iter(all_params.values()))
+    ref = next(model.parameters())
     eps0 = {layer.module: torch.zeros(layer.out_shape, dtype=ref.dtype, device=ref.device) for layer in structured}
-    modules = dict(model.named_modules())
-    taps = LinearTaps({layer.module: modules[layer.module] for layer in structured})
+    taps = LinearTaps({layer.module: shape.modules[layer.module] for layer in structured})
     n = batch_size(batch)
+    if method != "batched":
+        wrapper = _ScalarModule(model, output_fn)
+        all_params = {f"model.{k}": v.detach() for k, v in model.named_parameters()}
+        constants = {k: v for k, v in all_params.items() if k not in set(keys)}
 
     def f(diff: dict, eps: dict, example):
         taps.begin(eps)
@@ -182,10 +187,7 @@ def jacobian_rows(
         tapped = {}
         for layer in structured:
             g = geps[layer.module].reshape(c, shape.m, layer.positions, layer.d_out)
-            x = xs[layer.module].reshape(c, layer.positions, layer.d_in)
-            tapped[layer.module] = (x, g)
-            if layer.bias in wanted:  # the bias's rows, Σ_t g_t (when it is differentiated in this pass)
-                jac[layer.bias] = g.sum(2)
+            tapped[layer.module] = (xs[layer.module].reshape(c, layer.positions, layer.d_in), g)
         return RowBlock(index, jac, tapped, shape.m)
 
     with taps.installed():
@@ -198,8 +200,7 @@ def jacobian_rows(
             elif method == "loop":
                 gdiff, geps, xs = _loop_gradients(f, diff, eps0, chunk, index.stop - index.start, vector, shape.m)
             elif method == "batched":
-                gdiff, geps, xs = _batched_cotangents(model, output_fn, chunk, taps, eps0, index.stop - index.start,
-                                                      shape)
+                gdiff, geps, xs = _batched_cotangents(model, output_fn, chunk, taps, eps0, index, shape, verify)
             else:
                 raise DeltalensError(f"gradient method '{method}': expected 'vmap', 'loop' or 'batched'")
             yield assemble(index, gdiff, geps, xs)
@@ -248,11 +249,19 @@ def _loop_gradients(f, diff: dict, eps0: dict, chunk, c: int, vector: bool, m: i
     return gdiff, geps, xs
 
 
-def _batched_cotangents(model, output_fn, chunk, taps: LinearTaps, eps0: dict, c: int, shape: OutputShape):
+class BatchInteraction(DeltalensError):
+    """The ``batched`` method found examples that interact in a batched forward."""
+
+
+def _batched_cotangents(model, output_fn, chunk, taps: LinearTaps, eps0: dict, index: slice, shape: OutputShape,
+                        verify: bool):
     """The ``batched`` method: one forward of the whole chunk and one backward per output column,
     vmapped over the m output cotangents (``is_grads_batched``), giving every example's
-    cotangents g at once. Exact only when examples do not interact in the batched forward (no
-    batch statistics, no cross-example attention), which the caller asserts by choosing it."""
+    cotangents g at once. Exact only when examples do not interact in the batched forward:
+    :func:`_check_batch_independence` compares example 0 with its own forward and, with
+    ``verify`` (on the first chunk), the backward with one more cotangent."""
+    c = index.stop - index.start
+    verify = verify and index.start == 0
     eps = {k: torch.zeros((c, *v.shape[1:]), dtype=v.dtype, device=v.device, requires_grad=True) for k, v in eps0.items()}
     with torch.enable_grad():
         taps.begin(eps)
@@ -261,15 +270,63 @@ def _batched_cotangents(model, output_fn, chunk, taps: LinearTaps, eps0: dict, c
         finally:
             xs = taps.end()
         leaves = list(eps.values())
+        m = shape.m
+        if verify:  # the check's weights: powers of two, so without interaction they scale a cotangent exactly
+            gen = torch.Generator().manual_seed(0)
+            w = (2.0 ** torch.randint(-6, 7, (c,), generator=gen)).to(dtype=out.dtype, device=out.device)
+        else:
+            w = None
+        picked, checks = None, []
         if shape.n_outputs is None:
-            grads = torch.autograd.grad(out.reshape(-1).sum(), leaves)
+            out = out.reshape(-1)
+            grads = torch.autograd.grad(out, leaves, grad_outputs=torch.ones_like(out), retain_graph=verify)
+            if verify:
+                checks = torch.autograd.grad(out, leaves, grad_outputs=w)
             geps = {k: g.unsqueeze(1) for k, g in zip(eps, grads)}
         else:
-            m = shape.m
-            cotangents = torch.eye(m, dtype=out.dtype, device=out.device)[:, None, :].expand(m, c, m)
-            grads = torch.autograd.grad(out, leaves, grad_outputs=cotangents, is_grads_batched=True)
-            geps = {k: g.transpose(0, 1) for k, g in zip(eps, grads)}  # (c, m, ...)
-    return {}, {k: g.detach() for k, g in geps.items()}, {k: x.detach() for k, x in xs.items()}
+            cotangents = torch.zeros(m + verify, c, m, dtype=out.dtype, device=out.device)
+            cotangents[:m] = torch.eye(m, dtype=out.dtype, device=out.device)[:, None, :]
+            if verify:
+                picked = torch.randint(0, m, (c,), generator=gen)  # the output each example's check weighs
+                cotangents[m, torch.arange(c), picked.to(out.device)] = w
+            both = torch.autograd.grad(out, leaves, grad_outputs=cotangents, is_grads_batched=True)
+            geps = {k: g[:m].transpose(0, 1) for k, g in zip(eps, both)}  # (c, m, ...)
+            checks = [g[m] for g in both] if verify else []
+    xs = {k: x.detach() for k, x in xs.items()}
+    _check_batch_independence(shape, geps, checks, w, picked, out.detach() if index.start == 0 else None)
+    return {}, geps, xs
+
+
+def _check_batch_independence(shape: OutputShape, geps: dict, checks, w, picked, out) -> None:
+    """Raise :class:`BatchInteraction` unless the chunk's examples are independent in the batched forward.
+
+    Backward (``checks``: none unless verified): the cotangent of Σ_i w_i f_{i,o_i} (random o_i, w_i = 2^k, k uniform in −6…6) must be
+    w_j ∂f_{j,o_j}/∂y_j for every example j and layer: a cross-example derivative ∂f_i/∂y_j adds
+    Σ_{i≠j} (w_i − w_j)·∂f_{i,o_i}/∂y_j (missed only if the w_i that carry it all equal w_j, 1 in 13
+    for one pair of examples). Without interaction a power of two scales every term of the
+    backward exactly, so the two are equal bit for bit; where they are not (subnormals), a gap
+    under 2⁻²⁰ of the layer's largest cotangent passes. Forward (``out``, the first chunk's
+    outputs): example 0's output must match the one-example forward of :func:`inspect_outputs`
+    to √eps of its largest entry, which catches what changes values but not derivatives (dropout,
+    batch statistics before the first layer).
+    """
+    for (name, g), check in zip(geps.items(), checks):
+        rows = g[:, 0] if picked is None else g[torch.arange(g.shape[0]), picked.to(g.device)]  # ∂f_{j,o_j}/∂y_j
+        expected = w.view(-1, *([1] * (rows.dim() - 1))) * rows
+        if not torch.equal(check, expected) and _gap(check, expected, 2.0**-20):
+            raise BatchInteraction(f"gradient method 'batched': examples interact in a batched forward (layer {name}: "
+                                   "an example's output depends on another example's activations); use method 'vmap'")
+    if out is None or shape.first_output is None:
+        return
+    ref = shape.first_output.to(out.device).reshape(out[:1].shape)
+    if not torch.equal(out[:1], ref) and _gap(out[:1], ref, float(torch.finfo(out.dtype).eps) ** 0.5):
+        raise BatchInteraction("gradient method 'batched': example 0's output differs between a batched forward and "
+                               "its own forward (batch statistics, dropout or mixing of examples); use method 'vmap'")
+
+
+def _gap(got: torch.Tensor, ref: torch.Tensor, tol: float) -> bool:
+    """max |got − ref| > tol · max |ref| (max |x| with amax: torch.dist and vector_norm at p = inf are 10× slower)."""
+    return float((got - ref).abs().amax()) > tol * float(ref.abs().amax())
 
 
 def per_example_gradients(

@@ -38,6 +38,7 @@ import torch
 
 from deltalens.errors import DeltalensError
 from deltalens.kernel.gradients import (
+    BatchInteraction,
     CountSketch,
     RowBlock,
     inspect_outputs,
@@ -46,7 +47,7 @@ from deltalens.kernel.gradients import (
     trainable_parameters,
 )
 from deltalens.kernel.outputs import OutputFn, batch_size
-from deltalens.kernel.structured import prefers_structured, structured_block, structured_jv
+from deltalens.kernel.structured import add_structured_block, prefers_structured, structured_jv
 
 
 @dataclass
@@ -116,7 +117,7 @@ def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list]], trace
     ``chunks`` holds the rows of J as the gradient pass produced them: (row slice, one term per
     parameter tensor b), never copied into one n × P matrix. A term is a chunk × P_b block of
     Jacobian rows, or a structured layer's taps ``(x, g)`` whose block is
-    :func:`~deltalens.kernel.structured.structured_block` (``trace``: summed over outputs).
+    :func:`~deltalens.kernel.structured.add_structured_block` (``trace``: summed over outputs).
     Called after each new chunk, it fills K's upper triangle (diagonal blocks in full) — a
     blocked SYRK whose blocks are the chunks (5/8 of the multiply-adds of J Jᵀ for 4 equal
     chunks). Each term's product is added to ``kernel`` on its own, in ``kernel``'s dtype, in
@@ -128,24 +129,20 @@ def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list]], trace
     for index, terms in chunks[:-1]:
         out = kernel[index, last]
         for a, b in zip(terms, new_terms):
-            out += _term_product(a, b, trace).to(out.dtype)
+            if isinstance(a, tuple):
+                add_structured_block(out, *a, *b, trace=trace)
+            else:
+                out += a @ b.T  # float32 → float64 in the add: exact, no copy
     out = kernel[last, last]
     rows = last.stop - last.start
     sub = DIAGONAL_BLOCK_ROWS if rows > DIAGONAL_BLOCK_ROWS else rows
     for b in new_terms:
         if isinstance(b, tuple):
-            out += structured_block(*b, *b, trace=trace).to(out.dtype)
+            add_structured_block(out, *b, *b, trace=trace)
             continue
         for start in range(0, rows, sub):
             stop = min(start + sub, rows)
-            out[:stop, start:stop] += (b[:stop] @ b[start:stop].T).to(out.dtype)
-
-
-def _term_product(a, b, trace: bool) -> torch.Tensor:
-    """One parameter tensor's block of J_a J_bᵀ: Jacobian rows, or structured taps (x, g)."""
-    if isinstance(a, tuple):
-        return structured_block(*a, *b, trace=trace)
-    return a @ b.T
+            out[:stop, start:stop] += b[:stop] @ b[start:stop].T
 
 
 GRAM_TILE = 64
@@ -171,11 +168,10 @@ def retile(blocks: Iterator[RowBlock], n: int, tile: int = GRAM_TILE) -> Iterato
     pending: list[RowBlock] = []
     start = 0
     for block in blocks:
-        if (block.index.start == start and block.index.stop == min(start + tile, n) and not pending
-                and all(t.is_contiguous() for t in block.jac.values())
-                and all(t.is_contiguous() for pair in block.taps.values() for t in pair)):
+        if block.index.start == start and block.index.stop == min(start + tile, n) and not pending:
             start = block.index.stop
-            yield block
+            yield RowBlock(block.index, {k: t.contiguous() for k, t in block.jac.items()},
+                           {k: tuple(t.contiguous() for t in pair) for k, pair in block.taps.items()}, block.n_outputs)
             continue
         pending.append(block)
         while start < n and (block.index.stop - start >= tile or block.index.stop == n):
@@ -354,14 +350,23 @@ def _spilled_kernel(model, output_fn, batch, groups, costs, budget, chunk_size, 
             del slices, kept
 
 
-def _pick_method(method: str, chunk: int) -> str:
-    """``auto`` is vmap whatever the chunk: the loop's per-example gradients round differently, and
-    the chunk follows the memory budget, which must not change the kernel."""
-    if method == "auto":
-        return "vmap"
-    if method not in ("vmap", "loop", "batched"):
+def _pick_method(method: str, plan: "_Plan") -> str:
+    """``auto``: ``batched`` when every differentiated tensor is a weight or bias of a structured
+    layer, the kernel is exact and in one pass, and a tile of :data:`GRAM_TILE` examples' taps
+    fits a quarter of the budget (always, for an MLP): then each tile's cotangents come from one
+    forward and one backward, on tiles of 64 whatever ``chunk_size`` (a batched forward rounds
+    differently for another number of rows), and the first tile is checked for examples that
+    interact (falling back to vmap if they do). Else ``vmap``, whatever the chunk (the loop's
+    per-example gradients round differently, and the chunk follows the memory budget, which must
+    not change the kernel)."""
+    if method not in ("auto", "vmap", "loop", "batched"):
         raise DeltalensError(f"gradient method '{method}': expected auto, vmap, loop or batched")
-    return method
+    if method != "auto":
+        return method
+    structured = {k for layer in plan.layers for k in (layer.weight, layer.bias) if k is not None}
+    tile_fits = plan.budget // max(1, 4 * sum(plan.costs.values()) * plan.itemsize) >= min(plan.n, GRAM_TILE)
+    eligible = plan.mode == "exact" and plan.strategy == "in-memory" and set(plan.named) <= structured
+    return "batched" if eligible and tile_fits else "vmap"
 
 
 def empirical_ntk(
@@ -428,17 +433,28 @@ def empirical_ntk(
     started = time.perf_counter()
     add_jv = _jv_accumulator(plan)
     threads = pass_threads(gradient_threads, plan.numels)
+    used = _pick_method(method, plan)
     if plan.strategy == "spill":
         chunk_used = equal_chunks(plan.n, min(chunk_size, plan.budget // max(1, 4 * sum(plan.costs.values())
                                                                               * plan.itemsize)))
-        used = _pick_method(method, chunk_used)
         _spilled_kernel(model, output_fn, batch, plan.groups, plan.costs, plan.budget, chunk_size, used, threads,
                         spill_dir, add_jv, progress, plan.shape, plan.trace, plan.n_rows, plan.kernel)
         plan.kernel = symmetrize_upper(plan.kernel)
     else:
-        used, chunk_used = _in_memory_kernel(model, output_fn, batch, plan, method=method, chunk_size=chunk_size,
-                                             threads=threads, add_jv=add_jv, progress=progress)
-    return _result(plan, used or method, chunk_used, time.perf_counter() - started)
+        try:
+            chunk_used = _in_memory_kernel(model, output_fn, batch, plan, method=used, chunk_size=chunk_size,
+                                           threads=threads, add_jv=add_jv, progress=progress, verify=method == "auto")
+        except BatchInteraction:
+            if method != "auto":
+                raise
+            # auto chose batched, but the examples interact: start again with per-example gradients
+            plan.kernel.zero_()
+            for v in plan.jv.values():
+                v.zero_()
+            used = "vmap"
+            chunk_used = _in_memory_kernel(model, output_fn, batch, plan, method=used, chunk_size=chunk_size,
+                                           threads=threads, add_jv=add_jv, progress=progress)
+    return _result(plan, used, chunk_used, time.perf_counter() - started)
 
 
 @dataclass
@@ -500,10 +516,7 @@ def _plan(model, output_fn, batch, *, mode, dim, seed, params, vectors, memory_b
     if mode == "exact" and implementation != "jacobian":
         layers = [layer for layer in shape.layers.values()
                   if implementation == "structured" or prefers_structured(layer.positions, layer.d_in, layer.d_out)]
-    by_weight = {layer.weight: layer for layer in layers}
-    # per-example numbers each tensor keeps: m Jacobian rows, or T·(d_in + m·d_out) for a structured weight
-    costs = {k: (by_weight[k].positions * (by_weight[k].d_in + m * by_weight[k].d_out) if k in by_weight else m * v)
-             for k, v in numels.items()}
+    costs = _per_example_costs(numels, layers, m)
     if memory_budget_mb is None:
         # no budget above the floor changes anything when J and a full chunk fit the floor: skip reading free memory
         need = max(n, 4 * chunk_size) * sum(costs.values()) * itemsize
@@ -511,15 +524,15 @@ def _plan(model, output_fn, batch, *, mode, dim, seed, params, vectors, memory_b
     budget = int(memory_budget_mb * 2**20)
     sketch = None
     if mode == "exact":
-        groups = parameter_groups(costs, n, budget, itemsize)
+        groups = _groups(costs, layers, n, budget, itemsize)
         strategy = "in-memory" if len(groups) == 1 else _exact_strategy(exact_strategy, n * sum(costs.values()) * itemsize,
                                                                          spill_dir)
         if strategy == "spill" and layers and exact_strategy == "auto":
             strategy = "recompute"  # taps are not spilled; dropping the structured layers would change K's rounding
         elif strategy == "spill" and layers:  # spill asked for: Jacobian blocks for every tensor
             layers = []
-            costs = {k: m * v for k, v in numels.items()}
-            groups = parameter_groups(costs, n, budget, itemsize)
+            costs = _per_example_costs(numels, layers, m)
+            groups = _groups(costs, layers, n, budget, itemsize)
     elif mode == "sketch":
         if dim is None:
             raise DeltalensError("--dim: sketch mode needs a sketch dimension d")
@@ -539,11 +552,32 @@ def _plan(model, output_fn, batch, *, mode, dim, seed, params, vectors, memory_b
                  kernel=torch.zeros(n_rows, n_rows, dtype=torch.float64, device=device))
 
 
+def _per_example_costs(numels: dict[str, int], layers: list, m: int) -> dict[str, int]:
+    """Numbers each tensor keeps per example: m Jacobian rows, or T·(d_in + m·d_out) for a
+    structured weight (its bias then costs nothing: its rows come from the same cotangents)."""
+    costs = {k: m * v for k, v in numels.items()}
+    for layer in layers:
+        costs[layer.weight] = layer.positions * (layer.d_in + m * layer.d_out)
+        if layer.bias is not None:
+            costs[layer.bias] = 0
+    return costs
+
+
+def _groups(costs: dict[str, int], layers: list, n: int, budget: int, itemsize: int) -> list[list[str]]:
+    """:func:`parameter_groups`, with a structured layer's bias always in its weight's group (its
+    rows come from the weight's taps), right after the weight."""
+    bias_of = {layer.weight: layer.bias for layer in layers if layer.bias is not None}
+    attached = set(bias_of.values())
+    groups = parameter_groups({k: c for k, c in costs.items() if k not in attached}, n, budget, itemsize)
+    return [[x for k in g for x in ((k, bias_of[k]) if k in bias_of else (k,))] for g in groups]
+
+
 def _jv_accumulator(plan: _Plan):
     """``add_jv(block)``: J·v of every requested vector, from a block of Jacobian rows or structured taps,
     computed example by example so that, like K, it does not depend on the chunks or groups."""
     vec64 = {label: {k: v.to(device=plan.device, dtype=torch.float64) for k, v in vec.items()}
              for label, vec in plan.vectors.items()}
+    bias_of = {layer.weight: layer.bias for layer in plan.layers}  # a structured weight's taps carry its bias
 
     def add_jv(block) -> None:
         # example by example, tensors in the model's order: the same products whatever the chunks and groups
@@ -553,7 +587,8 @@ def _jv_accumulator(plan: _Plan):
             for i in range(block.index.stop - block.index.start):
                 for name, term in terms:
                     if isinstance(term, tuple):
-                        target[i] += structured_jv(term[0][i:i + 1], term[1][i:i + 1], vec[name])[0]
+                        bias = vec[bias_of[name]] if term[2] else None
+                        target[i] += structured_jv(term[0][i:i + 1], term[1][i:i + 1], vec[name], bias)[0]
                     else:
                         target[i] += term[i].reshape(term.shape[1], -1).double() @ vec[name].reshape(-1)
 
@@ -561,30 +596,33 @@ def _jv_accumulator(plan: _Plan):
 
 
 def _block_terms(plan: _Plan, block: RowBlock) -> list[tuple[str, object]]:
-    """(parameter name, Jacobian rows or a structured weight's taps (x, g)) of a block, in the
-    model's parameter order whatever group the block came from."""
-    weight_module = {layer.weight: layer.module for layer in plan.layers}
+    """(parameter name, Jacobian rows or a structured weight's taps (x, g, bias differentiated))
+    of a block, in the model's parameter order whatever group the block came from (a structured
+    layer's bias is always in its weight's group: :func:`_groups`)."""
+    layer_of = {layer.weight: layer for layer in plan.layers}
     terms = []
     for name in plan.named:
         if name in block.jac:
             terms.append((name, block.jac[name]))
-        elif weight_module.get(name) in block.taps:
-            terms.append((name, block.taps[weight_module[name]]))
+        elif name in layer_of and layer_of[name].module in block.taps:
+            layer = layer_of[name]
+            terms.append((name, (*block.taps[layer.module], layer.bias is not None)))
     return terms
 
 
-def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_size, threads, add_jv, progress):
+def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_size, threads, add_jv, progress,
+                      verify=False):
     """One pass per parameter group: exact mode regroups the pass's chunks into tiles
     (:func:`retile`), keeps them (no n × P_g copy) and contracts each new tile against those
     before it, adding every tensor's products to the float64 K on its own; sketch mode sketches
-    the rows and contracts once at the end. Fills ``plan.kernel``; returns (method, chunk)."""
+    the rows and contracts once at the end. Fills ``plan.kernel``; returns the chunk size."""
     n, m, n_rows, dtype, device = plan.n, plan.m, plan.n_rows, plan.dtype, plan.device
     caller_threads = torch.get_num_threads()
 
     def row_slice(index: slice) -> slice:
         return index if n_rows == n else slice(index.start * m, index.stop * m)
 
-    used, chunk_used, done, passes = None, None, 0, len(plan.groups)
+    chunk_used, done, passes = None, 0, len(plan.groups)
     # sketch: one n·m × d matrix of sketched rows J S for all groups, contracted once at the end, so the
     # estimate (J S)(J S)ᵀ does not depend on how the budget split the parameters into passes
     rows = None if plan.mode == "exact" else torch.zeros(n * m, plan.dim, dtype=dtype, device=device)
@@ -593,11 +631,12 @@ def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_siz
         # per-chunk gradients (chunk × the group's per-example numbers) take at most a quarter of the budget
         cap = min(chunk_size, plan.budget // max(1, 4 * sum(plan.costs[k] for k in names) * plan.itemsize))
         chunk = tile_chunk(cap) if plan.mode == "exact" else equal_chunks(n, cap)
+        if method == "batched" and verify:  # chosen by auto: whole tiles (_pick_method)
+            chunk = GRAM_TILE
         chunk_used = chunk if chunk_used is None else min(chunk_used, chunk)
-        used = _pick_method(method, chunk)
         kept: list[tuple[slice, list]] = []
-        blocks = jacobian_rows(model, output_fn, batch, names, chunk_size=chunk, method=used,
-                               structured=group_layers, shape=plan.shape)
+        blocks = jacobian_rows(model, output_fn, batch, names, chunk_size=chunk, method=method,
+                               structured=group_layers, shape=plan.shape, verify=verify)
         with intra_op_threads(threads):
             for block in (retile(blocks, n) if plan.mode == "exact" else blocks):
                 add_jv(block)
@@ -623,7 +662,7 @@ def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_siz
         plan.kernel += part.double()
         del part, rows
     plan.kernel = symmetrize_upper(plan.kernel)
-    return used, chunk_used
+    return chunk_used
 
 
 def _result(plan: _Plan, method: str, chunk_used, seconds: float) -> KernelResult:

@@ -190,9 +190,17 @@ def output_function(name: str) -> OutputFn:
     return OUTPUTS[name]
 
 
+def _flat(batch) -> bool:
+    """A dict whose values are tensors or scalars (no nesting): sliced without the pytree walk."""
+    return type(batch) is dict and not any(isinstance(v, (dict, list, tuple)) for v in batch.values())
+
+
 def batch_size(batch) -> int:
     """Number of examples in a batch (leading dimension of its first tensor)."""
-    leaves = [v for v in torch.utils._pytree.tree_leaves(batch) if isinstance(v, torch.Tensor)]
+    if _flat(batch):
+        leaves = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+    else:
+        leaves = [v for v in torch.utils._pytree.tree_leaves(batch) if isinstance(v, torch.Tensor)]
     if not leaves:
         raise DeltalensError("batch: no tensors in the batch")
     return int(leaves[0].shape[0])
@@ -200,6 +208,8 @@ def batch_size(batch) -> int:
 
 def slice_batch(batch, index: slice):
     """The examples ``index`` of a batch (every tensor leaf sliced on its leading dimension)."""
+    if _flat(batch):
+        return {k: v[index] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     return torch.utils._pytree.tree_map(lambda v: v[index] if isinstance(v, torch.Tensor) else v, batch)
 
 

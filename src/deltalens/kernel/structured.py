@@ -108,19 +108,21 @@ class LinearTaps:
         self._calls, self._shapes = {}, {}
 
 
-def linear_candidates(model: torch.nn.Module, names) -> dict[str, tuple[str, str | None]]:
+def linear_candidates(model: torch.nn.Module, names) -> dict[str, tuple[torch.nn.Linear, str, str | None]]:
     """``nn.Linear`` modules whose weight is among ``names`` and whose differentiated parameters are
     used by no other module (a tied weight's gradient has a second term the layer does not see):
-    {module: (weight, bias or None when the layer has none or it is not among ``names``)}."""
+    {module name: (module, weight, bias or None when the layer has none or it is not among ``names``)}."""
     wanted = set(names)
     owners: dict[int, int] = {}
-    for _, module in model.named_modules(remove_duplicate=False):
-        for p in module.parameters(recurse=False):
-            owners[id(p)] = owners.get(id(p), 0) + 1
+    linears = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for p in module._parameters.values():
+            if p is not None:
+                owners[id(p)] = owners.get(id(p), 0) + 1
+        if type(module) is torch.nn.Linear:  # subclasses may change forward (LoRA, quantised)
+            linears.setdefault(id(module), (mname, module))  # a module reached twice: its first name
     out = {}
-    for mname, module in model.named_modules():
-        if type(module) is not torch.nn.Linear:  # subclasses may change forward (LoRA, quantised)
-            continue
+    for mname, module in linears.values():
         w = f"{mname}.weight" if mname else "weight"
         b = (f"{mname}.bias" if mname else "bias") if module.bias is not None else None
         if w not in wanted or owners.get(id(module.weight)) != 1:
@@ -129,34 +131,46 @@ def linear_candidates(model: torch.nn.Module, names) -> dict[str, tuple[str, str
             b = None  # a constant bias: nothing to differentiate
         if b is not None and owners.get(id(module.bias)) != 1:
             continue
-        out[mname] = (w, b)
+        out[mname] = (module, w, b)
     return out
 
 
-def structured_block(x_a: torch.Tensor, g_a: torch.Tensor, x_b: torch.Tensor, g_b: torch.Tensor, trace: bool) -> torch.Tensor:
-    """One layer's kernel block between two chunks of examples (SPEC §6, structured derivatives).
+def add_structured_block(out: torch.Tensor, x_a: torch.Tensor, g_a: torch.Tensor, bias: bool, x_b: torch.Tensor,
+                         g_b: torch.Tensor, _bias: bool, trace: bool) -> None:
+    """Add one layer's kernel block between two chunks of examples to ``out`` (SPEC §6, structured derivatives).
 
-    x: (c, T, d_in) layer inputs; g: (c, m, T, d_out) cotangents ∂f_{i,o}/∂y_{i,t}.
-    Returns K_W[(i,o), (j,p)] = Σ_{t,s} (x_it·x_js)(g_iot·g_jps) as (c_a·m, c_b·m) when
-    ``trace`` is false, and Σ_o K_W[(i,o), (j,o)] as (c_a, c_b) when it is true.
+    x: (c, T, d_in) layer inputs; g: (c, m, T, d_out) cotangents ∂f_{i,o}/∂y_{i,t}. Adds
+    K_W[(i,o), (j,p)] = Σ_{t,s} (x_it·x_js)(g_iot·g_jps) to ``out`` as (c_a·m, c_b·m) when ``trace``
+    is false, and Σ_o K_W[(i,o), (j,o)] as (c_a, c_b) when it is true. With ``bias`` the layer's
+    bias is added in the same block: y = W x + b = [W b]·[x; 1], so K_W + K_b = Σ_{t,s} (x_it·x_js + 1)
+    (g_iot·g_jps). At T = 1 the product of the two Gram blocks is formed in ``out``'s dtype
+    (float64: exact products of float32 entries). (``_bias``: the second term's flag, the same layer's.)
     """
     ca, m, t, dout = g_a.shape
     cb = g_b.shape[0]
-    a = (x_a.reshape(ca * t, -1) @ x_b.reshape(cb * t, -1).T).view(ca, t, cb, t)
-    if trace:
-        ga = g_a.transpose(1, 2).reshape(ca * t, m * dout)
-        gb = g_b.transpose(1, 2).reshape(cb * t, m * dout)
-        b = (ga @ gb.T).view(ca, t, cb, t)
-        return (a * b).sum((1, 3)) if t > 1 else (a * b).view(ca, cb)
-    b = (g_a.reshape(ca * m * t, dout) @ g_b.reshape(cb * m * t, dout).T).view(ca, m, t, cb, m, t)
+    a = x_a.reshape(ca * t, -1) @ x_b.reshape(cb * t, -1).T
+    if bias:
+        a += 1.0
+    if trace or m == 1:
+        b = g_a.transpose(1, 2).reshape(ca * t, m * dout) @ g_b.transpose(1, 2).reshape(cb * t, m * dout).T
+        if t == 1:
+            out.addcmul_(a, b)
+        else:
+            out += (a.view(ca, t, cb, t) * b.view(ca, t, cb, t)).sum((1, 3))
+        return
+    b = g_a.reshape(ca * m * t, dout) @ g_b.reshape(cb * m * t, dout).T
     if t == 1:
-        return (b.view(ca, m, cb, m) * a.view(ca, 1, cb, 1)).reshape(ca * m, cb * m)
-    return torch.einsum("itjs,iotjps->iojp", a, b).reshape(ca * m, cb * m)
+        out.view(ca, m, cb, m).addcmul_(b.view(ca, m, cb, m), a.view(ca, 1, cb, 1))
+        return
+    out += torch.einsum("itjs,iotjps->iojp", a.view(ca, t, cb, t), b.view(ca, m, t, cb, m, t)).reshape(ca * m, cb * m)
 
 
-def structured_jv(x: torch.Tensor, g: torch.Tensor, weight_vector: torch.Tensor) -> torch.Tensor:
-    """⟨∂f_{i,o}/∂W, V⟩ = Σ_t g_iot · (V x_it) for every row: (c, m), in float64."""
+def structured_jv(x: torch.Tensor, g: torch.Tensor, weight_vector: torch.Tensor,
+                  bias_vector: torch.Tensor | None = None) -> torch.Tensor:
+    """⟨∂f_{i,o}/∂W, V⟩ (+ ⟨∂f_{i,o}/∂b, v_b⟩) = Σ_t g_iot · (V x_it + v_b) for every row: (c, m), in float64."""
     xv = x.double() @ weight_vector.double().T  # (c, T, d_out)
+    if bias_vector is not None:
+        xv = xv + bias_vector.double()
     return torch.einsum("itk,iotk->io", xv, g.double())
 
 
