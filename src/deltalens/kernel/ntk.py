@@ -405,11 +405,14 @@ def empirical_ntk(
     Jacobian blocks.
 
     ``method``: ``"vmap"`` (examples vmapped one at a time through the model), ``"loop"`` (one
-    backward per example), ``"auto"`` (vmap), or ``"batched"``: the
-    whole chunk in one forward, and one backward per output vmapped over the output cotangents;
-    it needs every differentiated tensor in a structured ``nn.Linear`` and examples that do not
-    interact in a batched forward (an MLP; not batch norm in training mode), which the caller
-    asserts by choosing it.
+    backward per example), ``"batched"``: the whole chunk in one forward, and one backward per
+    output vmapped over the output cotangents; it needs every differentiated tensor in a
+    structured ``nn.Linear`` and examples that do not interact in a batched forward (an MLP; no
+    batch norm in training mode, no dropout), which the caller asserts by choosing it (only
+    example 0's output is compared with its own forward); or ``"auto"`` (default): ``batched``
+    on tiles of :data:`GRAM_TILE` where it applies (:func:`_pick_method`), with the first tile
+    checked for interacting examples by one more backward (starting over with ``vmap`` if they
+    interact), else ``vmap``. ``KernelResult.method`` says which ran.
 
     ``vectors`` maps a label to a parameter-shaped dict {name: tensor}; the result's
     ``jv[label]`` is J·v (float64, exact in both modes; one entry per row of J: n·m for vector
