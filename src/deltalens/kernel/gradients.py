@@ -96,7 +96,7 @@ class OutputShape:
     n_outputs: int | None
     layers: dict[str, LinearLayer]
     first_output: torch.Tensor | None = field(default=None, compare=False, repr=False)
-    modules: dict[str, torch.nn.Module] = field(default_factory=dict, compare=False, repr=False)  # the layers'
+    modules: dict[str, torch.nn.Module] = field(default_factory=dict, compare=False, repr=False)  # layer → its nn.Linear
 
     @property
     def m(self) -> int:
@@ -284,14 +284,14 @@ def _batched_cotangents(model, output_fn, chunk, taps: LinearTaps, eps0: dict, i
                 checks = torch.autograd.grad(out, leaves, grad_outputs=w)
             geps = {k: g.unsqueeze(1) for k, g in zip(eps, grads)}
         else:
-            cotangents = torch.zeros(m + verify, c, m, dtype=out.dtype, device=out.device)
-            cotangents[:m] = torch.eye(m, dtype=out.dtype, device=out.device)[:, None, :]
             if verify:
                 picked = torch.randint(0, m, (c,), generator=gen)  # the output each example's check weighs
-                cotangents[m, torch.arange(c), picked.to(out.device)] = w
-            both = torch.autograd.grad(out, leaves, grad_outputs=cotangents, is_grads_batched=True)
-            geps = {k: g[:m].transpose(0, 1) for k, g in zip(eps, both)}  # (c, m, ...)
-            checks = [g[m] for g in both] if verify else []
+                weights = torch.zeros(c, m, dtype=out.dtype, device=out.device)
+                weights[torch.arange(c), picked.to(out.device)] = w
+                checks = torch.autograd.grad(out, leaves, grad_outputs=weights, retain_graph=True)
+            cotangents = torch.eye(m, dtype=out.dtype, device=out.device)[:, None, :].expand(m, c, m)  # a view: no m·c·m
+            grads = torch.autograd.grad(out, leaves, grad_outputs=cotangents, is_grads_batched=True)
+            geps = {k: g.transpose(0, 1) for k, g in zip(eps, grads)}  # (c, m, ...)
     xs = {k: x.detach() for k, x in xs.items()}
     _check_batch_independence(shape, geps, checks, w, picked, out.detach() if index.start == 0 else None)
     return {}, geps, xs
@@ -300,10 +300,10 @@ def _batched_cotangents(model, output_fn, chunk, taps: LinearTaps, eps0: dict, i
 def _check_batch_independence(shape: OutputShape, geps: dict, checks, w, picked, out) -> None:
     """Raise :class:`BatchInteraction` unless the chunk's examples are independent in the batched forward.
 
-    Backward (``checks``: none unless verified): the cotangent of Σ_i w_i f_{i,o_i} (random o_i, w_i = 2^k, k uniform in −6…6) must be
-    w_j ∂f_{j,o_j}/∂y_j for every example j and layer: a cross-example derivative ∂f_i/∂y_j adds
-    Σ_{i≠j} (w_i − w_j)·∂f_{i,o_i}/∂y_j (missed only if the w_i that carry it all equal w_j, 1 in 13
-    for one pair of examples). Without interaction a power of two scales every term of the
+    Backward (``checks``, empty unless verified): the cotangent of Σ_i w_i f_{i,o_i} (random o_i,
+    w_i = 2^k, k uniform in −6…6) must be w_j ∂f_{j,o_j}/∂y_j for every example j and layer: a
+    cross-example derivative ∂f_i/∂y_j adds Σ_{i≠j} (w_i − w_j)·∂f_{i,o_i}/∂y_j (missed only if
+    the w_i that carry it all equal w_j, 1 in 13 for one pair of examples). Without interaction a power of two scales every term of the
     backward exactly, so the two are equal bit for bit; where they are not (subnormals), a gap
     under 2⁻²⁰ of the layer's largest cotangent passes. Forward (``out``, the first chunk's
     outputs): example 0's output must match the one-example forward of :func:`inspect_outputs`

@@ -152,7 +152,9 @@ def add_structured_block(out: torch.Tensor, x_a: torch.Tensor, g_a: torch.Tensor
     if bias:
         a += 1.0
     if trace or m == 1:
-        b = g_a.transpose(1, 2).reshape(ca * t, m * dout) @ g_b.transpose(1, 2).reshape(cb * t, m * dout).T
+        if t > 1:
+            g_a, g_b = g_a.transpose(1, 2), g_b.transpose(1, 2)  # (c, T, m, d_out): rows per position
+        b = g_a.reshape(ca * t, m * dout) @ g_b.reshape(cb * t, m * dout).T
         if t == 1:
             out.addcmul_(a, b)
         else:
