@@ -209,11 +209,13 @@ def test_batched_method_equals_explicit_jacobian(mlp64):
 
 
 @pytest.mark.parametrize("kind", ["scalar", "full", "trace"])
-def test_auto_runs_an_mlp_batched_and_the_same_bits_whatever_the_chunks(kind):
+def test_auto_runs_an_mlp_batched_and_the_same_bits_whatever_the_chunks(kind, monkeypatch):
     """Issue 21: on a model whose differentiated tensors all sit in structured nn.Linear layers,
     the default method is 'batched' (one forward and backward per tile of 64, checked for examples
     that interact); its kernel and J·v match the float64 J Jᵀ, and neither chunk_size nor the
     budget (while a tile fits) changes a bit."""
+    from deltalens.kernel import gradients
+
     model = VectorMLP(d_in=6, hidden=9, m=4).double()
     batch = {"x": torch.randn(70, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))}
     fn = scalar_output if kind == "scalar" else vec_output
@@ -226,6 +228,10 @@ def test_auto_runs_an_mlp_batched_and_the_same_bits_whatever_the_chunks(kind):
     full, trace = references(jac)
     expected = {"scalar": full, "full": full, "trace": trace}[kind]
     assert {r.method for r in runs} == {"batched"} and runs[0].chunk_size == 64
+    if kind != "scalar":  # the check in a backward of its own (many outputs) passes and changes nothing
+        monkeypatch.setattr(gradients, "FOLDED_CHECK_NUMEL", 0)
+        alone = empirical_ntk(model, fn, batch, trace=kind == "trace", vectors={"v": vec})
+        assert alone.method == "batched" and torch.equal(alone.matrix, runs[0].matrix)
     assert rel(runs[0].matrix, expected) < 1e-12
     assert rel(runs[0].jv["v"], jac.reshape(-1, jac.shape[2]) @ flat) < 1e-12
     for r in runs[1:]:
@@ -247,11 +253,16 @@ class Mixing(torch.nn.Module):
         return y + 0.5 * y.mean(0, keepdim=True) if self.how == "mean" else y.cumsum(0)
 
 
+@pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("how", ["mean", "cumsum"])
-def test_batched_finds_examples_that_interact(how):
+def test_batched_finds_examples_that_interact(how, fold, monkeypatch):
     """The default method notices the interaction and falls back to per-example gradients (vmap),
     giving the kernel of the per-example function; an explicit 'batched' refuses a forward in
-    which example 0's value changes (the caller asserted independence)."""
+    which example 0's value changes (the caller asserted independence). ``fold``: a vector
+    output's check rides in the batched backward, or (many outputs) takes a backward of its own."""
+    from deltalens.kernel import gradients
+
+    monkeypatch.setattr(gradients, "FOLDED_CHECK_NUMEL", gradients.FOLDED_CHECK_NUMEL if fold else 0)
     model = Mixing(how).double()
     batch = {"x": torch.randn(9, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(7))}
     per_example = torch.cat([explicit_jacobian(model, vec_output, {"x": batch["x"][i:i + 1]}) for i in range(9)])

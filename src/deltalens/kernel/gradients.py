@@ -253,6 +253,12 @@ class BatchInteraction(DeltalensError):
     """The ``batched`` method found examples that interact in a batched forward."""
 
 
+FOLDED_CHECK_NUMEL = 2**20
+"""The batched check of a vector output rides as an (m+1)-th cotangent of the batched backward
+while the m + 1 cotangents (materialized by the concatenation) hold at most this many numbers
+(4 MiB in float32: m ≤ 127 at 64 examples); beyond, it takes a backward of its own."""
+
+
 def _batched_cotangents(model, output_fn, chunk, taps: LinearTaps, eps0: dict, index: slice, shape: OutputShape,
                         verify: bool):
     """The ``batched`` method: one forward of the whole chunk and one backward per output column,
@@ -284,14 +290,22 @@ def _batched_cotangents(model, output_fn, chunk, taps: LinearTaps, eps0: dict, i
                 checks = torch.autograd.grad(out, leaves, grad_outputs=w)
             geps = {k: g.unsqueeze(1) for k, g in zip(eps, grads)}
         else:
+            cotangents = torch.eye(m, dtype=out.dtype, device=out.device)[:, None, :].expand(m, c, m)  # a view
             if verify:
                 picked = torch.randint(0, m, (c,), generator=gen)  # the output each example's check weighs
-                weights = torch.zeros(c, m, dtype=out.dtype, device=out.device)
-                weights[torch.arange(c), picked.to(out.device)] = w
-                checks = torch.autograd.grad(out, leaves, grad_outputs=weights, retain_graph=True)
-            cotangents = torch.eye(m, dtype=out.dtype, device=out.device)[:, None, :].expand(m, c, m)  # a view: no m·c·m
+                weights = torch.zeros(1, c, m, dtype=out.dtype, device=out.device)
+                weights[0, torch.arange(c), picked.to(out.device)] = w
+                # one more cotangent in the same batched backward, while the m + 1 of them are small
+                # (they are materialized: m·c·m numbers); a separate backward otherwise
+                fold = (m + 1) * c * m <= FOLDED_CHECK_NUMEL
+                if fold:
+                    cotangents = torch.cat([cotangents, weights])
+                else:
+                    checks = torch.autograd.grad(out, leaves, grad_outputs=weights[0], retain_graph=True)
             grads = torch.autograd.grad(out, leaves, grad_outputs=cotangents, is_grads_batched=True)
-            geps = {k: g.transpose(0, 1) for k, g in zip(eps, grads)}  # (c, m, ...)
+            if verify and fold:
+                checks = [g[m] for g in grads]
+            geps = {k: g[:m].transpose(0, 1) for k, g in zip(eps, grads)}  # (c, m, ...)
     xs = {k: x.detach() for k, x in xs.items()}
     _check_batch_independence(shape, geps, checks, w, picked, out.detach() if index.start == 0 else None)
     return {}, geps, xs
