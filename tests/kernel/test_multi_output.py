@@ -275,3 +275,30 @@ def test_batched_finds_examples_that_interact(how, fold, monkeypatch):
     if how == "mean":
         with pytest.raises(DeltalensError, match="example 0's output differs between a batched forward"):
             empirical_ntk(model, vec_output, batch, method="batched")
+
+
+class TwoHeads(torch.nn.Module):
+    """An MLP with a second head that the output function ignores (its layer runs, its output is unused)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = VectorMLP(d_in=6, hidden=9, m=4)
+        self.aux = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        self.aux_out = self.aux(x)
+        return self.body(x)
+
+
+@pytest.mark.parametrize("output_fn", [vec_output, scalar_output])
+def test_a_layer_whose_output_is_unused_adds_nothing(output_fn):
+    """The batched default differentiates every structured layer's output; one the output function
+    never reads has zero cotangents (as per-example gradients give), not an autograd error."""
+    model = TwoHeads().double()
+    batch = {"x": torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(8))}
+    jac = explicit_jacobian(model, output_fn, batch)
+    full, trace = references(jac)
+    got = empirical_ntk(model, output_fn, batch)
+    assert got.method == "batched" and "aux" in got.structured_layers and rel(got.matrix, full) < 1e-12
+    if output_fn is vec_output:
+        assert rel(empirical_ntk(model, output_fn, batch, trace=True).matrix, trace) < 1e-12

@@ -285,30 +285,40 @@ def _batched_cotangents(model, output_fn, chunk, taps: LinearTaps, eps0: dict, i
         picked, checks = None, []
         if shape.n_outputs is None:
             out = out.reshape(-1)
-            grads = torch.autograd.grad(out, leaves, grad_outputs=torch.ones_like(out), retain_graph=verify)
+            grads = _grads(out, leaves, torch.ones_like(out), retain=verify)
             if verify:
-                checks = torch.autograd.grad(out, leaves, grad_outputs=w)
+                checks = _grads(out, leaves, w)
             geps = {k: g.unsqueeze(1) for k, g in zip(eps, grads)}
         else:
             cotangents = torch.eye(m, dtype=out.dtype, device=out.device)[:, None, :].expand(m, c, m)  # a view
             if verify:
                 picked = torch.randint(0, m, (c,), generator=gen)  # the output each example's check weighs
                 weights = torch.zeros(1, c, m, dtype=out.dtype, device=out.device)
-                weights[0, torch.arange(c), picked.to(out.device)] = w
+                weights[0, torch.arange(c, device=out.device), picked.to(out.device)] = w
                 # one more cotangent in the same batched backward, while the m + 1 of them are small
                 # (they are materialized: m·c·m numbers); a separate backward otherwise
                 fold = (m + 1) * c * m <= FOLDED_CHECK_NUMEL
                 if fold:
                     cotangents = torch.cat([cotangents, weights])
                 else:
-                    checks = torch.autograd.grad(out, leaves, grad_outputs=weights[0], retain_graph=True)
-            grads = torch.autograd.grad(out, leaves, grad_outputs=cotangents, is_grads_batched=True)
+                    checks = _grads(out, leaves, weights[0], retain=True)
+            grads = _grads(out, leaves, cotangents, batched=True)
             if verify and fold:
                 checks = [g[m] for g in grads]
             geps = {k: g[:m].transpose(0, 1) for k, g in zip(eps, grads)}  # (c, m, ...)
     xs = {k: x.detach() for k, x in xs.items()}
     _check_batch_independence(shape, geps, checks, w, picked, out.detach() if index.start == 0 else None)
     return {}, geps, xs
+
+
+def _grads(out, leaves: list, cotangents, *, batched: bool = False, retain: bool = False) -> list:
+    """∂⟨cotangents, out⟩/∂leaves (``batched``: one per leading row of ``cotangents``); a layer whose
+    output the output function ignores gets zeros (``materialize_grads`` drops the batch axis)."""
+    got = torch.autograd.grad(out, leaves, grad_outputs=cotangents, is_grads_batched=batched, retain_graph=retain,
+                              allow_unused=True)
+    lead = tuple(cotangents.shape[:1]) if batched else ()
+    return [torch.zeros(lead + tuple(v.shape), dtype=v.dtype, device=v.device) if g is None else g
+            for g, v in zip(got, leaves)]
 
 
 def _check_batch_independence(shape: OutputShape, geps: dict, checks, w, picked, out) -> None:
@@ -325,7 +335,7 @@ def _check_batch_independence(shape: OutputShape, geps: dict, checks, w, picked,
     batch statistics before the first layer).
     """
     for (name, g), check in zip(geps.items(), checks):
-        rows = g[:, 0] if picked is None else g[torch.arange(g.shape[0]), picked.to(g.device)]  # ∂f_{j,o_j}/∂y_j
+        rows = g[:, 0] if picked is None else g[torch.arange(g.shape[0], device=g.device), picked.to(g.device)]
         expected = w.view(-1, *([1] * (rows.dim() - 1))) * rows
         if not torch.equal(check, expected) and _gap(check, expected, 2.0**-20):
             raise BatchInteraction(f"gradient method 'batched': examples interact in a batched forward (layer {name}: "
