@@ -236,6 +236,9 @@ def test_auto_runs_an_mlp_batched_and_the_same_bits_whatever_the_chunks(kind, mo
     assert rel(runs[0].jv["v"], jac.reshape(-1, jac.shape[2]) @ flat) < 1e-12
     for r in runs[1:]:
         assert torch.equal(r.matrix, runs[0].matrix) and torch.equal(r.jv["v"], runs[0].jv["v"])
+    # a budget that cannot hold one tile's taps: per-example gradients (the documented exception)
+    tiny = empirical_ntk(model, fn, batch, trace=kind == "trace", memory_budget_mb=0.01)
+    assert tiny.method == "vmap" and rel(tiny.matrix, expected) < 1e-12
 
 
 class Mixing(torch.nn.Module):
