@@ -11,6 +11,7 @@ from deltalens.kernel.outputs import check_positions, logits_output, top_tokens
 from deltalens.kernel.structured import prefers_structured
 from deltalens.errors import DeltalensError
 from models import explicit_jacobian
+from tests.smol_weights import gguf_matrices, needs_gguf
 
 
 class VectorMLP(torch.nn.Module):
@@ -305,3 +306,62 @@ def test_a_layer_whose_output_is_unused_adds_nothing(output_fn):
     assert got.method == "batched" and "aux" in got.structured_layers and rel(got.matrix, full) < 1e-12
     if output_fn is vec_output:
         assert rel(empirical_ntk(model, output_fn, batch, trace=True).matrix, trace) < 1e-12
+
+
+@needs_gguf
+@pytest.mark.parametrize("fold", [True, False])
+def test_batched_default_on_real_smollm2_weights(fold, monkeypatch):
+    """SmolLM2-135M's first MLP from the GGUF (de-quantized; up_proj's first 256 rows, SiLU,
+    down_proj's first 16 outputs) on real inputs (RMS-normalized token embeddings × ffn_norm):
+    the default takes the batched route without a false alarm from its check, folded into the
+    batched backward or (``fold`` false) in a backward of its own, and the kernels, traced and
+    full, and J·v match a float64 explicit J Jᵀ."""
+    from deltalens.kernel import gradients
+
+    monkeypatch.setattr(gradients, "FOLDED_CHECK_NUMEL", gradients.FOLDED_CHECK_NUMEL if fold else 0)
+    w = gguf_matrices(["blk.0.ffn_up.weight", "blk.0.ffn_down.weight", "token_embd.weight", "blk.0.ffn_norm.weight"])
+    up, down = torch.nn.Linear(576, 256, bias=False), torch.nn.Linear(256, 16, bias=False)
+    with torch.no_grad():
+        up.weight.copy_(w["blk.0.ffn_up.weight"][:256])
+        down.weight.copy_(w["blk.0.ffn_down.weight"][:16, :256])
+    model = torch.nn.Sequential(up, torch.nn.SiLU(), down)
+    emb = w["token_embd.weight"][[17, 450, 1024, 3001, 9000, 20000]]
+    x = emb / emb.pow(2).mean(-1, keepdim=True).sqrt() * w["blk.0.ffn_norm.weight"]
+    batch = {"x": x}
+    jac = explicit_jacobian(model.double(), vec_output, {"x": x.double()})
+    model.float()
+    full, trace = references(jac)
+    gen = torch.Generator().manual_seed(9)
+    vec = {k: torch.randn(p.shape, generator=gen) for k, p in model.named_parameters()}
+    flat = torch.cat([v.reshape(-1).double() for v in vec.values()])
+    for is_trace, expected in ((False, full), (True, trace)):
+        got = empirical_ntk(model, vec_output, batch, trace=is_trace, vectors={"v": vec})
+        assert got.method == "batched" and rel(got.matrix, expected) < 1e-6
+    assert rel(got.jv["v"], jac.reshape(-1, jac.shape[2]) @ flat) < 1e-6
+    scalar = jac.sum(1)
+    got = empirical_ntk(model, scalar_output, batch)
+    assert got.method == "batched" and rel(got.matrix, scalar @ scalar.T) < 1e-6
+
+
+def test_batched_forward_check_tolerates_an_output_near_zero():
+    """Example 0's output is exactly 0 in its own forward (f(x) − f(x₀), f(x₀) from that same
+    one-example forward) and a rounding away from it in a batched one (float32 GEMMs of 64 rows
+    round otherwise): the forward check measures the gap against the chunk's largest output, so
+    neither the default nor an explicit 'batched' mistakes rounding for examples that interact."""
+    model = VectorMLP(d_in=32, hidden=64, m=10, seed=3)
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        offset = model(x[:1])[0]
+
+    def centred(m, b):
+        return m(b["x"]) - offset
+
+    with torch.no_grad():
+        assert torch.equal(centred(model, {"x": x[:1]})[0], torch.zeros(10))
+        assert not torch.equal(centred(model, {"x": x})[0], torch.zeros(10))  # the planted rounding gap
+    jac = explicit_jacobian(model.double(), vec_output, {"x": x.double()})
+    model.float()
+    _, trace = references(jac)
+    for method in ("auto", "batched"):
+        got = empirical_ntk(model, centred, {"x": x}, trace=True, method=method)
+        assert got.method == "batched" and rel(got.matrix, trace) < 1e-6

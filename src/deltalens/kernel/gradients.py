@@ -327,12 +327,14 @@ def _check_batch_independence(shape: OutputShape, geps: dict, checks, w, picked,
     Backward (``checks``, empty unless verified): the cotangent of Σ_i w_i f_{i,o_i} (random o_i,
     w_i = 2^k, k uniform in −6…6) must be w_j ∂f_{j,o_j}/∂y_j for every example j and layer: a
     cross-example derivative ∂f_i/∂y_j adds Σ_{i≠j} (w_i − w_j)·∂f_{i,o_i}/∂y_j (missed only if
-    the w_i that carry it all equal w_j, 1 in 13 for one pair of examples). Without interaction a power of two scales every term of the
-    backward exactly, so the two are equal bit for bit; where they are not (subnormals), a gap
+    the w_i that carry it all equal w_j, 1 in 13 for one pair of examples). Without interaction a
+    power of two scales every term of the backward exactly, so the two are equal bit for bit; where
+    they are not (subnormals; a check in a backward of its own, which may round otherwise), a gap
     under 2⁻²⁰ of the layer's largest cotangent passes. Forward (``out``, the first chunk's
     outputs): example 0's output must match the one-example forward of :func:`inspect_outputs`
-    to √eps of its largest entry, which catches what changes values but not derivatives (dropout,
-    batch statistics before the first layer).
+    to √eps of the chunk's largest output (not example 0's: an output near 0 would leave no room
+    for rounding), which catches what changes values but not derivatives (dropout, batch
+    statistics before the first layer).
     """
     for (name, g), check in zip(geps.items(), checks):
         rows = g[:, 0] if picked is None else g[torch.arange(g.shape[0], device=g.device), picked.to(g.device)]
@@ -343,14 +345,15 @@ def _check_batch_independence(shape: OutputShape, geps: dict, checks, w, picked,
     if out is None or shape.first_output is None:
         return
     ref = shape.first_output.to(out.device).reshape(out[:1].shape)
-    if not torch.equal(out[:1], ref) and _gap(out[:1], ref, float(torch.finfo(out.dtype).eps) ** 0.5):
+    if not torch.equal(out[:1], ref) and _gap(out[:1], ref, float(torch.finfo(out.dtype).eps) ** 0.5, scale=out):
         raise BatchInteraction("gradient method 'batched': example 0's output differs between a batched forward and "
                                "its own forward (batch statistics, dropout or mixing of examples); use method 'vmap'")
 
 
-def _gap(got: torch.Tensor, ref: torch.Tensor, tol: float) -> bool:
-    """max |got − ref| > tol · max |ref| (max |x| with amax: torch.dist and vector_norm at p = inf are 10× slower)."""
-    return float((got - ref).abs().amax()) > tol * float(ref.abs().amax())
+def _gap(got: torch.Tensor, ref: torch.Tensor, tol: float, scale: torch.Tensor | None = None) -> bool:
+    """max |got − ref| > tol · max |scale| (default ``ref``; max |x| by amax: torch.dist and
+    vector_norm at p = inf are 10× slower)."""
+    return float((got - ref).abs().amax()) > tol * float((ref if scale is None else scale).abs().amax())
 
 
 def per_example_gradients(

@@ -116,7 +116,7 @@ def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list]], trace
 
     ``chunks`` holds the rows of J as the gradient pass produced them: (row slice, one term per
     parameter tensor b), never copied into one n × P matrix. A term is a chunk × P_b block of
-    Jacobian rows, or a structured layer's taps ``(x, g)`` whose block is
+    Jacobian rows, or a structured layer's taps ``(x, g, bias)`` whose block is
     :func:`~deltalens.kernel.structured.add_structured_block` (``trace``: summed over outputs).
     Called after each new chunk, it fills K's upper triangle (diagonal blocks in full) — a
     blocked SYRK whose blocks are the chunks (5/8 of the multiply-adds of J Jᵀ for 4 equal
@@ -130,7 +130,7 @@ def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list]], trace
         out = kernel[index, last]
         for a, b in zip(terms, new_terms):
             if isinstance(a, tuple):
-                add_structured_block(out, *a, *b, trace=trace)
+                add_structured_block(out, a, b, trace)
             else:
                 out += a @ b.T  # float32 → float64 in the add: exact, no copy
     out = kernel[last, last]
@@ -138,7 +138,7 @@ def add_chunk_gram(kernel: torch.Tensor, chunks: list[tuple[slice, list]], trace
     sub = DIAGONAL_BLOCK_ROWS if rows > DIAGONAL_BLOCK_ROWS else rows
     for b in new_terms:
         if isinstance(b, tuple):
-            add_structured_block(out, *b, *b, trace=trace)
+            add_structured_block(out, b, b, trace)
             continue
         for start in range(0, rows, sub):
             stop = min(start + sub, rows)
@@ -446,7 +446,8 @@ def empirical_ntk(
     else:
         try:
             chunk_used = _in_memory_kernel(model, output_fn, batch, plan, method=used, chunk_size=chunk_size,
-                                           threads=threads, add_jv=add_jv, progress=progress, verify=method == "auto")
+                                           threads=threads, add_jv=add_jv, progress=progress,
+                                           auto_batched=method == "auto" and used == "batched")
         except BatchInteraction:
             if method != "auto":
                 raise
@@ -614,7 +615,7 @@ def _block_terms(plan: _Plan, block: RowBlock) -> list[tuple[str, object]]:
 
 
 def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_size, threads, add_jv, progress,
-                      verify=False):
+                      auto_batched=False):
     """One pass per parameter group: exact mode regroups the pass's chunks into tiles
     (:func:`retile`), keeps them (no n × P_g copy) and contracts each new tile against those
     before it, adding every tensor's products to the float64 K on its own; sketch mode sketches
@@ -634,12 +635,12 @@ def _in_memory_kernel(model, output_fn, batch, plan: _Plan, *, method, chunk_siz
         # per-chunk gradients (chunk × the group's per-example numbers) take at most a quarter of the budget
         cap = min(chunk_size, plan.budget // max(1, 4 * sum(plan.costs[k] for k in names) * plan.itemsize))
         chunk = tile_chunk(cap) if plan.mode == "exact" else equal_chunks(n, cap)
-        if method == "batched" and verify:  # chosen by auto: whole tiles (_pick_method)
+        if auto_batched:  # whole tiles, and the first one checked (_pick_method)
             chunk = GRAM_TILE
         chunk_used = chunk if chunk_used is None else min(chunk_used, chunk)
         kept: list[tuple[slice, list]] = []
         blocks = jacobian_rows(model, output_fn, batch, names, chunk_size=chunk, method=method,
-                               structured=group_layers, shape=plan.shape, verify=verify)
+                               structured=group_layers, shape=plan.shape, verify=auto_batched)
         with intra_op_threads(threads):
             for block in (retile(blocks, n) if plan.mode == "exact" else blocks):
                 add_jv(block)

@@ -135,17 +135,18 @@ def linear_candidates(model: torch.nn.Module, names) -> dict[str, tuple[torch.nn
     return out
 
 
-def add_structured_block(out: torch.Tensor, x_a: torch.Tensor, g_a: torch.Tensor, bias: bool, x_b: torch.Tensor,
-                         g_b: torch.Tensor, _bias: bool, trace: bool) -> None:
+def add_structured_block(out: torch.Tensor, a: tuple, b: tuple, trace: bool) -> None:
     """Add one layer's kernel block between two chunks of examples to ``out`` (SPEC §6, structured derivatives).
 
-    x: (c, T, d_in) layer inputs; g: (c, m, T, d_out) cotangents ∂f_{i,o}/∂y_{i,t}. Adds
-    K_W[(i,o), (j,p)] = Σ_{t,s} (x_it·x_js)(g_iot·g_jps) to ``out`` as (c_a·m, c_b·m) when ``trace``
-    is false, and Σ_o K_W[(i,o), (j,o)] as (c_a, c_b) when it is true. With ``bias`` the layer's
-    bias is added in the same block: y = W x + b = [W b]·[x; 1], so K_W + K_b = Σ_{t,s} (x_it·x_js + 1)
-    (g_iot·g_jps). At T = 1 the product of the two Gram blocks is formed in ``out``'s dtype
-    (float64: exact products of float32 entries). (``_bias``: the second term's flag, the same layer's.)
+    ``a``, ``b``: the two chunks' taps (x, g, bias) of the same layer, x: (c, T, d_in) layer inputs,
+    g: (c, m, T, d_out) cotangents ∂f_{i,o}/∂y_{i,t}, bias: whether the layer's bias is
+    differentiated. Adds K_W[(i,o), (j,p)] = Σ_{t,s} (x_it·x_js)(g_iot·g_jps) to ``out`` as
+    (c_a·m, c_b·m) when ``trace`` is false, and Σ_o K_W[(i,o), (j,o)] as (c_a, c_b) when it is
+    true. With the bias, y = W x + b = [W b]·[x; 1], so K_W + K_b = Σ_{t,s} (x_it·x_js + 1)(g_iot·g_jps)
+    in the same block. At T = 1 the product of the two Gram blocks is formed in ``out``'s dtype
+    (float64: exact products of float32 entries).
     """
+    (x_a, g_a, bias), (x_b, g_b, _) = a, b
     ca, m, t, dout = g_a.shape
     cb = g_b.shape[0]
     a = x_a.reshape(ca * t, -1) @ x_b.reshape(cb * t, -1).T
